@@ -1,0 +1,33 @@
+/* engine/limits.h — every compile-time limit of the engine, in one place, with units. */
+#pragma once
+
+/* --- GGUF files (untrusted) --- */
+#define GGUF_MAX_TENSORS        65536u       /* tensors per file */
+#define GGUF_MAX_KV             65536u       /* metadata pairs per file */
+#define GGUF_MAX_STRING         (1u << 20)   /* bytes per metadata string / key / name */
+#define GGUF_MAX_ARRAY          (1u << 24)   /* elements per metadata array */
+#define GGUF_MAX_ALIGNMENT      (1u << 16)   /* bytes; must be a power of two */
+
+/* --- model hyperparameters accepted --- */
+#define MODEL_MAX_LAYERS        512
+#define MODEL_MAX_EMBD          65536        /* hidden size */
+#define MODEL_MAX_FF            262144       /* expert FFN size */
+#define MODEL_MAX_HEADS         1024
+#define MODEL_MAX_HEAD_DIM      1024
+#define MODEL_MAX_EXPERTS       256
+#define MODEL_MAX_VOCAB         1048576      /* tokens */
+#define MODEL_MAX_CONTEXT       (1u << 24)   /* positions */
+
+/* --- tokenizer --- */
+#define TOKENIZER_MAX_PIECE     256          /* bytes per vocabulary piece */
+#define TOKENIZER_MAX_INPUT     (64u << 20)  /* bytes of text per tokenize call */
+
+/* --- sessions and KV cache --- */
+#define KV_ATTENTION_SINKS      4            /* positions kept forever when a full-attention cache rolls */
+#define KV_DEFAULT_BUDGET       (4ull << 30) /* bytes of KV one in-process session may take by default */
+#define FORWARD_MAX_CHUNK       512          /* tokens per forward call (prefill chunk) */
+
+/* --- sampling --- */
+#define SAMPLE_MAX_STOPS        16           /* stop strings per request */
+#define SAMPLE_MAX_STOP_LEN     256          /* bytes per stop string */
+#define SAMPLE_MAX_REPEAT_LAST  4096         /* tokens of repeat-penalty history */
