@@ -11,7 +11,7 @@ MODEL   ?= models/tiny-moe-q4_k_m.gguf
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 # -ffp-contract=off: no fused multiply-adds behind our back; dequantization is bit-exact
 # against ggml and results never depend on what the compiler chose to fuse.
-BASE    := -std=gnu17 -D_GNU_SOURCE -ffp-contract=off -g -Iengine -Iproto $(WARN)
+BASE    := -std=gnu17 -D_GNU_SOURCE -ffp-contract=off -g -iquote engine -iquote proto $(WARN)
 ifeq ($(MODE),asan)
   OPT := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 else ifeq ($(MODE),tsan)

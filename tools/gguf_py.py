@@ -718,17 +718,30 @@ class GGUFWriter(object):
         self._data_start = len(head)
 
     def write_tensor_data(self, name, data):
-        """Write the next tensor's raw bytes (must follow declaration order)."""
+        """Write the next tensor's raw bytes (must follow declaration order).
+
+        `data` is a NumPy array / bytes object holding the whole tensor, or an
+        iterable of such chunks (written in order) so that huge tensors can be
+        produced piecewise without holding them in memory.
+        """
         tname, ne, t, off, nbytes = self.tinfos[self._next]
         if tname != name:
             raise ValueError("expected data for %s, got %s" % (tname, name))
-        buf = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-        if buf.size != nbytes:
-            raise ValueError("%s: %d bytes given, %d expected" % (name, buf.size, nbytes))
         pos = self._f.tell() - self._data_start
         assert pos <= off
         self._f.write(b"\0" * (off - pos))
-        buf.tofile(self._f) if hasattr(self._f, "fileno") else self._f.write(buf.tobytes())
+        chunks = [data] if isinstance(data, (np.ndarray, bytes, bytearray, memoryview)) else data
+        total = 0
+        for c in chunks:
+            if isinstance(c, (bytes, bytearray, memoryview)):
+                c = np.frombuffer(c, dtype=np.uint8)
+            buf = np.ascontiguousarray(c).view(np.uint8).reshape(-1)
+            total += buf.size
+            if total > nbytes:
+                raise ValueError("%s: more than %d bytes given" % (name, nbytes))
+            self._f.write(memoryview(buf))
+        if total != nbytes:
+            raise ValueError("%s: %d bytes given, %d expected" % (name, total, nbytes))
         self._next += 1
 
     def close(self):

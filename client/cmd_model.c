@@ -1,0 +1,690 @@
+/* client/cmd_model.c — the model commands that run the engine in-process (-m MODEL):
+ * tokenize, generate, logits, perplexity. Main thread only. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
+
+#include "cli.h"
+#include "limits.h"
+#include "model.h"
+#include "sample.h"
+#include "session.h"
+#include "stop.h"
+#include "tokenizer.h"
+
+#define CLI_MAX_INPUT TOKENIZER_MAX_INPUT /* bytes of prompt or text file */
+
+/* Options every model command understands. */
+typedef struct ModelOpts {
+        const char *model;
+        uint32_t capacity;   /* positions a full-attention session keeps (0 = model default) */
+        uint64_t kv_budget;  /* bytes */
+} ModelOpts;
+
+static int open_model(const ModelOpts *o, Model **ret) {
+        ModelError err = { "" };
+        if (!o->model) {
+                cli_error("no model given (use -m MODEL.gguf)");
+                return EXIT_USAGE;
+        }
+        int r = model_load(o->model, &err, ret);
+        if (r < 0) {
+                cli_error("cannot load model %s: %s", o->model, err.msg[0] ? err.msg : strerror(-r));
+                return EXIT_RUNTIME;
+        }
+        return EXIT_OK;
+}
+
+static int open_session(const Model *m, const ModelOpts *o, uint32_t chunk, Session **ret) {
+        int r = session_new(m, o->capacity, o->kv_budget, chunk, ret);
+        if (r < 0) {
+                cli_error("cannot create a session: %s", r == -E2BIG ? "KV budget too small for this model" : strerror(-r));
+                return EXIT_RUNTIME;
+        }
+        return EXIT_OK;
+}
+
+/* Encode text, mapping errors to exit codes. */
+static int encode(const Model *m, const char *text, size_t len, int add_bos, int32_t **ret_ids, size_t *ret_n) {
+        int r = tokenizer_encode(m->tok, text, len, add_bos, ret_ids, ret_n);
+        if (r == -EILSEQ) {
+                cli_error("input is not valid UTF-8");
+                return EXIT_USAGE;
+        }
+        if (r < 0) {
+                cli_error("cannot tokenize input: %s", strerror(-r));
+                return r == -E2BIG ? EXIT_USAGE : EXIT_RUNTIME;
+        }
+        return EXIT_OK;
+}
+
+/* Text input: stdin read verbatim to EOF. */
+static int read_input(char **ret_buf, size_t *ret_len) {
+        int r = cli_read_stdin(CLI_MAX_INPUT, ret_buf, ret_len);
+        if (r == -EINTR)
+                return EXIT_INTERRUPTED;
+        if (r < 0) {
+                cli_error("cannot read standard input: %s", r == -E2BIG ? "input too large" : strerror(-r));
+                return r == -E2BIG ? EXIT_USAGE : EXIT_RUNTIME;
+        }
+        return EXIT_OK;
+}
+
+/* Parses the options shared by model commands; returns 1 if consumed. */
+enum { OPT_CTX = 1000, OPT_KV_BUDGET, OPT_NO_BOS, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY,
+       OPT_REPEAT_LAST_N, OPT_SEED, OPT_STOP, OPT_TOKENS, OPT_ALL, OPT_CHUNK };
+
+static int parse_model_opt(int c, const char *arg, ModelOpts *o, int *ret_exit) {
+        int64_t v;
+        switch (c) {
+        case 'm':
+                o->model = arg;
+                return 1;
+        case OPT_CTX:
+                if (cli_parse_i64(arg, KV_ATTENTION_SINKS + 1, MODEL_MAX_CONTEXT, &v) < 0) {
+                        cli_error("--ctx must be an integer in %d..%d", KV_ATTENTION_SINKS + 1, MODEL_MAX_CONTEXT);
+                        *ret_exit = EXIT_USAGE;
+                }
+                o->capacity = (uint32_t)v;
+                return 1;
+        case OPT_KV_BUDGET:
+                if (cli_parse_u64(arg, &o->kv_budget) < 0 || o->kv_budget == 0) {
+                        cli_error("--kv-budget must be a positive number of bytes");
+                        *ret_exit = EXIT_USAGE;
+                }
+                return 1;
+        }
+        return 0;
+}
+
+#define MODEL_LONG_OPTS \
+        { "model", required_argument, NULL, 'm' }, { "ctx", required_argument, NULL, OPT_CTX }, \
+        { "kv-budget", required_argument, NULL, OPT_KV_BUDGET }, { "help", no_argument, NULL, 'h' }
+
+#define MODEL_OPTS_HELP \
+        "  -m, --model FILE     GGUF model file (required)\n" \
+        "  --ctx N              positions a full-attention session keeps before rolling\n" \
+        "  --kv-budget BYTES    most bytes of KV cache (default 4 GiB)\n"
+
+/* ---------------------------------------------------------------- tokenize */
+
+int cmd_tokenize(int argc, char **argv) {
+        static const struct option longopts[] = { MODEL_LONG_OPTS, { "no-bos", no_argument, NULL, OPT_NO_BOS }, { 0 } };
+        ModelOpts o = { .kv_budget = KV_DEFAULT_BUDGET };
+        int add_bos = 1, c, ex = EXIT_OK;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "m:h", longopts, NULL)) != -1) {
+                if (parse_model_opt(c, optarg, &o, &ex)) {
+                        if (ex)
+                                return ex;
+                        continue;
+                }
+                if (c == OPT_NO_BOS) {
+                        add_bos = 0;
+                } else if (c == 'h') {
+                        printf("usage: mixctl tokenize -m MODEL [--no-bos] < text\n"
+                               "Reads stdin verbatim and prints its token ids as one JSON array.\n" MODEL_OPTS_HELP
+                               "  --no-bos             do not add the BOS token\n");
+                        return EXIT_OK;
+                } else {
+                        return EXIT_USAGE;
+                }
+        }
+        if (optind != argc) {
+                cli_error("tokenize reads its text from stdin; unexpected argument '%s'", argv[optind]);
+                return EXIT_USAGE;
+        }
+
+        Model *m = NULL;
+        char *text = NULL;
+        int32_t *ids = NULL;
+        size_t len, n;
+        if ((ex = read_input(&text, &len)) || (ex = open_model(&o, &m)) || (ex = encode(m, text, len, add_bos, &ids, &n)))
+                goto out;
+
+        size_t cap = 16 + n * 12, pos = 0;
+        char *out = malloc(cap);
+        if (!out) {
+                ex = EXIT_RUNTIME;
+                goto out;
+        }
+        out[pos++] = '[';
+        for (size_t i = 0; i < n; i++)
+                pos += (size_t)snprintf(out + pos, cap - pos, "%s%d", i ? "," : "", ids[i]);
+        out[pos++] = ']';
+        out[pos++] = '\n';
+        if (cli_write(out, pos) < 0 && !cli_stdout_closed)
+                ex = EXIT_RUNTIME;
+        free(out);
+out:
+        free(ids);
+        free(text);
+        model_free(m);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- generate */
+
+typedef struct GenerateOpts {
+        int64_t n_predict;
+        SamplerParams sp;
+        int seed_given;
+        const char *stops[SAMPLE_MAX_STOPS];
+        int n_stops;
+} GenerateOpts;
+
+static int parse_sampling_opt(int c, const char *arg, GenerateOpts *g, int *ret_exit) {
+        int64_t v;
+        switch (c) {
+        case 'n':
+                if (cli_parse_i64(arg, -1, INT32_MAX, &g->n_predict) < 0)
+                        goto bad;
+                return 1;
+        case OPT_TEMP:
+                if (cli_parse_float(arg, 0.0, 100.0, &g->sp.temperature) < 0)
+                        goto bad;
+                return 1;
+        case OPT_TOP_K:
+                if (cli_parse_i64(arg, 0, MODEL_MAX_VOCAB, &v) < 0)
+                        goto bad;
+                g->sp.top_k = (int32_t)v;
+                return 1;
+        case OPT_TOP_P:
+                if (cli_parse_float(arg, 1e-6, 1.0, &g->sp.top_p) < 0)
+                        goto bad;
+                return 1;
+        case OPT_MIN_P:
+                if (cli_parse_float(arg, 0.0, 1.0, &g->sp.min_p) < 0)
+                        goto bad;
+                return 1;
+        case OPT_REPEAT_PENALTY:
+                if (cli_parse_float(arg, 1e-3, 100.0, &g->sp.repeat_penalty) < 0)
+                        goto bad;
+                return 1;
+        case OPT_REPEAT_LAST_N:
+                if (cli_parse_i64(arg, 0, SAMPLE_MAX_REPEAT_LAST, &v) < 0)
+                        goto bad;
+                g->sp.repeat_last_n = (int32_t)v;
+                return 1;
+        case OPT_SEED:
+                if (cli_parse_u64(arg, &g->sp.seed) < 0)
+                        goto bad;
+                g->seed_given = 1;
+                return 1;
+        case OPT_STOP:
+                if (g->n_stops >= SAMPLE_MAX_STOPS) {
+                        cli_error("at most %d --stop strings", SAMPLE_MAX_STOPS);
+                        *ret_exit = EXIT_USAGE;
+                        return 1;
+                }
+                if (!*arg || strlen(arg) > SAMPLE_MAX_STOP_LEN) {
+                        cli_error("--stop strings must be 1..%d bytes", SAMPLE_MAX_STOP_LEN);
+                        *ret_exit = EXIT_USAGE;
+                        return 1;
+                }
+                g->stops[g->n_stops++] = arg;
+                return 1;
+        }
+        return 0;
+bad:
+        cli_error("invalid value '%s' for an option (see 'mixctl generate --help')", arg);
+        *ret_exit = EXIT_USAGE;
+        return 1;
+}
+
+static int show_progress(void *userdata, size_t done, size_t total) {
+        if (isatty(STDERR_FILENO) && total > 64)
+                fprintf(stderr, "\rprefill %zu/%zu tokens", done, total);
+        if (isatty(STDERR_FILENO) && total > 64 && done == total)
+                fputs("\r\033[K", stderr);
+        return cli_interrupted ? -ECANCELED : 0;
+}
+
+static double now_seconds(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Write generated text; a closed stdout ends generation quietly. */
+static int emit(const char *buf, size_t len) {
+        if (len == 0)
+                return 0;
+        return cli_write(buf, len);
+}
+
+int cmd_generate(int argc, char **argv) {
+        static const struct option longopts[] = {
+                MODEL_LONG_OPTS,
+                { "n-predict", required_argument, NULL, 'n' },
+                { "temp", required_argument, NULL, OPT_TEMP },
+                { "top-k", required_argument, NULL, OPT_TOP_K },
+                { "top-p", required_argument, NULL, OPT_TOP_P },
+                { "min-p", required_argument, NULL, OPT_MIN_P },
+                { "repeat-penalty", required_argument, NULL, OPT_REPEAT_PENALTY },
+                { "repeat-last-n", required_argument, NULL, OPT_REPEAT_LAST_N },
+                { "seed", required_argument, NULL, OPT_SEED },
+                { "stop", required_argument, NULL, OPT_STOP },
+                { 0 },
+        };
+        ModelOpts o = { .kv_budget = KV_DEFAULT_BUDGET };
+        GenerateOpts g = { .n_predict = 256, .sp = SAMPLER_DEFAULTS };
+        int c, ex = EXIT_OK;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "m:n:h", longopts, NULL)) != -1) {
+                if (parse_model_opt(c, optarg, &o, &ex) || parse_sampling_opt(c, optarg, &g, &ex)) {
+                        if (ex)
+                                return ex;
+                        continue;
+                }
+                if (c == 'h') {
+                        printf("usage: mixctl generate -m MODEL [options] [\"prompt\"]\n"
+                               "Continues the prompt (the argument, else stdin read to EOF) and streams the text.\n"
+                               MODEL_OPTS_HELP
+                               "  -n, --n-predict N    tokens to generate (default 256; -1 = until EOS)\n"
+                               "  --temp T             temperature (default 0.8; 0 = greedy)\n"
+                               "  --top-k K            (default 40; 0 = off)\n"
+                               "  --top-p P            (default 0.95; 1 = off)\n"
+                               "  --min-p P            (default 0.05; 0 = off)\n"
+                               "  --repeat-penalty X   (default 1.0 = off)\n"
+                               "  --repeat-last-n N    tokens the penalty looks back (default 64)\n"
+                               "  --seed N             random seed (default: random)\n"
+                               "  --stop STR           stop before STR (repeatable; STR is not printed)\n");
+                        return EXIT_OK;
+                }
+                return EXIT_USAGE;
+        }
+        if (argc - optind > 1) {
+                cli_error("give the prompt as one argument (quote it), or on stdin");
+                return EXIT_USAGE;
+        }
+        if (!g.seed_given && getrandom(&g.sp.seed, sizeof(g.sp.seed), 0) != sizeof(g.sp.seed))
+                g.sp.seed = (uint64_t)time(NULL) ^ (uint64_t)getpid();
+
+        Model *m = NULL;
+        Session *s = NULL;
+        Sampler *smp = NULL;
+        StopMatcher stop;
+        char *text = NULL;
+        int32_t *ids = NULL;
+        size_t len, n_ids;
+
+        if (optind < argc) {
+                text = strdup(argv[optind]);
+                len = strlen(argv[optind]);
+                if (!text)
+                        return EXIT_RUNTIME;
+        } else if ((ex = read_input(&text, &len))) {
+                return ex;
+        }
+        if ((ex = open_model(&o, &m)) || (ex = encode(m, text, len, 1, &ids, &n_ids)) ||
+            (ex = open_session(m, &o, 0, &s)))
+                goto out;
+        if (sampler_new(m->cfg.n_vocab, &g.sp, &smp) < 0 || stop_init(&stop, g.stops, g.n_stops) < 0) {
+                ex = EXIT_RUNTIME;
+                goto out;
+        }
+        for (size_t i = 0; i < n_ids; i++)
+                sampler_accept(smp, ids[i]);
+
+        double t0 = now_seconds();
+        int r = session_feed(s, ids, n_ids, NULL, show_progress, NULL);
+        if (r == -ECANCELED) {
+                ex = EXIT_INTERRUPTED;
+                goto out;
+        }
+        if (r < 0) {
+                cli_error("prefill failed: %s", strerror(-r));
+                ex = EXIT_RUNTIME;
+                goto out;
+        }
+        double t1 = now_seconds();
+
+        Detokenizer dt;
+        detok_init(&dt, m->tok, n_ids <= 1); /* an empty prompt: the text starts here */
+        char piece[DETOK_MAX_OUT], out_buf[DETOK_MAX_OUT + SAMPLE_MAX_STOP_LEN];
+        size_t out_len;
+        int64_t n_gen = 0;
+        int stopped = 0;
+        while ((g.n_predict < 0 || n_gen < g.n_predict) && !stopped) {
+                if (cli_interrupted) {
+                        ex = EXIT_INTERRUPTED;
+                        goto out;
+                }
+                const int32_t tok = sampler_sample(smp, s->last_logits);
+                if (tok == tokenizer_eos(m->tok))
+                        break;
+                sampler_accept(smp, tok);
+                n_gen++;
+                int np = detok_push(&dt, tok, piece);
+                if (np > 0) {
+                        stopped = stop_push(&stop, piece, (size_t)np, out_buf, &out_len);
+                        if (emit(out_buf, out_len) < 0)
+                                goto out_written;
+                }
+                if (stopped || (g.n_predict >= 0 && n_gen >= g.n_predict))
+                        break;
+                r = session_feed(s, &tok, 1, NULL, NULL, NULL);
+                if (r < 0) {
+                        cli_error("generation failed: %s", strerror(-r));
+                        ex = EXIT_RUNTIME;
+                        goto out;
+                }
+        }
+        if (!stopped) {
+                int np = detok_flush(&dt, piece);
+                if (np > 0)
+                        stopped = stop_push(&stop, piece, (size_t)np, out_buf, &out_len);
+                if (np > 0 && emit(out_buf, out_len) < 0)
+                        goto out_written;
+                if (!stopped && emit(out_buf, stop_flush(&stop, out_buf)) < 0)
+                        goto out_written;
+        }
+        if (isatty(STDOUT_FILENO)) {
+                double t2 = now_seconds();
+                emit("\n", 1);
+                fprintf(stderr, "[prompt %zu tokens, %.1f tok/s; generated %lld tokens, %.1f tok/s]\n", n_ids,
+                        n_ids / (t1 - t0 + 1e-9), (long long)n_gen, n_gen / (t2 - t1 + 1e-9));
+        }
+out_written: /* stdout closed early (| head): a quiet, successful end */
+out:
+        sampler_free(smp);
+        session_free(s);
+        free(ids);
+        free(text);
+        model_free(m);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- logits */
+
+static int parse_token_list(const char *s, uint32_t n_vocab, int32_t **ret_ids, size_t *ret_n) {
+        size_t cap = 1;
+        for (const char *p = s; *p; p++)
+                cap += *p == ',';
+        int32_t *ids = malloc(cap * sizeof(int32_t));
+        size_t n = 0;
+        if (!ids)
+                return -ENOMEM;
+        const char *p = s;
+        while (*p) {
+                char *end;
+                errno = 0;
+                long v = strtol(p, &end, 10);
+                if (errno || end == p || v < 0 || (unsigned long)v >= n_vocab || (*end && *end != ',')) {
+                        free(ids);
+                        return -EINVAL;
+                }
+                ids[n++] = (int32_t)v;
+                p = *end ? end + 1 : end;
+                if (*end && !*p) {
+                        free(ids);
+                        return -EINVAL;
+                }
+        }
+        if (n == 0) {
+                free(ids);
+                return -EINVAL;
+        }
+        *ret_ids = ids;
+        *ret_n = n;
+        return 0;
+}
+
+typedef struct LogitsPrinter {
+        uint32_t n_vocab;
+        int all;
+        int64_t last_pos;
+        char *buf;   /* one line */
+} LogitsPrinter;
+
+static int print_logits_line(LogitsPrinter *lp, int64_t pos, const float *logits) {
+        size_t len = (size_t)sprintf(lp->buf, "{\"pos\":%lld,\"logits\":[", (long long)pos);
+        for (uint32_t i = 0; i < lp->n_vocab; i++)
+                len += (size_t)sprintf(lp->buf + len, "%s%.9g", i ? "," : "", (double)logits[i]);
+        len += (size_t)sprintf(lp->buf + len, "]}\n");
+        return cli_write(lp->buf, len) < 0 ? -EPIPE : 0;
+}
+
+static int on_logits(void *userdata, int64_t pos, const float *logits) {
+        LogitsPrinter *lp = userdata;
+        if (cli_interrupted)
+                return -ECANCELED;
+        if (!lp->all && pos != lp->last_pos)
+                return 0;
+        return print_logits_line(lp, pos, logits);
+}
+
+int cmd_logits(int argc, char **argv) {
+        static const struct option longopts[] = {
+                MODEL_LONG_OPTS,
+                { "tokens", required_argument, NULL, OPT_TOKENS },
+                { "all", no_argument, NULL, OPT_ALL },
+                { "chunk", required_argument, NULL, OPT_CHUNK },
+                { 0 },
+        };
+        ModelOpts o = { .kv_budget = KV_DEFAULT_BUDGET };
+        const char *tokens = NULL;
+        int all = 0, c, ex = EXIT_OK;
+        int64_t chunk = 0;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "m:h", longopts, NULL)) != -1) {
+                if (parse_model_opt(c, optarg, &o, &ex)) {
+                        if (ex)
+                                return ex;
+                        continue;
+                }
+                switch (c) {
+                case OPT_TOKENS:
+                        tokens = optarg;
+                        break;
+                case OPT_ALL:
+                        all = 1;
+                        break;
+                case OPT_CHUNK:
+                        if (cli_parse_i64(optarg, 1, FORWARD_MAX_CHUNK, &chunk) < 0) {
+                                cli_error("--chunk must be in 1..%d", FORWARD_MAX_CHUNK);
+                                return EXIT_USAGE;
+                        }
+                        break;
+                case 'h':
+                        printf("usage: mixctl logits -m MODEL --tokens ID,ID,... [--all] [--chunk N]\n"
+                               "Prints {\"pos\":P,\"logits\":[...]} for the last position (or every one with --all).\n"
+                               "The ids are used as given: no BOS is added.\n" MODEL_OPTS_HELP
+                               "  --chunk N            prefill chunk size (default: the largest allowed)\n");
+                        return EXIT_OK;
+                default:
+                        return EXIT_USAGE;
+                }
+        }
+        if (!tokens || optind != argc) {
+                cli_error("usage: mixctl logits -m MODEL --tokens ID,ID,... [--all]");
+                return EXIT_USAGE;
+        }
+
+        Model *m = NULL;
+        Session *s = NULL;
+        int32_t *ids = NULL;
+        size_t n;
+        LogitsPrinter lp = { 0 };
+        if ((ex = open_model(&o, &m)))
+                goto out;
+        if (parse_token_list(tokens, m->cfg.n_vocab, &ids, &n) < 0) {
+                cli_error("--tokens must be comma-separated ids in 0..%u", m->cfg.n_vocab - 1);
+                ex = EXIT_USAGE;
+                goto out;
+        }
+        if ((ex = open_session(m, &o, (uint32_t)chunk, &s)))
+                goto out;
+        lp = (LogitsPrinter){ .n_vocab = m->cfg.n_vocab, .all = all, .last_pos = (int64_t)n - 1,
+                              .buf = malloc(64 + (size_t)m->cfg.n_vocab * 20) };
+        if (!lp.buf) {
+                ex = EXIT_RUNTIME;
+                goto out;
+        }
+        int r = session_feed(s, ids, n, on_logits, NULL, &lp);
+        if (r == -ECANCELED)
+                ex = EXIT_INTERRUPTED;
+        else if (r < 0 && r != -EPIPE) {
+                cli_error("forward pass failed: %s", strerror(-r));
+                ex = EXIT_RUNTIME;
+        }
+out:
+        free(lp.buf);
+        session_free(s);
+        free(ids);
+        model_free(m);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- perplexity */
+
+/* -log softmax(logits)[target], in double. */
+static double nll(const float *logits, uint32_t n, int32_t target) {
+        float max = logits[0];
+        for (uint32_t i = 1; i < n; i++)
+                if (logits[i] > max)
+                        max = logits[i];
+        double sum = 0.0;
+        for (uint32_t i = 0; i < n; i++)
+                sum += exp((double)logits[i] - max);
+        return log(sum) - ((double)logits[target] - max);
+}
+
+typedef struct PplState {
+        const int32_t *chunk;   /* this chunk's tokens */
+        int64_t first_scored;   /* position whose logits predict the first scored token */
+        int64_t n_ctx;
+        uint32_t n_vocab;
+        double nll_sum;
+        int64_t n_scored;
+} PplState;
+
+static int ppl_on_logits(void *userdata, int64_t pos, const float *logits) {
+        PplState *st = userdata;
+        if (cli_interrupted)
+                return -ECANCELED;
+        if (pos >= st->first_scored && pos < st->n_ctx - 1) {
+                st->nll_sum += nll(logits, st->n_vocab, st->chunk[pos + 1]);
+                st->n_scored++;
+        }
+        return 0;
+}
+
+int cmd_perplexity(int argc, char **argv) {
+        static const struct option longopts[] = {
+                MODEL_LONG_OPTS,
+                { "file", required_argument, NULL, 'f' },
+                { 0 },
+        };
+        ModelOpts o = { .kv_budget = KV_DEFAULT_BUDGET };
+        const char *path = NULL;
+        int64_t n_ctx = 512;
+        int c, ex = EXIT_OK;
+
+        optind = 1;
+        /* --ctx here is the chunk length, as in llama-perplexity */
+        while ((c = getopt_long(argc, argv, "m:f:c:h", longopts, NULL)) != -1) {
+                if (c == OPT_CTX || c == 'c') {
+                        if (cli_parse_i64(optarg, 4, 1 << 20, &n_ctx) < 0) {
+                                cli_error("--ctx must be an integer in 4..%d", 1 << 20);
+                                return EXIT_USAGE;
+                        }
+                        continue;
+                }
+                if (parse_model_opt(c, optarg, &o, &ex)) {
+                        if (ex)
+                                return ex;
+                        continue;
+                }
+                if (c == 'f') {
+                        path = optarg;
+                } else if (c == 'h') {
+                        printf("usage: mixctl perplexity -m MODEL -f FILE [--ctx N]\n"
+                               "llama-perplexity's method: chunks of N tokens (default 512), each starting with BOS;\n"
+                               "the second half of each chunk is scored. The last stdout line is 'ppl VALUE'.\n"
+                               "  -m, --model FILE     GGUF model file (required)\n"
+                               "  -f, --file FILE      text to score\n"
+                               "  -c, --ctx N          chunk length in tokens (default 512)\n"
+                               "  --kv-budget BYTES    most bytes of KV cache (default 4 GiB)\n");
+                        return EXIT_OK;
+                } else {
+                        return EXIT_USAGE;
+                }
+        }
+        if (!path || optind != argc) {
+                cli_error("usage: mixctl perplexity -m MODEL -f FILE [--ctx N]");
+                return EXIT_USAGE;
+        }
+
+        Model *m = NULL;
+        Session *s = NULL;
+        char *text = NULL;
+        int32_t *ids = NULL, *chunk = NULL;
+        size_t len, n;
+        int r = cli_read_file(path, CLI_MAX_INPUT, &text, &len);
+        if (r < 0) {
+                cli_error("cannot read %s: %s", path, r == -E2BIG ? "file too large" : strerror(-r));
+                return EXIT_USAGE;
+        }
+        o.capacity = (uint32_t)n_ctx; /* exact attention over a whole chunk */
+        if ((ex = open_model(&o, &m)) || (ex = encode(m, text, len, 1, &ids, &n)) || (ex = open_session(m, &o, 0, &s)))
+                goto out;
+        const int64_t n_chunks = (int64_t)n / n_ctx;
+        if (n_chunks == 0) {
+                cli_error("%s has %zu tokens, fewer than one chunk of %lld", path, n, (long long)n_ctx);
+                ex = EXIT_USAGE;
+                goto out;
+        }
+        if (!m->cfg.sliding_window && s->kv->n_slots < n_ctx)
+                fprintf(stderr, "mixctl: warning: KV budget holds %u positions, less than --ctx %lld; attention rolls\n",
+                        s->kv->n_slots, (long long)n_ctx);
+        chunk = malloc((size_t)n_ctx * sizeof(int32_t));
+        if (!chunk) {
+                ex = EXIT_RUNTIME;
+                goto out;
+        }
+        PplState st = { .chunk = chunk, .first_scored = n_ctx / 2, .n_ctx = n_ctx, .n_vocab = m->cfg.n_vocab };
+        fprintf(stderr, "perplexity: %zu tokens, %lld chunks of %lld\n", n, (long long)n_chunks, (long long)n_ctx);
+        for (int64_t ci = 0; ci < n_chunks; ci++) {
+                memcpy(chunk, ids + ci * n_ctx, (size_t)n_ctx * sizeof(int32_t));
+                chunk[0] = tokenizer_bos(m->tok);
+                session_reset(s);
+                /* the first half only fills the cache; the second half is scored */
+                r = session_feed(s, chunk, (size_t)st.first_scored, NULL, NULL, NULL);
+                if (r == 0)
+                        r = session_feed(s, chunk + st.first_scored, (size_t)(n_ctx - st.first_scored), ppl_on_logits,
+                                         NULL, &st);
+                if (r == -ECANCELED) {
+                        ex = EXIT_INTERRUPTED;
+                        goto out;
+                }
+                if (r < 0) {
+                        cli_error("forward pass failed: %s", strerror(-r));
+                        ex = EXIT_RUNTIME;
+                        goto out;
+                }
+                fprintf(stderr, "[%lld/%lld] ppl %.4f\n", (long long)ci + 1, (long long)n_chunks,
+                        exp(st.nll_sum / (double)st.n_scored));
+        }
+        char line[64];
+        int ln = snprintf(line, sizeof(line), "ppl %.6f\n", exp(st.nll_sum / (double)st.n_scored));
+        if (cli_write(line, (size_t)ln) < 0 && !cli_stdout_closed)
+                ex = EXIT_RUNTIME;
+out:
+        free(chunk);
+        session_free(s);
+        free(ids);
+        free(text);
+        model_free(m);
+        return ex;
+}

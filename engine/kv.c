@@ -1,0 +1,59 @@
+/* engine/kv.c — allocation of rolling KV caches (see kv.h for the slot rule). */
+#include "kv.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "limits.h"
+
+int kv_cache_bytes(uint32_t n_layer, uint32_t kv_dim, uint32_t n_slots, uint64_t *ret_bytes) {
+        uint64_t n;
+        if (__builtin_mul_overflow((uint64_t)n_layer * kv_dim, (uint64_t)n_slots, &n) ||
+            __builtin_mul_overflow(n, 2 * sizeof(float), &n))
+                return -EOVERFLOW;
+        *ret_bytes = n;
+        return 0;
+}
+
+int kv_cache_new(uint32_t n_layer, uint32_t kv_dim, uint32_t window, uint32_t capacity, KVCache **ret_cache) {
+        uint32_t n_sink = window ? 0 : KV_ATTENTION_SINKS;
+        uint32_t n_slots = window ? window : capacity;
+        uint64_t bytes;
+        int r;
+
+        if (n_layer == 0 || kv_dim == 0 || n_slots <= n_sink)
+                return -EINVAL;
+        r = kv_cache_bytes(n_layer, kv_dim, n_slots, &bytes);
+        if (r < 0)
+                return r;
+        if (bytes > SIZE_MAX)
+                return -E2BIG;
+
+        KVCache *c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        *c = (KVCache){ .n_layer = n_layer, .kv_dim = kv_dim, .n_sink = n_sink,
+                        .n_roll = n_slots - n_sink, .n_slots = n_slots };
+        c->k = malloc(bytes / 2);
+        c->v = malloc(bytes / 2);
+        if (!c->k || !c->v) {
+                kv_cache_free(c);
+                return -ENOMEM;
+        }
+        *ret_cache = c;
+        return 0;
+}
+
+KVCache *kv_cache_free(KVCache *c) {
+        if (!c)
+                return NULL;
+        free(c->k);
+        free(c->v);
+        free(c);
+        return NULL;
+}
+
+void kv_cache_reset(KVCache *c) {
+        c->n_pos = 0;
+}

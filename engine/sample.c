@@ -1,0 +1,161 @@
+/* engine/sample.c — the sampling chain, in llama.cpp's default order: repeat penalty →
+ * top-k → softmax → top-p → min-p → temperature → draw. Greedy when temperature <= 0. */
+#include "sample.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "limits.h"
+
+typedef struct Candidate {
+        float logit;
+        float p;
+        int32_t id;
+} Candidate;
+
+struct Sampler {
+        SamplerParams p;
+        uint32_t n_vocab;
+        uint64_t rng;
+        Candidate *cand;   /* [n_vocab] */
+        int32_t *history;  /* ring of the last repeat_last_n tokens */
+        uint32_t n_history, history_pos;
+};
+
+int sampler_validate(const SamplerParams *p) {
+        if (!(p->temperature >= 0.0f) || !isfinite(p->temperature) || !(p->top_p > 0.0f && p->top_p <= 1.0f) ||
+            !(p->min_p >= 0.0f && p->min_p <= 1.0f) || !(p->repeat_penalty > 0.0f) || !isfinite(p->repeat_penalty) ||
+            p->repeat_last_n < 0 || p->repeat_last_n > SAMPLE_MAX_REPEAT_LAST)
+                return -EINVAL;
+        return 0;
+}
+
+int sampler_new(uint32_t n_vocab, const SamplerParams *p, Sampler **ret_sampler) {
+        if (n_vocab == 0 || sampler_validate(p) < 0)
+                return -EINVAL;
+        Sampler *s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->p = *p;
+        s->n_vocab = n_vocab;
+        s->rng = p->seed ^ 0x9e3779b97f4a7c15ull;
+        s->cand = malloc(n_vocab * sizeof(Candidate));
+        s->history = malloc(((size_t)p->repeat_last_n + 1) * sizeof(int32_t));
+        if (!s->cand || !s->history) {
+                sampler_free(s);
+                return -ENOMEM;
+        }
+        *ret_sampler = s;
+        return 0;
+}
+
+Sampler *sampler_free(Sampler *s) {
+        if (!s)
+                return NULL;
+        free(s->cand);
+        free(s->history);
+        free(s);
+        return NULL;
+}
+
+void sampler_accept(Sampler *s, int32_t token) {
+        if (s->p.repeat_last_n == 0)
+                return;
+        s->history[s->history_pos] = token;
+        s->history_pos = (s->history_pos + 1) % (uint32_t)s->p.repeat_last_n;
+        if (s->n_history < (uint32_t)s->p.repeat_last_n)
+                s->n_history++;
+}
+
+/* splitmix64: the sampler's own RNG, so a seed gives the same text everywhere. */
+static uint64_t rng_next(uint64_t *state) {
+        uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+}
+
+static double rng_uniform(uint64_t *state) {
+        return (double)(rng_next(state) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static int cmp_candidate(const void *a, const void *b) {
+        const Candidate *x = a, *y = b;
+        if (x->logit != y->logit)
+                return x->logit > y->logit ? -1 : 1;
+        return x->id < y->id ? -1 : x->id > y->id; /* ties: lower id first */
+}
+
+static void apply_repeat_penalty(Sampler *s, float *logits) {
+        if (s->p.repeat_penalty == 1.0f)
+                return;
+        /* each distinct token is penalised once */
+        for (uint32_t i = 0; i < s->n_history; i++) {
+                int32_t t = s->history[i], seen = 0;
+                for (uint32_t j = 0; j < i && !seen; j++)
+                        seen = s->history[j] == t;
+                if (seen || t < 0 || (uint32_t)t >= s->n_vocab)
+                        continue;
+                logits[t] = logits[t] > 0 ? logits[t] / s->p.repeat_penalty : logits[t] * s->p.repeat_penalty;
+        }
+}
+
+int32_t sampler_sample(Sampler *s, float *logits) {
+        apply_repeat_penalty(s, logits);
+
+        if (s->p.temperature <= 0.0f) {
+                int32_t best = 0;
+                for (uint32_t i = 1; i < s->n_vocab; i++)
+                        if (logits[i] > logits[best])
+                                best = (int32_t)i;
+                return best;
+        }
+
+        uint32_t n = s->n_vocab;
+        for (uint32_t i = 0; i < n; i++)
+                s->cand[i] = (Candidate){ .logit = logits[i], .id = (int32_t)i };
+        qsort(s->cand, n, sizeof(Candidate), cmp_candidate);
+        if (s->p.top_k > 0 && (uint32_t)s->p.top_k < n)
+                n = (uint32_t)s->p.top_k;
+
+        /* softmax over the survivors (temperature 1: the filters see the model's distribution) */
+        double sum = 0.0;
+        for (uint32_t i = 0; i < n; i++)
+                sum += exp((double)s->cand[i].logit - s->cand[0].logit);
+        for (uint32_t i = 0; i < n; i++)
+                s->cand[i].p = (float)(exp((double)s->cand[i].logit - s->cand[0].logit) / sum);
+
+        if (s->p.top_p < 1.0f) {
+                double cum = 0.0;
+                for (uint32_t i = 0; i < n; i++) {
+                        cum += s->cand[i].p;
+                        if (cum >= s->p.top_p) {
+                                n = i + 1;
+                                break;
+                        }
+                }
+        }
+        if (s->p.min_p > 0.0f) {
+                const float floor_p = s->cand[0].p * s->p.min_p;
+                uint32_t keep = 1;
+                while (keep < n && s->cand[keep].p >= floor_p)
+                        keep++;
+                n = keep;
+        }
+
+        /* temperature, then draw */
+        sum = 0.0;
+        for (uint32_t i = 0; i < n; i++) {
+                s->cand[i].p = (float)exp(((double)s->cand[i].logit - s->cand[0].logit) / s->p.temperature);
+                sum += s->cand[i].p;
+        }
+        double r = rng_uniform(&s->rng) * sum, acc = 0.0;
+        for (uint32_t i = 0; i < n; i++) {
+                acc += s->cand[i].p;
+                if (r < acc)
+                        return s->cand[i].id;
+        }
+        return s->cand[n - 1].id;
+}

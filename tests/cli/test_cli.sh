@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# tests/cli/test_cli.sh — mixctl's command-line contract: exit codes, stdin/argument rules,
+# streaming to closed pipes, determinism, stop strings, chunked prefill. Uses the model in
+# models/ (always in the repository). Usage: test_cli.sh PATH/TO/mixctl
+set -u
+MIXCTL=$1
+MODEL=models/tiny-moe-q4_k_m.gguf
+PYTHON=${PYTHON:-/usr/bin/python3}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0 fail=0
+
+check() { # check NAME EXPECTED_STATUS ACTUAL_STATUS [extra condition result 0/1]
+        local name=$1 want=$2 got=$3 cond=${4:-0}
+        if [ "$got" = "$want" ] && [ "$cond" = 0 ]; then
+                pass=$((pass + 1))
+        else
+                fail=$((fail + 1))
+                echo "FAIL: $name (exit $got, wanted $want; condition $cond)"
+                [ -s "$tmp/err" ] && sed 's/^/    stderr: /' "$tmp/err" | head -5
+        fi
+}
+contains() { grep -q -- "$2" "$1"; echo $?; }
+
+"$MIXCTL" >/dev/null 2>"$tmp/err"; check "no command" 2 $?
+"$MIXCTL" frobnicate 2>"$tmp/err"; check "unknown command" 2 $?
+"$MIXCTL" generate "hi" 2>"$tmp/err"; check "generate without -m" 2 $?
+"$MIXCTL" --help >"$tmp/out" 2>"$tmp/err"; check "--help" 0 $? "$(contains "$tmp/out" generate)"
+
+"$MIXCTL" generate -m "$tmp/nope.gguf" "hi" 2>"$tmp/err"; check "missing model" 1 $? "$(contains "$tmp/err" 'cannot load model')"
+head -c 1000000 "$MODEL" >"$tmp/trunc.gguf"
+"$MIXCTL" generate -m "$tmp/trunc.gguf" "hi" 2>"$tmp/err"; check "truncated model" 1 $? "$(contains "$tmp/err" 'past the end\|truncated')"
+[ "$(wc -l <"$tmp/err")" = 1 ]; check "truncated model: one error line" 0 $?
+printf 'this is not a model at all, just some text that is long enough\n' >"$tmp/text.gguf"
+"$MIXCTL" tokenize -m "$tmp/text.gguf" </dev/null 2>"$tmp/err"; check "not a gguf" 1 $? "$(contains "$tmp/err" 'bad magic')"
+"$MIXCTL" generate -m "$tmp" "hi" 2>"$tmp/err"; check "directory as model" 1 $?
+
+printf 'caf\xc3' | "$MIXCTL" tokenize -m "$MODEL" >/dev/null 2>"$tmp/err"; check "tokenize invalid utf-8" 2 $? "$(contains "$tmp/err" 'UTF-8')"
+printf 'ab\xff\xfe' | "$MIXCTL" generate -m "$MODEL" -n 3 >/dev/null 2>"$tmp/err"; check "generate invalid utf-8 stdin" 2 $?
+"$MIXCTL" generate -m "$MODEL" -n 3 $'\xc0\xaf' >/dev/null 2>"$tmp/err"; check "generate invalid utf-8 argument" 2 $?
+
+printf 'Hello world' | "$MIXCTL" tokenize -m "$MODEL" >"$tmp/out" 2>"$tmp/err"; check "tokenize" 0 $? "$([ "$(cat "$tmp/out")" = '[1,22557,1526]' ]; echo $?)"
+printf 'Hello world' | "$MIXCTL" tokenize -m "$MODEL" --no-bos >"$tmp/out" 2>"$tmp/err"; check "tokenize --no-bos" 0 $? "$([ "$(cat "$tmp/out")" = '[22557,1526]' ]; echo $?)"
+printf '<s>' | "$MIXCTL" tokenize -m "$MODEL" --no-bos >"$tmp/out" 2>"$tmp/err"; check "<s> is text" 0 $? "$(grep -q '^\[1\]$' "$tmp/out"; [ $? = 1 ]; echo $?)"
+printf 'a\n' | "$MIXCTL" tokenize -m "$MODEL" --no-bos >"$tmp/out" 2>"$tmp/err"; check "stdin verbatim (newline kept)" 0 $? "$(contains "$tmp/out" '13\]')"
+
+for bad in "--temp -1" "--top-p 2" "--top-p 0" "-n abc" "--min-p 1.5" "--repeat-last-n -3" "--seed x" "--top-k 1.5"; do
+        # shellcheck disable=SC2086
+        "$MIXCTL" generate -m "$MODEL" $bad "hi" >/dev/null 2>"$tmp/err"; check "bad option $bad" 2 $?
+done
+
+"$MIXCTL" generate -m "$MODEL" -n 24 --seed 7 "ROMEO:" >"$tmp/a" 2>"$tmp/err"; check "generate seed 7" 0 $? "$([ -s "$tmp/a" ]; echo $?)"
+"$MIXCTL" generate -m "$MODEL" -n 24 --seed 7 "ROMEO:" >"$tmp/b" 2>"$tmp/err"; check "same seed, same text" 0 $? "$(cmp -s "$tmp/a" "$tmp/b"; echo $?)"
+"$MIXCTL" generate -m "$MODEL" -n 24 --seed 8 "ROMEO:" >"$tmp/c" 2>"$tmp/err"; check "other seed, other text" 0 $? "$(cmp -s "$tmp/a" "$tmp/c"; [ $? = 1 ]; echo $?)"
+echo "ignored stdin" | "$MIXCTL" generate -m "$MODEL" -n 24 --seed 7 "ROMEO:" >"$tmp/d" 2>"$tmp/err"; check "argument wins over stdin" 0 $? "$(cmp -s "$tmp/a" "$tmp/d"; echo $?)"
+printf 'ROMEO:' | "$MIXCTL" generate -m "$MODEL" -n 24 --seed 7 >"$tmp/e" 2>"$tmp/err"; check "prompt from stdin" 0 $? "$(cmp -s "$tmp/a" "$tmp/e"; echo $?)"
+[ "$(tail -c 1 "$tmp/a" | od -An -c | tr -d ' ')" != '\n' ] || [ "$(wc -c <"$tmp/a")" -lt 2 ]; check "no trailing newline added to a pipe" 0 $?
+
+"$MIXCTL" generate -m "$MODEL" -n 40 --temp 0 "ROMEO:" >"$tmp/g" 2>"$tmp/err"; check "greedy" 0 $?
+"$MIXCTL" generate -m "$MODEL" -n 40 --temp 0 "ROMEO:" >"$tmp/g2" 2>"$tmp/err"; check "greedy is deterministic" 0 $? "$(cmp -s "$tmp/g" "$tmp/g2"; echo $?)"
+stop=$("$PYTHON" -c 'import sys; t=open(sys.argv[1]).read(); print(t[len(t)//2:len(t)//2+3], end="")' "$tmp/g")
+"$MIXCTL" generate -m "$MODEL" -n 40 --temp 0 --stop "$stop" "ROMEO:" >"$tmp/s" 2>"$tmp/err"; st=$?
+"$PYTHON" -c 'import sys; g=open(sys.argv[1]).read(); s=open(sys.argv[2]).read(); stop=sys.argv[3]; sys.exit(0 if s == g[:g.index(stop)] else 1)' "$tmp/g" "$tmp/s" "$stop"
+check "stop string ends output before it" 0 $st $?
+
+"$MIXCTL" generate -m "$MODEL" -n 400 --seed 1 "ROMEO:" 2>"$tmp/err" | head -c 5 >/dev/null; check "closed stdout exits 0" 0 "${PIPESTATUS[0]}"
+
+"$MIXCTL" generate -m "$MODEL" -n -1 --seed 3 --temp 1 "ROMEO:" >/dev/null 2>"$tmp/err" &
+pid=$!; sleep 1.5; kill -INT $pid; wait $pid; check "SIGINT exits 130" 130 $?
+
+# chunked prefill equals all-at-once
+toks=$(printf 'First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?' | "$MIXCTL" tokenize -m "$MODEL" | tr -d '[]\n')
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 64 >"$tmp/l64" 2>"$tmp/err"; check "logits chunk 64" 0 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 7 >"$tmp/l7" 2>"$tmp/err"; check "logits chunk 7" 0 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" >"$tmp/last" 2>"$tmp/err"; check "logits last" 0 $?
+"$PYTHON" - "$tmp/l64" "$tmp/l7" "$tmp/last" <<'PY'
+import json, sys
+import numpy as np
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+last = [json.loads(l) for l in open(sys.argv[3])]
+assert len(a) == len(b) > 64, (len(a), len(b))
+worst = 0.0
+for x, y in zip(a, b):
+    assert x["pos"] == y["pos"]
+    u, v = np.array(x["logits"]), np.array(y["logits"])
+    worst = max(worst, float(np.max(np.abs(u - v)) / np.max(np.abs(u))))
+assert len(last) == 1 and last[0]["pos"] == a[-1]["pos"] and last[0]["logits"] == a[-1]["logits"]
+print(f"chunk 7 vs 64 over {len(a)} positions: max relative difference {worst:.3g}")
+sys.exit(0 if worst <= 1e-5 else 1)
+PY
+check "chunked prefill equals all-at-once (1e-5 relative)" 0 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "1,99999999" 2>"$tmp/err"; check "token id out of range" 2 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "1,,2" 2>"$tmp/err"; check "malformed token list" 2 $?
+
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# tests/run.sh — runs every test suite of the project and prints one closing line
+# "N passed, M failed". Called by `make test` after the ASan+UBSan and optimized builds.
+# Fixtures: $FIXTURES (default ../shared/fixtures). In CI (CI=true) a missing fixture is a
+# failure; elsewhere the suites that need it are skipped with a loud message.
+set -u
+cd "$(dirname "$0")/.."
+FIXTURES=${FIXTURES:-../shared/fixtures}
+PYTHON=${PYTHON:-/usr/bin/python3}
+ASAN=build/asan
+REL=build/rel
+export FIXTURES CI=${CI:-}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+passed=0 failed=0 skipped=0
+failures=()
+
+run() { # run NAME COMMAND...
+        local name=$1; shift
+        local log; log=$(mktemp)
+        local t0=$SECONDS
+        if "$@" >"$log" 2>&1; then
+                passed=$((passed + 1))
+                printf 'PASS  %-34s (%ds) %s\n' "$name" $((SECONDS - t0)) "$(tail -n 1 "$log")"
+        else
+                failed=$((failed + 1))
+                failures+=("$name")
+                printf 'FAIL  %-34s (%ds)\n' "$name" $((SECONDS - t0))
+                tail -n 40 "$log" | sed 's/^/      | /'
+        fi
+        rm -f "$log"
+}
+
+have_fixtures() {
+        if [ -f "$FIXTURES/tiny-moe-shakespeare/tiny-moe-f16.gguf" ]; then
+                return 0
+        fi
+        if [ "${CI:-}" = true ]; then
+                failed=$((failed + 1))
+                failures+=("fixtures missing at $FIXTURES")
+                echo "FAIL  fixtures missing at $FIXTURES (CI=true)"
+        else
+                skipped=$((skipped + 1))
+                echo "!!!!! SKIPPING fixture suites: no fixtures at $FIXTURES !!!!!" >&2
+        fi
+        return 1
+}
+
+# 1. cmocka unit tests, built with ASan+UBSan
+for t in "$ASAN"/tests/test_*; do
+        [ -x "$t" ] || continue
+        run "unit $(basename "$t")" "$t"
+done
+
+# 2. command-line contract (exit codes, streams, determinism)
+run "cli contract" bash tests/cli/test_cli.sh "$ASAN/mixctl"
+
+# 3. numerics against the fixtures' oracles
+if have_fixtures; then
+        F=$FIXTURES/tiny-moe-shakespeare
+        run "numpy dequant vs quant-zoo" "$PYTHON" tests/python/test_quant_zoo_numpy.py "$FIXTURES"
+        run "tokenizer vectors via mixctl" "$PYTHON" tests/python/check_tokenize_cli.py "$ASAN/mixctl" "$FIXTURES"
+        for q in f16 q8_0 q4_k_m; do
+                run "golden logits $q" "$PYTHON" tests/python/check_golden.py "$ASAN/mixctl" "$FIXTURES" "$q"
+        done
+        run "golden logits past the window" "$PYTHON" tests/python/check_golden.py "$ASAN/mixctl" "$FIXTURES" long
+        run "greedy continuations f16" "$PYTHON" tests/python/check_greedy.py "$ASAN/mixctl" "$FIXTURES"
+        for q in f16 q8_0 q4_k_m; do
+                run "perplexity ctx64 $q" "$PYTHON" tests/python/check_ppl.py "$REL/mixctl" "$FIXTURES" "$q"
+        done
+        run "random models vs numpy oracle" "$PYTHON" tests/python/check_random_models.py "$ASAN/mixctl" "$FIXTURES"
+fi
+
+echo
+if [ ${#failures[@]} -gt 0 ]; then
+        printf 'failed: %s\n' "${failures[@]}"
+fi
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
