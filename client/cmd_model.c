@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "limits.h"
 #include "model.h"
+#include "generate.h"
 #include "sample.h"
 #include "session.h"
 #include "stop.h"
@@ -239,12 +240,13 @@ bad:
         return 1;
 }
 
-static int show_progress(void *userdata, size_t done, size_t total) {
-        if (isatty(STDERR_FILENO) && total > 64)
-                fprintf(stderr, "\rprefill %zu/%zu tokens", done, total);
-        if (isatty(STDERR_FILENO) && total > 64 && done == total)
+/* Prefill progress on a terminal, for prompts long enough to notice. */
+static void show_progress(void *userdata, size_t done, size_t total) {
+        if (!isatty(STDERR_FILENO) || total <= 256)
+                return;
+        fprintf(stderr, "\rprefill %zu/%zu tokens", done, total);
+        if (done == total)
                 fputs("\r\033[K", stderr);
-        return cli_interrupted ? -ECANCELED : 0;
 }
 
 static double now_seconds(void) {
@@ -311,8 +313,7 @@ int cmd_generate(int argc, char **argv) {
 
         Model *m = NULL;
         Session *s = NULL;
-        Sampler *smp = NULL;
-        StopMatcher stop;
+        Generation gen = { 0 };
         char *text = NULL;
         int32_t *ids = NULL;
         size_t len, n_ids;
@@ -328,75 +329,46 @@ int cmd_generate(int argc, char **argv) {
         if ((ex = open_model(&o, &m)) || (ex = encode(m, text, len, 1, &ids, &n_ids)) ||
             (ex = open_session(m, &o, 0, &s)))
                 goto out;
-        if (sampler_new(m->cfg.n_vocab, &g.sp, &smp) < 0 || stop_init(&stop, g.stops, g.n_stops) < 0) {
+        GenParams gp = { .sampling = g.sp, .n_predict = g.n_predict, .n_stops = g.n_stops };
+        memcpy(gp.stops, g.stops, sizeof(g.stops));
+        /* an empty prompt (BOS only): the text starts at the document's start */
+        if (generation_start(&gen, s, ids, n_ids, &gp, n_ids <= 1) < 0) {
                 ex = EXIT_RUNTIME;
                 goto out;
         }
-        for (size_t i = 0; i < n_ids; i++)
-                sampler_accept(smp, ids[i]);
 
-        double t0 = now_seconds();
-        int r = session_feed(s, ids, n_ids, NULL, show_progress, NULL);
-        if (r == -ECANCELED) {
-                ex = EXIT_INTERRUPTED;
-                goto out;
-        }
-        if (r < 0) {
-                cli_error("prefill failed: %s", strerror(-r));
-                ex = EXIT_RUNTIME;
-                goto out;
-        }
-        double t1 = now_seconds();
-
-        Detokenizer dt;
-        detok_init(&dt, m->tok, n_ids <= 1); /* an empty prompt: the text starts here */
-        char piece[DETOK_MAX_OUT], out_buf[DETOK_MAX_OUT + SAMPLE_MAX_STOP_LEN];
-        size_t out_len;
-        int64_t n_gen = 0;
-        int stopped = 0;
-        while ((g.n_predict < 0 || n_gen < g.n_predict) && !stopped) {
+        const double t0 = now_seconds();
+        double t1 = t0;
+        GenEvent ev;
+        int r;
+        do {
                 if (cli_interrupted) {
                         ex = EXIT_INTERRUPTED;
                         goto out;
                 }
-                const int32_t tok = sampler_sample(smp, s->last_logits);
-                if (tok == tokenizer_eos(m->tok))
-                        break;
-                sampler_accept(smp, tok);
-                n_gen++;
-                int np = detok_push(&dt, tok, piece);
-                if (np > 0) {
-                        stopped = stop_push(&stop, piece, (size_t)np, out_buf, &out_len);
-                        if (emit(out_buf, out_len) < 0)
-                                goto out_written;
-                }
-                if (stopped || (g.n_predict >= 0 && n_gen >= g.n_predict))
-                        break;
-                r = session_feed(s, &tok, 1, NULL, NULL, NULL);
+                r = generation_step(&gen, &ev);
                 if (r < 0) {
                         cli_error("generation failed: %s", strerror(-r));
                         ex = EXIT_RUNTIME;
                         goto out;
                 }
-        }
-        if (!stopped) {
-                int np = detok_flush(&dt, piece);
-                if (np > 0)
-                        stopped = stop_push(&stop, piece, (size_t)np, out_buf, &out_len);
-                if (np > 0 && emit(out_buf, out_len) < 0)
-                        goto out_written;
-                if (!stopped && emit(out_buf, stop_flush(&stop, out_buf)) < 0)
-                        goto out_written;
-        }
+                if (ev.prefilling) {
+                        show_progress(NULL, ev.prompt_done, ev.prompt_total);
+                        t1 = now_seconds();
+                }
+                if (emit(ev.text, ev.text_len) < 0)
+                        goto out; /* stdout closed early (| head): a quiet, successful end */
+        } while (r > 0);
+
         if (isatty(STDOUT_FILENO)) {
-                double t2 = now_seconds();
+                const double t2 = now_seconds();
                 emit("\n", 1);
-                fprintf(stderr, "[prompt %zu tokens, %.1f tok/s; generated %lld tokens, %.1f tok/s]\n", n_ids,
-                        n_ids / (t1 - t0 + 1e-9), (long long)n_gen, n_gen / (t2 - t1 + 1e-9));
+                fprintf(stderr, "[prompt %zu tokens, %.1f tok/s; generated %lld tokens, %.1f tok/s; stop: %s]\n", n_ids,
+                        n_ids / (t1 - t0 + 1e-9), (long long)gen.n_generated, gen.n_generated / (t2 - t1 + 1e-9),
+                        gen_stop_reason_name(gen.stop_reason));
         }
-out_written: /* stdout closed early (| head): a quiet, successful end */
 out:
-        sampler_free(smp);
+        generation_done(&gen);
         session_free(s);
         free(ids);
         free(text);

@@ -88,7 +88,8 @@ static int cmp_candidate(const void *a, const void *b) {
         return x->id < y->id ? -1 : x->id > y->id; /* ties: lower id first */
 }
 
-static void apply_repeat_penalty(Sampler *s, float *logits) {
+/* On the candidates, still in id order (cand[i].id == i). */
+static void apply_repeat_penalty(Sampler *s) {
         if (s->p.repeat_penalty == 1.0f)
                 return;
         /* each distinct token is penalised once */
@@ -98,24 +99,25 @@ static void apply_repeat_penalty(Sampler *s, float *logits) {
                         seen = s->history[j] == t;
                 if (seen || t < 0 || (uint32_t)t >= s->n_vocab)
                         continue;
-                logits[t] = logits[t] > 0 ? logits[t] / s->p.repeat_penalty : logits[t] * s->p.repeat_penalty;
+                float *l = &s->cand[t].logit;
+                *l = *l > 0 ? *l / s->p.repeat_penalty : *l * s->p.repeat_penalty;
         }
 }
 
-int32_t sampler_sample(Sampler *s, float *logits) {
-        apply_repeat_penalty(s, logits);
+int32_t sampler_sample(Sampler *s, const float *logits) {
+        uint32_t n = s->n_vocab;
+        for (uint32_t i = 0; i < n; i++)
+                s->cand[i] = (Candidate){ .logit = logits[i], .id = (int32_t)i };
+        apply_repeat_penalty(s);
 
         if (s->p.temperature <= 0.0f) {
                 int32_t best = 0;
-                for (uint32_t i = 1; i < s->n_vocab; i++)
-                        if (logits[i] > logits[best])
+                for (uint32_t i = 1; i < n; i++)
+                        if (s->cand[i].logit > s->cand[best].logit)
                                 best = (int32_t)i;
                 return best;
         }
 
-        uint32_t n = s->n_vocab;
-        for (uint32_t i = 0; i < n; i++)
-                s->cand[i] = (Candidate){ .logit = logits[i], .id = (int32_t)i };
         qsort(s->cand, n, sizeof(Candidate), cmp_candidate);
         if (s->p.top_k > 0 && (uint32_t)s->p.top_k < n)
                 n = (uint32_t)s->p.top_k;

@@ -23,7 +23,7 @@ typedef struct Sampler Sampler;
 int sampler_validate(const SamplerParams *p);
 int sampler_new(uint32_t n_vocab, const SamplerParams *p, Sampler **ret_sampler);
 Sampler *sampler_free(Sampler *s);
-/* Pick a token from logits [n_vocab] (modified in place). */
-int32_t sampler_sample(Sampler *s, float *logits);
+/* Pick a token from logits [n_vocab] (not modified). */
+int32_t sampler_sample(Sampler *s, const float *logits);
 /* Record a token (prompt or generated) in the repeat-penalty history. */
 void sampler_accept(Sampler *s, int32_t token);

@@ -1,0 +1,159 @@
+/* engine/generate.c — the generation step machine (see generate.h). */
+#include "generate.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *gen_stop_reason_name(GenStopReason r) {
+        switch (r) {
+        case GEN_RUNNING: return "running";
+        case GEN_STOP_LENGTH: return "length";
+        case GEN_STOP_EOS: return "eos";
+        case GEN_STOP_STRING: return "stop";
+        case GEN_STOP_CANCELLED: return "cancelled";
+        }
+        return "unknown";
+}
+
+int generation_start(Generation *g, Session *s, const int32_t *prompt, size_t n, const GenParams *p,
+                     int strip_leading_space) {
+        int r;
+        memset(g, 0, sizeof(*g));
+        g->s = s;
+        g->params = *p;
+        r = sampler_new(s->m->cfg.n_vocab, &p->sampling, &g->sampler);
+        if (r < 0)
+                return r;
+        r = stop_init(&g->stop, p->stops, p->n_stops);
+        if (r < 0)
+                goto fail;
+        g->prompt = malloc((n ? n : 1) * sizeof(int32_t));
+        if (!g->prompt) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        memcpy(g->prompt, prompt, n * sizeof(int32_t));
+        g->n_prompt = n;
+        for (size_t i = 0; i < n; i++)
+                sampler_accept(g->sampler, prompt[i]);
+        detok_init(&g->detok, s->m->tok, strip_leading_space);
+        return 0;
+fail:
+        generation_done(g);
+        return r;
+}
+
+void generation_done(Generation *g) {
+        g->sampler = sampler_free(g->sampler);
+        free(g->prompt);
+        g->prompt = NULL;
+}
+
+static float token_logprob(const float *logits, uint32_t n, int32_t token) {
+        float max = logits[0];
+        for (uint32_t i = 1; i < n; i++)
+                if (logits[i] > max)
+                        max = logits[i];
+        double sum = 0.0;
+        for (uint32_t i = 0; i < n; i++)
+                sum += exp((double)logits[i] - max);
+        return (float)((double)logits[token] - max - log(sum));
+}
+
+/* Text from the detokenizer through the stop matcher into ev. Returns 1 on a stop match. */
+static int release_text(Generation *g, const char *piece, size_t n, GenEvent *ev) {
+        size_t out;
+        int matched = stop_push(&g->stop, piece, n, ev->text + ev->text_len, &out);
+        ev->text_len += out;
+        return matched;
+}
+
+static void finish(Generation *g, GenStopReason why, GenEvent *ev) {
+        g->stop_reason = why;
+        if (why == GEN_STOP_STRING || why == GEN_STOP_CANCELLED)
+                return;
+        char piece[DETOK_MAX_OUT];
+        int n = detok_flush(&g->detok, piece);
+        if (n > 0 && release_text(g, piece, (size_t)n, ev)) {
+                g->stop_reason = GEN_STOP_STRING;
+                return;
+        }
+        ev->text_len += stop_flush(&g->stop, ev->text + ev->text_len);
+}
+
+int generation_settle(Generation *g) {
+        if (!g->have_next)
+                return 0;
+        g->have_next = 0;
+        return session_feed(g->s, &g->next_token, 1, NULL, NULL, NULL);
+}
+
+void generation_cancel(Generation *g) {
+        if (g->stop_reason == GEN_RUNNING)
+                g->stop_reason = GEN_STOP_CANCELLED;
+}
+
+int generation_step(Generation *g, GenEvent *ev) {
+        Session *s = g->s;
+        int r;
+
+        memset(ev, 0, offsetof(GenEvent, text));
+        ev->text_len = 0;
+        if (g->stop_reason != GEN_RUNNING)
+                return 0;
+
+        /* prefill: one chunk per step so other sessions interleave */
+        if (g->prompt_fed < g->n_prompt) {
+                size_t n = g->n_prompt - g->prompt_fed;
+                if (n > s->chunk)
+                        n = s->chunk;
+                r = session_feed(s, g->prompt + g->prompt_fed, n, NULL, NULL, NULL);
+                if (r < 0)
+                        return r;
+                g->prompt_fed += n;
+                ev->prefilling = 1;
+                ev->prompt_done = g->prompt_fed;
+                ev->prompt_total = g->n_prompt;
+                return 1;
+        }
+        if (s->n_fed == 0)
+                return -EINVAL; /* nothing to continue from */
+
+        if (g->params.n_predict >= 0 && g->n_generated >= g->params.n_predict) {
+                finish(g, GEN_STOP_LENGTH, ev);
+                return 0;
+        }
+        /* the token sampled last step enters the cache now */
+        r = generation_settle(g);
+        if (r < 0)
+                return r;
+
+        const int32_t tok = sampler_sample(g->sampler, s->last_logits);
+        ev->has_token = 1;
+        ev->token = tok;
+        ev->logprob = g->params.want_logprobs ? token_logprob(s->last_logits, s->m->cfg.n_vocab, tok) : NAN;
+        g->next_token = tok; /* EOS too: a continued conversation sees the end of this turn */
+        g->have_next = 1;
+        if (tok == tokenizer_eos(s->m->tok)) {
+                finish(g, GEN_STOP_EOS, ev);
+                return 0;
+        }
+        sampler_accept(g->sampler, tok);
+        g->n_generated++;
+
+        char piece[DETOK_MAX_OUT];
+        int n = detok_push(&g->detok, tok, piece);
+        if (n < 0)
+                return n;
+        if (n > 0 && release_text(g, piece, (size_t)n, ev)) {
+                g->stop_reason = GEN_STOP_STRING;
+                return 0;
+        }
+        if (g->params.n_predict >= 0 && g->n_generated >= g->params.n_predict) {
+                finish(g, GEN_STOP_LENGTH, ev);
+                return 0;
+        }
+        return 1;
+}

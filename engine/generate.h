@@ -1,0 +1,72 @@
+/* engine/generate.h — one generation request as a step machine over a Session: prefill the
+ * prompt chunk by chunk, then one token per step, with sampling, detokenization and stop
+ * strings. The daemon's scheduler interleaves steps of many generations; mixctl's in-process
+ * path runs one to the end. One thread at a time per Generation. */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "limits.h"
+#include "sample.h"
+#include "session.h"
+#include "stop.h"
+#include "tokenizer.h"
+
+typedef enum GenStopReason {
+        GEN_RUNNING = 0,
+        GEN_STOP_LENGTH,    /* n_predict tokens generated */
+        GEN_STOP_EOS,       /* the model ended the text */
+        GEN_STOP_STRING,    /* a stop string appeared */
+        GEN_STOP_CANCELLED, /* the caller cancelled */
+} GenStopReason;
+
+const char *gen_stop_reason_name(GenStopReason r);
+
+typedef struct GenParams {
+        SamplerParams sampling;
+        int64_t n_predict;                 /* -1: until EOS */
+        const char *stops[SAMPLE_MAX_STOPS];
+        int n_stops;
+        int want_logprobs;
+} GenParams;
+
+/* What one step produced. */
+typedef struct GenEvent {
+        int prefilling;             /* this step fed prompt tokens */
+        size_t prompt_done, prompt_total;
+        int has_token;              /* a token was sampled */
+        int32_t token;
+        float logprob;              /* log p(token) under the model's raw distribution */
+        char text[DETOK_MAX_OUT + SAMPLE_MAX_STOP_LEN + 16]; /* text released by this step */
+        size_t text_len;
+} GenEvent;
+
+typedef struct Generation {
+        Session *s;
+        Sampler *sampler;
+        StopMatcher stop;
+        Detokenizer detok;
+        GenParams params;
+        int32_t *prompt;            /* tokens still to feed (owned) */
+        size_t n_prompt, prompt_fed;
+        int64_t n_generated;
+        int32_t next_token;         /* sampled, not yet fed (fed at the next step) */
+        int have_next;
+        GenStopReason stop_reason;
+} Generation;
+
+/* Start a generation that first feeds prompt[0..n) into s (whose KV may hold earlier turns:
+ * the model continues from there). strip_leading_space: the text starts at the document's
+ * start (nothing but BOS before it). Copies prompt and params; stop strings must outlive g.
+ * The prompt tokens enter the repeat-penalty history. */
+int generation_start(Generation *g, Session *s, const int32_t *prompt, size_t n, const GenParams *p,
+                     int strip_leading_space);
+/* One step: a prefill chunk, or one sampled token. Returns 1 while running, 0 when done
+ * (g->stop_reason says why; ev may still carry final text), or -errno. */
+int generation_step(Generation *g, GenEvent *ev);
+/* Mark the generation cancelled; the next step returns 0. */
+void generation_cancel(Generation *g);
+/* Feed the last sampled token (EOS included) into the session, so that a later request
+ * continues after it. Call before reusing the session. */
+int generation_settle(Generation *g);
+void generation_done(Generation *g);
