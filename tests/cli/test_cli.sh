@@ -69,7 +69,8 @@ check "stop string ends output before it" 0 $st $?
 pid=$!; sleep 1.5; kill -INT $pid; wait $pid; check "SIGINT exits 130" 130 $?
 
 # chunked prefill equals all-at-once
-toks=$(printf 'First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?' | "$MIXCTL" tokenize -m "$MODEL" | tr -d '[]\n')
+# (past the window of 64, so chunks straddle the rolling cache)
+toks=$(printf 'First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\nFirst Citizen:\nFirst, you know Caius Marcius is chief enemy to the people.' | "$MIXCTL" tokenize -m "$MODEL" | tr -d '[]\n')
 "$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 64 >"$tmp/l64" 2>"$tmp/err"; check "logits chunk 64" 0 $?
 "$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 7 >"$tmp/l7" 2>"$tmp/err"; check "logits chunk 7" 0 $?
 "$MIXCTL" logits -m "$MODEL" --tokens "$toks" >"$tmp/last" 2>"$tmp/err"; check "logits last" 0 $?
