@@ -42,8 +42,13 @@ static int open_model(const ModelOpts *o, Model **ret) {
         return EXIT_OK;
 }
 
-static int open_session(const Model *m, const ModelOpts *o, uint32_t chunk, Session **ret) {
-        int r = session_new(m, o->capacity, o->kv_budget, chunk, ret);
+#define CLI_DEFAULT_CHUNK 256 /* tokens per prefill chunk */
+
+/* A session and the forward scratch to feed it (chunk 0: the default). */
+static int open_session(const Model *m, const ModelOpts *o, uint32_t chunk, Session **ret_s, Forward **ret_fw) {
+        int r = session_new(m, o->capacity, o->kv_budget, ret_s);
+        if (r == 0)
+                r = forward_new(m, chunk ? chunk : CLI_DEFAULT_CHUNK, (*ret_s)->kv->n_slots, ret_fw);
         if (r < 0) {
                 cli_error("cannot create a session: %s", r == -E2BIG ? "KV budget too small for this model" : strerror(-r));
                 return EXIT_RUNTIME;
@@ -313,6 +318,7 @@ int cmd_generate(int argc, char **argv) {
 
         Model *m = NULL;
         Session *s = NULL;
+        Forward *fw = NULL;
         Generation gen = { 0 };
         char *text = NULL;
         int32_t *ids = NULL;
@@ -327,7 +333,7 @@ int cmd_generate(int argc, char **argv) {
                 return ex;
         }
         if ((ex = open_model(&o, &m)) || (ex = encode(m, text, len, 1, &ids, &n_ids)) ||
-            (ex = open_session(m, &o, 0, &s)))
+            (ex = open_session(m, &o, 0, &s, &fw)))
                 goto out;
         GenParams gp = { .sampling = g.sp, .n_predict = g.n_predict, .n_stops = g.n_stops };
         memcpy(gp.stops, g.stops, sizeof(g.stops));
@@ -346,7 +352,7 @@ int cmd_generate(int argc, char **argv) {
                         ex = EXIT_INTERRUPTED;
                         goto out;
                 }
-                r = generation_step(&gen, &ev);
+                r = generation_step(&gen, fw, &ev);
                 if (r < 0) {
                         cli_error("generation failed: %s", strerror(-r));
                         ex = EXIT_RUNTIME;
@@ -369,6 +375,7 @@ int cmd_generate(int argc, char **argv) {
         }
 out:
         generation_done(&gen);
+        forward_free(fw);
         session_free(s);
         free(ids);
         free(text);
@@ -485,6 +492,7 @@ int cmd_logits(int argc, char **argv) {
 
         Model *m = NULL;
         Session *s = NULL;
+        Forward *fw = NULL;
         int32_t *ids = NULL;
         size_t n;
         LogitsPrinter lp = { 0 };
@@ -495,7 +503,7 @@ int cmd_logits(int argc, char **argv) {
                 ex = EXIT_USAGE;
                 goto out;
         }
-        if ((ex = open_session(m, &o, (uint32_t)chunk, &s)))
+        if ((ex = open_session(m, &o, (uint32_t)chunk, &s, &fw)))
                 goto out;
         lp = (LogitsPrinter){ .n_vocab = m->cfg.n_vocab, .all = all, .last_pos = (int64_t)n - 1,
                               .buf = malloc(64 + (size_t)m->cfg.n_vocab * 20) };
@@ -503,7 +511,7 @@ int cmd_logits(int argc, char **argv) {
                 ex = EXIT_RUNTIME;
                 goto out;
         }
-        int r = session_feed(s, ids, n, on_logits, NULL, &lp);
+        int r = session_feed(s, fw, ids, n, on_logits, NULL, &lp);
         if (r == -ECANCELED)
                 ex = EXIT_INTERRUPTED;
         else if (r < 0 && r != -EPIPE) {
@@ -512,6 +520,7 @@ int cmd_logits(int argc, char **argv) {
         }
 out:
         free(lp.buf);
+        forward_free(fw);
         session_free(s);
         free(ids);
         model_free(m);
@@ -600,6 +609,7 @@ int cmd_perplexity(int argc, char **argv) {
 
         Model *m = NULL;
         Session *s = NULL;
+        Forward *fw = NULL;
         char *text = NULL;
         int32_t *ids = NULL, *chunk = NULL;
         size_t len, n;
@@ -609,7 +619,7 @@ int cmd_perplexity(int argc, char **argv) {
                 return EXIT_USAGE;
         }
         o.capacity = (uint32_t)n_ctx; /* exact attention over a whole chunk */
-        if ((ex = open_model(&o, &m)) || (ex = encode(m, text, len, 1, &ids, &n)) || (ex = open_session(m, &o, 0, &s)))
+        if ((ex = open_model(&o, &m)) || (ex = encode(m, text, len, 1, &ids, &n)) || (ex = open_session(m, &o, 0, &s, &fw)))
                 goto out;
         const int64_t n_chunks = (int64_t)n / n_ctx;
         if (n_chunks == 0) {
@@ -632,9 +642,9 @@ int cmd_perplexity(int argc, char **argv) {
                 chunk[0] = tokenizer_bos(m->tok);
                 session_reset(s);
                 /* the first half only fills the cache; the second half is scored */
-                r = session_feed(s, chunk, (size_t)st.first_scored, NULL, NULL, NULL);
+                r = session_feed(s, fw, chunk, (size_t)st.first_scored, NULL, NULL, NULL);
                 if (r == 0)
-                        r = session_feed(s, chunk + st.first_scored, (size_t)(n_ctx - st.first_scored), ppl_on_logits,
+                        r = session_feed(s, fw, chunk + st.first_scored, (size_t)(n_ctx - st.first_scored), ppl_on_logits,
                                          NULL, &st);
                 if (r == -ECANCELED) {
                         ex = EXIT_INTERRUPTED;
@@ -654,6 +664,7 @@ int cmd_perplexity(int argc, char **argv) {
                 ex = EXIT_RUNTIME;
 out:
         free(chunk);
+        forward_free(fw);
         session_free(s);
         free(ids);
         free(text);

@@ -33,6 +33,7 @@ struct Forward {
         float *eout;        /* [T][D] one expert's outputs */
         float *moe;         /* [T][k][D] per-choice expert outputs before the weighted sum */
         float *row_tmp;     /* [max(D, FF, H*hd)] dequantized weight row */
+        float *logits;      /* [max_chunk][V] for callers (forward_logits_buffer) */
         ForwardRouteFn route_fn;
         void *route_data;
 };
@@ -72,7 +73,8 @@ int forward_new(const Model *m, uint32_t max_chunk, uint32_t max_slots, Forward 
         fw->eout = malloc(T * D * sizeof(float));
         fw->moe = malloc(T * K * D * sizeof(float));
         fw->row_tmp = malloc(widest * sizeof(float));
-        if (!fw->inv_freq || !fw->x || !fw->xb || !fw->q || !fw->k || !fw->v || !fw->att || !fw->scores || !fw->router ||
+        fw->logits = malloc(T * c->n_vocab * sizeof(float));
+        if (!fw->logits || !fw->inv_freq || !fw->x || !fw->xb || !fw->q || !fw->k || !fw->v || !fw->att || !fw->scores || !fw->router ||
             !fw->sel || !fw->sel_w || !fw->rows || !fw->rows_slot || !fw->xe || !fw->gate || !fw->up || !fw->eout ||
             !fw->moe || !fw->row_tmp) {
                 forward_free(fw);
@@ -106,6 +108,7 @@ Forward *forward_free(Forward *fw) {
         free(fw->eout);
         free(fw->moe);
         free(fw->row_tmp);
+        free(fw->logits);
         free(fw);
         return NULL;
 }
@@ -113,6 +116,10 @@ Forward *forward_free(Forward *fw) {
 void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata) {
         fw->route_fn = fn;
         fw->route_data = userdata;
+}
+
+float *forward_logits_buffer(Forward *fw) {
+        return fw->logits;
 }
 
 uint32_t forward_max_chunk(const Forward *fw, const KVCache *kv) {

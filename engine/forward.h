@@ -30,3 +30,5 @@ int forward_chunk(Forward *fw, KVCache *kv, const int32_t *tokens, uint32_t T, F
 
 /* Largest chunk forward_chunk accepts for this cache. */
 uint32_t forward_max_chunk(const Forward *fw, const KVCache *kv);
+/* Scratch for the logits of a whole chunk: [max_chunk][V]. */
+float *forward_logits_buffer(Forward *fw);

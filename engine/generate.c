@@ -83,11 +83,11 @@ static void finish(Generation *g, GenStopReason why, GenEvent *ev) {
         ev->text_len += stop_flush(&g->stop, ev->text + ev->text_len);
 }
 
-int generation_settle(Generation *g) {
+int generation_settle(Generation *g, Forward *fw) {
         if (!g->have_next)
                 return 0;
         g->have_next = 0;
-        return session_feed(g->s, &g->next_token, 1, NULL, NULL, NULL);
+        return session_feed(g->s, fw, &g->next_token, 1, NULL, NULL, NULL);
 }
 
 void generation_cancel(Generation *g) {
@@ -95,7 +95,7 @@ void generation_cancel(Generation *g) {
                 g->stop_reason = GEN_STOP_CANCELLED;
 }
 
-int generation_step(Generation *g, GenEvent *ev) {
+int generation_step(Generation *g, Forward *fw, GenEvent *ev) {
         Session *s = g->s;
         int r;
 
@@ -106,10 +106,10 @@ int generation_step(Generation *g, GenEvent *ev) {
 
         /* prefill: one chunk per step so other sessions interleave */
         if (g->prompt_fed < g->n_prompt) {
-                size_t n = g->n_prompt - g->prompt_fed;
-                if (n > s->chunk)
-                        n = s->chunk;
-                r = session_feed(s, g->prompt + g->prompt_fed, n, NULL, NULL, NULL);
+                size_t n = g->n_prompt - g->prompt_fed, chunk = forward_max_chunk(fw, s->kv);
+                if (n > chunk)
+                        n = chunk;
+                r = session_feed(s, fw, g->prompt + g->prompt_fed, n, NULL, NULL, NULL);
                 if (r < 0)
                         return r;
                 g->prompt_fed += n;
@@ -126,7 +126,7 @@ int generation_step(Generation *g, GenEvent *ev) {
                 return 0;
         }
         /* the token sampled last step enters the cache now */
-        r = generation_settle(g);
+        r = generation_settle(g, fw);
         if (r < 0)
                 return r;
 

@@ -63,10 +63,10 @@ int generation_start(Generation *g, Session *s, const int32_t *prompt, size_t n,
                      int strip_leading_space);
 /* One step: a prefill chunk, or one sampled token. Returns 1 while running, 0 when done
  * (g->stop_reason says why; ev may still carry final text), or -errno. */
-int generation_step(Generation *g, GenEvent *ev);
+int generation_step(Generation *g, Forward *fw, GenEvent *ev);
 /* Mark the generation cancelled; the next step returns 0. */
 void generation_cancel(Generation *g);
 /* Feed the last sampled token (EOS included) into the session, so that a later request
  * continues after it. Call before reusing the session. */
-int generation_settle(Generation *g);
+int generation_settle(Generation *g, Forward *fw);
 void generation_done(Generation *g);

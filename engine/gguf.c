@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,7 +55,7 @@ static uint64_t load_le(const uint8_t *p, unsigned n) {
 }
 
 static int cursor_u32(Cursor *c, uint32_t *ret, const char *what) {
-        const uint8_t *p;
+        const uint8_t *p = NULL;
         int r = cursor_take(c, 4, &p, what);
         if (r < 0)
                 return r;
@@ -63,7 +64,7 @@ static int cursor_u32(Cursor *c, uint32_t *ret, const char *what) {
 }
 
 static int cursor_u64(Cursor *c, uint64_t *ret, const char *what) {
-        const uint8_t *p;
+        const uint8_t *p = NULL;
         int r = cursor_take(c, 8, &p, what);
         if (r < 0)
                 return r;
@@ -73,7 +74,7 @@ static int cursor_u64(Cursor *c, uint64_t *ret, const char *what) {
 
 static int cursor_string(Cursor *c, GGUFString *ret, const char *what) {
         uint64_t len;
-        const uint8_t *p;
+        const uint8_t *p = NULL;
         int r = cursor_u64(c, &len, what);
         if (r < 0)
                 return r;
@@ -104,6 +105,26 @@ int gguf_str_eq(GGUFString s, const char *c) {
         return s.len == n && memcmp(s.data, c, n) == 0;
 }
 
+/* A key or name from the file, made safe for an error message (and so for a log line): at
+ * most 60 bytes, anything outside printable ASCII masked as '?', "..." if cut. */
+typedef struct SafeName {
+        char s[64];
+} SafeName;
+
+static SafeName safe_name(GGUFString in) {
+        SafeName out;
+        size_t n = in.len > 60 ? 57 : (size_t)in.len, i;
+        for (i = 0; i < n; i++) {
+                unsigned char ch = (unsigned char)in.data[i];
+                out.s[i] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+        }
+        if (in.len > 60)
+                for (int k = 0; k < 3; k++)
+                        out.s[i++] = '.';
+        out.s[i] = 0;
+        return out;
+}
+
 static int parse_kv(Cursor *c, GGUFKV *kv, uint64_t index) {
         char what[96];
         uint32_t t;
@@ -113,7 +134,7 @@ static int parse_kv(Cursor *c, GGUFKV *kv, uint64_t index) {
         r = cursor_string(c, &kv->key, what);
         if (r < 0)
                 return r;
-        snprintf(what, sizeof(what), "metadata '%.*s'", (int)(kv->key.len > 60 ? 60 : kv->key.len), kv->key.data);
+        snprintf(what, sizeof(what), "metadata '%s'", safe_name(kv->key).s);
         r = cursor_u32(c, &t, what);
         if (r < 0)
                 return r;
@@ -127,7 +148,7 @@ static int parse_kv(Cursor *c, GGUFKV *kv, uint64_t index) {
                 return cursor_string(c, &s, what);
         }
         if (t != GGUF_TYPE_ARRAY) {
-                const uint8_t *p;
+                const uint8_t *p = NULL;
                 return cursor_take(c, scalar_size(t), &p, what);
         }
 
@@ -156,7 +177,7 @@ static int parse_kv(Cursor *c, GGUFKV *kv, uint64_t index) {
                 }
                 return 0;
         }
-        const uint8_t *p;
+        const uint8_t *p = NULL;
         /* n <= 2^24 and element size <= 8: the product cannot overflow. */
         return cursor_take(c, n * scalar_size(at), &p, what);
 }
@@ -170,7 +191,7 @@ static int parse_tensor_info(Cursor *c, GGUFTensor *t, uint64_t index) {
         r = cursor_string(c, &t->name, what);
         if (r < 0)
                 return r;
-        snprintf(what, sizeof(what), "tensor '%.*s'", (int)(t->name.len > 80 ? 80 : t->name.len), t->name.data);
+        snprintf(what, sizeof(what), "tensor '%s'", safe_name(t->name).s);
         r = cursor_u32(c, &t->n_dims, what);
         if (r < 0)
                 return r;
@@ -185,7 +206,8 @@ static int parse_tensor_info(Cursor *c, GGUFTensor *t, uint64_t index) {
                 if (r < 0)
                         return r;
                 if (t->ne[d] == 0 || t->ne[d] > INT64_MAX)
-                        return fail(c->err, -EBADMSG, "%s: dimension %u is %llu", what, d, (unsigned long long)t->ne[d]);
+                        return fail(c->err, -EBADMSG, "%s: dimension %u is %llu (must be 1..2^63-1)", what, d,
+                                    (unsigned long long)t->ne[d]);
                 if (__builtin_mul_overflow(n_el, t->ne[d], &n_el) || n_el > INT64_MAX)
                         return fail(c->err, -EOVERFLOW, "%s: element count overflows", what);
         }
@@ -228,7 +250,28 @@ static int cmp_tensor_name(const void *a, const void *b) {
         return cmp_string((*(const GGUFTensor *const *)a)->name, (*(const GGUFTensor *const *)b)->name);
 }
 
-/* Duplicate keys / names, tensors that overlap or run past the end. */
+/* Natural alignment in memory of one element / block of a tensor type (what the kernels'
+ * pointer types need); the most any type could need for types we do not know. */
+static size_t type_alignment(uint32_t type) {
+        switch (type) {
+        case GGML_TYPE_F32: return _Alignof(float);
+        case GGML_TYPE_F16: return _Alignof(ggml_half);
+        case GGML_TYPE_BF16: return _Alignof(uint16_t);
+        case GGML_TYPE_Q4_0: return _Alignof(BlockQ4_0);
+        case GGML_TYPE_Q4_1: return _Alignof(BlockQ4_1);
+        case GGML_TYPE_Q5_0: return _Alignof(BlockQ5_0);
+        case GGML_TYPE_Q5_1: return _Alignof(BlockQ5_1);
+        case GGML_TYPE_Q8_0: return _Alignof(BlockQ8_0);
+        case GGML_TYPE_Q2_K: return _Alignof(BlockQ2_K);
+        case GGML_TYPE_Q3_K: return _Alignof(BlockQ3_K);
+        case GGML_TYPE_Q4_K: return _Alignof(BlockQ4_K);
+        case GGML_TYPE_Q5_K: return _Alignof(BlockQ5_K);
+        case GGML_TYPE_Q6_K: return _Alignof(BlockQ6_K);
+        default: return _Alignof(max_align_t);
+        }
+}
+
+/* Duplicate keys / names, tensors that overlap, run past the end or are misaligned. */
 static int validate_layout(GGUFFile *f, GGUFError *err) {
         uint64_t n = f->n_kv > f->n_tensors ? f->n_kv : f->n_tensors;
         const void **idx = calloc(n ? n : 1, sizeof(*idx));
@@ -242,7 +285,7 @@ static int validate_layout(GGUFFile *f, GGUFError *err) {
         for (uint64_t i = 1; i < f->n_kv; i++) {
                 const GGUFKV *k = idx[i];
                 if (cmp_string(((const GGUFKV *)idx[i - 1])->key, k->key) == 0) {
-                        r = fail(err, -EBADMSG, "duplicate metadata key '%.*s'", (int)(k->key.len > 80 ? 80 : k->key.len), k->key.data);
+                        r = fail(err, -EBADMSG, "duplicate metadata key '%s'", safe_name(k->key).s);
                         goto out;
                 }
         }
@@ -253,7 +296,7 @@ static int validate_layout(GGUFFile *f, GGUFError *err) {
         for (uint64_t i = 1; i < f->n_tensors; i++) {
                 const GGUFTensor *t = idx[i];
                 if (cmp_string(((const GGUFTensor *)idx[i - 1])->name, t->name) == 0) {
-                        r = fail(err, -EBADMSG, "duplicate tensor name '%.*s'", (int)(t->name.len > 80 ? 80 : t->name.len), t->name.data);
+                        r = fail(err, -EBADMSG, "duplicate tensor name '%s'", safe_name(t->name).s);
                         goto out;
                 }
         }
@@ -262,23 +305,35 @@ static int validate_layout(GGUFFile *f, GGUFError *err) {
         uint64_t data_size = f->size - f->data_offset, prev_end = 0;
         for (uint64_t i = 0; i < f->n_tensors; i++) {
                 GGUFTensor *t = (GGUFTensor *)idx[i];
-                int nl = (int)(t->name.len > 80 ? 80 : t->name.len);
                 if (t->offset % f->alignment != 0) {
-                        r = fail(err, -EBADMSG, "tensor '%.*s': offset %llu is not a multiple of the alignment %llu", nl,
-                                 t->name.data, (unsigned long long)t->offset, (unsigned long long)f->alignment);
+                        r = fail(err, -EBADMSG, "tensor '%s': offset %llu is not a multiple of the alignment %llu",
+                                 safe_name(t->name).s, (unsigned long long)t->offset, (unsigned long long)f->alignment);
                         goto out;
                 }
                 if (t->offset > data_size || t->n_bytes > data_size - t->offset) {
-                        r = fail(err, -EBADMSG, "tensor '%.*s': data (%llu bytes at offset %llu) runs past the end of the file",
-                                 nl, t->name.data, (unsigned long long)t->n_bytes, (unsigned long long)t->offset);
+                        r = fail(err, -EBADMSG, "tensor '%s': data (%llu bytes at offset %llu) runs past the end of the file",
+                                 safe_name(t->name).s, (unsigned long long)t->n_bytes, (unsigned long long)t->offset);
                         goto out;
                 }
                 if (i > 0 && t->offset < prev_end) {
-                        r = fail(err, -EBADMSG, "tensor '%.*s': data overlaps the previous tensor", nl, t->name.data);
+                        r = fail(err, -EBADMSG, "tensor '%s': data at offset %llu overlaps the previous tensor (ends at %llu)",
+                                 safe_name(t->name).s, (unsigned long long)t->offset, (unsigned long long)prev_end);
+                        goto out;
+                }
+                /* The kernels read tensor data through float / ggml_half / block pointers, so it
+                 * must be aligned in memory, not just in the file: a small general.alignment, or a
+                 * caller buffer that is not itself aligned, could break that. */
+                const uint8_t *data = f->base + f->data_offset + t->offset;
+                size_t a = type_alignment(t->type);
+                if ((uintptr_t)data % a != 0) {
+                        r = fail(err, -EBADMSG, "tensor '%s': data is not %zu-byte aligned in memory for %s "
+                                 "(file alignment %llu, data section at %llu)", safe_name(t->name).s, a,
+                                 quant_traits(t->type)->name, (unsigned long long)f->alignment,
+                                 (unsigned long long)f->data_offset);
                         goto out;
                 }
                 prev_end = t->offset + t->n_bytes;
-                t->data = f->base + f->data_offset + t->offset;
+                t->data = data;
         }
 out:
         free(idx);
@@ -287,7 +342,7 @@ out:
 
 static int parse(GGUFFile *f, GGUFError *err) {
         Cursor c = { .base = f->base, .size = f->size, .pos = 0, .err = err };
-        const uint8_t *magic;
+        const uint8_t *magic = NULL;
         int r;
 
         r = cursor_take(&c, 4, &magic, "magic");
@@ -310,6 +365,14 @@ static int parse(GGUFFile *f, GGUFError *err) {
                 return fail(err, -E2BIG, "tensor count %llu over the limit of %u", (unsigned long long)f->n_tensors, GGUF_MAX_TENSORS);
         if (f->n_kv > GGUF_MAX_KV)
                 return fail(err, -E2BIG, "metadata count %llu over the limit of %u", (unsigned long long)f->n_kv, GGUF_MAX_KV);
+        /* Before allocating for them: every pair takes at least 13 bytes (key length, type, a
+         * one-byte value) and every tensor info 32 (name length, n_dims, one dim, type, offset).
+         * Both counts are at most 2^16 here, so this cannot overflow. */
+        uint64_t min_bytes = f->n_kv * 13 + f->n_tensors * 32;
+        if (min_bytes > c.size - c.pos)
+                return fail(err, -EBADMSG, "truncated file: %llu metadata pairs and %llu tensor infos need at least %llu bytes, "
+                            "%llu left after the header", (unsigned long long)f->n_kv, (unsigned long long)f->n_tensors,
+                            (unsigned long long)min_bytes, (unsigned long long)(c.size - c.pos));
 
         f->kv = calloc(f->n_kv ? f->n_kv : 1, sizeof(*f->kv));
         f->tensors = calloc(f->n_tensors ? f->n_tensors : 1, sizeof(*f->tensors));
@@ -322,12 +385,18 @@ static int parse(GGUFFile *f, GGUFError *err) {
                         return r;
         }
 
+        /* general.alignment is a UINT32 (as ggml requires): a power of two, at most our limit. */
         f->alignment = GGUF_DEFAULT_ALIGNMENT;
-        if (gguf_find_kv(f, "general.alignment")) {
-                uint32_t a;
-                r = gguf_get_u32(f, "general.alignment", &a);
-                if (r < 0 || a == 0 || (a & (a - 1)) != 0 || a > GGUF_MAX_ALIGNMENT)
-                        return fail(err, -EBADMSG, "general.alignment must be a power of two up to %u", GGUF_MAX_ALIGNMENT);
+        const GGUFKV *akv = gguf_find_kv(f, "general.alignment");
+        if (akv) {
+                if (akv->type != GGUF_TYPE_UINT32)
+                        return fail(err, -EBADMSG, "general.alignment has value type %u, must be UINT32 (%u)",
+                                    (unsigned)akv->type, (unsigned)GGUF_TYPE_UINT32);
+                uint32_t a = (uint32_t)load_le(akv->value, 4);
+                if (a == 0 || (a & (a - 1)) != 0)
+                        return fail(err, -EBADMSG, "general.alignment %u is not a power of two", a);
+                if (a > GGUF_MAX_ALIGNMENT)
+                        return fail(err, -E2BIG, "general.alignment %u over the limit of %u", a, GGUF_MAX_ALIGNMENT);
                 f->alignment = a;
         }
 
@@ -370,8 +439,10 @@ int gguf_open(const char *path, GGUFError *err, GGUFFile **ret_file) {
         int fd, r;
 
         fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return fail(err, -errno, "cannot open: %s", strerror(errno));
+        if (fd < 0) {
+                r = -errno;
+                return fail(err, r, "cannot open: %s", strerror(-r));
+        }
         if (fstat(fd, &st) < 0) {
                 r = -errno;
                 close(fd);
@@ -379,14 +450,21 @@ int gguf_open(const char *path, GGUFError *err, GGUFFile **ret_file) {
         }
         if (!S_ISREG(st.st_mode)) {
                 close(fd);
-                return fail(err, -EINVAL, "not a regular file");
+                r = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+                return fail(err, r, "not a regular file");
         }
         if (st.st_size < 24) {
                 close(fd);
                 return fail(err, -EBADMSG, "truncated file: %lld bytes is too short for a GGUF header", (long long)st.st_size);
         }
+        /* With a 32-bit size_t a file over 4 GiB cannot be mapped whole: refuse it rather than
+         * map a truncated size. */
+        if ((uintmax_t)st.st_size > SIZE_MAX) {
+                close(fd);
+                return fail(err, -EFBIG, "file of %lld bytes does not fit in the address space", (long long)st.st_size);
+        }
         map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-        r = -errno;
+        r = map == MAP_FAILED ? -errno : 0;
         close(fd);
         if (map == MAP_FAILED)
                 return fail(err, r, "cannot map: %s", strerror(-r));

@@ -46,7 +46,7 @@ typedef struct GGUFTensor {
         uint64_t offset;            /* from the start of the data section */
         uint64_t n_elements;
         uint64_t n_bytes;
-        const void *data;           /* view into the mapping */
+        const void *data;           /* view into the mapping, aligned in memory for the type */
 } GGUFTensor;
 
 typedef struct GGUFFile {
@@ -71,7 +71,9 @@ typedef struct GGUFError {
  * -EOVERFLOW size overflow, -ENOTSUP unknown type/version, or open/mmap errors).
  * err (may be NULL) receives the reason. */
 int gguf_open(const char *path, GGUFError *err, GGUFFile **ret_file);
-/* Same over a caller-owned buffer that must outlive the GGUFFile (used by fuzzing). */
+/* Same over a caller-owned buffer that must outlive the GGUFFile (used by fuzzing). Tensor
+ * data must end up naturally aligned in memory for its type (a tensor that would not is
+ * rejected), so pass a buffer aligned at least as well as malloc's. */
 int gguf_open_buffer(const void *buf, size_t size, GGUFError *err, GGUFFile **ret_file);
 GGUFFile *gguf_close(GGUFFile *f);
 

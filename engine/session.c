@@ -7,48 +7,39 @@
 
 #include "limits.h"
 
-#define SESSION_DEFAULT_CHUNK 256 /* tokens per prefill chunk */
-
-int session_new(const Model *m, uint32_t capacity, uint64_t kv_budget, uint32_t chunk, Session **ret_session) {
+int session_slots(const Model *m, uint32_t capacity, uint64_t kv_budget, uint32_t *ret_slots) {
         const ModelConfig *c = &m->cfg;
-        const uint32_t kv_dim = c->n_head_kv * c->head_dim;
         uint64_t per_pos;
-        int r;
-
-        r = kv_cache_bytes(c->n_layer, kv_dim, 1, &per_pos);
+        int r = kv_cache_bytes(c->n_layer, c->n_head_kv * c->head_dim, 1, &per_pos);
         if (r < 0)
                 return r;
-        uint32_t slots;
-        if (c->sliding_window) {
-                slots = c->sliding_window;
-                if (per_pos * slots > kv_budget)
-                        return -E2BIG;
-        } else {
-                slots = capacity ? capacity : c->n_ctx_train;
-                if (per_pos * slots > kv_budget)
-                        slots = (uint32_t)(kv_budget / per_pos);
-                if (slots < KV_ATTENTION_SINKS + 1)
-                        return -E2BIG;
+        uint64_t slots = c->sliding_window ? c->sliding_window : capacity ? capacity : c->n_ctx_train;
+        if (per_pos * slots > kv_budget) {
+                if (c->sliding_window)
+                        return -E2BIG; /* a window cannot shrink */
+                slots = kv_budget / per_pos;
         }
+        if (!c->sliding_window && slots < KV_ATTENTION_SINKS + 1)
+                return -E2BIG;
+        *ret_slots = (uint32_t)slots;
+        return 0;
+}
 
+int session_new(const Model *m, uint32_t capacity, uint64_t kv_budget, Session **ret_session) {
+        const ModelConfig *c = &m->cfg;
+        uint32_t slots;
+        int r = session_slots(m, capacity, kv_budget, &slots);
+        if (r < 0)
+                return r;
         Session *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
         s->m = m;
-        r = kv_cache_new(c->n_layer, kv_dim, c->sliding_window, slots, &s->kv);
+        r = kv_cache_new(c->n_layer, c->n_head_kv * c->head_dim, c->sliding_window, slots, &s->kv);
         if (r < 0)
                 goto fail;
-        s->chunk = chunk ? chunk : SESSION_DEFAULT_CHUNK;
-        if (s->chunk > FORWARD_MAX_CHUNK)
-                s->chunk = FORWARD_MAX_CHUNK;
-        if (s->chunk > s->kv->n_roll)
-                s->chunk = s->kv->n_roll;
-        r = forward_new(m, s->chunk, s->kv->n_slots, &s->fw);
-        if (r < 0)
-                goto fail;
-        s->logits = malloc((size_t)s->chunk * c->n_vocab * sizeof(float));
         s->last_logits = calloc(c->n_vocab, sizeof(float));
-        if (!s->logits || !s->last_logits) {
+        if (!s->last_logits) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -63,8 +54,6 @@ Session *session_free(Session *s) {
         if (!s)
                 return NULL;
         kv_cache_free(s->kv);
-        forward_free(s->fw);
-        free(s->logits);
         free(s->last_logits);
         free(s);
         return NULL;
@@ -75,26 +64,33 @@ void session_reset(Session *s) {
         s->n_fed = 0;
 }
 
-int session_feed(Session *s, const int32_t *tokens, size_t n, SessionLogitsFn on_logits, SessionProgressFn on_progress,
-                 void *userdata) {
-        const uint32_t V = s->m->cfg.n_vocab;
+uint64_t session_kv_bytes(const Session *s) {
+        uint64_t b = 0;
+        kv_cache_bytes(s->kv->n_layer, s->kv->kv_dim, s->kv->n_slots, &b);
+        return b;
+}
+
+int session_feed(Session *s, Forward *fw, const int32_t *tokens, size_t n, SessionLogitsFn on_logits,
+                 SessionProgressFn on_progress, void *userdata) {
+        const uint32_t V = s->m->cfg.n_vocab, chunk = forward_max_chunk(fw, s->kv);
+        float *logits = forward_logits_buffer(fw);
         size_t done = 0;
         while (done < n) {
-                const uint32_t T = (uint32_t)(n - done < s->chunk ? n - done : s->chunk);
+                const uint32_t T = (uint32_t)(n - done < chunk ? n - done : chunk);
                 const int last_chunk = done + T == n;
                 const ForwardLogits mode = on_logits ? FORWARD_LOGITS_ALL
                                            : last_chunk ? FORWARD_LOGITS_LAST : FORWARD_LOGITS_NONE;
-                int r = forward_chunk(s->fw, s->kv, tokens + done, T, mode, s->logits);
+                int r = forward_chunk(fw, s->kv, tokens + done, T, mode, logits);
                 if (r < 0)
                         return r;
                 if (on_logits)
                         for (uint32_t t = 0; t < T; t++) {
-                                r = on_logits(userdata, s->n_fed + t, s->logits + (size_t)t * V);
+                                r = on_logits(userdata, s->n_fed + t, logits + (size_t)t * V);
                                 if (r < 0)
                                         return r;
                         }
                 if (last_chunk)
-                        memcpy(s->last_logits, s->logits + (mode == FORWARD_LOGITS_ALL ? (size_t)(T - 1) * V : 0),
+                        memcpy(s->last_logits, logits + (mode == FORWARD_LOGITS_ALL ? (size_t)(T - 1) * V : 0),
                                V * sizeof(float));
                 s->n_fed += T;
                 done += T;
