@@ -17,16 +17,22 @@ Semantics (one layer):
   GGUF converter permuted Wq/Wk for this); GQA: query head h uses kv head
   h // (n_head / n_head_kv); causal attention with scale 1/sqrt(head_dim) and
   an optional sliding window W (query i sees keys max(0, i-W+1) .. i);
+  optional rolling cache with attention sinks for full-attention models
+  (sink_capacity C, like `mixctl --ctx C`): query i sees keys 0..3 (the
+  sinks) and max(4, i-C+5) .. i; RoPE positions stay the absolute ones;
   router: softmax over W_gate_inp·n2, top-k, weights renormalised to sum 1.
   Dense models (no experts) use one SwiGLU FFN. Final RMSNorm, then the output
   head (output.weight, or token_embd.weight when absent).
 A weight tensor with ggml ne = [in, out] is the row-major matrix [out, in].
 
-CLI:  oracle.py MODEL --tokens 1,2,3 [--all] [--window-override N] [--dtype float32]
+CLI:  oracle.py MODEL --tokens 1,2,3 [--all] [--window-override N] [--sink-capacity C]
+                [--dtype float32]
       prints one JSON line {"pos": P, "logits": [...]} for the last position
       (every position with --all).
-Python: forward(model, tokens) -> np.ndarray [T, n_vocab]; model is a path or
-      a Model instance.
+Python: forward(model, tokens, sink_capacity=None, trace=None) -> np.ndarray
+      [T, n_vocab]; model is a path or a Model instance; trace (a dict) receives
+      "router_margin" [T]: per position, the smallest over MoE layers of
+      (k-th - (k+1)-th router probability), inf for dense models / k = n_expert.
 """
 
 import argparse
@@ -39,6 +45,10 @@ sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
 import gguf_py as g  # noqa: E402
+
+# Positions a rolling full-attention cache keeps forever (engine/limits.h
+# KV_ATTENTION_SINKS).
+N_ATTENTION_SINKS = 4
 
 
 class Model(object):
@@ -162,16 +172,30 @@ def softmax(x, axis=-1):
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def attention(q, k, v, window, dt):
-    """q: [T, H, D], k/v: [T, Hkv, D] -> [T, H*D] (causal, GQA, window)."""
-    T, H, D = q.shape
-    Hkv = k.shape[1]
-    group = H // Hkv
+def attention_mask(T, window=0, sink_capacity=None):
+    """Boolean [T, T]: query i may attend key j.
+
+    window > 0: sliding window (keys max(0, i-W+1)..i; sink_capacity ignored).
+    Otherwise, with sink_capacity C: a rolling cache of C positions keeping the
+    first N_ATTENTION_SINKS forever: keys 0..3 and max(4, i-C+5)..i.
+    """
     i = np.arange(T)[:, None]
     j = np.arange(T)[None, :]
     mask = j <= i
     if window and window > 0:
         mask &= j >= i - window + 1
+    elif sink_capacity is not None:
+        S = N_ATTENTION_SINKS
+        mask &= (j < S) | (j >= i - (int(sink_capacity) - S) + 1)
+    return mask
+
+
+def attention(q, k, v, window, dt, sink_capacity=None):
+    """q: [T, H, D], k/v: [T, Hkv, D] -> [T, H*D] (causal, GQA, window/sinks)."""
+    T, H, D = q.shape
+    Hkv = k.shape[1]
+    group = H // Hkv
+    mask = attention_mask(T, window, sink_capacity)
     scale = dt(1.0 / np.sqrt(D))
     out = np.empty((T, H, D), dtype=dt)
     for h in range(H):
@@ -188,12 +212,18 @@ def swiglu(x, wg, wu, wd, dt):
     return (silu(x @ wg.astype(dt).T) * (x @ wu.astype(dt).T)) @ wd.astype(dt).T
 
 
-def forward(model, tokens, positions=None, dtype=np.float64, return_hidden=False):
+def forward(model, tokens, positions=None, dtype=np.float64, return_hidden=False,
+            sink_capacity=None, trace=None):
     """Logits [T, n_vocab] (float32) for the token sequence.
 
     model: Model or path.  positions default to 0..T-1.
     dtype: computation precision (np.float64 default, or np.float32).
+    sink_capacity: C (>= N_ATTENTION_SINKS + 1) for a full-attention model's
+    rolling cache with attention sinks (ignored for sliding-window models).
+    trace: optional dict, receives "router_margin" (see the module doc).
     """
+    if sink_capacity is not None and int(sink_capacity) < N_ATTENTION_SINKS + 1:
+        raise ValueError("sink_capacity must be >= %d" % (N_ATTENTION_SINKS + 1))
     if not isinstance(model, Model):
         model = Model(model)
     m = model
@@ -202,6 +232,7 @@ def forward(model, tokens, positions=None, dtype=np.float64, return_hidden=False
     T = len(tokens)
     pos = np.arange(T) if positions is None else np.asarray(positions)
     x = m.embed(tokens).astype(dt)
+    margin = np.full(T, np.inf)
 
     def W(name):
         return m.weight(name).astype(dt)
@@ -215,7 +246,7 @@ def forward(model, tokens, positions=None, dtype=np.float64, return_hidden=False
         v = (hn @ W(p + "attn_v.weight").T).reshape(T, m.n_head_kv, m.head_dim)
         q = rope(q, pos, m.n_rot, m.rope_base, dt)
         k = rope(k, pos, m.n_rot, m.rope_base, dt)
-        a = attention(q, k, v, m.window, dt)
+        a = attention(q, k, v, m.window, dt, sink_capacity)
         x = x + a @ W(p + "attn_output.weight").T
         # --- feed-forward ------------------------------------------------
         hn = rms_norm(x, W(p + "ffn_norm.weight"), dt(m.eps))
@@ -229,6 +260,9 @@ def forward(model, tokens, positions=None, dtype=np.float64, return_hidden=False
         # top-k by probability (ties -> lower expert index first)
         top = np.argsort(-probs, axis=-1, kind="stable")[:, :k_used]
         topw = np.take_along_axis(probs, top, axis=-1)
+        if k_used < m.n_expert:
+            ps = -np.sort(-probs, axis=-1)
+            margin = np.minimum(margin, ps[:, k_used - 1] - ps[:, k_used])
         topw = topw / np.sum(topw, axis=-1, keepdims=True)
         moe = np.zeros_like(x)
         for e in range(m.n_expert):
@@ -243,6 +277,8 @@ def forward(model, tokens, positions=None, dtype=np.float64, return_hidden=False
     x = rms_norm(x, W("output_norm.weight"), dt(m.eps))
     head = "token_embd.weight" if m.tied else "output.weight"
     out = (x @ m.weight(head).astype(dt).T).astype(np.float32)
+    if trace is not None:
+        trace["router_margin"] = margin
     if return_hidden:
         return out, x
     return out
@@ -265,13 +301,19 @@ def main(argv):
     ap.add_argument("--all", action="store_true", help="print every position, not only the last")
     ap.add_argument("--window-override", type=int, default=None,
                     help="sliding window to use instead of the file's (0 = none)")
+    ap.add_argument("--sink-capacity", type=int, default=None, metavar="C",
+                    help="full-attention models: rolling cache of C positions keeping "
+                         "the first %d forever (like mixctl --ctx C)" % N_ATTENTION_SINKS)
     ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     a = ap.parse_args(argv)
     toks = parse_tokens(a.tokens)
     if not toks:
         ap.error("no tokens")
+    if a.sink_capacity is not None and a.sink_capacity < N_ATTENTION_SINKS + 1:
+        ap.error("--sink-capacity must be >= %d" % (N_ATTENTION_SINKS + 1))
     m = Model(a.model, window_override=a.window_override)
-    lg = forward(m, toks, dtype=np.float64 if a.dtype == "float64" else np.float32)
+    lg = forward(m, toks, dtype=np.float64 if a.dtype == "float64" else np.float32,
+                 sink_capacity=a.sink_capacity)
     out = sys.stdout
     for p in (range(len(toks)) if a.all else [len(toks) - 1]):
         out.write(format_line(p, lg[p]) + "\n")
