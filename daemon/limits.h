@@ -1,0 +1,29 @@
+/* daemon/limits.h — the daemon's compile-time limits, with units. Runtime settings (and
+ * their bounds) are the table in config.c; protocol limits are in proto/limits.h. */
+#pragma once
+
+/* --- connections --- */
+#define DAEMON_MAX_CONNECTIONS_DEFAULT   256           /* open client connections */
+#define DAEMON_WRITE_SOFT_LIMIT          (1u << 20)    /* bytes queued to a client before its generation pauses */
+#define DAEMON_WRITE_RESUME              (256u << 10)  /* bytes: paused generations resume below this */
+#define DAEMON_WRITE_HARD_LIMIT          (16u << 20)   /* bytes queued before the connection is closed */
+#define DAEMON_READ_BATCH                (64u << 10)   /* bytes read per callback */
+#define DAEMON_MAX_REQUESTS_PER_CONN     64            /* requests in flight on one connection */
+
+/* --- sessions and KV --- */
+#define DAEMON_MAX_SESSIONS_DEFAULT      64            /* named sessions, all users */
+#define DAEMON_MAX_SESSIONS_PER_UID      16            /* named sessions one uid may hold */
+#define DAEMON_KV_BUDGET_DEFAULT         (8ull << 30)  /* bytes of KV cache, all sessions together */
+#define DAEMON_SESSION_CAPACITY_DEFAULT  0             /* positions per full-attention session (0 = model context) */
+#define DAEMON_MAX_PROMPT_TOKENS         131072        /* tokens in one request's prompt */
+#define DAEMON_EVICTED_MEMORY            256           /* evicted session ids remembered, to explain errors */
+
+/* --- time --- */
+#define DAEMON_IDLE_SESSION_TIMEOUT_S    3600          /* seconds an idle named session lives */
+#define DAEMON_REQUEST_TIMEOUT_S         1800          /* seconds one request may run */
+#define DAEMON_HOUSEKEEPING_MS           1000          /* timer period: timeouts, stats */
+#define DAEMON_SHUTDOWN_GRACE_MS         5000          /* in-flight work gets this long at shutdown */
+
+/* --- workers --- */
+#define DAEMON_MAX_THREADS               256           /* worker threads */
+#define DAEMON_PREFILL_CHUNK             64            /* tokens per scheduling step during prefill */

@@ -1,0 +1,178 @@
+/* daemon/sessions.c — the session table (see sessions.h). Loop thread only. */
+#include "sessions.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+void sessions_init(SessionTable *t, const Model *m, const SessionLimits *lim) {
+        memset(t, 0, sizeof(*t));
+        t->m = m;
+        t->lim = *lim;
+}
+
+static void unlink_and_free(SessionTable *t, DSession *ds) {
+        for (DSession **p = &t->head; *p; p = &(*p)->next)
+                if (*p == ds) {
+                        *p = ds->next;
+                        break;
+                }
+        t->kv_used -= ds->kv_bytes;
+        if (ds->ephemeral)
+                t->n_ephemeral--;
+        else
+                t->n_named--;
+        session_free(ds->s);
+        free(ds);
+}
+
+void sessions_done(SessionTable *t) {
+        while (t->head)
+                unlink_and_free(t, t->head);
+}
+
+static uint64_t uid_usage(const SessionTable *t, uid_t uid) {
+        uint64_t b = 0;
+        for (const DSession *d = t->head; d; d = d->next)
+                if (d->uid == uid)
+                        b += d->kv_bytes;
+        return b;
+}
+
+static unsigned n_uids(const SessionTable *t, uid_t also) {
+        unsigned n = 1; /* `also` */
+        for (const DSession *d = t->head; d; d = d->next) {
+                if (d->uid == also)
+                        continue;
+                bool seen = false;
+                for (const DSession *e = t->head; e != d && !seen; e = e->next)
+                        seen = e->uid == d->uid;
+                n += !seen;
+        }
+        return n;
+}
+
+static void remember_evicted(SessionTable *t, const char *id) {
+        memcpy(t->evicted[t->evicted_pos], id, SESSION_ID_LEN + 1);
+        t->evicted_pos = (t->evicted_pos + 1) % (sizeof(t->evicted) / sizeof(t->evicted[0]));
+        t->n_evicted_total++;
+}
+
+/* The least recently used idle session we may evict for `uid`, or NULL. */
+static DSession *pick_victim(const SessionTable *t, uid_t uid) {
+        const uint64_t fair = t->lim.kv_budget / n_uids(t, uid);
+        DSession *best = NULL;
+        for (DSession *d = t->head; d; d = d->next) {
+                if (d->busy || d->ephemeral)
+                        continue;
+                if (d->uid != uid && uid_usage(t, d->uid) <= fair)
+                        continue; /* that user is within its fair share */
+                if (!best || d->last_used_ms < best->last_used_ms)
+                        best = d;
+        }
+        return best;
+}
+
+int sessions_open(SessionTable *t, uid_t uid, bool ephemeral, uint64_t now_ms, DSession **ret_ds,
+                  unsigned *ret_n_evicted) {
+        uint32_t slots;
+        uint64_t need;
+        unsigned evicted = 0;
+        int r;
+
+        *ret_n_evicted = 0;
+        if (!ephemeral) {
+                uint64_t mine = 0;
+                for (const DSession *d = t->head; d; d = d->next)
+                        mine += d->uid == uid && !d->ephemeral;
+                if (t->n_named >= t->lim.max_sessions || mine >= t->lim.max_per_uid)
+                        return -EUSERS;
+        }
+        r = session_slots(t->m, t->lim.capacity, t->lim.kv_budget, &slots);
+        if (r < 0)
+                return r;
+        r = kv_cache_bytes(t->m->cfg.n_layer, t->m->cfg.n_head_kv * t->m->cfg.head_dim, slots, &need);
+        if (r < 0)
+                return r;
+        while (t->kv_used + need > t->lim.kv_budget) {
+                DSession *v = pick_victim(t, uid);
+                if (!v)
+                        return -ENOSPC;
+                remember_evicted(t, v->id);
+                unlink_and_free(t, v);
+                evicted++;
+        }
+        *ret_n_evicted = evicted;
+
+        DSession *ds = calloc(1, sizeof(*ds));
+        if (!ds)
+                return -ENOMEM;
+        r = session_new(t->m, t->lim.capacity, t->lim.kv_budget, &ds->s);
+        if (r < 0) {
+                free(ds);
+                return r;
+        }
+        uint64_t rnd;
+        if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+                rnd = now_ms * 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)ds;
+        snprintf(ds->id, sizeof(ds->id), "s-%016llx", (unsigned long long)rnd);
+        ds->uid = uid;
+        ds->ephemeral = ephemeral;
+        ds->kv_bytes = session_kv_bytes(ds->s);
+        ds->created_ms = ds->last_used_ms = now_ms;
+        ds->next = t->head;
+        t->head = ds;
+        t->kv_used += ds->kv_bytes;
+        if (ephemeral)
+                t->n_ephemeral++;
+        else
+                t->n_named++;
+        *ret_ds = ds;
+        return 0;
+}
+
+int sessions_get(SessionTable *t, const char *id, uid_t uid, bool is_admin, DSession **ret_ds) {
+        for (DSession *d = t->head; d; d = d->next) {
+                if (d->ephemeral || d->closing || strcmp(d->id, id) != 0)
+                        continue;
+                if (d->uid != uid && !is_admin)
+                        return -EPERM;
+                *ret_ds = d;
+                return 0;
+        }
+        for (size_t i = 0; i < sizeof(t->evicted) / sizeof(t->evicted[0]); i++)
+                if (!strcmp(t->evicted[i], id))
+                        return -ESTALE;
+        return -ENOENT;
+}
+
+void sessions_close(SessionTable *t, DSession *ds) {
+        if (ds->busy)
+                ds->closing = true;
+        else
+                unlink_and_free(t, ds);
+}
+
+void sessions_release(SessionTable *t, DSession *ds, uint64_t now_ms) {
+        ds->busy = false;
+        ds->last_used_ms = now_ms;
+        ds->n_requests++;
+        if (ds->ephemeral || ds->closing)
+                unlink_and_free(t, ds);
+}
+
+unsigned sessions_expire(SessionTable *t, uint64_t now_ms, uint64_t idle_ms) {
+        unsigned n = 0;
+        DSession *d = t->head;
+        while (d) {
+                DSession *next = d->next;
+                if (!d->busy && !d->ephemeral && now_ms - d->last_used_ms > idle_ms) {
+                        unlink_and_free(t, d);
+                        n++;
+                }
+                d = next;
+        }
+        return n;
+}
