@@ -11,7 +11,8 @@ MODEL   ?= models/tiny-moe-q4_k_m.gguf
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 # -ffp-contract=off: no fused multiply-adds behind our back; dequantization is bit-exact
 # against ggml and results never depend on what the compiler chose to fuse.
-BASE    := -std=gnu17 -D_GNU_SOURCE -ffp-contract=off -g -iquote engine -iquote proto $(WARN)
+VERSION := 0.1.0
+BASE    := -std=gnu17 -D_GNU_SOURCE -DMIXD_VERSION=\"$(VERSION)\" -ffp-contract=off -g -iquote engine -iquote proto $(WARN)
 ifeq ($(MODE),asan)
   OPT := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 else ifeq ($(MODE),tsan)
@@ -21,18 +22,20 @@ else
 endif
 CFLAGS  += $(BASE) $(OPT)
 LDFLAGS += $(filter -fsanitize=%,$(OPT))
-LDLIBS  += -lm -lpthread
+LDLIBS  += -lm -lpthread -lmsgpackc
 
-ENGINE_SRC := $(wildcard engine/*.c)
+ENGINE_SRC := $(wildcard engine/*.c proto/*.c)
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 ENGINE_LIB := $(BUILD)/libmixengine.a
 CLIENT_SRC := $(wildcard client/*.c)
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/%.o)
+DAEMON_SRC := $(wildcard daemon/*.c)
+DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all tools run test unit check-deps deps clean fuzz
-all: $(BUILD)/mixctl
+all: $(BUILD)/mixctl $(BUILD)/mixd
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -44,6 +47,9 @@ $(ENGINE_LIB): $(ENGINE_OBJ)
 
 $(BUILD)/mixctl: $(CLIENT_OBJ) $(ENGINE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/mixd: $(DAEMON_OBJ) $(ENGINE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ -luv -lsystemd $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
@@ -82,4 +88,4 @@ fuzz:
 clean:
 	rm -rf build
 
--include $(ENGINE_OBJ:.o=.d) $(CLIENT_OBJ:.o=.d)
+-include $(ENGINE_OBJ:.o=.d) $(CLIENT_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d)

@@ -1,0 +1,301 @@
+/* daemon/dispatch.c — what the loop does with each decoded request: answers the cheap ops
+ * itself (hello, status, sessions, experts, cancel, shutdown) and hands the ones that compute
+ * (generate, score, tokenize, detokenize) to the scheduler as jobs. Loop thread only. */
+#include "server.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+void reply_error(Conn *c, uint64_t id, const char *code, const char *fmt, ...) {
+        ProtoError err = { .code = code, .has_id = true, .id = id };
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err.message, sizeof(err.message), fmt, ap);
+        va_end(ap);
+        conn_send_error(c, &err);
+}
+
+/* Send a packed reply (or a generic error if packing failed). */
+static void send_out(Conn *c, ProtoOut *o, uint64_t id) {
+        uint8_t *frame;
+        size_t len;
+        if (proto_out_frame(o, &frame, &len) < 0)
+                reply_error(c, id, "internal", "reply could not be encoded");
+        else
+                conn_send(c, frame, len);
+        proto_out_done(o);
+}
+
+static void op_hello(Conn *c, const Request *req) {
+        Server *srv = c->srv;
+        const ModelConfig *mc = &srv->m->cfg;
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_ok(&o, req->id, 4);
+        proto_out_kv_uint(&o, "version", PROTO_VERSION);
+        proto_out_kv_str(&o, "server", "mixd " MIXD_VERSION);
+        proto_out_str(&o, "model");
+        proto_out_map(&o, 9);
+        proto_out_kv_str(&o, "path", srv->cfg->model);
+        proto_out_kv_uint(&o, "n_layer", mc->n_layer);
+        proto_out_kv_uint(&o, "n_embd", mc->n_embd);
+        proto_out_kv_uint(&o, "n_vocab", mc->n_vocab);
+        proto_out_kv_uint(&o, "n_expert", mc->n_expert);
+        proto_out_kv_uint(&o, "n_expert_used", mc->n_expert_used);
+        proto_out_kv_uint(&o, "sliding_window", mc->sliding_window);
+        proto_out_kv_uint(&o, "n_ctx_train", mc->n_ctx_train);
+        proto_out_kv_str(&o, "moe_layout", srv->m->moe_layout);
+        proto_out_str(&o, "limits");
+        proto_out_limits(&o);
+        send_out(c, &o, req->id);
+}
+
+static void op_status(Conn *c, const Request *req) {
+        Server *srv = c->srv;
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_ok(&o, req->id, 12);
+        proto_out_kv_str(&o, "model", srv->cfg->model);
+        proto_out_kv_uint(&o, "sessions", srv->sessions.n_named);
+        proto_out_kv_uint(&o, "active_requests", srv->n_jobs);
+        proto_out_kv_uint(&o, "queue", sched_queue_length(&srv->sched));
+        proto_out_kv_uint(&o, "connections", srv->n_conns);
+        proto_out_kv_uint(&o, "kv_bytes_used", srv->sessions.kv_used);
+        proto_out_kv_uint(&o, "kv_budget", srv->sessions.lim.kv_budget);
+        proto_out_kv_uint(&o, "sessions_evicted", srv->sessions.n_evicted_total);
+        proto_out_kv_double(&o, "tokens_per_s", srv->tokens_per_s);
+        proto_out_kv_uint(&o, "tokens_generated", srv->tokens_generated);
+        proto_out_kv_uint(&o, "threads", srv->sched.n_workers);
+        proto_out_kv_double(&o, "uptime_s", (double)(now_ms() - srv->start_ms) / 1000.0);
+        send_out(c, &o, req->id);
+}
+
+static void op_experts(Conn *c, const Request *req) {
+        Server *srv = c->srv;
+        const uint32_t L = srv->m->cfg.n_layer, E = srv->m->cfg.n_expert;
+        uint64_t *counts = calloc((size_t)L * (E ? E : 1), sizeof(uint64_t));
+        if (!counts) {
+                reply_error(c, req->id, "internal", "out of memory");
+                return;
+        }
+        sched_expert_counts(&srv->sched, counts);
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_ok(&o, req->id, 4);
+        proto_out_kv_uint(&o, "n_layer", L);
+        proto_out_kv_uint(&o, "n_expert", E);
+        proto_out_kv_uint(&o, "n_expert_used", srv->m->cfg.n_expert_used);
+        proto_out_str(&o, "counts"); /* [layer][expert]: tokens routed there since start */
+        proto_out_array(&o, E ? L : 0);
+        for (uint32_t l = 0; E && l < L; l++) {
+                proto_out_array(&o, E);
+                for (uint32_t e = 0; e < E; e++)
+                        proto_out_uint(&o, counts[(size_t)l * E + e]);
+        }
+        free(counts);
+        send_out(c, &o, req->id);
+}
+
+static const char *session_error_code(int r) {
+        return r == -EPERM ? "permission_denied" : "not_found";
+}
+
+static const char *session_error_text(int r) {
+        switch (r) {
+        case -EPERM: return "belongs to another user";
+        case -ESTALE: return "was evicted to free KV memory for other sessions";
+        default: return "does not exist (closed or expired)";
+        }
+}
+
+static void op_session_open(Conn *c, const Request *req) {
+        Server *srv = c->srv;
+        DSession *ds;
+        unsigned evicted;
+        int r = sessions_open(&srv->sessions, c->uid, false, now_ms(), &ds, &evicted);
+        if (r == -EUSERS) {
+                reply_error(c, req->id, "over_limit", "session limit reached (%llu in all, %llu per user)",
+                            (unsigned long long)srv->sessions.lim.max_sessions,
+                            (unsigned long long)srv->sessions.lim.max_per_uid);
+                return;
+        }
+        if (r == -ENOSPC) {
+                reply_error(c, req->id, "over_limit", "KV budget exhausted: every session is busy or within its owner's fair share");
+                return;
+        }
+        if (r < 0) {
+                reply_error(c, req->id, "internal", "cannot open a session: %s", strerror(-r));
+                return;
+        }
+        if (evicted)
+                log_info("evicted %u idle session(s) for uid %u", evicted, (unsigned)c->uid);
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_ok(&o, req->id, 4);
+        proto_out_kv_str(&o, "session", ds->id);
+        proto_out_kv_uint(&o, "capacity", ds->s->kv->n_slots);
+        proto_out_kv_uint(&o, "kv_bytes", ds->kv_bytes);
+        proto_out_kv_uint(&o, "evicted", evicted);
+        send_out(c, &o, req->id);
+}
+
+static void op_session_close(Conn *c, const Request *req) {
+        DSession *ds;
+        int r = sessions_get(&c->srv->sessions, req->session_close.session, c->uid, c->is_admin, &ds);
+        if (r < 0) {
+                reply_error(c, req->id, session_error_code(r), "session %s %s", req->session_close.session,
+                            session_error_text(r));
+                return;
+        }
+        sessions_close(&c->srv->sessions, ds);
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_ok(&o, req->id, 0);
+        send_out(c, &o, req->id);
+}
+
+static void op_session_list(Conn *c, const Request *req) {
+        SessionTable *t = &c->srv->sessions;
+        const uint64_t now = now_ms();
+        uint32_t n = 0;
+        for (DSession *d = t->head; d; d = d->next)
+                n += !d->ephemeral && !d->closing && (d->uid == c->uid || c->is_admin);
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_ok(&o, req->id, 1);
+        proto_out_str(&o, "sessions");
+        proto_out_array(&o, n);
+        for (DSession *d = t->head; d; d = d->next) {
+                if (d->ephemeral || d->closing || !(d->uid == c->uid || c->is_admin))
+                        continue;
+                proto_out_map(&o, 7);
+                proto_out_kv_str(&o, "session", d->id);
+                proto_out_kv_uint(&o, "uid", d->uid);
+                proto_out_kv_uint(&o, "n_tokens", (uint64_t)d->s->n_fed);
+                proto_out_kv_uint(&o, "kv_bytes", d->kv_bytes);
+                proto_out_kv_double(&o, "idle_s", d->busy ? 0.0 : (double)(now - d->last_used_ms) / 1000.0);
+                proto_out_kv_bool(&o, "busy", d->busy);
+                proto_out_kv_uint(&o, "requests", d->n_requests);
+        }
+        send_out(c, &o, req->id);
+}
+
+static void op_cancel(Conn *c, const Request *req) {
+        for (Job *j = c->srv->jobs; j; j = j->next)
+                if (j->conn_id == c->id && j->req.id == req->cancel.target) {
+                        __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
+                        if (j->backpressured) {
+                                j->backpressured = false;
+                                sched_set_paused(&c->srv->sched, &j->sj, false);
+                        }
+                        ProtoOut o;
+                        proto_out_init(&o);
+                        proto_out_ok(&o, req->id, 0);
+                        send_out(c, &o, req->id);
+                        return;
+                }
+        reply_error(c, req->id, "not_found", "no request %llu in progress on this connection",
+                    (unsigned long long)req->cancel.target);
+}
+
+static void op_shutdown(Conn *c, const Request *req) {
+        if (!c->is_admin) {
+                reply_error(c, req->id, "permission_denied", "only root, the daemon's user or the admin group may shut it down");
+                return;
+        }
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_ok(&o, req->id, 0);
+        send_out(c, &o, req->id);
+        log_notice("shutdown requested by uid %u (pid %d)", (unsigned)c->uid, (int)c->pid);
+        server_begin_shutdown(c->srv, "requested by a client");
+}
+
+/* Jobs: the compute goes to workers. For generate/score, the session is claimed here. */
+static void submit_job(Conn *c, Request *req, JobKind kind) {
+        Server *srv = c->srv;
+        DSession *ds = NULL;
+        bool named = false;
+
+        if (srv->shutting_down) {
+                reply_error(c, req->id, "unavailable", "the daemon is shutting down");
+                goto fail;
+        }
+        if (c->n_jobs >= DAEMON_MAX_REQUESTS_PER_CONN) {
+                reply_error(c, req->id, "over_limit", "at most %d requests in flight per connection",
+                            DAEMON_MAX_REQUESTS_PER_CONN);
+                goto fail;
+        }
+        for (Job *j = srv->jobs; j; j = j->next)
+                if (j->conn_id == c->id && j->req.id == req->id) {
+                        reply_error(c, req->id, "bad_request", "request id %llu is already in progress",
+                                    (unsigned long long)req->id);
+                        goto fail;
+                }
+        if (kind == JOB_GENERATE && req->generate.session) {
+                int r = sessions_get(&srv->sessions, req->generate.session, c->uid, false, &ds);
+                if (r < 0) {
+                        reply_error(c, req->id, session_error_code(r), "session %s %s", req->generate.session,
+                                    session_error_text(r));
+                        goto fail;
+                }
+                if (ds->busy) {
+                        reply_error(c, req->id, "busy", "session %s is in use by another request", ds->id);
+                        goto fail;
+                }
+                named = true;
+        } else if (kind == JOB_GENERATE || kind == JOB_SCORE) {
+                unsigned evicted;
+                int r = sessions_open(&srv->sessions, c->uid, true, now_ms(), &ds, &evicted);
+                if (r < 0) {
+                        reply_error(c, req->id, r == -ENOSPC ? "over_limit" : "internal", "%s",
+                                    r == -ENOSPC ? "KV budget exhausted by busy sessions; try again later"
+                                                 : strerror(-r));
+                        goto fail;
+                }
+        }
+        Job *j = job_new(srv, c, kind, req);
+        if (!j) {
+                if (ds && !named)
+                        sessions_release(&srv->sessions, ds, now_ms());
+                reply_error(c, req->id, "internal", "out of memory");
+                goto fail;
+        }
+        if (ds) {
+                ds->busy = true;
+                j->ds = ds;
+                j->session_named = named;
+        }
+        j->next = srv->jobs;
+        srv->jobs = j;
+        srv->n_jobs++;
+        c->n_jobs++;
+        sched_submit(&srv->sched, &j->sj);
+        return;
+fail:
+        request_free(req);
+}
+
+void dispatch_request(Conn *c, Request *req) {
+        switch (req->op) {
+        case PROTO_OP_HELLO: op_hello(c, req); break;
+        case PROTO_OP_STATUS: op_status(c, req); break;
+        case PROTO_OP_EXPERTS: op_experts(c, req); break;
+        case PROTO_OP_SESSION_OPEN: op_session_open(c, req); break;
+        case PROTO_OP_SESSION_CLOSE: op_session_close(c, req); break;
+        case PROTO_OP_SESSION_LIST: op_session_list(c, req); break;
+        case PROTO_OP_CANCEL: op_cancel(c, req); break;
+        case PROTO_OP_SHUTDOWN: op_shutdown(c, req); break;
+        case PROTO_OP_GENERATE: submit_job(c, req, JOB_GENERATE); return;
+        case PROTO_OP_SCORE: submit_job(c, req, JOB_SCORE); return;
+        case PROTO_OP_TOKENIZE: submit_job(c, req, JOB_TOKENIZE); return;
+        case PROTO_OP_DETOKENIZE: submit_job(c, req, JOB_DETOKENIZE); return;
+        default: reply_error(c, req->id, "unknown_op", "unknown operation"); break;
+        }
+        request_free(req);
+}

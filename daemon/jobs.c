@@ -1,0 +1,295 @@
+/* daemon/jobs.c — the requests that compute, run step by step on worker threads: generate
+ * (prefill chunk, then one token per step), score (one chunk per step), tokenize and
+ * detokenize (one step). Workers never touch sockets: output goes to the outbox.
+ * job_new/job_free: loop thread; job steps: a worker, one at a time per job. */
+#include "server.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "tokenizer.h"
+
+static void emit(Job *j, ProtoOut *o) {
+        uint8_t *frame;
+        size_t len;
+        if (proto_out_frame(o, &frame, &len) == 0)
+                outbox_push(j->srv, j->conn_id, j, frame, len);
+        proto_out_done(o);
+}
+
+static void emit_error(Job *j, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void emit_error(Job *j, const char *code, const char *fmt, ...) {
+        ProtoError err = { .code = code, .has_id = true, .id = j->req.id };
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err.message, sizeof(err.message), fmt, ap);
+        va_end(ap);
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_error(&o, &err);
+        emit(j, &o);
+}
+
+static bool cancelled(Job *j) {
+        return __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) != 0;
+}
+
+/* Tokenize text; false (after replying) when it cannot be. */
+static bool tokenize_text(Job *j, const char *text, size_t len, bool add_bos) {
+        int r = tokenizer_encode(j->srv->m->tok, text, len, add_bos, &j->tokens, &j->n_tokens);
+        if (r < 0) {
+                emit_error(j, r == -EILSEQ ? "bad_request" : "too_large", "cannot tokenize: %s",
+                           r == -EILSEQ ? "invalid UTF-8" : strerror(-r));
+                return false;
+        }
+        if (j->n_tokens > j->srv->cfg->max_prompt_tokens) {
+                emit_error(j, "over_limit", "%zu tokens is over the limit of %llu", j->n_tokens,
+                           (unsigned long long)j->srv->cfg->max_prompt_tokens);
+                return false;
+        }
+        return true;
+}
+
+/* ------------------------------------------------------------------ generate */
+
+static void emit_done(Job *j) {
+        const GenerateRequest *g = &j->req.generate;
+        const uint64_t t = now_ms();
+        const uint64_t tp = j->t_prefill_ms ? j->t_prefill_ms : t;
+        DoneEvent ev = { .id = j->req.id, .stop_reason = gen_stop_reason_name(j->gen.stop_reason),
+                         .n_prompt = j->n_tokens, .n_generated = (uint64_t)j->gen.n_generated,
+                         .prompt_ms = (double)(tp - j->t0_ms), .generate_ms = (double)(t - tp),
+                         .session = j->session_named ? g->session : NULL };
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_done_event(&o, &ev);
+        emit(j, &o);
+}
+
+static int generate_begin(Job *j) {
+        const GenerateRequest *g = &j->req.generate;
+        Session *s = j->ds->s;
+        const bool fresh = s->n_fed == 0;
+        if (!tokenize_text(j, g->prompt, g->prompt_len, g->add_bos && fresh))
+                return 0;
+        if (fresh && j->n_tokens == 0) {
+                emit_error(j, "bad_request", "an empty prompt needs add_bos on a new session");
+                return 0;
+        }
+        GenParams gp = {
+                .sampling = { .temperature = g->temperature, .top_k = g->top_k, .top_p = g->top_p, .min_p = g->min_p,
+                              .repeat_penalty = g->repeat_penalty, .repeat_last_n = g->repeat_last_n, .seed = g->seed },
+                .n_predict = g->n_predict,
+                .n_stops = (int)g->n_stop,
+                .want_logprobs = g->logprobs,
+        };
+        if (!g->has_seed && getrandom(&gp.sampling.seed, sizeof(gp.sampling.seed), 0) != sizeof(gp.sampling.seed))
+                gp.sampling.seed = now_ms();
+        for (uint32_t i = 0; i < g->n_stop; i++)
+                gp.stops[i] = g->stop[i];
+        /* the text starts at the document's start when nothing but BOS precedes it */
+        int r = generation_start(&j->gen, s, j->tokens, j->n_tokens, &gp, fresh && j->n_tokens <= 1);
+        if (r < 0) {
+                emit_error(j, "bad_request", "cannot start: %s", strerror(-r));
+                return 0;
+        }
+        j->started = true;
+        return 1;
+}
+
+static int generate_step(SchedJob *sj, Worker *w) {
+        Job *j = (Job *)sj;
+        if (!j->started) {
+                j->t0_ms = now_ms();
+                return generate_begin(j);
+        }
+        if (cancelled(j))
+                generation_cancel(&j->gen);
+
+        GenEvent ev;
+        int r = generation_step(&j->gen, w->fw, &ev);
+        if (r < 0) {
+                emit_error(j, "internal", "generation failed: %s", strerror(-r));
+                return 0;
+        }
+        if (!ev.prefilling && !j->t_prefill_ms)
+                j->t_prefill_ms = now_ms();
+        if (ev.has_token || ev.text_len > 0) {
+                if (ev.has_token)
+                        __atomic_fetch_add(&j->srv->tokens_window, 1, __ATOMIC_RELAXED);
+                TokenEvent te = { .id = j->req.id, .text = ev.text, .text_len = ev.text_len,
+                                  .token = (uint32_t)(ev.has_token ? ev.token : j->gen.next_token),
+                                  .has_logprob = ev.has_token && j->req.generate.logprobs, .logprob = ev.logprob };
+                ProtoOut o;
+                proto_out_init(&o);
+                proto_out_token_event(&o, &te);
+                emit(j, &o);
+        }
+        if (r > 0)
+                return 1;
+        /* a named session continues after everything this request produced */
+        if (j->session_named && generation_settle(&j->gen, w->fw) < 0)
+                emit_error(j, "internal", "could not store the last token in the session");
+        emit_done(j);
+        return 0;
+}
+
+/* ------------------------------------------------------------------ score */
+
+static int score_logits(void *userdata, int64_t pos, const float *logits) {
+        Job *j = userdata;
+        const uint32_t V = j->srv->m->cfg.n_vocab;
+        if ((size_t)pos + 1 >= j->n_tokens)
+                return 0;
+        float max = logits[0];
+        for (uint32_t i = 1; i < V; i++)
+                if (logits[i] > max)
+                        max = logits[i];
+        double sum = 0.0;
+        for (uint32_t i = 0; i < V; i++)
+                sum += exp((double)logits[i] - max);
+        j->logprobs[pos] = (float)((double)logits[j->tokens[pos + 1]] - max - log(sum));
+        return 0;
+}
+
+static int score_step(SchedJob *sj, Worker *w) {
+        Job *j = (Job *)sj;
+        const TextRequest *t = &j->req.score;
+        Session *s = j->ds->s;
+        if (!j->started) {
+                j->started = true;
+                if (!tokenize_text(j, t->text, t->text_len, t->add_bos))
+                        return 0;
+                j->logprobs = calloc(j->n_tokens ? j->n_tokens : 1, sizeof(float));
+                if (!j->logprobs) {
+                        emit_error(j, "internal", "out of memory");
+                        return 0;
+                }
+        }
+        if (cancelled(j)) {
+                emit_error(j, "cancelled", "request cancelled");
+                return 0;
+        }
+        if (j->n_scored < j->n_tokens) {
+                size_t n = j->n_tokens - j->n_scored, chunk = forward_max_chunk(w->fw, s->kv);
+                if (n > chunk)
+                        n = chunk;
+                int r = session_feed(s, w->fw, j->tokens + j->n_scored, n, score_logits, NULL, j);
+                if (r < 0) {
+                        emit_error(j, "internal", "forward pass failed: %s", strerror(-r));
+                        return 0;
+                }
+                j->n_scored += n;
+                if (j->n_scored < j->n_tokens)
+                        return 1;
+        }
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_ok(&o, j->req.id, 3);
+        double total = 0.0;
+        proto_out_str(&o, "tokens");
+        proto_out_array(&o, (uint32_t)j->n_tokens);
+        for (size_t i = 0; i < j->n_tokens; i++)
+                proto_out_uint(&o, (uint64_t)j->tokens[i]);
+        proto_out_str(&o, "logprobs"); /* logprobs[i]: log p(tokens[i+1] | tokens[0..i]) */
+        const uint32_t n_lp = j->n_tokens ? (uint32_t)j->n_tokens - 1 : 0;
+        proto_out_array(&o, n_lp);
+        for (uint32_t i = 0; i < n_lp; i++) {
+                proto_out_double(&o, j->logprobs[i]);
+                total += j->logprobs[i];
+        }
+        proto_out_kv_double(&o, "total_logprob", total);
+        emit(j, &o);
+        return 0;
+}
+
+/* ------------------------------------------------------------------ tokenize / detokenize */
+
+static int tokenize_step(SchedJob *sj, Worker *w) {
+        Job *j = (Job *)sj;
+        const TextRequest *t = &j->req.tokenize;
+        if (!tokenize_text(j, t->text, t->text_len, t->add_bos))
+                return 0;
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_ok(&o, j->req.id, 1);
+        proto_out_str(&o, "tokens");
+        proto_out_array(&o, (uint32_t)j->n_tokens);
+        for (size_t i = 0; i < j->n_tokens; i++)
+                proto_out_uint(&o, (uint64_t)j->tokens[i]);
+        emit(j, &o);
+        return 0;
+}
+
+static int detokenize_step(SchedJob *sj, Worker *w) {
+        Job *j = (Job *)sj;
+        const DetokenizeRequest *d = &j->req.detokenize;
+        const Tokenizer *tok = j->srv->m->tok;
+        Detokenizer dt;
+        char *text = malloc(d->n_tokens * DETOK_MAX_OUT + 16);
+        size_t len = 0;
+        if (!text) {
+                emit_error(j, "internal", "out of memory");
+                return 0;
+        }
+        detok_init(&dt, tok, 1);
+        for (size_t i = 0; i < d->n_tokens; i++) {
+                int n = detok_push(&dt, d->tokens[i], text + len);
+                if (n < 0) {
+                        emit_error(j, "bad_request", "token %d is not in the vocabulary (0..%u)", d->tokens[i],
+                                   tokenizer_n_vocab(tok) - 1);
+                        free(text);
+                        return 0;
+                }
+                len += (size_t)n;
+        }
+        len += (size_t)detok_flush(&dt, text + len);
+        ProtoOut o;
+        proto_out_init(&o);
+        proto_out_ok(&o, j->req.id, 1);
+        proto_out_kv_strn(&o, "text", text, len);
+        free(text);
+        emit(j, &o);
+        return 0;
+}
+
+/* ------------------------------------------------------------------ lifetime */
+
+static void job_finished(SchedJob *sj) {
+        Job *j = (Job *)sj;
+        outbox_job_done(j->srv, j);
+}
+
+Job *job_new(Server *srv, Conn *c, JobKind kind, Request *req) {
+        static int (*const steps[])(SchedJob *, Worker *) = {
+                [JOB_GENERATE] = generate_step, [JOB_SCORE] = score_step,
+                [JOB_TOKENIZE] = tokenize_step, [JOB_DETOKENIZE] = detokenize_step,
+        };
+        Job *j = calloc(1, sizeof(*j));
+        if (!j)
+                return NULL;
+        j->srv = srv;
+        j->kind = kind;
+        j->conn_id = c->id;
+        j->req = *req; /* ownership moves to the job */
+        memset(req, 0, sizeof(*req));
+        j->sj.step = steps[kind];
+        j->sj.done = job_finished;
+        j->deadline_ms = now_ms() + srv->cfg->request_timeout * 1000;
+        return j;
+}
+
+void job_free(Job *j) {
+        if (!j)
+                return;
+        generation_done(&j->gen);
+        free(j->tokens);
+        free(j->logprobs);
+        request_free(&j->req);
+        free(j);
+}

@@ -1,0 +1,50 @@
+/* daemon/main.c — mixd's entry point: settings (config file, then flags), then the server.
+ * Main thread. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "server.h"
+
+#define DEFAULT_CONFIG "/etc/mixd/mixd.conf"
+
+int main(int argc, char **argv) {
+        Config cfg;
+        char err[512] = "";
+        const char *config_path = NULL;
+        int r;
+
+        config_defaults(&cfg);
+        for (int i = 1; i < argc; i++) {
+                if (!strcmp(argv[i], "--config") && i + 1 < argc)
+                        config_path = argv[++i];
+                else if (!strncmp(argv[i], "--config=", 9))
+                        config_path = argv[i] + 9;
+        }
+        r = config_load_file(&cfg, config_path ? config_path : DEFAULT_CONFIG, err, sizeof(err));
+        if (r < 0 && !(r == -ENOENT && !config_path)) {
+                log_error("%s", err[0] ? err : strerror(-r));
+                config_free(&cfg);
+                return 2;
+        }
+        r = config_parse_args(&cfg, argc, argv, err, sizeof(err));
+        if (r != 0) {
+                if (r < 0)
+                        fprintf(stderr, "mixd: %s\n", err);
+                config_free(&cfg);
+                return r < 0 ? 2 : 0;
+        }
+        if (!cfg.model) {
+                fprintf(stderr, "mixd: no model given (--model FILE, or 'model = FILE' in %s)\n", DEFAULT_CONFIG);
+                config_free(&cfg);
+                return 2;
+        }
+        if (getenv("MIXD_DEBUG"))
+                log_set_max_priority(LOG_DEBUG);
+        r = server_run(&cfg);
+        config_free(&cfg);
+        return r < 0 ? 1 : 0;
+}

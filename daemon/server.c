@@ -1,0 +1,351 @@
+/* daemon/server.c — the loop: listening socket (ours or socket-activated), the outbox that
+ * brings worker output to the loop, housekeeping (timeouts, statistics, watchdog), signals and
+ * orderly shutdown. Loop thread, except outbox_push/outbox_job_done (workers, locked). */
+#include "server.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "session.h"
+
+uint64_t now_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------------ outbox (any thread) */
+
+static void outbox_append(Server *srv, OutMsg *m) {
+        pthread_mutex_lock(&srv->outbox_lock);
+        if (srv->outbox_tail)
+                srv->outbox_tail->next = m;
+        else
+                srv->outbox_head = m;
+        srv->outbox_tail = m;
+        pthread_mutex_unlock(&srv->outbox_lock);
+        uv_async_send(&srv->wakeup);
+}
+
+void outbox_push(Server *srv, uint64_t conn_id, Job *job, uint8_t *frame, size_t len) {
+        OutMsg *m = calloc(1, sizeof(*m));
+        if (!m) {
+                free(frame); /* the client sees a gap; it still gets the done event */
+                return;
+        }
+        *m = (OutMsg){ .conn_id = conn_id, .job = job, .frame = frame, .len = len };
+        outbox_append(srv, m);
+}
+
+void outbox_job_done(Server *srv, Job *job) {
+        /* embedded in the job: reporting a finished job never needs memory */
+        job->done_msg = (OutMsg){ .conn_id = job->conn_id, .job = job, .job_done = true };
+        outbox_append(srv, &job->done_msg);
+}
+
+static void finish_job(Server *srv, Job *j) {
+        for (Job **p = &srv->jobs; *p; p = &(*p)->next)
+                if (*p == j) {
+                        *p = j->next;
+                        break;
+                }
+        srv->n_jobs--;
+        Conn *c = conn_find(srv, j->conn_id);
+        if (c)
+                c->n_jobs--;
+        if (j->ds)
+                sessions_release(&srv->sessions, j->ds, now_ms());
+        if (j->kind == JOB_GENERATE)
+                srv->tokens_generated += (uint64_t)j->gen.n_generated;
+        job_free(j);
+        if (srv->shutting_down && srv->n_jobs == 0)
+                server_begin_shutdown(srv, NULL);
+}
+
+static void on_wakeup(uv_async_t *h) {
+        Server *srv = h->data;
+        pthread_mutex_lock(&srv->outbox_lock);
+        OutMsg *m = srv->outbox_head;
+        srv->outbox_head = srv->outbox_tail = NULL;
+        pthread_mutex_unlock(&srv->outbox_lock);
+
+        while (m) {
+                OutMsg *next = m->next;
+                if (m->job_done) {
+                        finish_job(srv, m->job); /* frees the job and the message in it */
+                } else {
+                        Conn *c = conn_find(srv, m->conn_id);
+                        if (c) {
+                                conn_send(c, m->frame, m->len);
+                                m->frame = NULL;
+                                /* backpressure: a slow reader pauses its own generation */
+                                if (c->write_queued > DAEMON_WRITE_SOFT_LIMIT && m->job && !m->job->backpressured) {
+                                        m->job->backpressured = true;
+                                        sched_set_paused(&srv->sched, &m->job->sj, true);
+                                }
+                        }
+                        free(m->frame);
+                        free(m);
+                }
+                m = next;
+        }
+}
+
+/* ------------------------------------------------------------------ housekeeping */
+
+static void on_housekeeping(uv_timer_t *h) {
+        Server *srv = h->data;
+        const uint64_t t = now_ms();
+        unsigned n = sessions_expire(&srv->sessions, t, srv->cfg->idle_timeout * 1000);
+        if (n)
+                log_info("dropped %u idle session(s)", n);
+        for (Job *j = srv->jobs; j; j = j->next)
+                if (t > j->deadline_ms && !__atomic_load_n(&j->cancel, __ATOMIC_RELAXED)) {
+                        log_notice("request %llu exceeded the request timeout; cancelling", (unsigned long long)j->req.id);
+                        __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
+                        if (j->backpressured) {
+                                j->backpressured = false;
+                                sched_set_paused(&srv->sched, &j->sj, false);
+                        }
+                }
+        const uint64_t window = __atomic_exchange_n(&srv->tokens_window, 0, __ATOMIC_RELAXED);
+        const double dt = DAEMON_HOUSEKEEPING_MS / 1000.0;
+        srv->tokens_per_s = 0.8 * srv->tokens_per_s + 0.2 * (double)window / dt;
+        sd_notifyf(0, "WATCHDOG=1\nSTATUS=serving %s: %llu session(s), %u connection(s), %.1f tokens/s",
+                   srv->cfg->model, (unsigned long long)(srv->sessions.n_named), srv->n_conns, srv->tokens_per_s);
+}
+
+/* ------------------------------------------------------------------ shutdown */
+
+static void on_closed_quietly(uv_handle_t *h) {
+        (void)h;
+}
+
+void server_begin_shutdown(Server *srv, const char *why) {
+        if (why) {
+                if (srv->shutting_down)
+                        return;
+                log_notice("shutting down: %s", why);
+                sd_notify(0, "STOPPING=1");
+        }
+        srv->shutting_down = true;
+        if (srv->listening) {
+                srv->listening = false;
+                uv_close((uv_handle_t *)&srv->listener, on_closed_quietly);
+        }
+        /* in-flight work stops at its next step; each finished job comes back here */
+        for (Job *j = srv->jobs; j; j = j->next) {
+                __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
+                if (j->backpressured) {
+                        j->backpressured = false;
+                        sched_set_paused(&srv->sched, &j->sj, false);
+                }
+        }
+        if (srv->n_jobs > 0)
+                return;
+        for (Conn *c = srv->conns; c;) {
+                Conn *next = c->next;
+                conn_close(c);
+                c = next;
+        }
+        if (!uv_is_closing((uv_handle_t *)&srv->wakeup)) {
+                uv_close((uv_handle_t *)&srv->wakeup, on_closed_quietly);
+                uv_close((uv_handle_t *)&srv->housekeeping, on_closed_quietly);
+                uv_close((uv_handle_t *)&srv->sig_int, on_closed_quietly);
+                uv_close((uv_handle_t *)&srv->sig_term, on_closed_quietly);
+        }
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+        server_begin_shutdown(h->data, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+/* ------------------------------------------------------------------ listening */
+
+static void on_connection(uv_stream_t *listener, int status) {
+        Server *srv = listener->data;
+        if (status < 0) {
+                log_warning("accept failed: %s", uv_strerror(status));
+                return;
+        }
+        conn_accept(srv);
+}
+
+static int default_socket_path(char **ret) {
+        if (geteuid() == 0) {
+                if (mkdir("/run/mixd", 0755) < 0 && errno != EEXIST)
+                        return -errno;
+                *ret = strdup("/run/mixd/mixd.sock");
+        } else {
+                const char *xdg = getenv("XDG_RUNTIME_DIR");
+                if (!xdg || !*xdg)
+                        return -ENOENT;
+                size_t n = strlen(xdg) + sizeof("/mixd.sock");
+                *ret = malloc(n);
+                if (*ret)
+                        snprintf(*ret, n, "%s/mixd.sock", xdg);
+        }
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* A leftover socket file from a dead daemon is removed; a live one is an error. */
+static int clear_stale_socket(const char *path) {
+        struct stat st;
+        if (lstat(path, &st) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        if (!S_ISSOCK(st.st_mode))
+                return -EEXIST;
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        strncpy(sa.sun_path, path, sizeof(sa.sun_path) - 1);
+        int r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+        close(fd);
+        if (r == 0)
+                return -EADDRINUSE;
+        return unlink(path) < 0 ? -errno : 0;
+}
+
+static int start_listening(Server *srv) {
+        int r = uv_pipe_init(srv->loop, &srv->listener, 0);
+        if (r < 0)
+                return r;
+        srv->listener.data = srv;
+        srv->listening = true;
+
+        int n = sd_listen_fds(1);
+        if (n > 1) {
+                log_error("expected one socket from the service manager, got %d", n);
+                return -EINVAL;
+        }
+        if (n == 1) {
+                r = uv_pipe_open(&srv->listener, SD_LISTEN_FDS_START);
+                if (r < 0)
+                        return r;
+                log_info("listening on the socket passed by the service manager");
+        } else {
+                if (!srv->cfg->socket_path && (r = default_socket_path(&srv->cfg->socket_path)) < 0) {
+                        log_error("no --socket given and no default (XDG_RUNTIME_DIR unset)");
+                        return r;
+                }
+                if (strlen(srv->cfg->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+                        log_error("socket path too long: %s", srv->cfg->socket_path);
+                        return -ENAMETOOLONG;
+                }
+                r = clear_stale_socket(srv->cfg->socket_path);
+                if (r < 0) {
+                        log_error("cannot use socket %s: %s", srv->cfg->socket_path,
+                                  r == -EADDRINUSE ? "another daemon is listening there" : strerror(-r));
+                        return r;
+                }
+                r = uv_pipe_bind(&srv->listener, srv->cfg->socket_path);
+                if (r < 0) {
+                        log_error("cannot bind %s: %s", srv->cfg->socket_path, uv_strerror(r));
+                        return r;
+                }
+                srv->own_socket = true;
+                if (chmod(srv->cfg->socket_path, (mode_t)srv->cfg->socket_mode) < 0)
+                        log_warning("cannot chmod %s: %s", srv->cfg->socket_path, strerror(errno));
+                log_info("listening on %s", srv->cfg->socket_path);
+        }
+        r = uv_listen((uv_stream_t *)&srv->listener, 128, on_connection);
+        if (r < 0)
+                log_error("listen failed: %s", uv_strerror(r));
+        return r;
+}
+
+/* ------------------------------------------------------------------ run */
+
+int server_run(Config *cfg) {
+        Server srv_storage = { 0 }, *srv = &srv_storage;
+        ModelError merr = { "" };
+        int r;
+
+        srv->cfg = cfg;
+        srv->start_ms = now_ms();
+        if (cfg->admin_group) {
+                struct group *g = getgrnam(cfg->admin_group);
+                if (!g) {
+                        log_error("admin group '%s' does not exist", cfg->admin_group);
+                        return -ENOENT;
+                }
+                srv->admin_gid = g->gr_gid;
+                srv->have_admin_gid = true;
+        }
+
+        log_info("loading %s", cfg->model);
+        r = model_load(cfg->model, &merr, &srv->m);
+        if (r < 0) {
+                log_error("cannot load model %s: %s", cfg->model, merr.msg[0] ? merr.msg : strerror(-r));
+                return r;
+        }
+        const ModelConfig *mc = &srv->m->cfg;
+        log_info("model: %u layers, hidden %u, %u experts (top-%u), window %u, vocab %u", mc->n_layer, mc->n_embd,
+                 mc->n_expert, mc->n_expert_used, mc->sliding_window, mc->n_vocab);
+
+        uint32_t slots;
+        r = session_slots(srv->m, (uint32_t)cfg->session_capacity, cfg->kv_budget, &slots);
+        if (r < 0) {
+                log_error("the KV budget of %llu bytes cannot hold one session of this model",
+                          (unsigned long long)cfg->kv_budget);
+                goto out_model;
+        }
+        SessionLimits lim = { .kv_budget = cfg->kv_budget, .max_sessions = cfg->max_sessions,
+                              .max_per_uid = cfg->max_sessions_per_uid, .capacity = (uint32_t)cfg->session_capacity };
+        sessions_init(&srv->sessions, srv->m, &lim);
+        r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_PREFILL_CHUNK, slots);
+        if (r < 0) {
+                log_error("cannot start %llu worker threads: %s", (unsigned long long)cfg->threads, strerror(-r));
+                goto out_sessions;
+        }
+
+        pthread_mutex_init(&srv->outbox_lock, NULL);
+        srv->loop = uv_default_loop();
+        uv_async_init(srv->loop, &srv->wakeup, on_wakeup);
+        srv->wakeup.data = srv;
+        uv_timer_init(srv->loop, &srv->housekeeping);
+        srv->housekeeping.data = srv;
+        uv_timer_start(&srv->housekeeping, on_housekeeping, DAEMON_HOUSEKEEPING_MS, DAEMON_HOUSEKEEPING_MS);
+        uv_signal_init(srv->loop, &srv->sig_int);
+        uv_signal_init(srv->loop, &srv->sig_term);
+        srv->sig_int.data = srv->sig_term.data = srv;
+        uv_signal_start(&srv->sig_int, on_signal, SIGINT);
+        uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
+        signal(SIGPIPE, SIG_IGN);
+
+        r = start_listening(srv);
+        if (r < 0) {
+                server_begin_shutdown(srv, "cannot listen");
+                uv_run(srv->loop, UV_RUN_DEFAULT);
+                goto out_loop;
+        }
+        sd_notifyf(0, "READY=1\nSTATUS=serving %s", cfg->model);
+        log_notice("ready in %llu ms: %llu worker thread(s), KV budget %llu MiB",
+                   (unsigned long long)(now_ms() - srv->start_ms), (unsigned long long)cfg->threads,
+                   (unsigned long long)(cfg->kv_budget >> 20));
+        uv_run(srv->loop, UV_RUN_DEFAULT);
+        r = 0;
+out_loop:
+        if (uv_loop_close(srv->loop) != 0)
+                log_warning("event loop closed with handles still open");
+        if (srv->own_socket)
+                unlink(cfg->socket_path);
+        pthread_mutex_destroy(&srv->outbox_lock);
+        sched_stop(&srv->sched);
+out_sessions:
+        sessions_done(&srv->sessions);
+out_model:
+        model_free(srv->m);
+        log_info("stopped");
+        return r;
+}
