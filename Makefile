@@ -46,7 +46,7 @@ $(ENGINE_LIB): $(ENGINE_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/mixctl: $(CLIENT_OBJ) $(ENGINE_LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ -ledit $(LDLIBS)
 
 $(BUILD)/mixd: $(DAEMON_OBJ) $(ENGINE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ -luv -lsystemd $(LDLIBS)
@@ -59,7 +59,7 @@ unit: $(UNIT_BIN)
 
 # Debian packages every target needs (build, tests, fuzzing, helpers).
 DEPS := build-essential pkg-config clang libclang-rt-14-dev libuv1-dev libmsgpack-dev \
-        libsystemd-dev libopenblas-dev libcmocka-dev libnuma-dev python3-numpy
+        libsystemd-dev libopenblas-dev libcmocka-dev libnuma-dev libedit-dev python3-numpy python3-msgpack
 deps:
 	@missing=$$(for p in $(DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -136,3 +136,23 @@ void cli_install_signals(void) {
         sigaction(SIGTERM, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
 }
+
+void cli_json_string(FILE *out, const char *s, size_t len) {
+        fputc('"', out);
+        for (size_t i = 0; i < len; i++) {
+                const unsigned char ch = (unsigned char)s[i];
+                switch (ch) {
+                case '"': fputs("\\\"", out); break;
+                case '\\': fputs("\\\\", out); break;
+                case '\n': fputs("\\n", out); break;
+                case '\r': fputs("\\r", out); break;
+                case '\t': fputs("\\t", out); break;
+                default:
+                        if (ch < 0x20 || ch == 0x7f)
+                                fprintf(out, "\\u%04x", ch);
+                        else
+                                fputc(ch, out);
+                }
+        }
+        fputc('"', out);
+}

@@ -3,6 +3,7 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* Exit codes of every mixctl command (a stable contract for scripts). */
 enum {
@@ -35,7 +36,59 @@ int cli_parse_float(const char *s, double lo, double hi, float *ret);
 extern volatile int cli_interrupted;
 void cli_install_signals(void);
 
+/* Long-option ids shared by the commands. */
+enum { OPT_CTX = 1000, OPT_KV_BUDGET, OPT_NO_BOS, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY,
+       OPT_REPEAT_LAST_N, OPT_SEED, OPT_STOP, OPT_TOKENS, OPT_ALL, OPT_CHUNK, OPT_SOCKET, OPT_JSON, OPT_SESSION,
+       OPT_LOGPROBS, OPT_SYSTEM };
+
+/* Sampling options of generate and chat (in-process and remote alike). */
+#include "sample.h"
+#include "limits.h"
+typedef struct GenerateOpts {
+        int64_t n_predict;
+        SamplerParams sp;
+        int seed_given;
+        const char *stops[SAMPLE_MAX_STOPS];
+        int n_stops;
+} GenerateOpts;
+#define GENERATE_OPTS_DEFAULTS ((GenerateOpts){ .n_predict = 256, .sp = SAMPLER_DEFAULTS })
+#define SAMPLING_LONG_OPTS                                                                                        \
+        { "n-predict", required_argument, NULL, 'n' }, { "temp", required_argument, NULL, OPT_TEMP },             \
+        { "top-k", required_argument, NULL, OPT_TOP_K }, { "top-p", required_argument, NULL, OPT_TOP_P },         \
+        { "min-p", required_argument, NULL, OPT_MIN_P },                                                          \
+        { "repeat-penalty", required_argument, NULL, OPT_REPEAT_PENALTY },                                        \
+        { "repeat-last-n", required_argument, NULL, OPT_REPEAT_LAST_N },                                          \
+        { "seed", required_argument, NULL, OPT_SEED }, { "stop", required_argument, NULL, OPT_STOP }
+#define SAMPLING_OPTS_HELP                                                                \
+        "  -n, --n-predict N    tokens to generate (default 256; -1 = until EOS)\n"      \
+        "  --temp T             temperature (default 0.8; 0 = greedy)\n"                 \
+        "  --top-k K            (default 40; 0 = off)\n"                                 \
+        "  --top-p P            (default 0.95; 1 = off)\n"                               \
+        "  --min-p P            (default 0.05; 0 = off)\n"                               \
+        "  --repeat-penalty X   (default 1.0 = off)\n"                                   \
+        "  --repeat-last-n N    tokens the penalty looks back (default 64)\n"            \
+        "  --seed N             random seed (default: random)\n"                         \
+        "  --stop STR           stop before STR (repeatable; STR is not printed)\n"
+/* 1 if c was a sampling option (*ret_exit set on a bad value), else 0. */
+int sampling_opt_parse(int c, const char *arg, GenerateOpts *g, int *ret_exit);
+/* Pick a random seed unless one was given. */
+void sampling_opt_finish(GenerateOpts *g);
+
+/* Append s as a JSON string literal (quoted, escaped) to stdout's buffer. */
+void cli_json_string(FILE *out, const char *s, size_t len);
+
 int cmd_tokenize(int argc, char **argv);
+int cmd_tokenize_local(int argc, char **argv);
+int cmd_tokenize_remote(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_generate_local(int argc, char **argv);
+int cmd_generate_remote(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_score(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_experts(int argc, char **argv);
+int cmd_sessions(int argc, char **argv);
+int cmd_session(int argc, char **argv);
+int cmd_shutdown(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);

@@ -8,7 +8,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <sys/random.h>
 
 #include "cli.h"
 #include "limits.h"
@@ -83,9 +82,6 @@ static int read_input(char **ret_buf, size_t *ret_len) {
 }
 
 /* Parses the options shared by model commands; returns 1 if consumed. */
-enum { OPT_CTX = 1000, OPT_KV_BUDGET, OPT_NO_BOS, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY,
-       OPT_REPEAT_LAST_N, OPT_SEED, OPT_STOP, OPT_TOKENS, OPT_ALL, OPT_CHUNK };
-
 static int parse_model_opt(int c, const char *arg, ModelOpts *o, int *ret_exit) {
         int64_t v;
         switch (c) {
@@ -120,7 +116,7 @@ static int parse_model_opt(int c, const char *arg, ModelOpts *o, int *ret_exit) 
 
 /* ---------------------------------------------------------------- tokenize */
 
-int cmd_tokenize(int argc, char **argv) {
+int cmd_tokenize_local(int argc, char **argv) {
         static const struct option longopts[] = { MODEL_LONG_OPTS, { "no-bos", no_argument, NULL, OPT_NO_BOS }, { 0 } };
         ModelOpts o = { .kv_budget = KV_DEFAULT_BUDGET };
         int add_bos = 1, c, ex = EXIT_OK;
@@ -178,73 +174,6 @@ out:
 
 /* ---------------------------------------------------------------- generate */
 
-typedef struct GenerateOpts {
-        int64_t n_predict;
-        SamplerParams sp;
-        int seed_given;
-        const char *stops[SAMPLE_MAX_STOPS];
-        int n_stops;
-} GenerateOpts;
-
-static int parse_sampling_opt(int c, const char *arg, GenerateOpts *g, int *ret_exit) {
-        int64_t v;
-        switch (c) {
-        case 'n':
-                if (cli_parse_i64(arg, -1, INT32_MAX, &g->n_predict) < 0)
-                        goto bad;
-                return 1;
-        case OPT_TEMP:
-                if (cli_parse_float(arg, 0.0, 100.0, &g->sp.temperature) < 0)
-                        goto bad;
-                return 1;
-        case OPT_TOP_K:
-                if (cli_parse_i64(arg, 0, MODEL_MAX_VOCAB, &v) < 0)
-                        goto bad;
-                g->sp.top_k = (int32_t)v;
-                return 1;
-        case OPT_TOP_P:
-                if (cli_parse_float(arg, 1e-6, 1.0, &g->sp.top_p) < 0)
-                        goto bad;
-                return 1;
-        case OPT_MIN_P:
-                if (cli_parse_float(arg, 0.0, 1.0, &g->sp.min_p) < 0)
-                        goto bad;
-                return 1;
-        case OPT_REPEAT_PENALTY:
-                if (cli_parse_float(arg, 1e-3, 100.0, &g->sp.repeat_penalty) < 0)
-                        goto bad;
-                return 1;
-        case OPT_REPEAT_LAST_N:
-                if (cli_parse_i64(arg, 0, SAMPLE_MAX_REPEAT_LAST, &v) < 0)
-                        goto bad;
-                g->sp.repeat_last_n = (int32_t)v;
-                return 1;
-        case OPT_SEED:
-                if (cli_parse_u64(arg, &g->sp.seed) < 0)
-                        goto bad;
-                g->seed_given = 1;
-                return 1;
-        case OPT_STOP:
-                if (g->n_stops >= SAMPLE_MAX_STOPS) {
-                        cli_error("at most %d --stop strings", SAMPLE_MAX_STOPS);
-                        *ret_exit = EXIT_USAGE;
-                        return 1;
-                }
-                if (!*arg || strlen(arg) > SAMPLE_MAX_STOP_LEN) {
-                        cli_error("--stop strings must be 1..%d bytes", SAMPLE_MAX_STOP_LEN);
-                        *ret_exit = EXIT_USAGE;
-                        return 1;
-                }
-                g->stops[g->n_stops++] = arg;
-                return 1;
-        }
-        return 0;
-bad:
-        cli_error("invalid value '%s' for an option (see 'mixctl generate --help')", arg);
-        *ret_exit = EXIT_USAGE;
-        return 1;
-}
-
 /* Prefill progress on a terminal, for prompts long enough to notice. */
 static void show_progress(void *userdata, size_t done, size_t total) {
         if (!isatty(STDERR_FILENO) || total <= 256)
@@ -267,18 +196,10 @@ static int emit(const char *buf, size_t len) {
         return cli_write(buf, len);
 }
 
-int cmd_generate(int argc, char **argv) {
+int cmd_generate_local(int argc, char **argv) {
         static const struct option longopts[] = {
                 MODEL_LONG_OPTS,
-                { "n-predict", required_argument, NULL, 'n' },
-                { "temp", required_argument, NULL, OPT_TEMP },
-                { "top-k", required_argument, NULL, OPT_TOP_K },
-                { "top-p", required_argument, NULL, OPT_TOP_P },
-                { "min-p", required_argument, NULL, OPT_MIN_P },
-                { "repeat-penalty", required_argument, NULL, OPT_REPEAT_PENALTY },
-                { "repeat-last-n", required_argument, NULL, OPT_REPEAT_LAST_N },
-                { "seed", required_argument, NULL, OPT_SEED },
-                { "stop", required_argument, NULL, OPT_STOP },
+                SAMPLING_LONG_OPTS,
                 { 0 },
         };
         ModelOpts o = { .kv_budget = KV_DEFAULT_BUDGET };
@@ -287,7 +208,7 @@ int cmd_generate(int argc, char **argv) {
 
         optind = 1;
         while ((c = getopt_long(argc, argv, "m:n:h", longopts, NULL)) != -1) {
-                if (parse_model_opt(c, optarg, &o, &ex) || parse_sampling_opt(c, optarg, &g, &ex)) {
+                if (parse_model_opt(c, optarg, &o, &ex) || sampling_opt_parse(c, optarg, &g, &ex)) {
                         if (ex)
                                 return ex;
                         continue;
@@ -295,16 +216,8 @@ int cmd_generate(int argc, char **argv) {
                 if (c == 'h') {
                         printf("usage: mixctl generate -m MODEL [options] [\"prompt\"]\n"
                                "Continues the prompt (the argument, else stdin read to EOF) and streams the text.\n"
-                               MODEL_OPTS_HELP
-                               "  -n, --n-predict N    tokens to generate (default 256; -1 = until EOS)\n"
-                               "  --temp T             temperature (default 0.8; 0 = greedy)\n"
-                               "  --top-k K            (default 40; 0 = off)\n"
-                               "  --top-p P            (default 0.95; 1 = off)\n"
-                               "  --min-p P            (default 0.05; 0 = off)\n"
-                               "  --repeat-penalty X   (default 1.0 = off)\n"
-                               "  --repeat-last-n N    tokens the penalty looks back (default 64)\n"
-                               "  --seed N             random seed (default: random)\n"
-                               "  --stop STR           stop before STR (repeatable; STR is not printed)\n");
+                               "Without -m, the request goes to the mixd daemon (see --socket).\n"
+                               MODEL_OPTS_HELP SAMPLING_OPTS_HELP);
                         return EXIT_OK;
                 }
                 return EXIT_USAGE;
@@ -313,8 +226,7 @@ int cmd_generate(int argc, char **argv) {
                 cli_error("give the prompt as one argument (quote it), or on stdin");
                 return EXIT_USAGE;
         }
-        if (!g.seed_given && getrandom(&g.sp.seed, sizeof(g.sp.seed), 0) != sizeof(g.sp.seed))
-                g.sp.seed = (uint64_t)time(NULL) ^ (uint64_t)getpid();
+        sampling_opt_finish(&g);
 
         Model *m = NULL;
         Session *s = NULL;

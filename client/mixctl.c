@@ -11,10 +11,37 @@ static const struct {
         const char *help;
 } commands[] = {
         { "generate", cmd_generate, "continue a prompt (argument, else stdin), streaming the text" },
+        { "chat", cmd_chat, "a conversation kept in a daemon session ([INST] format)" },
         { "tokenize", cmd_tokenize, "print the token ids of stdin as a JSON array" },
-        { "logits", cmd_logits, "print raw logits for given token ids" },
-        { "perplexity", cmd_perplexity, "perplexity of a text file (llama-perplexity's method)" },
+        { "score", cmd_score, "per-token log probabilities of a text" },
+        { "sessions", cmd_sessions, "list your sessions on the daemon" },
+        { "session", cmd_session, "session open | session rm ID" },
+        { "status", cmd_status, "the daemon's model, sessions, KV use, queue, tokens/s" },
+        { "experts", cmd_experts, "how often the router picks each expert, per layer" },
+        { "shutdown", cmd_shutdown, "stop the daemon (root or the admin group)" },
+        { "logits", cmd_logits, "print raw logits for given token ids (in-process, -m)" },
+        { "perplexity", cmd_perplexity, "perplexity of a text file (in-process, -m)" },
 };
+
+/* generate and tokenize run in-process with -m MODEL, else through the daemon. */
+static int has_model_flag(int argc, char **argv) {
+        for (int i = 1; i < argc; i++) {
+                if (!strcmp(argv[i], "--"))
+                        break;
+                if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model") || !strncmp(argv[i], "--model=", 8) ||
+                    (!strncmp(argv[i], "-m", 2) && argv[i][2]))
+                        return 1;
+        }
+        return 0;
+}
+
+int cmd_generate(int argc, char **argv) {
+        return has_model_flag(argc, argv) ? cmd_generate_local(argc, argv) : cmd_generate_remote(argc, argv);
+}
+
+int cmd_tokenize(int argc, char **argv) {
+        return has_model_flag(argc, argv) ? cmd_tokenize_local(argc, argv) : cmd_tokenize_remote(argc, argv);
+}
 
 static void usage(FILE *out) {
         fputs("usage: mixctl COMMAND [options]\n\ncommands:\n", out);
