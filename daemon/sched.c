@@ -44,7 +44,7 @@ static void *worker_main(void *arg) {
         Scheduler *s = w->sched;
         pthread_mutex_lock(&s->lock);
         for (;;) {
-                SchedJob *j;
+                SchedJob *j = NULL;
                 while (!s->stopping && !(j = take_runnable(s)))
                         pthread_cond_wait(&s->cond, &s->lock);
                 if (s->stopping)

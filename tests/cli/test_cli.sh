@@ -24,7 +24,7 @@ contains() { grep -q -- "$2" "$1"; echo $?; }
 
 "$MIXCTL" >/dev/null 2>"$tmp/err"; check "no command" 2 $?
 "$MIXCTL" frobnicate 2>"$tmp/err"; check "unknown command" 2 $?
-"$MIXCTL" generate "hi" 2>"$tmp/err"; check "generate without -m" 2 $?
+MIXD_SOCKET="$tmp/no-daemon.sock" "$MIXCTL" generate "hi" 2>"$tmp/err"; check "no -m and no daemon: cannot connect" 3 $? "$(contains "$tmp/err" 'cannot connect')"
 "$MIXCTL" --help >"$tmp/out" 2>"$tmp/err"; check "--help" 0 $? "$(contains "$tmp/out" generate)"
 
 "$MIXCTL" generate -m "$tmp/nope.gguf" "hi" 2>"$tmp/err"; check "missing model" 1 $? "$(contains "$tmp/err" 'cannot load model')"
