@@ -102,7 +102,7 @@ static unsigned scalar_size(uint32_t t) {
 
 int gguf_str_eq(GGUFString s, const char *c) {
         size_t n = strlen(c);
-        return s.len == n && memcmp(s.data, c, n) == 0;
+        return s.len == n && (n == 0 || memcmp(s.data, c, n) == 0);
 }
 
 /* A key or name from the file, made safe for an error message (and so for a log line): at
@@ -418,7 +418,7 @@ int gguf_open_buffer(const void *buf, size_t size, GGUFError *err, GGUFFile **re
         GGUFFile *f = calloc(1, sizeof(*f));
         int r;
         if (!f)
-                return -ENOMEM;
+                return fail(err, -ENOMEM, "out of memory");
         f->base = buf;
         f->size = size;
         r = parse(f, err);
