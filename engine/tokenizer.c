@@ -4,6 +4,7 @@
  * threads (encode keeps its scratch on the caller's stack and heap). */
 #include "tokenizer.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
@@ -25,7 +26,7 @@
 
 /* Encode cuts the text into segments of at least this many bytes, at points no vocabulary
  * piece can straddle (see Tokenizer.pairs), so its scratch memory stays small. */
-#define SEGMENT_BYTES    4096u
+#define SEGMENT_BYTES    64u
 
 /* A symbol's length word (Encoder.len) carries this bit when it is a user-defined piece. */
 #define SYM_FROZEN       0x8000u
@@ -33,6 +34,8 @@
 
 typedef struct TokenEntry {
         float score;
+        uint32_t rank;      /* mergeable pieces: order of score among all distinct scores of
+                             * mergeable pieces (0 = lowest); equal scores, equal ranks */
         uint32_t offset;    /* of the piece in Tokenizer.blob */
         uint32_t aux;       /* BYTE: the byte value; UNUSED: index into Encoder.rev_left */
         uint16_t len;       /* bytes, 1 .. TOKENIZER_MAX_PIECE */
@@ -332,6 +335,37 @@ static size_t trie_match(const Tokenizer *t, const char *s, size_t n) {
         return best;
 }
 
+static int cmp_float(const void *a, const void *b) {
+        float x = *(const float *)a, y = *(const float *)b;
+        return (x > y) - (x < y);
+}
+
+/* Sets TokenEntry.rank of every mergeable piece (encode compares ranks, not floats). */
+static int rank_scores(Tokenizer *t) {
+        float *s = malloc(t->n_vocab * sizeof(*s));
+        size_t n = 0, m = 0;
+
+        if (!s)
+                return -ENOMEM;
+        for (uint32_t i = 0; i < t->n_vocab; i++)
+                if (t->tokens[i].mergeable)
+                        s[n++] = t->tokens[i].score;
+        qsort(s, n, sizeof(*s), cmp_float);
+        for (size_t i = 0; i < n; i++)
+                if (m == 0 || s[i] != s[m - 1])
+                        s[m++] = s[i];
+        for (uint32_t i = 0; i < t->n_vocab; i++) {
+                TokenEntry *e = &t->tokens[i];
+                const float *p;
+                if (!e->mergeable)
+                        continue;
+                p = bsearch(&e->score, s, m, sizeof(*s), cmp_float);
+                e->rank = (uint32_t)(p - s); /* present: it was collected above */
+        }
+        free(s);
+        return 0;
+}
+
 int tokenizer_load(const GGUFFile *f, Tokenizer **ret_tok) {
         GGUFString model, *pieces = NULL;
         const void *scores_raw = NULL, *types_raw = NULL;
@@ -446,6 +480,10 @@ int tokenizer_load(const GGUFFile *f, Tokenizer **ret_tok) {
                 goto fail;
         }
         t->byte_fallback = n_byte_tokens == 256;
+
+        r = rank_scores(t);
+        if (r < 0)
+                goto fail;
 
         t->blob = malloc(blob_len ? blob_len : 1);
         t->slots = calloc(table_size(n), sizeof(*t->slots));
@@ -568,24 +606,32 @@ int tokenizer_token_type(const Tokenizer *t, int32_t id) {
 
 /* ---------------------------------------------------------------- encode */
 
-/* A merge candidate: the symbol at byte offset left with the one right after it. */
-typedef struct Candidate {
-        float score;        /* of the merged piece */
-        uint32_t left;      /* byte offset of the left symbol in the segment */
-        uint32_t size;      /* bytes of the merged piece: stale once either symbol changed */
-} Candidate;
+/* A merge candidate as one 64-bit key, ordered like SentencePiece's agenda (best score first,
+ * then leftmost): the rank of the merged piece's score (TokenEntry.rank) in the top bits, then
+ * the left symbol's offset, inverted, then the merged size, which tells whether the candidate
+ * is stale (either symbol grew since it was proposed). */
+typedef uint64_t Candidate;
+
+#define CAND_RANK_SHIFT  44
+#define CAND_LEFT_SHIFT  16
+#define CAND_LEFT_MAX    ((1u << 28) - 1)
+#define CAND_SIZE_MASK   0xffffu
+
+static_assert(MODEL_MAX_VOCAB <= (1u << (64 - CAND_RANK_SHIFT)), "score ranks fit a candidate key");
+static_assert(3ull * TOKENIZER_MAX_INPUT + SPACE_SYMBOL_LEN <= CAND_LEFT_MAX, "offsets fit a candidate key");
+static_assert(TOKENIZER_MAX_PIECE <= CAND_SIZE_MASK && TOKENIZER_MAX_PIECE <= SYM_LEN_MASK, "piece sizes fit");
 
 /* Scratch of one encode call. Symbols are indexed by the byte offset where they start in the
- * segment: a symbol's right neighbour starts at offset + len, so only prev is stored. */
+ * segment: a symbol's right neighbour starts at offset + len, its left neighbour at the
+ * nearest offset before with a non-zero len. */
 typedef struct Encoder {
         const Tokenizer *t;
         char *seg;                  /* normalized text of the current segment */
         size_t seg_len, seg_cap;
-        int32_t *prev;              /* [prev_cap] previous symbol's offset, -1 for the first */
-        size_t prev_cap;
-        uint16_t *len;              /* [len_cap] symbol bytes (| SYM_FROZEN), 0 once merged away */
+        uint16_t *len;              /* [len_cap] symbol bytes (| SYM_FROZEN) at a symbol's first
+                                     * byte; 0 elsewhere and once merged into the left neighbour */
         size_t len_cap;
-        Candidate *heap;            /* binary max-heap by (score, then leftmost) */
+        Candidate *heap;            /* 4-ary max-heap */
         size_t n_heap, heap_cap;
         int32_t *ids;               /* output */
         size_t n_ids, ids_cap;
@@ -620,20 +666,14 @@ static int push_id(Encoder *e, int32_t id) {
         return 0;
 }
 
-static bool cand_before(const Candidate *a, const Candidate *b) {
-        if (a->score != b->score)
-                return a->score > b->score;
-        return a->left < b->left;
-}
-
 static int heap_push(Encoder *e, Candidate c) {
         size_t i;
         int r = grow((void **)&e->heap, &e->heap_cap, e->n_heap + 1, sizeof(*e->heap));
         if (r < 0)
                 return r;
-        for (i = e->n_heap++; i > 0; i = (i - 1) / 2) {
-                size_t parent = (i - 1) / 2;
-                if (!cand_before(&c, &e->heap[parent]))
+        for (i = e->n_heap++; i > 0; i = (i - 1) / 4) {
+                size_t parent = (i - 1) / 4;
+                if (e->heap[parent] >= c)
                         break;
                 e->heap[i] = e->heap[parent];
         }
@@ -645,19 +685,30 @@ static Candidate heap_pop(Encoder *e) {
         Candidate top = e->heap[0], last = e->heap[--e->n_heap];
         size_t i = 0, n = e->n_heap;
         for (;;) {
-                size_t c = 2 * i + 1;
+                size_t c = 4 * i + 1, best, end;
                 if (c >= n)
                         break;
-                if (c + 1 < n && cand_before(&e->heap[c + 1], &e->heap[c]))
-                        c++;
-                if (!cand_before(&e->heap[c], &last))
+                end = c + 4 < n ? c + 4 : n;
+                best = c;
+                for (size_t k = c + 1; k < end; k++)
+                        if (e->heap[k] > e->heap[best])
+                                best = k;
+                if (e->heap[best] <= last)
                         break;
-                e->heap[i] = e->heap[c];
-                i = c;
+                e->heap[i] = e->heap[best];
+                i = best;
         }
         if (n > 0)
                 e->heap[i] = last;
         return top;
+}
+
+/* Offset of the symbol before the one at l, or -1. Walks back over at most one symbol. */
+static int64_t prev_symbol(const Encoder *e, size_t l) {
+        while (l > 0)
+                if (e->len[--l] != 0)
+                        return (int64_t)l;
+        return -1;
 }
 
 /* SentencePiece's MaybeAddNewSymbolPair: propose merging the symbol at l with its right
@@ -682,7 +733,8 @@ static int maybe_add_pair(Encoder *e, int64_t l) {
         te = &t->tokens[id];
         if (te->type == TOKEN_TYPE_UNUSED)
                 e->rev_left[te->aux] = e->len[l];
-        return heap_push(e, (Candidate){ .score = te->score, .left = (uint32_t)l, .size = (uint32_t)size });
+        return heap_push(e, (Candidate)te->rank << CAND_RANK_SHIFT |
+                                    (Candidate)(CAND_LEFT_MAX - (uint32_t)l) << CAND_LEFT_SHIFT | size);
 }
 
 /* Outputs one final symbol: its id, re-split when it is an UNUSED piece, byte fallback (or
@@ -720,23 +772,21 @@ static int emit_symbol(Encoder *e, const char *s, size_t n) {
         return push_id(e, id);
 }
 
-/* BPE over e->seg[0..seg_len) (valid UTF-8), appending ids. */
+/* BPE over e->seg[0..seg_len) (valid UTF-8), appending ids: SentencePiece's bpe_model.cc
+ * Encode, candidate for candidate. */
 static int encode_segment(Encoder *e) {
         const Tokenizer *t = e->t;
         size_t n = e->seg_len, i;
-        int64_t last = -1;
         int r;
 
         if (n == 0)
                 return 0;
-        if (n > INT32_MAX)
-                return -E2BIG; /* unreachable: 3 * TOKENIZER_MAX_INPUT + 3 < 2^31 */
-        r = grow((void **)&e->prev, &e->prev_cap, n, sizeof(*e->prev));
-        if (r < 0)
-                return r;
+        if (n > CAND_LEFT_MAX)
+                return -E2BIG; /* unreachable, see the static_assert */
         r = grow((void **)&e->len, &e->len_cap, n, sizeof(*e->len));
         if (r < 0)
                 return r;
+        memset(e->len, 0, n * sizeof(*e->len));
 
         /* Initial symbols: user-defined pieces (frozen), else single characters. */
         for (i = 0; i < n;) {
@@ -745,8 +795,6 @@ static int encode_segment(Encoder *e) {
                 if (k == 0)
                         k = utf8_need((uint8_t)e->seg[i]);
                 e->len[i] = (uint16_t)(k | frozen);
-                e->prev[i] = (int32_t)last;
-                last = (int64_t)i;
                 i += k;
         }
 
@@ -759,19 +807,19 @@ static int encode_segment(Encoder *e) {
 
         while (e->n_heap > 0) {
                 Candidate c = heap_pop(e);
-                size_t l = c.left, rr;
+                size_t l = CAND_LEFT_MAX - (size_t)(c >> CAND_LEFT_SHIFT & CAND_LEFT_MAX);
+                size_t size = (size_t)(c & CAND_SIZE_MASK), rr;
 
                 if (e->len[l] == 0)
                         continue;
                 rr = l + e->len[l];
-                /* Stale when either symbol grew since the proposal (sizes only grow). */
-                if (rr >= n || (size_t)e->len[l] + e->len[rr] != c.size)
+                /* Stale when either symbol grew since the proposal (lengths only grow; a frozen
+                 * right symbol carries SYM_FROZEN and never matches). */
+                if (rr >= n || (size_t)e->len[l] + e->len[rr] != size)
                         continue;
-                e->len[l] = (uint16_t)c.size;
+                e->len[l] = (uint16_t)size;
                 e->len[rr] = 0;
-                if (l + c.size < n)
-                        e->prev[l + c.size] = (int32_t)l;
-                r = maybe_add_pair(e, e->prev[l]);
+                r = maybe_add_pair(e, prev_symbol(e, l));
                 if (r < 0)
                         return r;
                 r = maybe_add_pair(e, (int64_t)l);
@@ -867,7 +915,6 @@ int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_b
 
 finish:
         free(e.seg);
-        free(e.prev);
         free(e.len);
         free(e.heap);
         free(e.rev_left);
