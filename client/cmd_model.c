@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "limits.h"
 #include "model.h"
+#include "pool.h"
 #include "generate.h"
 #include "sample.h"
 #include "session.h"
@@ -23,6 +24,7 @@
 /* Options every model command understands. */
 typedef struct ModelOpts {
         const char *model;
+        unsigned threads;    /* 0 = online CPUs */
         uint32_t capacity;   /* positions a full-attention session keeps (0 = model default) */
         uint64_t kv_budget;  /* bytes */
 } ModelOpts;
@@ -43,11 +45,29 @@ static int open_model(const ModelOpts *o, Model **ret) {
 
 #define CLI_DEFAULT_CHUNK 256 /* tokens per prefill chunk */
 
-/* A session and the forward scratch to feed it (chunk 0: the default). */
-static int open_session(const Model *m, const ModelOpts *o, uint32_t chunk, Session **ret_s, Forward **ret_fw) {
-        int r = session_new(m, o->capacity, o->kv_budget, ret_s);
+/* What the in-process commands run on: a session, the forward scratch to feed it and the
+ * thread pool behind it. */
+typedef struct Engine {
+        Session *s;
+        Forward *fw;
+        Pool *pool;
+} Engine;
+
+static void engine_close(Engine *e) {
+        e->fw = forward_free(e->fw);
+        e->s = session_free(e->s);
+        e->pool = pool_free(e->pool);
+}
+
+/* chunk 0: the default. */
+static int open_engine(const Model *m, const ModelOpts *o, uint32_t chunk, Engine *e) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        unsigned threads = o->threads ? o->threads : cpus > 0 ? (unsigned)cpus : 1;
+        int r = session_new(m, o->capacity, o->kv_budget, &e->s);
         if (r == 0)
-                r = forward_new(m, chunk ? chunk : CLI_DEFAULT_CHUNK, (*ret_s)->kv->n_slots, ret_fw);
+                r = pool_new(threads, &e->pool);
+        if (r == 0)
+                r = forward_new(m, chunk ? chunk : CLI_DEFAULT_CHUNK, e->s->kv->n_slots, e->pool, &e->fw);
         if (r < 0) {
                 cli_error("cannot create a session: %s", r == -E2BIG ? "KV budget too small for this model" : strerror(-r));
                 return EXIT_RUNTIME;
@@ -95,6 +115,13 @@ static int parse_model_opt(int c, const char *arg, ModelOpts *o, int *ret_exit) 
                 }
                 o->capacity = (uint32_t)v;
                 return 1;
+        case 't':
+                if (cli_parse_i64(arg, 1, 256, &v) < 0) {
+                        cli_error("--threads must be an integer in 1..256");
+                        *ret_exit = EXIT_USAGE;
+                }
+                o->threads = (unsigned)v;
+                return 1;
         case OPT_KV_BUDGET:
                 if (cli_parse_u64(arg, &o->kv_budget) < 0 || o->kv_budget == 0) {
                         cli_error("--kv-budget must be a positive number of bytes");
@@ -107,12 +134,14 @@ static int parse_model_opt(int c, const char *arg, ModelOpts *o, int *ret_exit) 
 
 #define MODEL_LONG_OPTS \
         { "model", required_argument, NULL, 'm' }, { "ctx", required_argument, NULL, OPT_CTX }, \
-        { "kv-budget", required_argument, NULL, OPT_KV_BUDGET }, { "help", no_argument, NULL, 'h' }
+        { "kv-budget", required_argument, NULL, OPT_KV_BUDGET }, { "threads", required_argument, NULL, 't' }, \
+        { "help", no_argument, NULL, 'h' }
 
 #define MODEL_OPTS_HELP \
         "  -m, --model FILE     GGUF model file (required)\n" \
         "  --ctx N              positions a full-attention session keeps before rolling\n" \
-        "  --kv-budget BYTES    most bytes of KV cache (default 4 GiB)\n"
+        "  --kv-budget BYTES    most bytes of KV cache (default 4 GiB)\n" \
+        "  -t, --threads N      compute threads (default: online CPUs)\n"
 
 /* ---------------------------------------------------------------- tokenize */
 
@@ -122,7 +151,7 @@ int cmd_tokenize_local(int argc, char **argv) {
         int add_bos = 1, c, ex = EXIT_OK;
 
         optind = 1;
-        while ((c = getopt_long(argc, argv, "m:h", longopts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "m:t:h", longopts, NULL)) != -1) {
                 if (parse_model_opt(c, optarg, &o, &ex)) {
                         if (ex)
                                 return ex;
@@ -207,7 +236,7 @@ int cmd_generate_local(int argc, char **argv) {
         int c, ex = EXIT_OK;
 
         optind = 1;
-        while ((c = getopt_long(argc, argv, "m:n:h", longopts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "m:n:t:h", longopts, NULL)) != -1) {
                 if (parse_model_opt(c, optarg, &o, &ex) || sampling_opt_parse(c, optarg, &g, &ex)) {
                         if (ex)
                                 return ex;
@@ -229,8 +258,7 @@ int cmd_generate_local(int argc, char **argv) {
         sampling_opt_finish(&g);
 
         Model *m = NULL;
-        Session *s = NULL;
-        Forward *fw = NULL;
+        Engine e = { 0 };
         Generation gen = { 0 };
         char *text = NULL;
         int32_t *ids = NULL;
@@ -245,12 +273,12 @@ int cmd_generate_local(int argc, char **argv) {
                 return ex;
         }
         if ((ex = open_model(&o, &m)) || (ex = encode(m, text, len, 1, &ids, &n_ids)) ||
-            (ex = open_session(m, &o, 0, &s, &fw)))
+            (ex = open_engine(m, &o, 0, &e)))
                 goto out;
         GenParams gp = { .sampling = g.sp, .n_predict = g.n_predict, .n_stops = g.n_stops };
         memcpy(gp.stops, g.stops, sizeof(g.stops));
         /* an empty prompt (BOS only): the text starts at the document's start */
-        if (generation_start(&gen, s, ids, n_ids, &gp, n_ids <= 1) < 0) {
+        if (generation_start(&gen, e.s, ids, n_ids, &gp, n_ids <= 1) < 0) {
                 ex = EXIT_RUNTIME;
                 goto out;
         }
@@ -264,7 +292,7 @@ int cmd_generate_local(int argc, char **argv) {
                         ex = EXIT_INTERRUPTED;
                         goto out;
                 }
-                r = generation_step(&gen, fw, &ev);
+                r = generation_step(&gen, e.fw, &ev);
                 if (r < 0) {
                         cli_error("generation failed: %s", strerror(-r));
                         ex = EXIT_RUNTIME;
@@ -287,8 +315,7 @@ int cmd_generate_local(int argc, char **argv) {
         }
 out:
         generation_done(&gen);
-        forward_free(fw);
-        session_free(s);
+        engine_close(&e);
         free(ids);
         free(text);
         model_free(m);
@@ -368,7 +395,7 @@ int cmd_logits(int argc, char **argv) {
         int64_t chunk = 0;
 
         optind = 1;
-        while ((c = getopt_long(argc, argv, "m:h", longopts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "m:t:h", longopts, NULL)) != -1) {
                 if (parse_model_opt(c, optarg, &o, &ex)) {
                         if (ex)
                                 return ex;
@@ -403,8 +430,7 @@ int cmd_logits(int argc, char **argv) {
         }
 
         Model *m = NULL;
-        Session *s = NULL;
-        Forward *fw = NULL;
+        Engine e = { 0 };
         int32_t *ids = NULL;
         size_t n;
         LogitsPrinter lp = { 0 };
@@ -415,7 +441,7 @@ int cmd_logits(int argc, char **argv) {
                 ex = EXIT_USAGE;
                 goto out;
         }
-        if ((ex = open_session(m, &o, (uint32_t)chunk, &s, &fw)))
+        if ((ex = open_engine(m, &o, (uint32_t)chunk, &e)))
                 goto out;
         lp = (LogitsPrinter){ .n_vocab = m->cfg.n_vocab, .all = all, .last_pos = (int64_t)n - 1,
                               .buf = malloc(64 + (size_t)m->cfg.n_vocab * 20) };
@@ -423,7 +449,7 @@ int cmd_logits(int argc, char **argv) {
                 ex = EXIT_RUNTIME;
                 goto out;
         }
-        int r = session_feed(s, fw, ids, n, on_logits, NULL, &lp);
+        int r = session_feed(e.s, e.fw, ids, n, on_logits, NULL, &lp);
         if (r == -ECANCELED)
                 ex = EXIT_INTERRUPTED;
         else if (r < 0 && r != -EPIPE) {
@@ -432,8 +458,7 @@ int cmd_logits(int argc, char **argv) {
         }
 out:
         free(lp.buf);
-        forward_free(fw);
-        session_free(s);
+        engine_close(&e);
         free(ids);
         model_free(m);
         return ex;
@@ -486,7 +511,7 @@ int cmd_perplexity(int argc, char **argv) {
 
         optind = 1;
         /* --ctx here is the chunk length, as in llama-perplexity */
-        while ((c = getopt_long(argc, argv, "m:f:c:h", longopts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "m:f:c:t:h", longopts, NULL)) != -1) {
                 if (c == OPT_CTX || c == 'c') {
                         if (cli_parse_i64(optarg, 4, 1 << 20, &n_ctx) < 0) {
                                 cli_error("--ctx must be an integer in 4..%d", 1 << 20);
@@ -508,6 +533,7 @@ int cmd_perplexity(int argc, char **argv) {
                                "  -m, --model FILE     GGUF model file (required)\n"
                                "  -f, --file FILE      text to score\n"
                                "  -c, --ctx N          chunk length in tokens (default 512)\n"
+                               "  -t, --threads N      compute threads (default: online CPUs)\n"
                                "  --kv-budget BYTES    most bytes of KV cache (default 4 GiB)\n");
                         return EXIT_OK;
                 } else {
@@ -520,8 +546,7 @@ int cmd_perplexity(int argc, char **argv) {
         }
 
         Model *m = NULL;
-        Session *s = NULL;
-        Forward *fw = NULL;
+        Engine e = { 0 };
         char *text = NULL;
         int32_t *ids = NULL, *chunk = NULL;
         size_t len, n;
@@ -531,7 +556,7 @@ int cmd_perplexity(int argc, char **argv) {
                 return EXIT_USAGE;
         }
         o.capacity = (uint32_t)n_ctx; /* exact attention over a whole chunk */
-        if ((ex = open_model(&o, &m)) || (ex = encode(m, text, len, 1, &ids, &n)) || (ex = open_session(m, &o, 0, &s, &fw)))
+        if ((ex = open_model(&o, &m)) || (ex = encode(m, text, len, 1, &ids, &n)) || (ex = open_engine(m, &o, 0, &e)))
                 goto out;
         const int64_t n_chunks = (int64_t)n / n_ctx;
         if (n_chunks == 0) {
@@ -539,9 +564,9 @@ int cmd_perplexity(int argc, char **argv) {
                 ex = EXIT_USAGE;
                 goto out;
         }
-        if (!m->cfg.sliding_window && s->kv->n_slots < n_ctx)
+        if (!m->cfg.sliding_window && e.s->kv->n_slots < n_ctx)
                 fprintf(stderr, "mixctl: warning: KV budget holds %u positions, less than --ctx %lld; attention rolls\n",
-                        s->kv->n_slots, (long long)n_ctx);
+                        e.s->kv->n_slots, (long long)n_ctx);
         chunk = malloc((size_t)n_ctx * sizeof(int32_t));
         if (!chunk) {
                 ex = EXIT_RUNTIME;
@@ -552,11 +577,11 @@ int cmd_perplexity(int argc, char **argv) {
         for (int64_t ci = 0; ci < n_chunks; ci++) {
                 memcpy(chunk, ids + ci * n_ctx, (size_t)n_ctx * sizeof(int32_t));
                 chunk[0] = tokenizer_bos(m->tok);
-                session_reset(s);
+                session_reset(e.s);
                 /* the first half only fills the cache; the second half is scored */
-                r = session_feed(s, fw, chunk, (size_t)st.first_scored, NULL, NULL, NULL);
+                r = session_feed(e.s, e.fw, chunk, (size_t)st.first_scored, NULL, NULL, NULL);
                 if (r == 0)
-                        r = session_feed(s, fw, chunk + st.first_scored, (size_t)(n_ctx - st.first_scored), ppl_on_logits,
+                        r = session_feed(e.s, e.fw, chunk + st.first_scored, (size_t)(n_ctx - st.first_scored), ppl_on_logits,
                                          NULL, &st);
                 if (r == -ECANCELED) {
                         ex = EXIT_INTERRUPTED;
@@ -576,8 +601,7 @@ int cmd_perplexity(int argc, char **argv) {
                 ex = EXIT_RUNTIME;
 out:
         free(chunk);
-        forward_free(fw);
-        session_free(s);
+        engine_close(&e);
         free(ids);
         free(text);
         model_free(m);

@@ -70,7 +70,7 @@ static void op_status(Conn *c, const Request *req) {
         proto_out_kv_uint(&o, "sessions_evicted", srv->sessions.n_evicted_total);
         proto_out_kv_double(&o, "tokens_per_s", srv->tokens_per_s);
         proto_out_kv_uint(&o, "tokens_generated", srv->tokens_generated);
-        proto_out_kv_uint(&o, "threads", srv->sched.n_workers);
+        proto_out_kv_uint(&o, "threads", sched_threads(&srv->sched));
         proto_out_kv_double(&o, "uptime_s", (double)(now_ms() - srv->start_ms) / 1000.0);
         send_out(c, &o, req->id);
 }
@@ -176,7 +176,7 @@ static void op_session_list(Conn *c, const Request *req) {
                 proto_out_map(&o, 7);
                 proto_out_kv_str(&o, "session", d->id);
                 proto_out_kv_uint(&o, "uid", d->uid);
-                proto_out_kv_uint(&o, "n_tokens", (uint64_t)d->s->n_fed);
+                proto_out_kv_uint(&o, "n_tokens", (uint64_t)d->s->kv->n_pos);
                 proto_out_kv_uint(&o, "kv_bytes", d->kv_bytes);
                 proto_out_kv_double(&o, "idle_s", d->busy ? 0.0 : (double)(now - d->last_used_ms) / 1000.0);
                 proto_out_kv_bool(&o, "busy", d->busy);

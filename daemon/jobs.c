@@ -1,7 +1,7 @@
-/* daemon/jobs.c — the requests that compute, run step by step on worker threads: generate
- * (prefill chunk, then one token per step), score (one chunk per step), tokenize and
- * detokenize (one step). Workers never touch sockets: output goes to the outbox.
- * job_new/job_free: loop thread; job steps: a worker, one at a time per job. */
+/* daemon/jobs.c — the requests that compute, run in the scheduler's rounds: generate (a
+ * prefill chunk, then one token per round), score (one chunk per round), tokenize and
+ * detokenize (one round). The engine thread never touches sockets: output goes to the outbox.
+ * job_new/job_free: loop thread; round callbacks: the engine thread. */
 #include "server.h"
 
 #include <errno.h>
@@ -74,7 +74,7 @@ static void emit_done(Job *j) {
 static int generate_begin(Job *j) {
         const GenerateRequest *g = &j->req.generate;
         Session *s = j->ds->s;
-        const bool fresh = s->n_fed == 0;
+        const bool fresh = s->kv->n_pos == 0;
         if (!tokenize_text(j, g->prompt, g->prompt_len, g->add_bos && fresh))
                 return 0;
         if (fresh && j->n_tokens == 0) {
@@ -102,17 +102,47 @@ static int generate_begin(Job *j) {
         return 1;
 }
 
-static int generate_step(SchedJob *sj, Worker *w) {
+/* Tokens per prefill round: long prompts share the engine with other sessions. */
+static uint32_t feed_limit(Forward *fw, const Session *s, uint32_t max_rows) {
+        uint32_t n = forward_max_chunk(fw, s->kv);
+        if (n > DAEMON_PREFILL_CHUNK)
+                n = DAEMON_PREFILL_CHUNK;
+        return n < max_rows ? n : max_rows;
+}
+
+static int generate_begin_round(SchedJob *sj, Forward *fw, uint32_t max_rows, ForwardItem *item) {
         Job *j = (Job *)sj;
+        Session *s = j->ds->s;
+        j->fed = 0;
         if (!j->started) {
                 j->t0_ms = now_ms();
-                return generate_begin(j);
+                if (!generate_begin(j)) {
+                        j->failed = true;
+                        return 0;
+                }
         }
         if (cancelled(j))
                 generation_cancel(&j->gen);
+        const int32_t *tokens;
+        const uint32_t n = generation_want(&j->gen, feed_limit(fw, s, max_rows), &tokens);
+        if (n == 0)
+                return 0;
+        *item = (ForwardItem){ .kv = s->kv, .tokens = tokens, .n_tokens = n, .mode = FORWARD_LOGITS_LAST,
+                               .logits = s->last_logits };
+        j->fed = n;
+        return 1;
+}
 
+static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
+        Job *j = (Job *)sj;
+        if (j->failed)
+                return 0;
+        if (err < 0) {
+                emit_error(j, "internal", "forward pass failed: %s", strerror(-err));
+                return 0;
+        }
         GenEvent ev;
-        int r = generation_step(&j->gen, w->fw, &ev);
+        int r = generation_after(&j->gen, j->fed, &ev);
         if (r < 0) {
                 emit_error(j, "internal", "generation failed: %s", strerror(-r));
                 return 0;
@@ -132,20 +162,22 @@ static int generate_step(SchedJob *sj, Worker *w) {
         }
         if (r > 0)
                 return 1;
-        /* a named session continues after everything this request produced */
-        if (j->session_named && generation_settle(&j->gen, w->fw) < 0)
-                emit_error(j, "internal", "could not store the last token in the session");
+        /* a named session continues after everything this request produced: one more round
+         * puts the last sampled token into its cache */
+        if (j->session_named && j->gen.have_next && !j->settle_asked) {
+                j->settle_asked = true;
+                j->gen.settling = 1;
+                return 1;
+        }
         emit_done(j);
         return 0;
 }
 
 /* ------------------------------------------------------------------ score */
 
-static int score_logits(void *userdata, int64_t pos, const float *logits) {
-        Job *j = userdata;
+/* log p(tokens[pos + 1]) from the logits at pos. */
+static float next_token_logprob(const Job *j, size_t pos, const float *logits) {
         const uint32_t V = j->srv->m->cfg.n_vocab;
-        if ((size_t)pos + 1 >= j->n_tokens)
-                return 0;
         float max = logits[0];
         for (uint32_t i = 1; i < V; i++)
                 if (logits[i] > max)
@@ -153,41 +185,59 @@ static int score_logits(void *userdata, int64_t pos, const float *logits) {
         double sum = 0.0;
         for (uint32_t i = 0; i < V; i++)
                 sum += exp((double)logits[i] - max);
-        j->logprobs[pos] = (float)((double)logits[j->tokens[pos + 1]] - max - log(sum));
-        return 0;
+        return (float)((double)logits[j->tokens[pos + 1]] - max - log(sum));
 }
 
-static int score_step(SchedJob *sj, Worker *w) {
+static int score_begin_round(SchedJob *sj, Forward *fw, uint32_t max_rows, ForwardItem *item) {
         Job *j = (Job *)sj;
         const TextRequest *t = &j->req.score;
         Session *s = j->ds->s;
+        j->fed = 0;
         if (!j->started) {
                 j->started = true;
-                if (!tokenize_text(j, t->text, t->text_len, t->add_bos))
-                        return 0;
-                j->logprobs = calloc(j->n_tokens ? j->n_tokens : 1, sizeof(float));
-                if (!j->logprobs) {
-                        emit_error(j, "internal", "out of memory");
+                if (!tokenize_text(j, t->text, t->text_len, t->add_bos)) {
+                        j->failed = true;
                         return 0;
                 }
+                const size_t V = j->srv->m->cfg.n_vocab;
+                j->logprobs = calloc(j->n_tokens ? j->n_tokens : 1, sizeof(float));
+                j->chunk_logits = malloc((size_t)DAEMON_PREFILL_CHUNK * V * sizeof(float));
+                if (!j->logprobs || !j->chunk_logits) {
+                        emit_error(j, "internal", "out of memory");
+                        j->failed = true;
+                        return 0;
+                }
+        }
+        if (cancelled(j) || j->n_scored >= j->n_tokens)
+                return 0;
+        const uint32_t left = (uint32_t)(j->n_tokens - j->n_scored), lim = feed_limit(fw, s, max_rows);
+        const uint32_t n = left < lim ? left : lim;
+        *item = (ForwardItem){ .kv = s->kv, .tokens = j->tokens + j->n_scored, .n_tokens = n,
+                               .mode = FORWARD_LOGITS_ALL, .logits = j->chunk_logits };
+        j->fed = n;
+        return 1;
+}
+
+static int score_end_round(SchedJob *sj, Forward *fw, int err) {
+        Job *j = (Job *)sj;
+        if (j->failed)
+                return 0;
+        if (err < 0) {
+                emit_error(j, "internal", "forward pass failed: %s", strerror(-err));
+                return 0;
         }
         if (cancelled(j)) {
                 emit_error(j, "cancelled", "request cancelled");
                 return 0;
         }
-        if (j->n_scored < j->n_tokens) {
-                size_t n = j->n_tokens - j->n_scored, chunk = forward_max_chunk(w->fw, s->kv);
-                if (n > chunk)
-                        n = chunk;
-                int r = session_feed(s, w->fw, j->tokens + j->n_scored, n, score_logits, NULL, j);
-                if (r < 0) {
-                        emit_error(j, "internal", "forward pass failed: %s", strerror(-r));
-                        return 0;
-                }
-                j->n_scored += n;
-                if (j->n_scored < j->n_tokens)
-                        return 1;
-        }
+        const size_t V = j->srv->m->cfg.n_vocab;
+        for (uint32_t t = 0; t < j->fed; t++)
+                if (j->n_scored + t + 1 < j->n_tokens)
+                        j->logprobs[j->n_scored + t] = next_token_logprob(j, j->n_scored + t, j->chunk_logits + t * V);
+        j->n_scored += j->fed;
+        if (j->n_scored < j->n_tokens)
+                return 1;
+
         ProtoOut o;
         proto_out_init(&o);
         proto_out_ok(&o, j->req.id, 3);
@@ -210,7 +260,12 @@ static int score_step(SchedJob *sj, Worker *w) {
 
 /* ------------------------------------------------------------------ tokenize / detokenize */
 
-static int tokenize_step(SchedJob *sj, Worker *w) {
+/* Jobs that need no forward pass do their work in end_round. */
+static int no_feed(SchedJob *sj, Forward *fw, uint32_t max_rows, ForwardItem *item) {
+        return 0;
+}
+
+static int tokenize_end_round(SchedJob *sj, Forward *fw, int err) {
         Job *j = (Job *)sj;
         const TextRequest *t = &j->req.tokenize;
         if (!tokenize_text(j, t->text, t->text_len, t->add_bos))
@@ -226,7 +281,7 @@ static int tokenize_step(SchedJob *sj, Worker *w) {
         return 0;
 }
 
-static int detokenize_step(SchedJob *sj, Worker *w) {
+static int detokenize_end_round(SchedJob *sj, Forward *fw, int err) {
         Job *j = (Job *)sj;
         const DetokenizeRequest *d = &j->req.detokenize;
         const Tokenizer *tok = j->srv->m->tok;
@@ -266,9 +321,14 @@ static void job_finished(SchedJob *sj) {
 }
 
 Job *job_new(Server *srv, Conn *c, JobKind kind, Request *req) {
-        static int (*const steps[])(SchedJob *, Worker *) = {
-                [JOB_GENERATE] = generate_step, [JOB_SCORE] = score_step,
-                [JOB_TOKENIZE] = tokenize_step, [JOB_DETOKENIZE] = detokenize_step,
+        static const struct {
+                int (*begin)(SchedJob *, Forward *, uint32_t, ForwardItem *);
+                int (*end)(SchedJob *, Forward *, int);
+        } rounds[] = {
+                [JOB_GENERATE] = { generate_begin_round, generate_end_round },
+                [JOB_SCORE] = { score_begin_round, score_end_round },
+                [JOB_TOKENIZE] = { no_feed, tokenize_end_round },
+                [JOB_DETOKENIZE] = { no_feed, detokenize_end_round },
         };
         Job *j = calloc(1, sizeof(*j));
         if (!j)
@@ -278,7 +338,8 @@ Job *job_new(Server *srv, Conn *c, JobKind kind, Request *req) {
         j->conn_id = c->id;
         j->req = *req; /* ownership moves to the job */
         memset(req, 0, sizeof(*req));
-        j->sj.step = steps[kind];
+        j->sj.begin = rounds[kind].begin;
+        j->sj.end = rounds[kind].end;
         j->sj.done = job_finished;
         j->deadline_ms = now_ms() + srv->cfg->request_timeout * 1000;
         return j;
@@ -290,6 +351,7 @@ void job_free(Job *j) {
         generation_done(&j->gen);
         free(j->tokens);
         free(j->logprobs);
+        free(j->chunk_logits);
         request_free(&j->req);
         free(j);
 }

@@ -25,5 +25,6 @@
 #define DAEMON_SHUTDOWN_GRACE_MS         5000          /* in-flight work gets this long at shutdown */
 
 /* --- workers --- */
-#define DAEMON_MAX_THREADS               256           /* worker threads */
-#define DAEMON_PREFILL_CHUNK             64            /* tokens per scheduling step during prefill */
+#define DAEMON_MAX_THREADS               256           /* compute threads */
+#define DAEMON_PREFILL_CHUNK             64            /* tokens a prompt feeds per round (others share the round) */
+#define DAEMON_BATCH_ROWS                256           /* tokens in one forward batch, all sessions */

@@ -1,33 +1,17 @@
-/* daemon/sched.c — worker threads and the round-robin job queue (see sched.h). */
+/* daemon/sched.c — the engine thread and its round-robin batches (see sched.h). */
 #include "sched.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-static void count_route(void *userdata, uint32_t layer, const int32_t *experts, uint32_t k) {
-        Worker *w = userdata;
-        const uint32_t E = w->sched->m->cfg.n_expert;
-        for (uint32_t j = 0; j < k; j++)
-                __atomic_fetch_add(&w->expert_counts[(size_t)layer * E + (uint32_t)experts[j]], 1, __ATOMIC_RELAXED);
-}
+#include "limits.h"
 
-/* First job that is not paused, unlinked; NULL if none. Lock held. */
-static SchedJob *take_runnable(Scheduler *s) {
-        SchedJob *prev = NULL;
-        for (SchedJob *j = s->head; j; prev = j, j = j->next) {
-                if (j->paused)
-                        continue;
-                if (prev)
-                        prev->next = j->next;
-                else
-                        s->head = j->next;
-                if (s->tail == j)
-                        s->tail = prev;
-                j->next = NULL;
-                return j;
-        }
-        return NULL;
+static void count_route(void *userdata, uint32_t layer, const int32_t *experts, uint32_t k) {
+        Scheduler *s = userdata;
+        const uint32_t E = s->m->cfg.n_expert;
+        for (uint32_t j = 0; j < k; j++)
+                __atomic_fetch_add(&s->expert_counts[(size_t)layer * E + (uint32_t)experts[j]], 1, __ATOMIC_RELAXED);
 }
 
 static void append(Scheduler *s, SchedJob *j) {
@@ -39,86 +23,128 @@ static void append(Scheduler *s, SchedJob *j) {
         s->tail = j;
 }
 
-static void *worker_main(void *arg) {
-        Worker *w = arg;
-        Scheduler *s = w->sched;
+static bool any_runnable(const Scheduler *s) {
+        for (const SchedJob *j = s->head; j; j = j->next)
+                if (!j->paused)
+                        return true;
+        return false;
+}
+
+/* One round over up to max_rows runnable jobs, in queue order. */
+static void run_round(Scheduler *s, SchedJob **jobs, ForwardItem *items, unsigned n) {
+        const uint32_t max_rows = forward_max_rows(s->fw);
+        uint32_t rows = 0, n_items = 0;
+        unsigned stepped = 0;
+        for (; stepped < n && rows < max_rows; stepped++)
+                if (jobs[stepped]->begin(jobs[stepped], s->fw, max_rows - rows, &items[n_items]) > 0)
+                        rows += items[n_items++].n_tokens;
+        const int err = n_items ? forward_batch(s->fw, items, n_items) : 0;
+        s->rounds++;
+        s->rows += rows;
+
         pthread_mutex_lock(&s->lock);
-        for (;;) {
-                SchedJob *j = NULL;
-                while (!s->stopping && !(j = take_runnable(s)))
-                        pthread_cond_wait(&s->cond, &s->lock);
-                if (s->stopping)
-                        break;
-                s->n_running++;
-                pthread_mutex_unlock(&s->lock);
+        /* jobs the round had no room for keep their place at the front */
+        for (unsigned i = n; i-- > stepped;) {
+                jobs[i]->next = s->head;
+                s->head = jobs[i];
+                if (!s->tail)
+                        s->tail = jobs[i];
+        }
+        pthread_mutex_unlock(&s->lock);
 
-                int more = j->step(j, w);
-
+        for (unsigned i = 0; i < stepped; i++) {
+                SchedJob *j = jobs[i];
+                const int more = j->end(j, s->fw, err);
                 pthread_mutex_lock(&s->lock);
-                s->n_running--;
                 if (more > 0) {
                         append(s, j); /* back of the line: everyone gets a turn */
-                        pthread_cond_signal(&s->cond);
+                        pthread_mutex_unlock(&s->lock);
                 } else {
                         s->n_jobs--;
                         pthread_mutex_unlock(&s->lock);
                         j->done(j);
-                        pthread_mutex_lock(&s->lock);
                 }
         }
+}
+
+static void *engine_main(void *arg) {
+        Scheduler *s = arg;
+        const unsigned cap = forward_max_rows(s->fw);
+        SchedJob **jobs = calloc(cap, sizeof(*jobs));
+        ForwardItem *items = calloc(cap, sizeof(*items));
+        if (!jobs || !items)
+                abort(); /* a few KiB at start; nothing sensible to do without them */
+
+        pthread_mutex_lock(&s->lock);
+        for (;;) {
+                while (!s->stopping && !any_runnable(s))
+                        pthread_cond_wait(&s->cond, &s->lock);
+                if (s->stopping)
+                        break;
+                /* take the runnable jobs, in order, leaving paused ones queued */
+                unsigned n = 0;
+                SchedJob **link = &s->head, *prev = NULL;
+                while (*link && n < cap) {
+                        SchedJob *j = *link;
+                        if (j->paused) {
+                                prev = j;
+                                link = &j->next;
+                                continue;
+                        }
+                        *link = j->next;
+                        if (s->tail == j)
+                                s->tail = prev;
+                        j->next = NULL;
+                        jobs[n++] = j;
+                }
+                pthread_mutex_unlock(&s->lock);
+                run_round(s, jobs, items, n);
+                pthread_mutex_lock(&s->lock);
+        }
         pthread_mutex_unlock(&s->lock);
+        free(jobs);
+        free(items);
         return NULL;
 }
 
-int sched_start(Scheduler *s, const Model *m, unsigned n_workers, uint32_t max_chunk, uint32_t max_slots) {
+int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_rows, uint32_t max_slots) {
         const size_t n_counts = (size_t)m->cfg.n_layer * (m->cfg.n_expert ? m->cfg.n_expert : 1);
         int r;
         memset(s, 0, sizeof(*s));
         s->m = m;
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->cond, NULL);
-        s->workers = calloc(n_workers, sizeof(Worker));
-        if (!s->workers)
+        s->expert_counts = calloc(n_counts, sizeof(uint64_t));
+        if (!s->expert_counts)
                 return -ENOMEM;
-        s->n_alloc = n_workers;
-        for (unsigned i = 0; i < n_workers; i++) {
-                Worker *w = &s->workers[i];
-                w->index = i;
-                w->sched = s;
-                w->expert_counts = calloc(n_counts, sizeof(uint64_t));
-                r = w->expert_counts ? forward_new(m, max_chunk, max_slots, &w->fw) : -ENOMEM;
-                if (r < 0) {
-                        sched_stop(s);
-                        return r;
-                }
-                if (m->cfg.n_expert)
-                        forward_set_route_hook(w->fw, count_route, w);
-        }
-        for (unsigned i = 0; i < n_workers; i++) {
-                r = -pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]);
-                if (r < 0) {
-                        sched_stop(s);
-                        return r;
-                }
-                s->n_workers++;
-        }
+        r = pool_new(threads, &s->pool);
+        if (r < 0)
+                return r;
+        r = forward_new(m, max_rows, max_slots, s->pool, &s->fw);
+        if (r < 0)
+                return r;
+        if (m->cfg.n_expert)
+                forward_set_route_hook(s->fw, count_route, s);
+        r = -pthread_create(&s->thread, NULL, engine_main, s);
+        if (r < 0)
+                return r;
+        s->started = true;
         return 0;
 }
 
 void sched_stop(Scheduler *s) {
-        pthread_mutex_lock(&s->lock);
-        s->stopping = true;
-        pthread_cond_broadcast(&s->cond);
-        pthread_mutex_unlock(&s->lock);
-        for (unsigned i = 0; i < s->n_workers; i++)
-                pthread_join(s->workers[i].thread, NULL);
-        for (unsigned i = 0; s->workers && i < s->n_alloc; i++) {
-                forward_free(s->workers[i].fw);
-                free(s->workers[i].expert_counts);
+        if (s->started) {
+                pthread_mutex_lock(&s->lock);
+                s->stopping = true;
+                pthread_cond_broadcast(&s->cond);
+                pthread_mutex_unlock(&s->lock);
+                pthread_join(s->thread, NULL);
+                s->started = false;
         }
-        free(s->workers);
-        s->workers = NULL;
-        s->n_workers = s->n_alloc = 0;
+        s->fw = forward_free(s->fw);
+        s->pool = pool_free(s->pool);
+        free(s->expert_counts);
+        s->expert_counts = NULL;
         pthread_cond_destroy(&s->cond);
         pthread_mutex_destroy(&s->lock);
 }
@@ -146,10 +172,12 @@ unsigned sched_queue_length(Scheduler *s) {
         return n;
 }
 
+unsigned sched_threads(const Scheduler *s) {
+        return pool_size(s->pool);
+}
+
 void sched_expert_counts(Scheduler *s, uint64_t *out) {
         const size_t n = (size_t)s->m->cfg.n_layer * (s->m->cfg.n_expert ? s->m->cfg.n_expert : 1);
-        memset(out, 0, n * sizeof(uint64_t));
-        for (unsigned i = 0; i < s->n_workers; i++)
-                for (size_t k = 0; k < n; k++)
-                        out[k] += __atomic_load_n(&s->workers[i].expert_counts[k], __ATOMIC_RELAXED);
+        for (size_t k = 0; k < n; k++)
+                out[k] = __atomic_load_n(&s->expert_counts[k], __ATOMIC_RELAXED);
 }

@@ -1,6 +1,9 @@
-/* daemon/sched.h — the scheduler: persistent worker threads that step jobs round-robin, one
- * step (a prefill chunk or one token) at a time, so concurrent sessions progress together.
- * sched_submit/sched_wake/sched_stop: loop thread; steps run on workers. */
+/* daemon/sched.h — the scheduler: one engine thread that steps every runnable job together.
+ * Each round it asks each job what to feed (a prefill chunk, or the one token a generation
+ * sampled last round), runs them all as one forward batch on the thread pool, so sessions
+ * that pick the same expert share one pass over its weights, then lets each job take its
+ * result. Every row's numbers are the same whatever else is in the batch.
+ * sched_submit/sched_set_paused/sched_*: loop thread; job callbacks: the engine thread. */
 #pragma once
 #include <pthread.h>
 #include <stdbool.h>
@@ -8,44 +11,44 @@
 
 #include "forward.h"
 #include "model.h"
-
-/* What a worker thread owns: forward scratch and its router statistics. */
-typedef struct Worker {
-        unsigned index;
-        Forward *fw;
-        uint64_t *expert_counts;   /* [n_layer][n_expert], updated with relaxed atomics */
-        pthread_t thread;
-        struct Scheduler *sched;
-} Worker;
+#include "pool.h"
 
 typedef struct SchedJob SchedJob;
 struct SchedJob {
         SchedJob *next;
-        /* One step on a worker: 1 = more to do, 0 = finished (then done() is called). */
-        int (*step)(SchedJob *job, Worker *w);
-        /* Called on the worker once the job has finished; the job belongs to the caller again. */
+        /* Before a round: fill item with at most max_rows tokens to feed and return 1, or
+         * return 0 to feed nothing this round (end() still runs). */
+        int (*begin)(SchedJob *job, Forward *fw, uint32_t max_rows, ForwardItem *item);
+        /* After the round's batch (err: its result, 0 or -errno): 1 = more rounds, 0 = finished. */
+        int (*end)(SchedJob *job, Forward *fw, int err);
+        /* Finished: the job belongs to its owner again. */
         void (*done)(SchedJob *job);
         bool paused;               /* guarded by the scheduler lock: skipped while set */
 };
 
 typedef struct Scheduler {
         const Model *m;
+        Pool *pool;
+        Forward *fw;
+        pthread_t thread;
+        bool started;
         pthread_mutex_t lock;
         pthread_cond_t cond;
-        SchedJob *head, *tail;     /* runnable and paused jobs, FIFO */
-        unsigned n_jobs, n_running;
+        SchedJob *head, *tail;     /* FIFO of jobs, paused ones included */
+        unsigned n_jobs;
         bool stopping;
-        unsigned n_workers;        /* threads started */
-        unsigned n_alloc;          /* workers allocated */
-        Worker *workers;
+        uint64_t *expert_counts;   /* [n_layer][n_expert], written by the engine thread (relaxed atomics) */
+        uint64_t rounds, rows;     /* statistics: batches run, rows fed */
 } Scheduler;
 
-int sched_start(Scheduler *s, const Model *m, unsigned n_workers, uint32_t max_chunk, uint32_t max_slots);
-/* Finish: workers exit after their current step and are freed; queued jobs are left to
- * the caller. Safe after a failed sched_start. */
+/* threads: the pool's size; max_rows: rows per batch; max_slots: the largest session cache. */
+int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_rows, uint32_t max_slots);
+/* The engine thread exits after its current round; queued jobs are left to the caller. Safe
+ * after a failed sched_start. */
 void sched_stop(Scheduler *s);
 void sched_submit(Scheduler *s, SchedJob *job);
 void sched_set_paused(Scheduler *s, SchedJob *job, bool paused);
 unsigned sched_queue_length(Scheduler *s);
-/* Sum of every worker's router counts into out [n_layer][n_expert]. */
+unsigned sched_threads(const Scheduler *s);
+/* Router counts into out [n_layer][n_expert]. */
 void sched_expert_counts(Scheduler *s, uint64_t *out);

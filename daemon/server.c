@@ -303,7 +303,7 @@ int server_run(Config *cfg) {
         SessionLimits lim = { .kv_budget = cfg->kv_budget, .max_sessions = cfg->max_sessions,
                               .max_per_uid = cfg->max_sessions_per_uid, .capacity = (uint32_t)cfg->session_capacity };
         sessions_init(&srv->sessions, srv->m, &lim);
-        r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_PREFILL_CHUNK, slots);
+        r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots);
         if (r < 0) {
                 log_error("cannot start %llu worker threads: %s", (unsigned long long)cfg->threads, strerror(-r));
                 goto out_sessions;

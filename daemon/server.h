@@ -59,8 +59,12 @@ typedef struct Job {
         int cancel;                 /* set by the loop (atomic): stop at the next step */
         bool backpressured;         /* paused by the loop for a full write queue (loop only) */
         uint64_t deadline_ms;
-        /* worker state */
+        /* engine-thread state */
         bool started;
+        bool failed;                /* already answered with an error: finish at end of round */
+        bool settle_asked;          /* one more round feeds the last token into a named session */
+        uint32_t fed;               /* tokens fed this round */
+        float *chunk_logits;        /* score: [DAEMON_PREFILL_CHUNK][V] */
         Generation gen;
         int32_t *tokens;            /* prompt / text tokens */
         size_t n_tokens;

@@ -1,5 +1,7 @@
 /* engine/forward.c — the transformer forward pass (HF Mixtral semantics), reading top to
- * bottom like the math. One Forward per thread; the Model is shared read-only. */
+ * bottom like the math. Matrix products and attention are split over the pool's threads by
+ * output rows / (token, head) pairs, so the split never changes a result. One Forward per
+ * caller thread; the Model is shared read-only. */
 #include "forward.h"
 
 #include <errno.h>
@@ -13,55 +15,67 @@
 
 struct Forward {
         const Model *m;
-        uint32_t max_chunk, max_slots;
-        double *inv_freq;   /* [hd/2] RoPE inverse frequencies */
-        float *x;           /* [T][D] residual stream */
-        float *xb;          /* [T][D] normed input of a sub-block */
-        float *q;           /* [T][H*hd] */
-        float *k;           /* [T][KV*hd] this chunk's keys */
-        float *v;           /* [T][KV*hd] this chunk's values */
-        float *att;         /* [T][H*hd] attention output */
-        float *scores;      /* [max_slots + max_chunk] one head's attention weights */
-        float *router;      /* [T][E] router probabilities */
-        int32_t *sel;       /* [T][k] chosen experts, ascending ids */
-        float *sel_w;       /* [T][k] their renormalised weights */
-        int32_t *rows;      /* [T*k] token index of each row routed to the current expert */
-        int32_t *rows_slot; /* [T*k] which of the token's k choices that row is */
-        float *xe;          /* [T][D] gathered inputs of one expert */
-        float *gate;        /* [T][FF] */
-        float *up;          /* [T][FF] */
-        float *eout;        /* [T][D] one expert's outputs */
-        float *moe;         /* [T][k][D] per-choice expert outputs before the weighted sum */
-        float *row_tmp;     /* [max(D, FF, H*hd)] dequantized weight row */
-        float *logits;      /* [max_chunk][V] for callers (forward_logits_buffer) */
+        Pool *pool;               /* borrowed; NULL = this thread only */
+        unsigned n_threads;
+        uint32_t max_rows, max_slots;
+        double *inv_freq;         /* [hd/2] RoPE inverse frequencies */
+        /* per row of the batch */
+        uint32_t *row_item;       /* [T] which item */
+        int64_t *row_pos;         /* [T] its position */
+        uint32_t *item_row0;      /* [T] first row of each item */
+        float *x;                 /* [T][D] residual stream */
+        float *xb;                /* [T][D] normed input of a sub-block */
+        float *q;                 /* [T][H*hd] */
+        float *k;                 /* [T][KV*hd] this batch's keys */
+        float *v;                 /* [T][KV*hd] this batch's values */
+        float *att;               /* [T][H*hd] attention output */
+        float *router;            /* [T][E] router probabilities */
+        int32_t *sel;             /* [T][k] chosen experts, ascending ids */
+        float *sel_w;             /* [T][k] their renormalised weights */
+        int32_t *rows;            /* [T*k] row routed to the current expert */
+        int32_t *rows_slot;       /* [T*k] which of the row's k choices that is */
+        float *xe;                /* [T][D] gathered inputs of one expert */
+        float *gate;              /* [T][FF] */
+        float *up;                /* [T][FF] */
+        float *eout;              /* [T][D] one expert's outputs */
+        float *moe;               /* [T][k][D] per-choice expert outputs before the weighted sum */
+        float *logits;            /* [T][V] for callers (forward_logits_buffer) and the head */
+        uint32_t *logit_rows;     /* [T] rows whose logits are wanted */
+        /* per thread */
+        float **row_tmp;          /* [threads][max(D, FF, H*hd, V)] dequantized weight row */
+        float **scores;           /* [threads][max_slots + T] one head's attention weights */
         ForwardRouteFn route_fn;
         void *route_data;
 };
 
-int forward_new(const Model *m, uint32_t max_chunk, uint32_t max_slots, Forward **ret_fw) {
+int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *pool, Forward **ret_fw) {
         const ModelConfig *c = &m->cfg;
-        if (max_chunk == 0 || max_chunk > FORWARD_MAX_CHUNK || max_slots == 0)
+        if (max_rows == 0 || max_rows > FORWARD_MAX_CHUNK || max_slots == 0)
                 return -EINVAL;
         Forward *fw = calloc(1, sizeof(*fw));
         if (!fw)
                 return -ENOMEM;
-        const size_t T = max_chunk, D = c->n_embd, FF = c->n_ff, Q = (size_t)c->n_head * c->head_dim,
+        const size_t T = max_rows, D = c->n_embd, FF = c->n_ff, Q = (size_t)c->n_head * c->head_dim,
                      KV = (size_t)c->n_head_kv * c->head_dim, K = c->n_expert ? c->n_expert_used : 1,
                      E = c->n_expert ? c->n_expert : 1;
         size_t widest = D > FF ? D : FF;
         if (Q > widest)
                 widest = Q;
         fw->m = m;
-        fw->max_chunk = max_chunk;
+        fw->pool = pool;
+        fw->n_threads = pool_size(pool);
+        fw->max_rows = max_rows;
         fw->max_slots = max_slots;
         fw->inv_freq = malloc(c->head_dim / 2 * sizeof(double));
+        fw->row_item = malloc(T * sizeof(uint32_t));
+        fw->row_pos = malloc(T * sizeof(int64_t));
+        fw->item_row0 = malloc(T * sizeof(uint32_t));
         fw->x = malloc(T * D * sizeof(float));
         fw->xb = malloc(T * D * sizeof(float));
         fw->q = malloc(T * Q * sizeof(float));
         fw->k = malloc(T * KV * sizeof(float));
         fw->v = malloc(T * KV * sizeof(float));
         fw->att = malloc(T * Q * sizeof(float));
-        fw->scores = malloc(((size_t)max_slots + T) * sizeof(float));
         fw->router = malloc(T * E * sizeof(float));
         fw->sel = malloc(T * K * sizeof(int32_t));
         fw->sel_w = malloc(T * K * sizeof(float));
@@ -72,11 +86,19 @@ int forward_new(const Model *m, uint32_t max_chunk, uint32_t max_slots, Forward 
         fw->up = malloc(T * FF * sizeof(float));
         fw->eout = malloc(T * D * sizeof(float));
         fw->moe = malloc(T * K * D * sizeof(float));
-        fw->row_tmp = malloc(widest * sizeof(float));
         fw->logits = malloc(T * c->n_vocab * sizeof(float));
-        if (!fw->logits || !fw->inv_freq || !fw->x || !fw->xb || !fw->q || !fw->k || !fw->v || !fw->att || !fw->scores || !fw->router ||
-            !fw->sel || !fw->sel_w || !fw->rows || !fw->rows_slot || !fw->xe || !fw->gate || !fw->up || !fw->eout ||
-            !fw->moe || !fw->row_tmp) {
+        fw->logit_rows = malloc(T * sizeof(uint32_t));
+        fw->row_tmp = calloc(fw->n_threads, sizeof(float *));
+        fw->scores = calloc(fw->n_threads, sizeof(float *));
+        int ok = fw->inv_freq && fw->row_item && fw->row_pos && fw->item_row0 && fw->x && fw->xb && fw->q && fw->k &&
+                 fw->v && fw->att && fw->router && fw->sel && fw->sel_w && fw->rows && fw->rows_slot && fw->xe &&
+                 fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp && fw->scores;
+        for (unsigned t = 0; ok && t < fw->n_threads; t++) {
+                fw->row_tmp[t] = malloc(widest * sizeof(float));
+                fw->scores[t] = malloc(((size_t)max_slots + T) * sizeof(float));
+                ok = fw->row_tmp[t] && fw->scores[t];
+        }
+        if (!ok) {
                 forward_free(fw);
                 return -ENOMEM;
         }
@@ -89,14 +111,24 @@ int forward_new(const Model *m, uint32_t max_chunk, uint32_t max_slots, Forward 
 Forward *forward_free(Forward *fw) {
         if (!fw)
                 return NULL;
+        for (unsigned t = 0; t < fw->n_threads; t++) {
+                if (fw->row_tmp)
+                        free(fw->row_tmp[t]);
+                if (fw->scores)
+                        free(fw->scores[t]);
+        }
+        free(fw->row_tmp);
+        free(fw->scores);
         free(fw->inv_freq);
+        free(fw->row_item);
+        free(fw->row_pos);
+        free(fw->item_row0);
         free(fw->x);
         free(fw->xb);
         free(fw->q);
         free(fw->k);
         free(fw->v);
         free(fw->att);
-        free(fw->scores);
         free(fw->router);
         free(fw->sel);
         free(fw->sel_w);
@@ -107,8 +139,8 @@ Forward *forward_free(Forward *fw) {
         free(fw->up);
         free(fw->eout);
         free(fw->moe);
-        free(fw->row_tmp);
         free(fw->logits);
+        free(fw->logit_rows);
         free(fw);
         return NULL;
 }
@@ -122,67 +154,112 @@ float *forward_logits_buffer(Forward *fw) {
         return fw->logits;
 }
 
-uint32_t forward_max_chunk(const Forward *fw, const KVCache *kv) {
-        return fw->max_chunk < kv->n_roll ? fw->max_chunk : kv->n_roll;
+uint32_t forward_max_rows(const Forward *fw) {
+        return fw->max_rows;
 }
 
-/* Key/value vectors of position p for layer il: from this chunk's scratch when p >= p0,
- * else from the cache. */
-static const float *kv_row(const Forward *fw, const KVCache *kv, const float *cache, const float *chunk, uint32_t il,
-                           int64_t p, int64_t p0) {
-        if (p >= p0)
-                return chunk + (size_t)(p - p0) * kv->kv_dim;
+uint32_t forward_max_chunk(const Forward *fw, const KVCache *kv) {
+        return fw->max_rows < kv->n_roll ? fw->max_rows : kv->n_roll;
+}
+
+/* ------------------------------------------------------------------ matrix products */
+
+typedef struct MatmulJob {
+        Forward *fw;
+        const Matrix *w;
+        const float *x;      /* [T][cols] */
+        int64_t T;
+        float *out;          /* [T][rows] */
+} MatmulJob;
+
+static void matmul_part(void *ctx, unsigned thread, unsigned n_threads) {
+        MatmulJob *j = ctx;
+        unsigned long r0, r1;
+        pool_share(j->w->rows, thread, n_threads, &r0, &r1);
+        matmul_rows(j->w, j->x, j->T, j->out, (int64_t)j->w->rows, r0, r1, j->fw->row_tmp[thread]);
+}
+
+/* out[t][r] = W[r] . x[t], rows split over the pool. */
+static void matmul_par(Forward *fw, const Matrix *w, const float *x, int64_t T, float *out) {
+        MatmulJob j = { fw, w, x, T, out };
+        pool_run(fw->pool, matmul_part, &j);
+}
+
+/* ------------------------------------------------------------------ attention */
+
+typedef struct AttnJob {
+        Forward *fw;
+        const ForwardItem *items;
+        uint32_t il;
+        uint32_t T;
+} AttnJob;
+
+/* Key/value vectors of position p of item i, layer il: from this batch's scratch when the
+ * position is in the batch, else from the item's cache. */
+static const float *kv_row(const Forward *fw, const ForwardItem *it, uint32_t i, const float *cache,
+                           const float *batch, uint32_t il, int64_t p) {
+        const KVCache *kv = it->kv;
+        if (p >= kv->n_pos)
+                return batch + (size_t)(fw->item_row0[i] + (uint32_t)(p - kv->n_pos)) * kv->kv_dim;
         return cache + ((size_t)il * kv->n_slots + kv_slot(kv, p)) * kv->kv_dim;
 }
 
-/* Causal attention of the chunk's queries over the cache plus the chunk itself, keys in
- * ascending position order (so results never depend on how a prompt was chunked). */
-static void attention(Forward *fw, const KVCache *kv, uint32_t il, uint32_t T, int64_t p0) {
+/* Causal attention of one (row, head): keys in ascending position order, whether they come
+ * from the cache or the batch, so results never depend on chunking or batching. */
+static void attend(Forward *fw, const ForwardItem *items, uint32_t il, uint32_t r, uint32_t h, float *scores) {
         const ModelConfig *c = &fw->m->cfg;
-        const uint32_t hd = c->head_dim, group = c->n_head / c->n_head_kv;
+        const uint32_t hd = c->head_dim, group = c->n_head / c->n_head_kv, i = fw->row_item[r];
+        const ForwardItem *it = &items[i];
+        const KVCache *kv = it->kv;
         const float scale = 1.0f / sqrtf((float)hd);
-        const float *kc = kv->k, *vc = kv->v;
+        const int64_t qpos = fw->row_pos[r];
+        const int64_t n_sink = qpos + 1 < (int64_t)kv->n_sink ? qpos + 1 : (int64_t)kv->n_sink;
+        const int64_t ws = kv_window_start(kv, qpos);
+        const float *qh = fw->q + ((size_t)r * c->n_head + h) * hd;
+        const size_t koff = (size_t)(h / group) * hd;
+        float *out = fw->att + ((size_t)r * c->n_head + h) * hd;
+        uint32_t n = 0;
 
-        for (uint32_t t = 0; t < T; t++) {
-                const int64_t qpos = p0 + t;
-                const int64_t n_sink = qpos + 1 < (int64_t)kv->n_sink ? qpos + 1 : (int64_t)kv->n_sink;
-                const int64_t ws = kv_window_start(kv, qpos);
-                for (uint32_t h = 0; h < c->n_head; h++) {
-                        const float *qh = fw->q + ((size_t)t * c->n_head + h) * hd;
-                        const size_t koff = (size_t)(h / group) * hd;
-                        float *out = fw->att + ((size_t)t * c->n_head + h) * hd;
-                        uint32_t n = 0;
+        for (int64_t p = 0; p < n_sink; p++)
+                scores[n++] = dot_f32(qh, kv_row(fw, it, i, kv->k, fw->k, il, p) + koff, hd) * scale;
+        for (int64_t p = ws; p <= qpos; p++)
+                scores[n++] = dot_f32(qh, kv_row(fw, it, i, kv->k, fw->k, il, p) + koff, hd) * scale;
+        softmax(scores, n);
 
-                        for (int64_t p = 0; p < n_sink; p++)
-                                fw->scores[n++] = dot_f32(qh, kv_row(fw, kv, kc, fw->k, il, p, p0) + koff, hd) * scale;
-                        for (int64_t p = ws; p <= qpos; p++)
-                                fw->scores[n++] = dot_f32(qh, kv_row(fw, kv, kc, fw->k, il, p, p0) + koff, hd) * scale;
-                        softmax(fw->scores, n);
-
-                        memset(out, 0, hd * sizeof(float));
-                        n = 0;
-                        for (int64_t p = 0; p < qpos + 1; p++) {
-                                if (p >= n_sink && p < ws) {
-                                        p = ws - 1; /* skip the dropped positions */
-                                        continue;
-                                }
-                                const float *vp = kv_row(fw, kv, vc, fw->v, il, p, p0) + koff;
-                                const float w = fw->scores[n++];
-                                for (uint32_t i = 0; i < hd; i++)
-                                        out[i] += w * vp[i];
-                        }
+        memset(out, 0, hd * sizeof(float));
+        n = 0;
+        for (int64_t p = 0; p <= qpos; p++) {
+                if (p >= n_sink && p < ws) {
+                        p = ws - 1; /* skip the positions that rolled out */
+                        continue;
                 }
+                const float *vp = kv_row(fw, it, i, kv->v, fw->v, il, p) + koff;
+                const float w = scores[n++];
+                for (uint32_t d = 0; d < hd; d++)
+                        out[d] += w * vp[d];
         }
 }
 
-/* Store the chunk's keys and values in their slots (after every query has read them). */
-static void kv_store(const Forward *fw, KVCache *kv, uint32_t il, uint32_t T, int64_t p0) {
-        for (uint32_t t = 0; t < T; t++) {
-                const size_t off = ((size_t)il * kv->n_slots + kv_slot(kv, p0 + t)) * kv->kv_dim;
-                memcpy(kv->k + off, fw->k + (size_t)t * kv->kv_dim, kv->kv_dim * sizeof(float));
-                memcpy(kv->v + off, fw->v + (size_t)t * kv->kv_dim, kv->kv_dim * sizeof(float));
+static void attention_part(void *ctx, unsigned thread, unsigned n_threads) {
+        AttnJob *j = ctx;
+        const uint32_t H = j->fw->m->cfg.n_head;
+        unsigned long b, e;
+        pool_share((unsigned long)j->T * H, thread, n_threads, &b, &e);
+        for (unsigned long w = b; w < e; w++)
+                attend(j->fw, j->items, j->il, (uint32_t)(w / H), (uint32_t)(w % H), j->fw->scores[thread]);
+}
+
+/* Store the batch's keys and values in their slots (after every query has read them). */
+static void kv_store(const Forward *fw, const ForwardItem *items, uint32_t il, uint32_t T) {
+        for (uint32_t r = 0; r < T; r++) {
+                const KVCache *kv = items[fw->row_item[r]].kv;
+                const size_t off = ((size_t)il * kv->n_slots + kv_slot(kv, fw->row_pos[r])) * kv->kv_dim;
+                memcpy(kv->k + off, fw->k + (size_t)r * kv->kv_dim, kv->kv_dim * sizeof(float));
+                memcpy(kv->v + off, fw->v + (size_t)r * kv->kv_dim, kv->kv_dim * sizeof(float));
         }
 }
+
+/* ------------------------------------------------------------------ mixture of experts */
 
 /* Softmax over the router logits, top-k (ties: lower id), renormalise; selections are
  * stored with ascending expert ids so experts are summed in id order. */
@@ -220,17 +297,16 @@ static void route(Forward *fw, uint32_t il, uint32_t T) {
 
 /* SwiGLU of one expert over the rows gathered in fw->xe: eout = down(silu(gate x) * up x). */
 static void expert_ffn(Forward *fw, const LayerWeights *L, uint32_t e, uint32_t n) {
-        const ModelConfig *c = &fw->m->cfg;
-        const size_t FF = c->n_ff;
-        matmul(&L->gate[e], fw->xe, n, fw->gate, fw->row_tmp);
-        matmul(&L->up[e], fw->xe, n, fw->up, fw->row_tmp);
+        const size_t FF = fw->m->cfg.n_ff;
+        matmul_par(fw, &L->gate[e], fw->xe, n, fw->gate);
+        matmul_par(fw, &L->up[e], fw->xe, n, fw->up);
         for (size_t i = 0; i < n * FF; i++)
                 fw->gate[i] = silu(fw->gate[i]) * fw->up[i];
-        matmul(&L->down[e], fw->gate, n, fw->eout, fw->row_tmp);
+        matmul_par(fw, &L->down[e], fw->gate, n, fw->eout);
 }
 
-/* Mixture of experts on fw->xb, result added into the residual fw->x. Tokens routed to an
- * expert are batched so its weights are read once per chunk. */
+/* Mixture of experts on fw->xb, added into the residual fw->x. The rows routed to an expert
+ * run together, so its weights are read once per batch. */
 static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         const ModelConfig *c = &fw->m->cfg;
         const size_t D = c->n_embd;
@@ -244,7 +320,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         }
 
         const uint32_t E = c->n_expert, K = c->n_expert_used;
-        matmul(&L->router, fw->xb, T, fw->router, fw->row_tmp);
+        matmul_par(fw, &L->router, fw->xb, T, fw->router);
         route(fw, il, T);
 
         for (uint32_t e = 0; e < E; e++) {
@@ -275,23 +351,52 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         }
 }
 
-int forward_chunk(Forward *fw, KVCache *kv, const int32_t *tokens, uint32_t T, ForwardLogits mode, float *logits) {
+/* ------------------------------------------------------------------ the step */
+
+/* Lay out the batch's rows; -EINVAL if it does not fit. Returns the row count. */
+static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
+        const ModelConfig *c = &fw->m->cfg;
+        uint32_t T = 0;
+        if (n_items == 0 || n_items > fw->max_rows)
+                return -EINVAL;
+        for (uint32_t i = 0; i < n_items; i++) {
+                const ForwardItem *it = &items[i];
+                const KVCache *kv = it->kv;
+                if (it->n_tokens == 0 || it->n_tokens > kv->n_roll || it->n_tokens > fw->max_rows - T ||
+                    kv->n_slots > fw->max_slots || kv->n_layer != c->n_layer ||
+                    kv->kv_dim != c->n_head_kv * c->head_dim)
+                        return -EINVAL;
+                for (uint32_t j = 0; j < i; j++)
+                        if (items[j].kv == kv)
+                                return -EINVAL;
+                fw->item_row0[i] = T;
+                for (uint32_t t = 0; t < it->n_tokens; t++) {
+                        if (it->tokens[t] < 0 || (uint32_t)it->tokens[t] >= c->n_vocab)
+                                return -EINVAL;
+                        fw->row_item[T] = i;
+                        fw->row_pos[T] = kv->n_pos + t;
+                        T++;
+                }
+        }
+        return (int)T;
+}
+
+int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         const Model *m = fw->m;
         const ModelConfig *c = &m->cfg;
-        const size_t D = c->n_embd, Q = (size_t)c->n_head * c->head_dim, KVD = kv->kv_dim;
-        const int64_t p0 = kv->n_pos;
+        const size_t D = c->n_embd, Q = (size_t)c->n_head * c->head_dim, KVD = (size_t)c->n_head_kv * c->head_dim;
+        const int r = layout(fw, items, n_items);
+        if (r < 0)
+                return r;
+        const uint32_t T = (uint32_t)r;
 
-        if (T == 0 || T > forward_max_chunk(fw, kv) || kv->n_slots > fw->max_slots || kv->n_layer != c->n_layer ||
-            KVD != (size_t)c->n_head_kv * c->head_dim)
-                return -EINVAL;
-        for (uint32_t t = 0; t < T; t++)
-                if (tokens[t] < 0 || (uint32_t)tokens[t] >= c->n_vocab)
-                        return -EINVAL;
-
-        /* x[t] = embedding of token t */
+        /* x[r] = embedding of row r's token */
         const QuantTraits *et = quant_traits(m->tok_embd.type);
-        for (uint32_t t = 0; t < T; t++)
-                et->dequant(m->tok_embd.data + (uint64_t)tokens[t] * m->tok_embd.row_bytes, fw->x + t * D, (int64_t)D);
+        for (uint32_t row = 0; row < T; row++) {
+                const ForwardItem *it = &items[fw->row_item[row]];
+                const int32_t tok = it->tokens[row - fw->item_row0[fw->row_item[row]]];
+                et->dequant(m->tok_embd.data + (uint64_t)tok * m->tok_embd.row_bytes, fw->x + row * D, (int64_t)D);
+        }
 
         for (uint32_t il = 0; il < c->n_layer; il++) {
                 const LayerWeights *L = &m->layers[il];
@@ -299,16 +404,17 @@ int forward_chunk(Forward *fw, KVCache *kv, const int32_t *tokens, uint32_t T, F
                 /* attention block: xb = norm(x); q,k,v projections; RoPE; attend; x += wo att */
                 for (uint32_t t = 0; t < T; t++)
                         rmsnorm(fw->xb + t * D, fw->x + t * D, L->attn_norm, (int64_t)D, c->rms_eps);
-                matmul(&L->wq, fw->xb, T, fw->q, fw->row_tmp);
-                matmul(&L->wk, fw->xb, T, fw->k, fw->row_tmp);
-                matmul(&L->wv, fw->xb, T, fw->v, fw->row_tmp);
+                matmul_par(fw, &L->wq, fw->xb, T, fw->q);
+                matmul_par(fw, &L->wk, fw->xb, T, fw->k);
+                matmul_par(fw, &L->wv, fw->xb, T, fw->v);
                 for (uint32_t t = 0; t < T; t++) {
-                        rope(fw->q + t * Q, c->n_head, c->head_dim, p0 + t, fw->inv_freq);
-                        rope(fw->k + t * KVD, c->n_head_kv, c->head_dim, p0 + t, fw->inv_freq);
+                        rope(fw->q + t * Q, c->n_head, c->head_dim, fw->row_pos[t], fw->inv_freq);
+                        rope(fw->k + t * KVD, c->n_head_kv, c->head_dim, fw->row_pos[t], fw->inv_freq);
                 }
-                attention(fw, kv, il, T, p0);
-                kv_store(fw, kv, il, T, p0);
-                matmul(&L->wo, fw->att, T, fw->xb, fw->row_tmp);
+                AttnJob aj = { fw, items, il, T };
+                pool_run(fw->pool, attention_part, &aj);
+                kv_store(fw, items, il, T);
+                matmul_par(fw, &L->wo, fw->att, T, fw->xb);
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->xb[i];
 
@@ -317,13 +423,35 @@ int forward_chunk(Forward *fw, KVCache *kv, const int32_t *tokens, uint32_t T, F
                         rmsnorm(fw->xb + t * D, fw->x + t * D, L->ffn_norm, (int64_t)D, c->rms_eps);
                 moe(fw, L, il, T);
         }
-        kv->n_pos += T;
+        for (uint32_t i = 0; i < n_items; i++)
+                items[i].kv->n_pos += items[i].n_tokens;
 
-        if (mode == FORWARD_LOGITS_NONE)
+        /* logits: final norm and output head for the rows that want them */
+        uint32_t n_out = 0;
+        for (uint32_t row = 0; row < T; row++) {
+                const uint32_t i = fw->row_item[row];
+                const int last = row + 1 == fw->item_row0[i] + items[i].n_tokens;
+                if (items[i].mode == FORWARD_LOGITS_ALL || (items[i].mode == FORWARD_LOGITS_LAST && last)) {
+                        rmsnorm(fw->xb + n_out * D, fw->x + row * D, m->output_norm, (int64_t)D, c->rms_eps);
+                        fw->logit_rows[n_out++] = row;
+                }
+        }
+        if (n_out == 0)
                 return 0;
-        const uint32_t first = mode == FORWARD_LOGITS_ALL ? 0 : T - 1;
-        for (uint32_t t = first; t < T; t++)
-                rmsnorm(fw->xb + (t - first) * D, fw->x + t * D, m->output_norm, (int64_t)D, c->rms_eps);
-        matmul(&m->output, fw->xb, T - first, logits, fw->row_tmp);
+        const size_t V = c->n_vocab;
+        matmul_par(fw, &m->output, fw->xb, n_out, fw->logits);
+        for (uint32_t o = 0; o < n_out; o++) {
+                const uint32_t row = fw->logit_rows[o], i = fw->row_item[row];
+                float *dst = items[i].mode == FORWARD_LOGITS_ALL
+                                     ? items[i].logits + (size_t)(row - fw->item_row0[i]) * V
+                                     : items[i].logits;
+                if (dst != fw->logits + o * V)
+                        memmove(dst, fw->logits + o * V, V * sizeof(float));
+        }
         return 0;
+}
+
+int forward_chunk(Forward *fw, KVCache *kv, const int32_t *tokens, uint32_t T, ForwardLogits mode, float *logits) {
+        ForwardItem it = { .kv = kv, .tokens = tokens, .n_tokens = T, .mode = mode, .logits = logits };
+        return forward_batch(fw, &it, 1);
 }

@@ -1,34 +1,51 @@
-/* engine/forward.h — one forward step over a chunk of consecutive tokens of one session:
- * embeddings → per layer (RMSNorm, attention over the rolling KV cache, router top-k,
- * SwiGLU experts) → final norm → logits. A Forward holds scratch for one caller thread. */
+/* engine/forward.h — one forward step over a batch: consecutive tokens of one or more
+ * sessions (a prefill chunk, or one decode token from each of several sessions). Embeddings
+ * → per layer (RMSNorm, attention over each session's rolling KV cache, router top-k,
+ * SwiGLU experts with the rows routed to each expert run together) → final norm → logits.
+ * Every row's result is the same whatever else is in the batch. A Forward holds scratch for
+ * one caller thread (plus its pool's threads). */
 #pragma once
 #include <stdint.h>
 
 #include "kv.h"
 #include "model.h"
+#include "pool.h"
 
 typedef enum ForwardLogits {
         FORWARD_LOGITS_NONE = 0,  /* only fill the KV cache */
-        FORWARD_LOGITS_LAST = 1,  /* logits of the last token: [V] */
-        FORWARD_LOGITS_ALL = 2,   /* logits of every token: [T][V] */
+        FORWARD_LOGITS_LAST = 1,  /* logits of the item's last token: [V] */
+        FORWARD_LOGITS_ALL = 2,   /* logits of every token of the item: [n_tokens][V] */
 } ForwardLogits;
+
+/* One session's part of a batch: n_tokens tokens at positions kv->n_pos, ... */
+typedef struct ForwardItem {
+        KVCache *kv;
+        const int32_t *tokens;   /* [n_tokens] */
+        uint32_t n_tokens;       /* 1 .. kv->n_roll */
+        ForwardLogits mode;
+        float *logits;           /* [V] (LAST) or [n_tokens][V] (ALL) */
+} ForwardItem;
 
 typedef struct Forward Forward;
 
 /* Router statistics hook: called once per token and layer with the chosen experts. */
 typedef void (*ForwardRouteFn)(void *userdata, uint32_t layer, const int32_t *experts, uint32_t k);
 
-/* Scratch for chunks of up to max_chunk tokens (<= FORWARD_MAX_CHUNK) against caches with
- * up to max_slots slots. */
-int forward_new(const Model *m, uint32_t max_chunk, uint32_t max_slots, Forward **ret_fw);
+/* Scratch for batches of up to max_rows tokens (<= FORWARD_MAX_CHUNK) against caches with
+ * up to max_slots slots. pool (may be NULL: single-threaded) is borrowed, not owned. */
+int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *pool, Forward **ret_fw);
 Forward *forward_free(Forward *fw);
 void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata);
 
-/* Run T tokens (1 <= T <= min(max_chunk, kv->n_roll)) at positions kv->n_pos ...; appends
- * them to the cache. -EINVAL for a token id out of range or a bad T; logits as mode says. */
+/* Run a batch; every item's tokens are appended to its cache. Items must use distinct
+ * caches. -EINVAL for a token id out of range, too many rows, or an item over its cache's
+ * rolling slots or the Forward's max_slots. */
+int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items);
+/* One item. */
 int forward_chunk(Forward *fw, KVCache *kv, const int32_t *tokens, uint32_t T, ForwardLogits mode, float *logits);
 
 /* Largest chunk forward_chunk accepts for this cache. */
 uint32_t forward_max_chunk(const Forward *fw, const KVCache *kv);
-/* Scratch for the logits of a whole chunk: [max_chunk][V]. */
+uint32_t forward_max_rows(const Forward *fw);
+/* Scratch for the logits of a whole chunk: [max_rows][V]. */
 float *forward_logits_buffer(Forward *fw);

@@ -95,40 +95,52 @@ void generation_cancel(Generation *g) {
                 g->stop_reason = GEN_STOP_CANCELLED;
 }
 
-int generation_step(Generation *g, Forward *fw, GenEvent *ev) {
+uint32_t generation_want(const Generation *g, uint32_t max, const int32_t **ret_tokens) {
+        if (g->stop_reason != GEN_RUNNING) {
+                if (g->settling && g->have_next) {
+                        *ret_tokens = &g->next_token;
+                        return 1;
+                }
+                return 0;
+        }
+        if (g->prompt_fed < g->n_prompt) {
+                size_t n = g->n_prompt - g->prompt_fed;
+                *ret_tokens = g->prompt + g->prompt_fed;
+                return (uint32_t)(n < max ? n : max);
+        }
+        if (g->have_next) {
+                *ret_tokens = &g->next_token;
+                return 1;
+        }
+        return 0;
+}
+
+int generation_after(Generation *g, uint32_t n_fed, GenEvent *ev) {
         Session *s = g->s;
-        int r;
 
         memset(ev, 0, offsetof(GenEvent, text));
         ev->text_len = 0;
-        if (g->stop_reason != GEN_RUNNING)
+        if (g->stop_reason != GEN_RUNNING) {
+                if (n_fed) /* the settling feed: the last token is in the cache now */
+                        g->have_next = g->settling = 0;
                 return 0;
-
-        /* prefill: one chunk per step so other sessions interleave */
+        }
         if (g->prompt_fed < g->n_prompt) {
-                size_t n = g->n_prompt - g->prompt_fed, chunk = forward_max_chunk(fw, s->kv);
-                if (n > chunk)
-                        n = chunk;
-                r = session_feed(s, fw, g->prompt + g->prompt_fed, n, NULL, NULL, NULL);
-                if (r < 0)
-                        return r;
-                g->prompt_fed += n;
+                g->prompt_fed += n_fed;
                 ev->prefilling = 1;
                 ev->prompt_done = g->prompt_fed;
                 ev->prompt_total = g->n_prompt;
-                return 1;
+                if (g->prompt_fed < g->n_prompt)
+                        return 1;
+        } else if (n_fed) {
+                g->have_next = 0; /* the token sampled last step is in the cache now */
         }
-        if (s->n_fed == 0)
+        if (s->kv->n_pos == 0)
                 return -EINVAL; /* nothing to continue from */
-
         if (g->params.n_predict >= 0 && g->n_generated >= g->params.n_predict) {
                 finish(g, GEN_STOP_LENGTH, ev);
                 return 0;
         }
-        /* the token sampled last step enters the cache now */
-        r = generation_settle(g, fw);
-        if (r < 0)
-                return r;
 
         const int32_t tok = sampler_sample(g->sampler, s->last_logits);
         ev->has_token = 1;
@@ -156,4 +168,15 @@ int generation_step(Generation *g, Forward *fw, GenEvent *ev) {
                 return 0;
         }
         return 1;
+}
+
+int generation_step(Generation *g, Forward *fw, GenEvent *ev) {
+        const int32_t *tokens = NULL;
+        const uint32_t n = generation_want(g, forward_max_chunk(fw, g->s->kv), &tokens);
+        if (n > 0) {
+                int r = session_feed(g->s, fw, tokens, n, NULL, NULL, NULL);
+                if (r < 0)
+                        return r;
+        }
+        return generation_after(g, n, ev);
 }

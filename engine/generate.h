@@ -52,6 +52,7 @@ typedef struct Generation {
         int64_t n_generated;
         int32_t next_token;         /* sampled, not yet fed (fed at the next step) */
         int have_next;
+        int settling;               /* done, but the last token still goes into the cache */
         GenStopReason stop_reason;
 } Generation;
 
@@ -64,6 +65,12 @@ int generation_start(Generation *g, Session *s, const int32_t *prompt, size_t n,
 /* One step: a prefill chunk, or one sampled token. Returns 1 while running, 0 when done
  * (g->stop_reason says why; ev may still carry final text), or -errno. */
 int generation_step(Generation *g, Forward *fw, GenEvent *ev);
+/* The same step in two halves, for a caller that feeds many sessions in one batch:
+ * generation_want says which tokens (at most max) to feed into g->s now (0: none), with
+ * the logits of the last one into g->s->last_logits; generation_after takes the count fed
+ * and does the rest of the step. */
+uint32_t generation_want(const Generation *g, uint32_t max, const int32_t **ret_tokens);
+int generation_after(Generation *g, uint32_t n_fed, GenEvent *ev);
 /* Mark the generation cancelled; the next step returns 0. */
 void generation_cancel(Generation *g);
 /* Feed the last sampled token (EOS included) into the session, so that a later request

@@ -61,7 +61,6 @@ Session *session_free(Session *s) {
 
 void session_reset(Session *s) {
         kv_cache_reset(s->kv);
-        s->n_fed = 0;
 }
 
 uint64_t session_kv_bytes(const Session *s) {
@@ -80,19 +79,19 @@ int session_feed(Session *s, Forward *fw, const int32_t *tokens, size_t n, Sessi
                 const int last_chunk = done + T == n;
                 const ForwardLogits mode = on_logits ? FORWARD_LOGITS_ALL
                                            : last_chunk ? FORWARD_LOGITS_LAST : FORWARD_LOGITS_NONE;
+                const int64_t pos0 = s->kv->n_pos;
                 int r = forward_chunk(fw, s->kv, tokens + done, T, mode, logits);
                 if (r < 0)
                         return r;
                 if (on_logits)
                         for (uint32_t t = 0; t < T; t++) {
-                                r = on_logits(userdata, s->n_fed + t, logits + (size_t)t * V);
+                                r = on_logits(userdata, pos0 + t, logits + (size_t)t * V);
                                 if (r < 0)
                                         return r;
                         }
                 if (last_chunk)
                         memcpy(s->last_logits, logits + (mode == FORWARD_LOGITS_ALL ? (size_t)(T - 1) * V : 0),
                                V * sizeof(float));
-                s->n_fed += T;
                 done += T;
                 if (on_progress && on_progress(userdata, done, n) < 0)
                         return -ECANCELED;

@@ -13,8 +13,7 @@
 typedef struct Session {
         const Model *m;
         KVCache *kv;
-        float *last_logits;  /* [V] logits after the last fed token */
-        int64_t n_fed;       /* tokens fed so far (== kv->n_pos) */
+        float *last_logits;  /* [V] logits after the last fed token (kv->n_pos tokens fed) */
 } Session;
 
 /* capacity: positions a full-attention session keeps before rolling (0 = the model's

@@ -1,0 +1,23 @@
+/* engine/pool.h — a persistent thread pool: pool_run() runs one function on every thread
+ * (the caller is thread 0) and returns when all are done. Threads spin briefly, then sleep,
+ * between runs, so the hundreds of runs a token needs cost microseconds, not thread
+ * creation. pool_run: one caller thread at a time. */
+#pragma once
+
+typedef struct Pool Pool;
+
+/* thread index in [0, n_threads): split work by it (results must not depend on the split). */
+typedef void (*PoolFn)(void *ctx, unsigned thread, unsigned n_threads);
+
+/* n_threads >= 1 in all, including the caller. */
+int pool_new(unsigned n_threads, Pool **ret_pool);
+Pool *pool_free(Pool *p);
+unsigned pool_size(const Pool *p);
+void pool_run(Pool *p, PoolFn fn, void *ctx);
+
+/* Contiguous share [*ret_begin, *ret_end) of n items for thread t of nt. */
+static inline void pool_share(unsigned long n, unsigned t, unsigned nt, unsigned long *ret_begin,
+                              unsigned long *ret_end) {
+        *ret_begin = n * t / nt;
+        *ret_end = n * (t + 1) / nt;
+}
