@@ -89,3 +89,53 @@ clean:
 	rm -rf build
 
 -include $(ENGINE_OBJ:.o=.d) $(CLIENT_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d)
+
+# ---------------------------------------------------------------- install, deb
+# `make install` installs the optimized build (MODE=rel by default) with the systemd units,
+# sysusers.d/tmpfiles.d entries, default configuration (kept if present), man pages and bash
+# completion; DESTDIR stages it. `make deb` builds the Debian package into build/deb/ from a
+# copy of the tree with packaging/debian as its debian/ (CHECK=1 also runs the CLI tests).
+PREFIX        ?= /usr
+BINDIR        ?= $(PREFIX)/bin
+MANDIR        ?= $(PREFIX)/share/man
+SYSCONFDIR    ?= /etc
+UNITDIR       ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR   ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR   ?= $(PREFIX)/lib/tmpfiles.d
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
+DEB_OUT       := build/deb
+DEB_TREE      := $(DEB_OUT)/mixd-$(VERSION)
+DEB_TOOLS     := dpkg-dev debhelper
+
+.PHONY: install deb
+install: $(BUILD)/mixctl $(BUILD)/mixd
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
+	        $(DESTDIR)$(SYSCONFDIR)/mixd $(DESTDIR)$(COMPLETIONDIR) \
+	        $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -m 0755 $(BUILD)/mixd $(BUILD)/mixctl $(DESTDIR)$(BINDIR)/
+	sed 's|/usr/bin/mixd|$(BINDIR)/mixd|; s|/etc/mixd/|$(SYSCONFDIR)/mixd/|' systemd/mixd.service \
+	        >$(DESTDIR)$(UNITDIR)/mixd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/mixd.service
+	install -m 0644 systemd/mixd.socket $(DESTDIR)$(UNITDIR)/
+	install -m 0644 systemd/sysusers.d/mixd.conf $(DESTDIR)$(SYSUSERSDIR)/mixd.conf
+	install -m 0644 systemd/tmpfiles.d/mixd.conf $(DESTDIR)$(TMPFILESDIR)/mixd.conf
+	[ -e $(DESTDIR)$(SYSCONFDIR)/mixd/mixd.conf ] || install -m 0644 packaging/mixd.conf $(DESTDIR)$(SYSCONFDIR)/mixd/mixd.conf
+	install -m 0644 docs/man/mixctl.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 docs/man/mixd.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 docs/man/mixd.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 packaging/mixctl.bash-completion $(DESTDIR)$(COMPLETIONDIR)/mixctl
+
+deb:
+	@missing=$$(for p in $(DEB_TOOLS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	rm -rf $(DEB_OUT)
+	mkdir -p $(DEB_TREE)
+	tar -cf - --exclude=./build --exclude=./.git --exclude=./debian --exclude=__pycache__ . | tar -xf - -C $(DEB_TREE)
+	cp -r packaging/debian $(DEB_TREE)/debian
+	cd $(DEB_TREE) && DEB_BUILD_OPTIONS="$(if $(CHECK),,nocheck) $(DEB_BUILD_OPTIONS)" dpkg-buildpackage -b -us -uc
+	rm -rf $(DEB_TREE)
+	@ls -1 $(DEB_OUT)/*.deb
