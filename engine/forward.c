@@ -179,10 +179,17 @@ static void matmul_part(void *ctx, unsigned thread, unsigned n_threads) {
         matmul_rows(j->w, j->x, j->T, j->out, (int64_t)j->w->rows, r0, r1, j->fw->row_tmp[thread]);
 }
 
+/* Below this many multiply-adds a product runs on the calling thread: waking the pool
+ * costs more than it saves (and a loaded machine makes every barrier expensive). */
+#define PARALLEL_MIN_WORK (1u << 20)
+
 /* out[t][r] = W[r] . x[t], rows split over the pool. */
 static void matmul_par(Forward *fw, const Matrix *w, const float *x, int64_t T, float *out) {
         MatmulJob j = { fw, w, x, T, out };
-        pool_run(fw->pool, matmul_part, &j);
+        if (w->rows * w->cols * (uint64_t)T < PARALLEL_MIN_WORK)
+                matmul_part(&j, 0, 1);
+        else
+                pool_run(fw->pool, matmul_part, &j);
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -412,7 +419,13 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                         rope(fw->k + t * KVD, c->n_head_kv, c->head_dim, fw->row_pos[t], fw->inv_freq);
                 }
                 AttnJob aj = { fw, items, il, T };
-                pool_run(fw->pool, attention_part, &aj);
+                uint64_t keys = 0; /* work estimate: keys attended, all rows */
+                for (uint32_t i = 0; i < n_items; i++)
+                        keys += (uint64_t)items[i].n_tokens * (items[i].kv->n_pos + items[i].n_tokens);
+                if (keys * Q < PARALLEL_MIN_WORK)
+                        attention_part(&aj, 0, 1);
+                else
+                        pool_run(fw->pool, attention_part, &aj);
                 kv_store(fw, items, il, T);
                 matmul_par(fw, &L->wo, fw->att, T, fw->xb);
                 for (size_t i = 0; i < T * D; i++)
