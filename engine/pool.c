@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
-#define POOL_SPIN_ITERATIONS 20000 /* polls before a worker sleeps (~tens of microseconds) */
+#define POOL_SPIN_ITERATIONS 1000 /* polls before a worker sleeps (~tens of microseconds) */
 
 #if defined(__x86_64__) || defined(__i386__)
 #define cpu_relax() __builtin_ia32_pause()
