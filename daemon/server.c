@@ -330,7 +330,7 @@ int server_run(Config *cfg) {
                 goto out_loop;
         }
         sd_notifyf(0, "READY=1\nSTATUS=serving %s", cfg->model);
-        log_notice("ready in %llu ms: %llu worker thread(s), KV budget %llu MiB",
+        log_notice("ready in %llu ms: %llu compute thread(s), KV budget %llu MiB",
                    (unsigned long long)(now_ms() - srv->start_ms), (unsigned long long)cfg->threads,
                    (unsigned long long)(cfg->kv_budget >> 20));
         uv_run(srv->loop, UV_RUN_DEFAULT);
