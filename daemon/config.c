@@ -26,6 +26,8 @@ static const Setting settings[] = {
         { "socket", SET_STRING, U(socket_path), 0, 0,
           "Unix socket path (default /run/mixd/mixd.sock as root, else $XDG_RUNTIME_DIR/mixd.sock)" },
         { "admin-group", SET_STRING, U(admin_group), 0, 0, "group whose members may shut the daemon down" },
+        { "state-dir", SET_STRING, U(state_dir), 0, 0,
+          "directory for sessions saved at stop and restored at start (default $STATE_DIRECTORY; none: not kept)" },
         { "threads", SET_UINT, U(threads), 1, DAEMON_MAX_THREADS, "worker threads (default: online CPUs)" },
         { "kv-budget", SET_BYTES, U(kv_budget), 1 << 20, 1ull << 46, "bytes of KV cache for all sessions (K/M/G suffixes)" },
         { "max-sessions", SET_UINT, U(max_sessions), 1, 1 << 20, "named sessions, all users" },

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "persist.h"
 #include "session.h"
 
 uint64_t now_ms(void) {
@@ -152,6 +153,12 @@ void server_begin_shutdown(Server *srv, const char *why) {
         }
         if (srv->n_jobs > 0)
                 return;
+        if (srv->cfg->state_dir && !srv->saved) {
+                srv->saved = true;
+                int n = persist_save_all(&srv->sessions, srv->cfg->state_dir, srv->model_id);
+                if (n >= 0)
+                        log_info("saved %d session(s) to %s", n, srv->cfg->state_dir);
+        }
         for (Conn *c = srv->conns; c;) {
                 Conn *next = c->next;
                 conn_close(c);
@@ -303,6 +310,22 @@ int server_run(Config *cfg) {
         SessionLimits lim = { .kv_budget = cfg->kv_budget, .max_sessions = cfg->max_sessions,
                               .max_per_uid = cfg->max_sessions_per_uid, .capacity = (uint32_t)cfg->session_capacity };
         sessions_init(&srv->sessions, srv->m, &lim);
+        if (!cfg->state_dir && getenv("STATE_DIRECTORY") && *getenv("STATE_DIRECTORY")) {
+                /* systemd's StateDirectory= (the first one if several) */
+                cfg->state_dir = strndup(getenv("STATE_DIRECTORY"), strcspn(getenv("STATE_DIRECTORY"), ":"));
+        }
+        if (cfg->state_dir) {
+                r = persist_model_id(cfg->model, srv->m->file, &srv->model_id);
+                if (r < 0) {
+                        log_error("cannot identify the model file: %s", strerror(-r));
+                        goto out_sessions;
+                }
+                r = persist_restore_all(&srv->sessions, cfg->state_dir, srv->model_id, now_ms());
+                if (r < 0)
+                        log_warning("cannot read saved sessions in %s: %s", cfg->state_dir, strerror(-r));
+                else if (r > 0)
+                        log_info("restored %d session(s) from %s", r, cfg->state_dir);
+        }
         r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots);
         if (r < 0) {
                 log_error("cannot start %llu worker threads: %s", (unsigned long long)cfg->threads, strerror(-r));

@@ -95,9 +95,11 @@ struct Server {
         Job *jobs;
         unsigned n_jobs;
         bool shutting_down;
+        bool saved;                 /* sessions written to the state directory */
         gid_t admin_gid;
         bool have_admin_gid;
         uint64_t start_ms;
+        uint64_t model_id;          /* identity of the model file, for session state files */
         /* statistics */
         uint64_t tokens_generated;  /* total (loop: counted from done events) */
         uint64_t tokens_window;     /* generated since the last housekeeping tick (atomic) */

@@ -1,0 +1,259 @@
+/* daemon/persist.c — session state files (see persist.h). Layout, little-endian:
+ *   "MIXDSES\0" | u32 version | u32 reserved | u64 model id | char id[24] | u32 uid |
+ *   u32 n_layer, kv_dim, n_sink, n_roll, n_vocab | i64 n_pos | u64 slots written |
+ *   K [n_layer][slots][kv_dim] f32 | V (same) | last logits [n_vocab] f32 | u64 FNV-1a of all before
+ */
+#include "persist.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define STATE_MAGIC "MIXDSES"
+#define STATE_VERSION 1u
+#define STATE_PREFIX "session-"
+#define STATE_SUFFIX ".state"
+
+typedef struct StateHeader {
+        char magic[8];
+        uint32_t version;
+        uint32_t reserved;
+        uint64_t model_id;
+        char id[24];
+        uint32_t uid;
+        uint32_t n_layer, kv_dim, n_sink, n_roll, n_vocab;
+        int64_t n_pos;
+        uint64_t slots;      /* slots written per layer: min(n_pos, n_slots) */
+} StateHeader;
+_Static_assert(sizeof(StateHeader) == 88, "state header layout");
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+        const uint8_t *p = data;
+        for (size_t i = 0; i < n; i++) {
+                h ^= p[i];
+                h *= 0x100000001b3ull;
+        }
+        return h;
+}
+#define FNV_OFFSET 0xcbf29ce484222325ull
+
+int persist_model_id(const char *path, const GGUFFile *f, uint64_t *ret_id) {
+        struct stat st;
+        if (stat(path, &st) < 0)
+                return -errno;
+        uint64_t h = fnv1a(FNV_OFFSET, f->base, f->data_offset);
+        uint64_t meta[2] = { (uint64_t)st.st_size, (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec };
+        *ret_id = fnv1a(h, meta, sizeof(meta));
+        return 0;
+}
+
+/* write(2) all of it, folding it into the checksum. */
+static int write_all(int fd, const void *data, size_t n, uint64_t *hash) {
+        const uint8_t *p = data;
+        *hash = fnv1a(*hash, data, n);
+        while (n > 0) {
+                ssize_t w = write(fd, p, n);
+                if (w < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                p += w;
+                n -= (size_t)w;
+        }
+        return 0;
+}
+
+static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
+        const Session *s = ds->s;
+        const KVCache *kv = s->kv;
+        char path[4096], tmp[4096];
+        StateHeader h = { .magic = STATE_MAGIC, .version = STATE_VERSION, .model_id = model_id, .uid = ds->uid,
+                          .n_layer = kv->n_layer, .kv_dim = kv->kv_dim, .n_sink = kv->n_sink, .n_roll = kv->n_roll,
+                          .n_vocab = s->m->cfg.n_vocab, .n_pos = kv->n_pos };
+        h.slots = (uint64_t)kv->n_pos < kv->n_slots ? (uint64_t)kv->n_pos : kv->n_slots;
+        snprintf(h.id, sizeof(h.id), "%s", ds->id);
+        snprintf(path, sizeof(path), "%s/" STATE_PREFIX "%s" STATE_SUFFIX, dir, ds->id);
+        snprintf(tmp, sizeof(tmp), "%s/.tmp-%s", dir, ds->id);
+
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return -errno;
+        uint64_t hash = FNV_OFFSET;
+        int r = write_all(fd, &h, sizeof(h), &hash);
+        for (int which = 0; which < 2 && r == 0; which++) {
+                const float *base = which ? kv->v : kv->k;
+                for (uint32_t l = 0; l < kv->n_layer && r == 0; l++)
+                        r = write_all(fd, base + (size_t)l * kv->n_slots * kv->kv_dim,
+                                      h.slots * kv->kv_dim * sizeof(float), &hash);
+        }
+        if (r == 0)
+                r = write_all(fd, s->last_logits, (size_t)h.n_vocab * sizeof(float), &hash);
+        if (r == 0) {
+                uint64_t sum = hash, ignored;
+                r = write_all(fd, &sum, sizeof(sum), &ignored);
+        }
+        if (r == 0 && fsync(fd) < 0)
+                r = -errno;
+        if (close(fd) < 0 && r == 0)
+                r = -errno;
+        if (r == 0 && rename(tmp, path) < 0)
+                r = -errno;
+        if (r < 0)
+                unlink(tmp);
+        return r;
+}
+
+int persist_save_all(SessionTable *t, const char *dir, uint64_t model_id) {
+        int n = 0, first_err = 0;
+        for (DSession *d = t->head; d; d = d->next) {
+                if (d->ephemeral || d->busy || d->closing)
+                        continue;
+                int r = save_one(d, dir, model_id);
+                if (r < 0) {
+                        log_error("cannot save session %s to %s: %s", d->id, dir, strerror(-r));
+                        if (!first_err)
+                                first_err = r;
+                        continue;
+                }
+                n++;
+        }
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+                fsync(dfd); /* the renames */
+                close(dfd);
+        }
+        return first_err ? first_err : n;
+}
+
+/* read(2) exactly n bytes, folding them into the checksum. */
+static int read_all(int fd, void *data, size_t n, uint64_t *hash) {
+        uint8_t *p = data;
+        size_t left = n;
+        while (left > 0) {
+                ssize_t r = read(fd, p, left);
+                if (r < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (r == 0)
+                        return -EBADMSG; /* truncated */
+                p += r;
+                left -= (size_t)r;
+        }
+        if (hash)
+                *hash = fnv1a(*hash, data, n);
+        return 0;
+}
+
+/* Restore one file; on any mismatch returns < 0 with why set. */
+static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uint64_t now_ms, const char **why) {
+        StateHeader h;
+        uint64_t hash = FNV_OFFSET, sum;
+        DSession *ds = NULL;
+        unsigned evicted;
+        int r, fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+                *why = "cannot open";
+                return -errno;
+        }
+        if ((r = read_all(fd, &h, sizeof(h), &hash)) < 0) {
+                *why = "truncated header";
+                goto out;
+        }
+        r = -EBADMSG;
+        if (memcmp(h.magic, STATE_MAGIC, 8) != 0) {
+                *why = "not a session state file";
+                goto out;
+        }
+        if (h.version != STATE_VERSION) {
+                *why = "written by another version";
+                goto out;
+        }
+        if (h.model_id != model_id) {
+                *why = "saved with another model file";
+                goto out;
+        }
+        const ModelConfig *c = &t->m->cfg;
+        h.id[sizeof(h.id) - 1] = '\0';
+        if (strlen(h.id) != SESSION_ID_LEN || strncmp(h.id, "s-", 2) != 0 || h.n_layer != c->n_layer ||
+            h.kv_dim != c->n_head_kv * c->head_dim || h.n_vocab != c->n_vocab || h.n_pos < 0) {
+                *why = "inconsistent header";
+                goto out;
+        }
+        r = sessions_open(t, (uid_t)h.uid, false, now_ms, &ds, &evicted);
+        if (r < 0) {
+                *why = "no room under the session limits or KV budget";
+                ds = NULL;
+                goto out;
+        }
+        KVCache *kv = ds->s->kv;
+        r = -EBADMSG;
+        if (kv->n_sink != h.n_sink || kv->n_roll != h.n_roll || h.slots > kv->n_slots ||
+            h.slots != ((uint64_t)h.n_pos < kv->n_slots ? (uint64_t)h.n_pos : kv->n_slots)) {
+                *why = "cache geometry differs from this daemon's settings";
+                goto out;
+        }
+        for (int which = 0; which < 2; which++) {
+                float *base = which ? kv->v : kv->k;
+                for (uint32_t l = 0; l < kv->n_layer; l++)
+                        if ((r = read_all(fd, base + (size_t)l * kv->n_slots * kv->kv_dim,
+                                          h.slots * kv->kv_dim * sizeof(float), &hash)) < 0) {
+                                *why = "truncated";
+                                goto out;
+                        }
+        }
+        if ((r = read_all(fd, ds->s->last_logits, (size_t)h.n_vocab * sizeof(float), &hash)) < 0 ||
+            (r = read_all(fd, &sum, sizeof(sum), NULL)) < 0) {
+                *why = "truncated";
+                goto out;
+        }
+        uint8_t extra;
+        if (sum != hash || read(fd, &extra, 1) != 0) {
+                *why = "checksum mismatch";
+                r = -EBADMSG;
+                goto out;
+        }
+        kv->n_pos = h.n_pos;
+        memcpy(ds->id, h.id, sizeof(ds->id));
+        r = 0;
+out:
+        if (r < 0 && ds)
+                sessions_close(t, ds);
+        close(fd);
+        return r;
+}
+
+int persist_restore_all(SessionTable *t, const char *dir, uint64_t model_id, uint64_t now_ms) {
+        DIR *d = opendir(dir);
+        int n = 0;
+        if (!d)
+                return errno == ENOENT ? 0 : -errno;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+                const size_t len = strlen(e->d_name), pl = strlen(STATE_PREFIX), sl = strlen(STATE_SUFFIX);
+                if (len <= pl + sl || strncmp(e->d_name, STATE_PREFIX, pl) != 0 ||
+                    strcmp(e->d_name + len - sl, STATE_SUFFIX) != 0)
+                        continue;
+                char path[4096];
+                const char *why = "";
+                snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+                int r = restore_one(t, path, model_id, now_ms, &why);
+                if (r < 0) {
+                        log_warning("skipping session state %s: %s", path, why);
+                        continue;
+                }
+                unlink(path); /* restored: from now on the live session is the truth */
+                n++;
+        }
+        closedir(d);
+        return n;
+}

@@ -1,0 +1,19 @@
+/* daemon/persist.h — named sessions that survive a restart: at a graceful stop each one's KV
+ * cache and last logits go to a checksummed, versioned state file (written to a temporary
+ * name, then renamed); at start they come back. A file for another model, of another
+ * version, truncated or corrupt is skipped with a log line. Loop thread only. */
+#pragma once
+#include <stdint.h>
+
+#include "gguf.h"
+#include "sessions.h"
+
+/* Cheap identity of a model file: size, mtime and a hash of the header and tensor table
+ * (never the gigabytes of weights). */
+int persist_model_id(const char *path, const GGUFFile *f, uint64_t *ret_id);
+
+/* Write every idle named session of t into dir. Returns the number written, or -errno of
+ * the first failure (other sessions are still attempted). */
+int persist_save_all(SessionTable *t, const char *dir, uint64_t model_id);
+/* Restore every valid state file in dir into t (then delete it). Returns the number restored. */
+int persist_restore_all(SessionTable *t, const char *dir, uint64_t model_id, uint64_t now_ms);
