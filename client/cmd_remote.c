@@ -189,6 +189,11 @@ static int stream_generation(Remote *rc, Request *req, int json, int show_stats)
                                         (unsigned long long)rep.n_generated,
                                         rep.n_generated / (rep.generate_ms / 1000.0 + 1e-9), (int)rep.stop_reason.len,
                                         rep.stop_reason.ptr);
+                        if (!cancel_sent && proto_str_eq(rep.stop_reason, PROTO_STOP_CANCELLED)) {
+                                cli_error("the daemon cancelled the generation (shutdown, model reload or timeout); "
+                                          "the output is incomplete");
+                                ex = EXIT_RUNTIME;
+                        }
                         reply_free(&rep);
                         return ex;
                 }

@@ -105,10 +105,10 @@ static const char *session_error_code(int r) {
         return r == -EPERM ? "permission_denied" : "not_found";
 }
 
-static const char *session_error_text(int r) {
+static const char *session_error_text(const Server *srv, int r, const char *id) {
         switch (r) {
         case -EPERM: return "belongs to another user";
-        case -ESTALE: return "was evicted to free KV memory for other sessions";
+        case -ESTALE: return sessions_forgotten(&srv->sessions, id);
         default: return "does not exist (closed or expired)";
         }
 }
@@ -117,6 +117,10 @@ static void op_session_open(Conn *c, const Request *req) {
         Server *srv = c->srv;
         DSession *ds;
         unsigned evicted;
+        if (srv->reloading) {
+                reply_error(c, req->id, "unavailable", "the daemon is reloading its model; retry shortly");
+                return;
+        }
         int r = sessions_open(&srv->sessions, c->uid, false, now_ms(), &ds, &evicted);
         if (r == -EUSERS) {
                 reply_error(c, req->id, "over_limit", "session limit reached (%llu in all, %llu per user)",
@@ -149,7 +153,7 @@ static void op_session_close(Conn *c, const Request *req) {
         int r = sessions_get(&c->srv->sessions, req->session_close.session, c->uid, c->is_admin, &ds);
         if (r < 0) {
                 reply_error(c, req->id, session_error_code(r), "session %s %s", req->session_close.session,
-                            session_error_text(r));
+                            session_error_text(c->srv, r, req->session_close.session));
                 return;
         }
         sessions_close(&c->srv->sessions, ds);
@@ -222,8 +226,9 @@ static void submit_job(Conn *c, Request *req, JobKind kind) {
         DSession *ds = NULL;
         bool named = false;
 
-        if (srv->shutting_down) {
-                reply_error(c, req->id, "unavailable", "the daemon is shutting down");
+        if (srv->shutting_down || srv->reloading) {
+                reply_error(c, req->id, "unavailable", "the daemon is %s", srv->reloading ? "reloading its model; retry shortly"
+                                                                                        : "shutting down");
                 goto fail;
         }
         if (c->n_jobs >= DAEMON_MAX_REQUESTS_PER_CONN) {
@@ -241,7 +246,7 @@ static void submit_job(Conn *c, Request *req, JobKind kind) {
                 int r = sessions_get(&srv->sessions, req->generate.session, c->uid, false, &ds);
                 if (r < 0) {
                         reply_error(c, req->id, session_error_code(r), "session %s %s", req->generate.session,
-                                    session_error_text(r));
+                                    session_error_text(srv, r, req->generate.session));
                         goto fail;
                 }
                 if (ds->busy) {

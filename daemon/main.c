@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
         }
         if (getenv("MIXD_DEBUG"))
                 log_set_max_priority(LOG_DEBUG);
-        r = server_run(&cfg);
+        r = server_run(&cfg, config_path ? config_path : DEFAULT_CONFIG, argc, argv);
         config_free(&cfg);
         return r < 0 ? 1 : 0;
 }

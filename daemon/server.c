@@ -53,6 +53,8 @@ void outbox_job_done(Server *srv, Job *job) {
         outbox_append(srv, &job->done_msg);
 }
 
+static void finish_reload(Server *srv);
+
 static void finish_job(Server *srv, Job *j) {
         for (Job **p = &srv->jobs; *p; p = &(*p)->next)
                 if (*p == j) {
@@ -70,6 +72,8 @@ static void finish_job(Server *srv, Job *j) {
         job_free(j);
         if (srv->shutting_down && srv->n_jobs == 0)
                 server_begin_shutdown(srv, NULL);
+        else if (srv->reloading && srv->n_jobs == 0)
+                finish_reload(srv);
 }
 
 static void on_wakeup(uv_async_t *h) {
@@ -169,11 +173,128 @@ void server_begin_shutdown(Server *srv, const char *why) {
                 uv_close((uv_handle_t *)&srv->housekeeping, on_closed_quietly);
                 uv_close((uv_handle_t *)&srv->sig_int, on_closed_quietly);
                 uv_close((uv_handle_t *)&srv->sig_term, on_closed_quietly);
+                uv_close((uv_handle_t *)&srv->sig_hup, on_closed_quietly);
         }
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
         server_begin_shutdown(h->data, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+/* ------------------------------------------------------------------ reload (SIGHUP) */
+
+/* Start the engine for srv->m: sessions table (restored from the state directory) and
+ * scheduler. */
+static int engine_start(Server *srv) {
+        Config *cfg = srv->cfg;
+        uint32_t slots;
+        int r = session_slots(srv->m, (uint32_t)cfg->session_capacity, cfg->kv_budget, &slots);
+        if (r < 0) {
+                log_error("the KV budget of %llu bytes cannot hold one session of this model",
+                          (unsigned long long)cfg->kv_budget);
+                return r;
+        }
+        SessionLimits lim = { .kv_budget = cfg->kv_budget, .max_sessions = cfg->max_sessions,
+                              .max_per_uid = cfg->max_sessions_per_uid, .capacity = (uint32_t)cfg->session_capacity };
+        srv->sessions.m = srv->m;
+        srv->sessions.lim = lim;
+        if (cfg->state_dir) {
+                r = persist_model_id(cfg->model, srv->m->file, &srv->model_id);
+                if (r < 0) {
+                        log_error("cannot identify the model file: %s", strerror(-r));
+                        return r;
+                }
+                r = persist_restore_all(&srv->sessions, cfg->state_dir, srv->model_id, now_ms());
+                if (r < 0)
+                        log_warning("cannot read saved sessions in %s: %s", cfg->state_dir, strerror(-r));
+                else if (r > 0)
+                        log_info("restored %d session(s) from %s", r, cfg->state_dir);
+        }
+        r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots);
+        if (r < 0)
+                log_error("cannot start the engine with %llu threads: %s", (unsigned long long)cfg->threads,
+                          strerror(-r));
+        return r;
+}
+
+static int load_model(const char *path, Model **ret) {
+        ModelError merr = { "" };
+        log_info("loading %s", path);
+        int r = model_load(path, &merr, ret);
+        if (r < 0) {
+                log_error("cannot load model %s: %s", path, merr.msg[0] ? merr.msg : strerror(-r));
+                return r;
+        }
+        const ModelConfig *mc = &(*ret)->cfg;
+        log_info("model: %u layers, hidden %u, %u experts (top-%u), window %u, vocab %u", mc->n_layer, mc->n_embd,
+                 mc->n_expert, mc->n_expert_used, mc->sliding_window, mc->n_vocab);
+        return 0;
+}
+
+/* All jobs have ended: swap the models. Sessions of the old model cannot continue on the
+ * new one; they are closed, and later requests naming them are told why. */
+static void finish_reload(Server *srv) {
+        sched_stop(&srv->sched);
+        sessions_drop_all(&srv->sessions, "was closed when the daemon reloaded its model");
+        model_free(srv->m);
+        srv->m = srv->pending_model;
+        srv->pending_model = NULL;
+        free(srv->cfg->model);
+        srv->cfg->model = srv->pending_path;
+        srv->pending_path = NULL;
+        srv->reloading = false;
+        if (engine_start(srv) < 0) {
+                server_begin_shutdown(srv, "the engine could not restart after the reload");
+                return;
+        }
+        log_notice("reloaded: serving %s", srv->cfg->model);
+        sd_notifyf(0, "READY=1\nSTATUS=serving %s", srv->cfg->model);
+}
+
+static void begin_reload(Server *srv) {
+        Config fresh;
+        char err[512] = "";
+        if (srv->shutting_down || srv->reloading)
+                return;
+        sd_notify(0, "RELOADING=1");
+        /* the model path may have changed in the config file; flags still win */
+        config_defaults(&fresh);
+        int r = config_load_file(&fresh, srv->config_path, err, sizeof(err));
+        if (r < 0 && r != -ENOENT)
+                log_warning("reload: %s; keeping the current settings", err[0] ? err : strerror(-r));
+        if (config_parse_args(&fresh, srv->argc, srv->argv, err, sizeof(err)) != 0 || !fresh.model) {
+                log_error("reload: no usable model setting; keeping %s", srv->cfg->model);
+                config_free(&fresh);
+                sd_notify(0, "READY=1");
+                return;
+        }
+        Model *m;
+        if (load_model(fresh.model, &m) < 0) {
+                log_error("reload failed; still serving %s", srv->cfg->model);
+                config_free(&fresh);
+                sd_notify(0, "READY=1");
+                return;
+        }
+        srv->pending_model = m;
+        srv->pending_path = fresh.model;
+        fresh.model = NULL;
+        config_free(&fresh);
+        srv->reloading = true;
+        log_notice("reloading: in-flight requests are cancelled, sessions of the old model are closed");
+        for (Job *j = srv->jobs; j; j = j->next) {
+                __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
+                if (j->backpressured) {
+                        j->backpressured = false;
+                        sched_set_paused(&srv->sched, &j->sj, false);
+                }
+        }
+        if (srv->n_jobs == 0)
+                finish_reload(srv);
+}
+
+static void on_sighup(uv_signal_t *h, int signum) {
+        (void)signum;
+        begin_reload(h->data);
 }
 
 /* ------------------------------------------------------------------ listening */
@@ -273,12 +394,14 @@ static int start_listening(Server *srv) {
 
 /* ------------------------------------------------------------------ run */
 
-int server_run(Config *cfg) {
+int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
         Server srv_storage = { 0 }, *srv = &srv_storage;
-        ModelError merr = { "" };
         int r;
 
         srv->cfg = cfg;
+        srv->config_path = config_path;
+        srv->argc = argc;
+        srv->argv = argv;
         srv->start_ms = now_ms();
         if (cfg->admin_group) {
                 struct group *g = getgrnam(cfg->admin_group);
@@ -289,48 +412,17 @@ int server_run(Config *cfg) {
                 srv->admin_gid = g->gr_gid;
                 srv->have_admin_gid = true;
         }
-
-        log_info("loading %s", cfg->model);
-        r = model_load(cfg->model, &merr, &srv->m);
-        if (r < 0) {
-                log_error("cannot load model %s: %s", cfg->model, merr.msg[0] ? merr.msg : strerror(-r));
-                return r;
-        }
-        const ModelConfig *mc = &srv->m->cfg;
-        log_info("model: %u layers, hidden %u, %u experts (top-%u), window %u, vocab %u", mc->n_layer, mc->n_embd,
-                 mc->n_expert, mc->n_expert_used, mc->sliding_window, mc->n_vocab);
-
-        uint32_t slots;
-        r = session_slots(srv->m, (uint32_t)cfg->session_capacity, cfg->kv_budget, &slots);
-        if (r < 0) {
-                log_error("the KV budget of %llu bytes cannot hold one session of this model",
-                          (unsigned long long)cfg->kv_budget);
-                goto out_model;
-        }
-        SessionLimits lim = { .kv_budget = cfg->kv_budget, .max_sessions = cfg->max_sessions,
-                              .max_per_uid = cfg->max_sessions_per_uid, .capacity = (uint32_t)cfg->session_capacity };
-        sessions_init(&srv->sessions, srv->m, &lim);
         if (!cfg->state_dir && getenv("STATE_DIRECTORY") && *getenv("STATE_DIRECTORY")) {
                 /* systemd's StateDirectory= (the first one if several) */
                 cfg->state_dir = strndup(getenv("STATE_DIRECTORY"), strcspn(getenv("STATE_DIRECTORY"), ":"));
         }
-        if (cfg->state_dir) {
-                r = persist_model_id(cfg->model, srv->m->file, &srv->model_id);
-                if (r < 0) {
-                        log_error("cannot identify the model file: %s", strerror(-r));
-                        goto out_sessions;
-                }
-                r = persist_restore_all(&srv->sessions, cfg->state_dir, srv->model_id, now_ms());
-                if (r < 0)
-                        log_warning("cannot read saved sessions in %s: %s", cfg->state_dir, strerror(-r));
-                else if (r > 0)
-                        log_info("restored %d session(s) from %s", r, cfg->state_dir);
-        }
-        r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots);
-        if (r < 0) {
-                log_error("cannot start %llu worker threads: %s", (unsigned long long)cfg->threads, strerror(-r));
-                goto out_sessions;
-        }
+        r = load_model(cfg->model, &srv->m);
+        if (r < 0)
+                return r;
+        sessions_init(&srv->sessions, srv->m, &(SessionLimits){ 0 });
+        r = engine_start(srv);
+        if (r < 0)
+                goto out_engine;
 
         pthread_mutex_init(&srv->outbox_lock, NULL);
         srv->loop = uv_default_loop();
@@ -341,9 +433,11 @@ int server_run(Config *cfg) {
         uv_timer_start(&srv->housekeeping, on_housekeeping, DAEMON_HOUSEKEEPING_MS, DAEMON_HOUSEKEEPING_MS);
         uv_signal_init(srv->loop, &srv->sig_int);
         uv_signal_init(srv->loop, &srv->sig_term);
-        srv->sig_int.data = srv->sig_term.data = srv;
+        uv_signal_init(srv->loop, &srv->sig_hup);
+        srv->sig_int.data = srv->sig_term.data = srv->sig_hup.data = srv;
         uv_signal_start(&srv->sig_int, on_signal, SIGINT);
         uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
+        uv_signal_start(&srv->sig_hup, on_sighup, SIGHUP);
         signal(SIGPIPE, SIG_IGN);
 
         r = start_listening(srv);
@@ -364,10 +458,11 @@ out_loop:
         if (srv->own_socket)
                 unlink(cfg->socket_path);
         pthread_mutex_destroy(&srv->outbox_lock);
+out_engine:
         sched_stop(&srv->sched);
-out_sessions:
         sessions_done(&srv->sessions);
-out_model:
+        model_free(srv->pending_model);
+        free(srv->pending_path);
         model_free(srv->m);
         log_info("stopped");
         return r;

@@ -86,7 +86,13 @@ struct Server {
         bool own_socket;            /* we bound it (not socket-activated): unlink at exit */
         uv_async_t wakeup;          /* workers → loop: drain the outbox */
         uv_timer_t housekeeping;
-        uv_signal_t sig_int, sig_term;
+        uv_signal_t sig_int, sig_term, sig_hup;
+        const char *config_path;    /* re-read on SIGHUP, then argv on top */
+        int argc;
+        char **argv;
+        bool reloading;             /* SIGHUP: waiting for in-flight jobs before swapping models */
+        Model *pending_model;       /* the model being swapped in */
+        char *pending_path;
         pthread_mutex_t outbox_lock;
         OutMsg *outbox_head, *outbox_tail;
         Conn *conns;
@@ -110,7 +116,7 @@ struct Server {
 uint64_t now_ms(void);
 
 /* server.c */
-int server_run(Config *cfg);
+int server_run(Config *cfg, const char *config_path, int argc, char **argv);
 void server_begin_shutdown(Server *srv, const char *why);
 /* Worker side: queue a frame for a connection (takes ownership of frame) / a finished job. */
 void outbox_push(Server *srv, uint64_t conn_id, Job *job, uint8_t *frame, size_t len);

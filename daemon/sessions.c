@@ -54,10 +54,25 @@ static unsigned n_uids(const SessionTable *t, uid_t also) {
         return n;
 }
 
-static void remember_evicted(SessionTable *t, const char *id) {
-        memcpy(t->evicted[t->evicted_pos], id, SESSION_ID_LEN + 1);
-        t->evicted_pos = (t->evicted_pos + 1) % (sizeof(t->evicted) / sizeof(t->evicted[0]));
-        t->n_evicted_total++;
+static void forget(SessionTable *t, const char *id, const char *why) {
+        memcpy(t->forgotten[t->forgotten_pos].id, id, SESSION_ID_LEN + 1);
+        t->forgotten[t->forgotten_pos].why = why;
+        t->forgotten_pos = (t->forgotten_pos + 1) % DAEMON_EVICTED_MEMORY;
+}
+
+const char *sessions_forgotten(const SessionTable *t, const char *id) {
+        for (size_t i = 0; i < DAEMON_EVICTED_MEMORY; i++)
+                if (t->forgotten[i].why && !strcmp(t->forgotten[i].id, id))
+                        return t->forgotten[i].why;
+        return NULL;
+}
+
+void sessions_drop_all(SessionTable *t, const char *why) {
+        while (t->head) {
+                if (!t->head->ephemeral)
+                        forget(t, t->head->id, why);
+                unlink_and_free(t, t->head);
+        }
 }
 
 /* The least recently used idle session we may evict for `uid`, or NULL. */
@@ -69,7 +84,10 @@ static DSession *pick_victim(const SessionTable *t, uid_t uid) {
                         continue;
                 if (d->uid != uid && uid_usage(t, d->uid) <= fair)
                         continue; /* that user is within its fair share */
-                if (!best || d->last_used_ms < best->last_used_ms)
+                /* <=: the list runs newest first, so among sessions last used in the same
+                 * millisecond the one opened first wins (a burst of opens must not evict the
+                 * newest) */
+                if (!best || d->last_used_ms <= best->last_used_ms)
                         best = d;
         }
         return best;
@@ -100,7 +118,8 @@ int sessions_open(SessionTable *t, uid_t uid, bool ephemeral, uint64_t now_ms, D
                 DSession *v = pick_victim(t, uid);
                 if (!v)
                         return -ENOSPC;
-                remember_evicted(t, v->id);
+                forget(t, v->id, "was evicted to free KV memory for other sessions");
+                t->n_evicted_total++;
                 unlink_and_free(t, v);
                 evicted++;
         }
@@ -142,10 +161,7 @@ int sessions_get(SessionTable *t, const char *id, uid_t uid, bool is_admin, DSes
                 *ret_ds = d;
                 return 0;
         }
-        for (size_t i = 0; i < sizeof(t->evicted) / sizeof(t->evicted[0]); i++)
-                if (!strcmp(t->evicted[i], id))
-                        return -ESTALE;
-        return -ENOENT;
+        return sessions_forgotten(t, id) ? -ESTALE : -ENOENT;
 }
 
 void sessions_close(SessionTable *t, DSession *ds) {

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "limits.h"
 #include "session.h"
 
 #define SESSION_ID_LEN 18 /* "s-" + 16 hex digits */
@@ -38,8 +39,11 @@ typedef struct SessionTable {
         uint64_t n_named, n_ephemeral;
         uint64_t kv_used;            /* bytes */
         uint64_t n_evicted_total;
-        char evicted[64][SESSION_ID_LEN + 1]; /* recently evicted ids, to explain errors */
-        unsigned evicted_pos;
+        struct {                     /* sessions dropped recently, to explain errors */
+                char id[SESSION_ID_LEN + 1];
+                const char *why;     /* static text */
+        } forgotten[DAEMON_EVICTED_MEMORY];
+        unsigned forgotten_pos;
 } SessionTable;
 
 void sessions_init(SessionTable *t, const Model *m, const SessionLimits *lim);
@@ -51,9 +55,13 @@ void sessions_done(SessionTable *t);
  * the budget cannot be freed, -ENOMEM. */
 int sessions_open(SessionTable *t, uid_t uid, bool ephemeral, uint64_t now_ms, DSession **ret_ds,
                   unsigned *ret_n_evicted);
-/* Find a named session for uid: -ENOENT unknown, -ESTALE evicted earlier, -EPERM another
- * uid's (admin may pass any uid when is_admin). */
+/* Find a named session for uid: -ENOENT unknown, -ESTALE dropped earlier (see
+ * sessions_forgotten), -EPERM another uid's (admin may pass any uid when is_admin). */
 int sessions_get(SessionTable *t, const char *id, uid_t uid, bool is_admin, DSession **ret_ds);
+/* Why the session id was dropped ("was evicted ..."), or NULL if it is not remembered. */
+const char *sessions_forgotten(const SessionTable *t, const char *id);
+/* Drop every session (none may be busy), remembering why for later requests. */
+void sessions_drop_all(SessionTable *t, const char *why);
 /* Close: freed now if idle, else when its job ends. */
 void sessions_close(SessionTable *t, DSession *ds);
 /* The job using ds has ended. Frees ephemeral and closing sessions. */
