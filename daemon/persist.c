@@ -240,6 +240,14 @@ int persist_restore_all(SessionTable *t, const char *dir, uint64_t model_id, uin
         struct dirent *e;
         while ((e = readdir(d))) {
                 const size_t len = strlen(e->d_name), pl = strlen(STATE_PREFIX), sl = strlen(STATE_SUFFIX);
+                if (!strncmp(e->d_name, ".tmp-", 5)) {
+                        /* a save that never finished (killed mid-write): never valid */
+                        char path[4096];
+                        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+                        log_warning("removing %s, left by an interrupted save", path);
+                        unlink(path);
+                        continue;
+                }
                 if (len <= pl + sl || strncmp(e->d_name, STATE_PREFIX, pl) != 0 ||
                     strcmp(e->d_name + len - sl, STATE_SUFFIX) != 0)
                         continue;
