@@ -379,8 +379,20 @@ static void print_status(const Reply *rep) {
                get_u(rep, "kv_budget") / 1048576.0);
         printf("tokens/s         %.1f (generated so far: %llu)\n", get_d(rep, "tokens_per_s"),
                (unsigned long long)get_u(rep, "tokens_generated"));
-        printf("worker threads   %llu\n", (unsigned long long)get_u(rep, "threads"));
+        printf("compute threads  %llu\n", (unsigned long long)get_u(rep, "threads"));
         printf("uptime           %.0f s\n", get_d(rep, "uptime_s"));
+        const msgpack_object *numa = proto_map_get(&rep->root, "numa");
+        if (numa && numa->type == MSGPACK_OBJECT_ARRAY && numa->via.array.size > 0) {
+                for (uint32_t n = 0; n < numa->via.array.size; n++) {
+                        uint64_t b = 0, t = 0;
+                        proto_obj_uint(proto_map_get(&numa->via.array.ptr[n], "expert_bytes"), &b);
+                        proto_obj_uint(proto_map_get(&numa->via.array.ptr[n], "threads"), &t);
+                        printf("NUMA node %-6u %.1f MiB of experts, %llu thread(s)%s\n", n, b / 1048576.0,
+                               (unsigned long long)t, numa->via.array.size == 1 ? " (one node: nothing to place)" : "");
+                }
+        } else {
+                printf("NUMA             not planned (--numa off or no NUMA support)\n");
+        }
 }
 
 static void print_experts(const Reply *rep) {

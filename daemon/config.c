@@ -26,6 +26,8 @@ static const Setting settings[] = {
         { "socket", SET_STRING, U(socket_path), 0, 0,
           "Unix socket path (default /run/mixd/mixd.sock as root, else $XDG_RUNTIME_DIR/mixd.sock)" },
         { "admin-group", SET_STRING, U(admin_group), 0, 0, "group whose members may shut the daemon down" },
+        { "numa", SET_STRING, U(numa), 0, 0,
+          "auto: place experts and pin threads by NUMA node (when there are several); off: don't" },
         { "state-dir", SET_STRING, U(state_dir), 0, 0,
           "directory for sessions saved at stop and restored at start (default $STATE_DIRECTORY; none: not kept)" },
         { "threads", SET_UINT, U(threads), 1, DAEMON_MAX_THREADS, "worker threads (default: online CPUs)" },
@@ -117,6 +119,10 @@ static int parse_number(const char *v, SettingType type, uint64_t *ret) {
 
 static int apply(Config *c, const Setting *s, const char *value, char *err, size_t errlen) {
         void *field = (char *)c + s->offset;
+        if (!strcmp(s->name, "numa") && strcmp(value, "auto") != 0 && strcmp(value, "off") != 0) {
+                snprintf(err, errlen, "numa: '%s' is neither auto nor off", value);
+                return -EINVAL;
+        }
         if (s->type == SET_STRING) {
                 char *dup = strdup(value);
                 if (!dup)

@@ -9,6 +9,7 @@ typedef struct Config {
         char *model;                 /* GGUF path */
         char *socket_path;           /* Unix socket to listen on (unless socket-activated) */
         char *admin_group;           /* members (and root) may shut the daemon down */
+        char *numa;                  /* "auto" or "off" */
         char *state_dir;             /* where sessions are saved at stop (default $STATE_DIRECTORY) */
         uint64_t threads;            /* worker threads */
         uint64_t kv_budget;          /* bytes of KV cache, all sessions */

@@ -59,7 +59,7 @@ static void op_status(Conn *c, const Request *req) {
         Server *srv = c->srv;
         ProtoOut o;
         proto_out_init(&o);
-        proto_out_ok(&o, req->id, 12);
+        proto_out_ok(&o, req->id, 13);
         proto_out_kv_str(&o, "model", srv->cfg->model);
         proto_out_kv_uint(&o, "sessions", srv->sessions.n_named);
         proto_out_kv_uint(&o, "active_requests", srv->n_jobs);
@@ -72,6 +72,14 @@ static void op_status(Conn *c, const Request *req) {
         proto_out_kv_uint(&o, "tokens_generated", srv->tokens_generated);
         proto_out_kv_uint(&o, "threads", sched_threads(&srv->sched));
         proto_out_kv_double(&o, "uptime_s", (double)(now_ms() - srv->start_ms) / 1000.0);
+        /* the NUMA plan: per node, expert bytes placed there and threads pinned there */
+        proto_out_str(&o, "numa");
+        proto_out_array(&o, srv->numa.n_nodes);
+        for (unsigned n = 0; n < srv->numa.n_nodes; n++) {
+                proto_out_map(&o, 2);
+                proto_out_kv_uint(&o, "expert_bytes", srv->numa.node_bytes[n]);
+                proto_out_kv_uint(&o, "threads", srv->numa.node_threads[n]);
+        }
         send_out(c, &o, req->id);
 }
 

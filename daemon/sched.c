@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "limits.h"
+#include "numa.h"
 
 static void count_route(void *userdata, uint32_t layer, const int32_t *experts, uint32_t k) {
         Scheduler *s = userdata;
@@ -74,6 +75,8 @@ static void *engine_main(void *arg) {
         ForwardItem *items = calloc(cap, sizeof(*items));
         if (!jobs || !items)
                 abort(); /* a few KiB at start; nothing sensible to do without them */
+        if (s->numa)
+                pool_pin_self(s->numa->thread_cpu[0]);
 
         pthread_mutex_lock(&s->lock);
         for (;;) {
@@ -107,7 +110,8 @@ static void *engine_main(void *arg) {
         return NULL;
 }
 
-int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_rows, uint32_t max_slots) {
+int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_rows, uint32_t max_slots,
+                const NumaPlan *numa) {
         const size_t n_counts = (size_t)m->cfg.n_layer * (m->cfg.n_expert ? m->cfg.n_expert : 1);
         int r;
         memset(s, 0, sizeof(*s));
@@ -123,6 +127,13 @@ int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_row
         r = forward_new(m, max_rows, max_slots, s->pool, &s->fw);
         if (r < 0)
                 return r;
+        if (numa && numa->n_nodes > 1 && numa->n_threads == threads) {
+                s->numa = numa;
+                r = pool_pin(s->pool, numa->thread_cpu);
+                if (r < 0)
+                        return r;
+                forward_set_numa(s->fw, numa);
+        }
         if (m->cfg.n_expert)
                 forward_set_route_hook(s->fw, count_route, s);
         r = -pthread_create(&s->thread, NULL, engine_main, s);

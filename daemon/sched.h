@@ -39,10 +39,14 @@ typedef struct Scheduler {
         bool stopping;
         uint64_t *expert_counts;   /* [n_layer][n_expert], written by the engine thread (relaxed atomics) */
         uint64_t rounds, rows;     /* statistics: batches run, rows fed */
+        const struct NumaPlan *numa;
 } Scheduler;
 
-/* threads: the pool's size; max_rows: rows per batch; max_slots: the largest session cache. */
-int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_rows, uint32_t max_slots);
+/* threads: the pool's size; max_rows: rows per batch; max_slots: the largest session cache;
+ * numa (may be NULL, borrowed): pin the threads and run experts on their nodes' threads. */
+struct NumaPlan;
+int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_rows, uint32_t max_slots,
+                const struct NumaPlan *numa);
 /* The engine thread exits after its current round; queued jobs are left to the caller. Safe
  * after a failed sched_start. */
 void sched_stop(Scheduler *s);

@@ -210,7 +210,19 @@ static int engine_start(Server *srv) {
                 else if (r > 0)
                         log_info("restored %d session(s) from %s", r, cfg->state_dir);
         }
-        r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots);
+        numa_plan_free(&srv->numa);
+        memset(&srv->numa, 0, sizeof(srv->numa));
+        NumaTopology topo;
+        if ((!cfg->numa || !strcmp(cfg->numa, "auto")) && numa_topology_detect(&topo) == 0 &&
+            numa_plan(srv->m, &topo, (unsigned)cfg->threads, &srv->numa) == 0) {
+                r = numa_apply(srv->m, &srv->numa);
+                if (r < 0)
+                        log_warning("NUMA: cannot bind expert pages: %s (continuing unplaced)", strerror(-r));
+                for (unsigned n = 0; n < srv->numa.n_nodes; n++)
+                        log_info("NUMA node %u: %llu MiB of experts, %u thread(s)", n,
+                                 (unsigned long long)(srv->numa.node_bytes[n] >> 20), srv->numa.node_threads[n]);
+        }
+        r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots, &srv->numa);
         if (r < 0)
                 log_error("cannot start the engine with %llu threads: %s", (unsigned long long)cfg->threads,
                           strerror(-r));
@@ -460,6 +472,7 @@ out_loop:
         pthread_mutex_destroy(&srv->outbox_lock);
 out_engine:
         sched_stop(&srv->sched);
+        numa_plan_free(&srv->numa);
         sessions_done(&srv->sessions);
         model_free(srv->pending_model);
         free(srv->pending_path);

@@ -14,6 +14,7 @@
 #include "limits.h"
 #include "model.h"
 #include "msg.h"
+#include "numa.h"
 #include "sched.h"
 #include "sessions.h"
 
@@ -106,6 +107,7 @@ struct Server {
         bool have_admin_gid;
         uint64_t start_ms;
         uint64_t model_id;          /* identity of the model file, for session state files */
+        NumaPlan numa;              /* n_nodes 0: not planned (off, or no NUMA support) */
         /* statistics */
         uint64_t tokens_generated;  /* total (loop: counted from done events) */
         uint64_t tokens_window;     /* generated since the last housekeeping tick (atomic) */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "limits.h"
+#include "numa.h"
 #include "ops.h"
 #include "quant.h"
 
@@ -46,6 +47,7 @@ struct Forward {
         float **scores;           /* [threads][max_slots + T] one head's attention weights */
         ForwardRouteFn route_fn;
         void *route_data;
+        const NumaPlan *numa;     /* borrowed; NULL: any thread runs any expert */
 };
 
 int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *pool, Forward **ret_fw) {
@@ -145,6 +147,10 @@ Forward *forward_free(Forward *fw) {
         return NULL;
 }
 
+void forward_set_numa(Forward *fw, const NumaPlan *plan) {
+        fw->numa = plan && plan->n_nodes > 1 && plan->n_threads == fw->n_threads ? plan : NULL;
+}
+
 void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata) {
         fw->route_fn = fn;
         fw->route_data = userdata;
@@ -170,11 +176,25 @@ typedef struct MatmulJob {
         const float *x;      /* [T][cols] */
         int64_t T;
         float *out;          /* [T][rows] */
+        int node;            /* >= 0: only the threads of this NUMA node take part */
 } MatmulJob;
 
 static void matmul_part(void *ctx, unsigned thread, unsigned n_threads) {
         MatmulJob *j = ctx;
         unsigned long r0, r1;
+        if (j->node >= 0 && j->fw->numa) {
+                /* this thread's rank among the node's threads */
+                const NumaPlan *p = j->fw->numa;
+                unsigned rank = 0, n = 0;
+                if (p->thread_node[thread] != j->node)
+                        return;
+                for (unsigned t = 0; t < n_threads; t++) {
+                        rank += t < thread && p->thread_node[t] == j->node;
+                        n += p->thread_node[t] == j->node;
+                }
+                thread = rank;
+                n_threads = n;
+        }
         pool_share(j->w->rows, thread, n_threads, &r0, &r1);
         matmul_rows(j->w, j->x, j->T, j->out, (int64_t)j->w->rows, r0, r1, j->fw->row_tmp[thread]);
 }
@@ -183,9 +203,19 @@ static void matmul_part(void *ctx, unsigned thread, unsigned n_threads) {
  * costs more than it saves (and a loaded machine makes every barrier expensive). */
 #define PARALLEL_MIN_WORK (1u << 20)
 
-/* out[t][r] = W[r] . x[t], rows split over the pool. */
+/* out[t][r] = W[r] . x[t], rows split over the pool (over one node's threads when node >= 0). */
+static void matmul_node(Forward *fw, const Matrix *w, const float *x, int64_t T, float *out, int node) {
+        MatmulJob j = { fw, w, x, T, out, node };
+        if (w->rows * w->cols * (uint64_t)T < PARALLEL_MIN_WORK) {
+                j.node = -1;
+                matmul_part(&j, 0, 1);
+        } else {
+                pool_run(fw->pool, matmul_part, &j);
+        }
+}
+
 static void matmul_par(Forward *fw, const Matrix *w, const float *x, int64_t T, float *out) {
-        MatmulJob j = { fw, w, x, T, out };
+        MatmulJob j = { fw, w, x, T, out, -1 };
         if (w->rows * w->cols * (uint64_t)T < PARALLEL_MIN_WORK)
                 matmul_part(&j, 0, 1);
         else
@@ -302,14 +332,18 @@ static void route(Forward *fw, uint32_t il, uint32_t T) {
         }
 }
 
-/* SwiGLU of one expert over the rows gathered in fw->xe: eout = down(silu(gate x) * up x). */
-static void expert_ffn(Forward *fw, const LayerWeights *L, uint32_t e, uint32_t n) {
+/* SwiGLU of one expert over the rows gathered in fw->xe: eout = down(silu(gate x) * up x),
+ * on the threads of the NUMA node holding the expert. */
+static void expert_ffn(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t e, uint32_t n) {
         const size_t FF = fw->m->cfg.n_ff;
-        matmul_par(fw, &L->gate[e], fw->xe, n, fw->gate);
-        matmul_par(fw, &L->up[e], fw->xe, n, fw->up);
+        int node = fw->numa && fw->m->cfg.n_expert ? fw->numa->expert_node[(size_t)il * fw->numa->n_expert + e] : -1;
+        if (node >= 0 && fw->numa->node_threads[node] == 0)
+                node = -1; /* fewer threads than nodes: anyone runs it */
+        matmul_node(fw, &L->gate[e], fw->xe, n, fw->gate, node);
+        matmul_node(fw, &L->up[e], fw->xe, n, fw->up, node);
         for (size_t i = 0; i < n * FF; i++)
                 fw->gate[i] = silu(fw->gate[i]) * fw->up[i];
-        matmul_par(fw, &L->down[e], fw->gate, n, fw->eout);
+        matmul_node(fw, &L->down[e], fw->gate, n, fw->eout, node);
 }
 
 /* Mixture of experts on fw->xb, added into the residual fw->x. The rows routed to an expert
@@ -320,7 +354,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
 
         if (c->n_expert == 0) {
                 memcpy(fw->xe, fw->xb, T * D * sizeof(float));
-                expert_ffn(fw, L, 0, T);
+                expert_ffn(fw, L, il, 0, T);
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->eout[i];
                 return;
@@ -342,7 +376,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
                                 }
                 if (n == 0)
                         continue;
-                expert_ffn(fw, L, e, n);
+                expert_ffn(fw, L, il, e, n);
                 for (uint32_t i = 0; i < n; i++)
                         memcpy(fw->moe + ((size_t)fw->rows[i] * K + fw->rows_slot[i]) * D, fw->eout + i * D,
                                D * sizeof(float));

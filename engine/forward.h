@@ -36,6 +36,10 @@ typedef void (*ForwardRouteFn)(void *userdata, uint32_t layer, const int32_t *ex
 int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *pool, Forward **ret_fw);
 Forward *forward_free(Forward *fw);
 void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata);
+/* Run each expert only on the pool threads of the NUMA node that holds it (plan borrowed;
+ * its thread count must be the pool's). */
+struct NumaPlan;
+void forward_set_numa(Forward *fw, const struct NumaPlan *plan);
 
 /* Run a batch; every item's tokens are appended to its cache. Items must use distinct
  * caches. -EINVAL for a token id out of range, too many rows, or an item over its cache's

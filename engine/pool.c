@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdlib.h>
 
@@ -145,4 +146,26 @@ void pool_run(Pool *p, PoolFn fn, void *ctx) {
                         pthread_cond_wait(&p->done, &p->lock);
                 pthread_mutex_unlock(&p->lock);
         }
+}
+
+static int pin(pthread_t t, unsigned cpu) {
+        cpu_set_t set;
+        if (cpu >= CPU_SETSIZE)
+                return -EINVAL;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        return -pthread_setaffinity_np(t, sizeof(set), &set);
+}
+
+int pool_pin(Pool *p, const uint16_t *cpus) {
+        for (unsigned t = 1; p && t < p->n_threads; t++) {
+                int r = pin(p->threads[t - 1], cpus[t]);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int pool_pin_self(unsigned cpu) {
+        return pin(pthread_self(), cpu);
 }

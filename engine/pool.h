@@ -3,6 +3,7 @@
  * between runs, so the hundreds of runs a token needs cost microseconds, not thread
  * creation. pool_run: one caller thread at a time. */
 #pragma once
+#include <stdint.h>
 
 typedef struct Pool Pool;
 
@@ -14,6 +15,10 @@ int pool_new(unsigned n_threads, Pool **ret_pool);
 Pool *pool_free(Pool *p);
 unsigned pool_size(const Pool *p);
 void pool_run(Pool *p, PoolFn fn, void *ctx);
+/* Pin worker thread t (1..n-1) to CPU cpus[t]; thread 0 is the caller's to pin. */
+int pool_pin(Pool *p, const uint16_t *cpus);
+/* Pin the calling thread to one CPU. */
+int pool_pin_self(unsigned cpu);
 
 /* Contiguous share [*ret_begin, *ret_end) of n items for thread t of nt. */
 static inline void pool_share(unsigned long n, unsigned t, unsigned nt, unsigned long *ret_begin,
