@@ -22,7 +22,7 @@ else
 endif
 CFLAGS  += $(BASE) $(OPT)
 LDFLAGS += $(filter -fsanitize=%,$(OPT))
-LDLIBS  += -lm -lpthread -lmsgpackc
+LDLIBS  += -lm -lpthread -lmsgpackc -lnuma
 
 ENGINE_SRC := $(wildcard engine/*.c proto/*.c)
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
@@ -139,3 +139,17 @@ deb:
 	cd $(DEB_TREE) && DEB_BUILD_OPTIONS="$(if $(CHECK),,nocheck) $(DEB_BUILD_OPTIONS)" dpkg-buildpackage -b -us -uc
 	rm -rf $(DEB_TREE)
 	@ls -1 $(DEB_OUT)/*.deb
+
+# ---- benchmarks (docs/BENCH.md): `make bench`, or `make bench MODEL=file.gguf` for one model.
+# Prints one JSON object (stdout) and a table (stderr); generated bench models are cached in
+# $XDG_CACHE_HOME/mixd-bench (else ~/.cache/mixd-bench). BENCH_ARGS passes options to
+# tools/bench/bench.py (e.g. BENCH_ARGS="--repeat 5 --no-daemon").
+BENCH_BIN := build/bench
+.PHONY: bench
+bench: deps
+	$(MAKE) MODE=rel all
+	@mkdir -p $(BENCH_BIN)
+	$(CC) -std=gnu17 -O2 -Wall -Wextra -Werror -pthread -o $(BENCH_BIN)/membw tools/bench/membw.c
+	$(CC) -std=gnu17 -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/sgemm tools/bench/sgemm.c -lopenblas
+	$(PYTHON) tools/bench/bench.py --bin build/rel --bench-bin $(BENCH_BIN) \
+	  $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL)) $(BENCH_ARGS)
