@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "guard.h"
 #include "log.h"
 
 void reply_error(Conn *c, uint64_t id, const char *code, const char *fmt, ...) {
@@ -234,6 +235,11 @@ static void submit_job(Conn *c, Request *req, JobKind kind) {
         DSession *ds = NULL;
         bool named = false;
 
+        if (guard_tripped()) {
+                reply_error(c, req->id, "unavailable", "the model file changed on disk while mapped; "
+                                                       "mixd needs a reload (SIGHUP) or a restart");
+                goto fail;
+        }
         if (srv->shutting_down || srv->reloading) {
                 reply_error(c, req->id, "unavailable", "the daemon is %s", srv->reloading ? "reloading its model; retry shortly"
                                                                                         : "shutting down");

@@ -133,12 +133,21 @@ static int generate_begin_round(SchedJob *sj, Forward *fw, uint32_t max_rows, Fo
         return 1;
 }
 
+/* The batch failed: tell the client why. */
+static void emit_batch_error(Job *j, int err) {
+        if (err == -EIO)
+                emit_error(j, "unavailable", "the model file changed on disk while mapped (truncated?); "
+                                             "mixd needs a reload (SIGHUP) or a restart");
+        else
+                emit_error(j, "internal", "forward pass failed: %s", strerror(-err));
+}
+
 static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
         Job *j = (Job *)sj;
         if (j->failed)
                 return 0;
         if (err < 0) {
-                emit_error(j, "internal", "forward pass failed: %s", strerror(-err));
+                emit_batch_error(j, err);
                 return 0;
         }
         GenEvent ev;
@@ -223,7 +232,7 @@ static int score_end_round(SchedJob *sj, Forward *fw, int err) {
         if (j->failed)
                 return 0;
         if (err < 0) {
-                emit_error(j, "internal", "forward pass failed: %s", strerror(-err));
+                emit_batch_error(j, err);
                 return 0;
         }
         if (cancelled(j)) {

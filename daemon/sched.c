@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "guard.h"
 #include "limits.h"
 #include "numa.h"
 
@@ -39,7 +40,9 @@ static void run_round(Scheduler *s, SchedJob **jobs, ForwardItem *items, unsigne
         for (; stepped < n && rows < max_rows; stepped++)
                 if (jobs[stepped]->begin(jobs[stepped], s->fw, max_rows - rows, &items[n_items]) > 0)
                         rows += items[n_items++].n_tokens;
-        const int err = n_items ? forward_batch(s->fw, items, n_items) : 0;
+        int err = n_items ? forward_batch(s->fw, items, n_items) : 0;
+        if (guard_tripped())
+                err = -EIO; /* the model file shrank under us: these results are garbage */
         s->rounds++;
         s->rows += rows;
 

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "guard.h"
 #include "log.h"
 #include "persist.h"
 #include "session.h"
@@ -122,6 +123,11 @@ static void on_housekeeping(uv_timer_t *h) {
                                 sched_set_paused(&srv->sched, &j->sj, false);
                         }
                 }
+        if (guard_tripped() && !srv->guard_reported) {
+                srv->guard_reported = true;
+                log_error("the model file %s shrank while mapped; requests fail until a reload (SIGHUP) or restart",
+                          srv->cfg->model);
+        }
         const uint64_t window = __atomic_exchange_n(&srv->tokens_window, 0, __ATOMIC_RELAXED);
         const double dt = DAEMON_HOUSEKEEPING_MS / 1000.0;
         srv->tokens_per_s = 0.8 * srv->tokens_per_s + 0.2 * (double)window / dt;
@@ -198,6 +204,8 @@ static int engine_start(Server *srv) {
                               .max_per_uid = cfg->max_sessions_per_uid, .capacity = (uint32_t)cfg->session_capacity };
         srv->sessions.m = srv->m;
         srv->sessions.lim = lim;
+        guard_arm(srv->m->file->base, srv->m->file->size);
+        srv->guard_reported = false;
         if (cfg->state_dir) {
                 r = persist_model_id(cfg->model, srv->m->file, &srv->model_id);
                 if (r < 0) {
@@ -247,6 +255,7 @@ static int load_model(const char *path, Model **ret) {
  * new one; they are closed, and later requests naming them are told why. */
 static void finish_reload(Server *srv) {
         sched_stop(&srv->sched);
+        guard_arm(NULL, 0);
         sessions_drop_all(&srv->sessions, "was closed when the daemon reloaded its model");
         model_free(srv->m);
         srv->m = srv->pending_model;
@@ -428,6 +437,9 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
                 /* systemd's StateDirectory= (the first one if several) */
                 cfg->state_dir = strndup(getenv("STATE_DIRECTORY"), strcspn(getenv("STATE_DIRECTORY"), ":"));
         }
+        r = guard_install();
+        if (r < 0)
+                log_warning("cannot install the SIGBUS guard: %s", strerror(-r));
         r = load_model(cfg->model, &srv->m);
         if (r < 0)
                 return r;

@@ -103,6 +103,7 @@ struct Server {
         unsigned n_jobs;
         bool shutting_down;
         bool saved;                 /* sessions written to the state directory */
+        bool guard_reported;        /* the shrunk model file was logged */
         gid_t admin_gid;
         bool have_admin_gid;
         uint64_t start_ms;

@@ -2,7 +2,8 @@
 """tests/lifecycle/test_lifecycle.py — mixd across stops and reloads: sessions saved at
 SIGTERM and restored with identical next-token logits; corrupt, truncated, half-written and
 other-model state files skipped with a log line; a failed save (disk full, via an LD_PRELOAD
-shim) leaves nothing behind; SIGHUP swaps the model without dropping the socket.
+shim) leaves nothing behind; SIGHUP swaps the model without dropping the socket; the model
+file truncated while mapped fails requests clearly instead of crashing the daemon.
 
 usage: test_lifecycle.py MIXD MIXCTL   (run from anywhere; the model is models/ in the repo)
 Prints a PASS/FAIL line per check and `N passed, M failed`."""
@@ -246,6 +247,29 @@ def main():
     c.close()
     rc, log = d.stop()
     check("reloaded daemon stops cleanly", rc == 0 and "reloaded: serving" in log
+          and not any(k in log for k in SANITIZER_MARKS), "exit %d" % rc)
+
+    # --- the model file truncated while mapped: a clear error, the daemon lives, reload heals
+    copy = os.path.join(tmp, "copy.gguf")
+    with open(MODEL, "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+    d = Daemon(mixd, sock, model=copy)
+    c = Client(sock)
+    ok_before = c.generate(prompt="ROMEO:", n_predict=3, seed=1)
+    os.truncate(copy, 2000000)
+    r = c.generate(prompt="ROMEO:", n_predict=3, seed=1)[3]
+    check("truncated model: clear error", r.get("error", {}).get("code") == "unavailable"
+          and "changed on disk" in r["error"]["message"], str(r.get("error")))
+    check("truncated model: daemon still answers", c.call("status").get("ok") is True)
+    with open(MODEL, "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+    d.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    r = c.generate(prompt="ROMEO:", n_predict=3, seed=1)
+    check("reload after the file is restored heals", r[0] == ok_before[0], "%s vs %s" % (r[0], ok_before[0]))
+    c.close()
+    rc, log = d.stop()
+    check("truncated-model daemon stops cleanly", rc == 0 and "shrank while mapped" in log
           and not any(k in log for k in SANITIZER_MARKS), "exit %d" % rc)
 
     print("%d passed, %d failed" % (passed, failed))
