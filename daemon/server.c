@@ -56,7 +56,17 @@ void outbox_job_done(Server *srv, Job *job) {
 
 static void finish_reload(Server *srv);
 
+/* Log once that the model file shrank under us. */
+static void report_guard(Server *srv) {
+        if (guard_tripped() && !srv->guard_reported) {
+                srv->guard_reported = true;
+                log_error("the model file %s shrank while mapped; requests fail until a reload (SIGHUP) or restart",
+                          srv->cfg->model);
+        }
+}
+
 static void finish_job(Server *srv, Job *j) {
+        report_guard(srv);
         for (Job **p = &srv->jobs; *p; p = &(*p)->next)
                 if (*p == j) {
                         *p = j->next;
@@ -123,11 +133,7 @@ static void on_housekeeping(uv_timer_t *h) {
                                 sched_set_paused(&srv->sched, &j->sj, false);
                         }
                 }
-        if (guard_tripped() && !srv->guard_reported) {
-                srv->guard_reported = true;
-                log_error("the model file %s shrank while mapped; requests fail until a reload (SIGHUP) or restart",
-                          srv->cfg->model);
-        }
+        report_guard(srv);
         const uint64_t window = __atomic_exchange_n(&srv->tokens_window, 0, __ATOMIC_RELAXED);
         const double dt = DAEMON_HOUSEKEEPING_MS / 1000.0;
         srv->tokens_per_s = 0.8 * srv->tokens_per_s + 0.2 * (double)window / dt;
