@@ -55,6 +55,8 @@ done
 
 # 2. command-line contract (exit codes, streams, determinism)
 run "cli contract" bash tests/cli/test_cli.sh "$ASAN/mixctl"
+run "daemon end-to-end" "$PYTHON" tests/daemon/test_daemon.py "$ASAN/mixd" "$ASAN/mixctl" --quick
+run "systemd notify and activation" "$PYTHON" tests/service/test_notify.py "$ASAN/mixd" "$ASAN/mixctl"
 run "daemon restarts, state files, reload" "$PYTHON" tests/lifecycle/test_lifecycle.py "$ASAN/mixd" "$ASAN/mixctl"
 
 # 3. numerics against the fixtures' oracles
