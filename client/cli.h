@@ -43,7 +43,7 @@ enum { OPT_CTX = 1000, OPT_KV_BUDGET, OPT_NO_BOS, OPT_TEMP, OPT_TOP_K, OPT_TOP_P
 
 /* Sampling options of generate and chat (in-process and remote alike). */
 #include "sample.h"
-#include "limits.h"
+#include "engine_limits.h"
 typedef struct GenerateOpts {
         int64_t n_predict;
         SamplerParams sp;
@@ -92,3 +92,4 @@ int cmd_session(int argc, char **argv);
 int cmd_shutdown(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
+int cmd_bench(int argc, char **argv);

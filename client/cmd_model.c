@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "limits.h"
+#include "engine_limits.h"
 #include "model.h"
 #include "pool.h"
 #include "generate.h"

@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "limits.h"
+#include "engine_limits.h"
 #include "model.h"
 
 int sampling_opt_parse(int c, const char *arg, GenerateOpts *g, int *ret_exit) {

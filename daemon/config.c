@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "limits.h"
+#include "daemon_limits.h"
 
 typedef enum { SET_STRING, SET_UINT, SET_BYTES, SET_OCTAL } SettingType;
 

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "guard.h"
-#include "limits.h"
+#include "daemon_limits.h"
 #include "numa.h"
 
 static void count_route(void *userdata, uint32_t layer, const int32_t *experts, uint32_t k) {

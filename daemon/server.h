@@ -11,7 +11,7 @@
 
 #include "config.h"
 #include "generate.h"
-#include "limits.h"
+#include "daemon_limits.h"
 #include "model.h"
 #include "msg.h"
 #include "numa.h"

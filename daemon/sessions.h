@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "limits.h"
+#include "daemon_limits.h"
 #include "session.h"
 
 #define SESSION_ID_LEN 18 /* "s-" + 16 hex digits */

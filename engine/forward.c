@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "limits.h"
+#include "engine_limits.h"
 #include "numa.h"
 #include "ops.h"
 #include "quant.h"

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "limits.h"
+#include "engine_limits.h"
 #include "sample.h"
 #include "session.h"
 #include "stop.h"

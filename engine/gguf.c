@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "limits.h"
+#include "engine_limits.h"
 #include "quant.h"
 
 #define GGUF_DEFAULT_ALIGNMENT 32

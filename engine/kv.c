@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "limits.h"
+#include "engine_limits.h"
 
 int kv_cache_bytes(uint32_t n_layer, uint32_t kv_dim, uint32_t n_slots, uint64_t *ret_bytes) {
         uint64_t n;

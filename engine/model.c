@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "limits.h"
+#include "engine_limits.h"
 #include "quant.h"
 
 static int fail(ModelError *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "limits.h"
+#include "engine_limits.h"
 
 typedef struct Candidate {
         float logit;

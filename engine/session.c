@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "limits.h"
+#include "engine_limits.h"
 
 int session_slots(const Model *m, uint32_t capacity, uint64_t kv_budget, uint32_t *ret_slots) {
         const ModelConfig *c = &m->cfg;

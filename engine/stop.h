@@ -4,7 +4,7 @@
 #pragma once
 #include <stddef.h>
 
-#include "limits.h"
+#include "engine_limits.h"
 
 typedef struct StopMatcher {
         const char *stops[SAMPLE_MAX_STOPS];

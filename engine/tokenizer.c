@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "limits.h"
+#include "engine_limits.h"
 
 /* SentencePiece's visible space: U+2581 LOWER ONE EIGHTH BLOCK "▁". */
 #define SPACE_SYMBOL     "\xe2\x96\x81"

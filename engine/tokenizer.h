@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 #include "gguf.h"
-#include "limits.h"
+#include "engine_limits.h"
 
 typedef struct Tokenizer Tokenizer;
 

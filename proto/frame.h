@@ -9,7 +9,7 @@
 
 #include <msgpack.h>
 
-#include "limits.h"
+#include "proto_limits.h"
 #include "proto_error.h"
 
 /* Decode a header. Returns 0 and sets *ret_len (1..PROTO_MAX_FRAME); -EBADMSG for a zero

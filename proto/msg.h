@@ -10,7 +10,7 @@
 #include <msgpack.h>
 
 #include "frame.h"
-#include "limits.h"
+#include "proto_limits.h"
 #include "proto_error.h"
 
 /* ===========================================================================================

@@ -5,12 +5,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "limits.h"
+#include "proto_limits.h"
 
 /* Wire error codes (the "code" of an error reply). Pointers to these literals are what
  * ProtoError.code holds; compare with strcmp or by pointer. */
 #define PROTO_ERR_BAD_FRAME           "bad_frame"           /* framing or msgpack structure broken */
-#define PROTO_ERR_TOO_LARGE           "too_large"           /* a size limit of limits.h exceeded */
+#define PROTO_ERR_TOO_LARGE           "too_large"           /* a size limit of proto_limits.h exceeded */
 #define PROTO_ERR_BAD_REQUEST         "bad_request"         /* well-formed msgpack, invalid request */
 #define PROTO_ERR_UNKNOWN_OP          "unknown_op"          /* "op" names no operation */
 #define PROTO_ERR_UNSUPPORTED_VERSION "unsupported_version" /* hello with another major version */

@@ -46,7 +46,7 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 import gguf_py as g  # noqa: E402
 
-# Positions a rolling full-attention cache keeps forever (engine/limits.h
+# Positions a rolling full-attention cache keeps forever (engine/engine_limits.h
 # KV_ATTENTION_SINKS).
 N_ATTENTION_SINKS = 4
 

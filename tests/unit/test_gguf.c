@@ -17,7 +17,7 @@
 #include <cmocka.h>
 
 #include "gguf.h"
-#include "limits.h"
+#include "engine_limits.h"
 #include "quant.h"
 
 /* ---------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@
  * bytes, non-map top level, ext), request decoding of every op (defaults, both ends of every
  * range and one past, wrong types, unknown/duplicate/missing fields, unknown op, ids, NaN,
  * UTF-8, stop list), and the encoders round-tripping through the decoders. Single-threaded
- * cmocka test. proto's limits.h comes in through msg.h (a bare "limits.h" here would find
- * engine/limits.h first). */
+ * cmocka test. proto_limits.h comes in through msg.h.
+ */
 #include <errno.h>
 #include <float.h>
 #include <math.h>
