@@ -71,11 +71,16 @@ deps:
 models/tiny-moe-q4_k_m.gguf:
 	@echo "default model missing: expected $@ in the repository" >&2; exit 1
 
+# Start mixd on the default model (a private socket), stream a generation through mixctl, stop.
 run: deps
 	$(MAKE) MODE=rel all
-	@echo '--- streaming a generation from $(MODEL) ---'
-	./build/rel/mixctl generate -m $(MODEL) -n 64 --seed 42 "ROMEO: But soft, what light"
-	@echo
+	@sock=$$(mktemp -u "$${TMPDIR:-/tmp}/mixd-run-XXXXXX.sock"); \
+	./build/rel/mixd --model $(MODEL) --socket "$$sock" & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
+	for i in $$(seq 100); do [ -S "$$sock" ] && break; sleep 0.1; done; \
+	echo "--- mixctl generate (through mixd at $$sock) ---"; \
+	./build/rel/mixctl generate --socket "$$sock" -n 64 --seed 42 "ROMEO: But soft, what light"; \
+	echo
 
 test: deps
 	$(MAKE) MODE=asan all unit
