@@ -1,6 +1,8 @@
 /* engine/generate.c — the generation step machine (see generate.h). */
 #include "generate.h"
 
+#include "ops.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -49,17 +51,6 @@ void generation_done(Generation *g) {
         g->sampler = sampler_free(g->sampler);
         free(g->prompt);
         g->prompt = NULL;
-}
-
-static float token_logprob(const float *logits, uint32_t n, int32_t token) {
-        float max = logits[0];
-        for (uint32_t i = 1; i < n; i++)
-                if (logits[i] > max)
-                        max = logits[i];
-        double sum = 0.0;
-        for (uint32_t i = 0; i < n; i++)
-                sum += exp((double)logits[i] - max);
-        return (float)((double)logits[token] - max - log(sum));
 }
 
 /* Text from the detokenizer through the stop matcher into ev. Returns 1 on a stop match. */
@@ -145,7 +136,7 @@ int generation_after(Generation *g, uint32_t n_fed, GenEvent *ev) {
         const int32_t tok = sampler_sample(g->sampler, s->last_logits);
         ev->has_token = 1;
         ev->token = tok;
-        ev->logprob = g->params.want_logprobs ? token_logprob(s->last_logits, s->m->cfg.n_vocab, tok) : NAN;
+        ev->logprob = g->params.want_logprobs ? (float)log_softmax_at(s->last_logits, s->m->cfg.n_vocab, tok) : NAN;
         g->next_token = tok; /* EOS too: a continued conversation sees the end of this turn */
         g->have_next = 1;
         if (tok == tokenizer_eos(s->m->tok)) {

@@ -19,6 +19,8 @@ void matmul(const Matrix *w, const float *x, int64_t T, float *out, float *row_t
 
 /* out = x / sqrt(mean(x^2) + eps) * weight, length n (out may alias x). */
 void rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
+/* log softmax(logits)[index], computed in double. */
+double log_softmax_at(const float *logits, uint32_t n, int32_t index);
 /* In-place softmax over n values. */
 void softmax(float *x, int64_t n);
 /* Rotate adjacent pairs (x[2i], x[2i+1]) of each of n_heads heads by pos * inv_freq[i]. */

@@ -1,9 +1,12 @@
 /* engine/quant.c — scalar reference dequantization and dot kernels for every supported
- * ggml type, and the traits table. Dequantization reproduces ggml's float operation order
- * exactly (built with -ffp-contract=off so no multiply-add is fused). Any thread. */
+ * ggml type, the traits table and the choice of kernels for this CPU (made once, at the
+ * first quant_traits() or quant_best_isa() call, under pthread_once). Dequantization
+ * reproduces ggml's float operation order exactly (built with -ffp-contract=off so no
+ * multiply-add is fused). SIMD twins live in quant_simd.c. Any thread. */
 #include "quant.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 
 float fp16_to_fp32(ggml_half h) {
@@ -319,25 +322,102 @@ static float vec_dot_bf16(const void *restrict vw, const float *restrict a, int6
         return sum;
 }
 
-static const QuantTraits traits[GGML_TYPE_COUNT_] = {
-        [GGML_TYPE_F32]  = { "F32",  1,     4,                  dequant_f32,  vec_dot_f32 },
-        [GGML_TYPE_F16]  = { "F16",  1,     2,                  dequant_f16,  vec_dot_f16 },
-        [GGML_TYPE_BF16] = { "BF16", 1,     2,                  dequant_bf16, vec_dot_bf16 },
-        [GGML_TYPE_Q4_0] = { "Q4_0", QK4_0, sizeof(BlockQ4_0), dequant_q4_0, vec_dot_q4_0 },
-        [GGML_TYPE_Q4_1] = { "Q4_1", QK4_1, sizeof(BlockQ4_1), dequant_q4_1, vec_dot_q4_1 },
-        [GGML_TYPE_Q5_0] = { "Q5_0", QK5_0, sizeof(BlockQ5_0), dequant_q5_0, vec_dot_q5_0 },
-        [GGML_TYPE_Q5_1] = { "Q5_1", QK5_1, sizeof(BlockQ5_1), dequant_q5_1, vec_dot_q5_1 },
-        [GGML_TYPE_Q8_0] = { "Q8_0", QK8_0, sizeof(BlockQ8_0), dequant_q8_0, vec_dot_q8_0 },
-        [GGML_TYPE_Q2_K] = { "Q2_K", QK_K,  sizeof(BlockQ2_K), dequant_q2_k, vec_dot_q2_k },
-        [GGML_TYPE_Q3_K] = { "Q3_K", QK_K,  sizeof(BlockQ3_K), dequant_q3_k, vec_dot_q3_k },
-        [GGML_TYPE_Q4_K] = { "Q4_K", QK_K,  sizeof(BlockQ4_K), dequant_q4_k, vec_dot_q4_k },
-        [GGML_TYPE_Q5_K] = { "Q5_K", QK_K,  sizeof(BlockQ5_K), dequant_q5_k, vec_dot_q5_k },
-        [GGML_TYPE_Q6_K] = { "Q6_K", QK_K,  sizeof(BlockQ6_K), dequant_q6_k, vec_dot_q6_k },
+/* The portable dot_f32: 8 interleaved accumulators (element i of each full group of 8 into
+ * acc[i % 8]), a fixed pairwise sum, then the tail in order. */
+float quant_dot_f32_scalar(const float *a, const float *b, int64_t n) {
+        float acc[8] = { 0 };
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+                for (int j = 0; j < 8; j++)
+                        acc[j] += a[i + j] * b[i + j];
+        float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for (; i < n; i++)
+                s += a[i] * b[i];
+        return s;
+}
+
+/* dequant and dot_rows start as the scalar reference / NULL and are filled in by select_kernels(). */
+static QuantTraits traits[GGML_TYPE_COUNT_] = {
+        [GGML_TYPE_F32]  = { "F32",  1,     4,                  dequant_f32,  vec_dot_f32,  dequant_f32,  NULL },
+        [GGML_TYPE_F16]  = { "F16",  1,     2,                  dequant_f16,  vec_dot_f16,  dequant_f16,  NULL },
+        [GGML_TYPE_BF16] = { "BF16", 1,     2,                  dequant_bf16, vec_dot_bf16, dequant_bf16, NULL },
+        [GGML_TYPE_Q4_0] = { "Q4_0", QK4_0, sizeof(BlockQ4_0), dequant_q4_0, vec_dot_q4_0, dequant_q4_0, NULL },
+        [GGML_TYPE_Q4_1] = { "Q4_1", QK4_1, sizeof(BlockQ4_1), dequant_q4_1, vec_dot_q4_1, dequant_q4_1, NULL },
+        [GGML_TYPE_Q5_0] = { "Q5_0", QK5_0, sizeof(BlockQ5_0), dequant_q5_0, vec_dot_q5_0, dequant_q5_0, NULL },
+        [GGML_TYPE_Q5_1] = { "Q5_1", QK5_1, sizeof(BlockQ5_1), dequant_q5_1, vec_dot_q5_1, dequant_q5_1, NULL },
+        [GGML_TYPE_Q8_0] = { "Q8_0", QK8_0, sizeof(BlockQ8_0), dequant_q8_0, vec_dot_q8_0, dequant_q8_0, NULL },
+        [GGML_TYPE_Q2_K] = { "Q2_K", QK_K,  sizeof(BlockQ2_K), dequant_q2_k, vec_dot_q2_k, dequant_q2_k, NULL },
+        [GGML_TYPE_Q3_K] = { "Q3_K", QK_K,  sizeof(BlockQ3_K), dequant_q3_k, vec_dot_q3_k, dequant_q3_k, NULL },
+        [GGML_TYPE_Q4_K] = { "Q4_K", QK_K,  sizeof(BlockQ4_K), dequant_q4_k, vec_dot_q4_k, dequant_q4_k, NULL },
+        [GGML_TYPE_Q5_K] = { "Q5_K", QK_K,  sizeof(BlockQ5_K), dequant_q5_k, vec_dot_q5_k, dequant_q5_k, NULL },
+        [GGML_TYPE_Q6_K] = { "Q6_K", QK_K,  sizeof(BlockQ6_K), dequant_q6_k, vec_dot_q6_k, dequant_q6_k, NULL },
 };
+
+static pthread_once_t select_once = PTHREAD_ONCE_INIT;
+static int isa_ok[QUANT_ISA_COUNT_];      /* what this CPU can run, decided once */
+static QuantIsa best_isa = QUANT_ISA_SCALAR;
+
+static DequantFn dequant_for(uint32_t type, QuantIsa isa) {
+        DequantFn f = isa == QUANT_ISA_SCALAR ? NULL : quant_simd_dequant(type, isa);
+        return f ? f : traits[type].dequant_ref;
+}
+
+static void select_kernels(void) {
+        isa_ok[QUANT_ISA_SCALAR] = 1;
+        for (int i = QUANT_ISA_SCALAR + 1; i < QUANT_ISA_COUNT_; i++) {
+                isa_ok[i] = quant_simd_cpu_has((QuantIsa)i);
+                if (isa_ok[i])
+                        best_isa = (QuantIsa)i;
+        }
+        for (uint32_t t = 0; t < GGML_TYPE_COUNT_; t++) {
+                if (!traits[t].name)
+                        continue;
+                traits[t].dequant = dequant_for(t, best_isa);
+                traits[t].dot_rows = best_isa == QUANT_ISA_SCALAR ? NULL : quant_simd_dot_rows(t, best_isa);
+        }
+}
+
+QuantIsa quant_best_isa(void) {
+        pthread_once(&select_once, select_kernels);
+        return best_isa;
+}
+
+int quant_isa_supported(QuantIsa isa) {
+        if (isa < 0 || isa >= QUANT_ISA_COUNT_)
+                return 0;
+        pthread_once(&select_once, select_kernels);
+        return isa_ok[isa];
+}
+
+const char *quant_isa_name(QuantIsa isa) {
+        static const char *const names[QUANT_ISA_COUNT_] = {
+                [QUANT_ISA_SCALAR] = "scalar", [QUANT_ISA_AVX2] = "avx2", [QUANT_ISA_AVX512] = "avx512"
+        };
+        return isa >= 0 && isa < QUANT_ISA_COUNT_ ? names[isa] : "?";
+}
+
+DequantFn quant_dequant_variant(uint32_t type, QuantIsa isa) {
+        if (type >= GGML_TYPE_COUNT_ || !traits[type].name || !quant_isa_supported(isa))
+                return NULL;
+        return dequant_for(type, isa);
+}
+
+DotRowsFn quant_dot_rows_variant(uint32_t type, QuantIsa isa) {
+        if (type >= GGML_TYPE_COUNT_ || !traits[type].name || isa == QUANT_ISA_SCALAR || !quant_isa_supported(isa))
+                return NULL;
+        return quant_simd_dot_rows(type, isa);
+}
+
+DotF32Fn quant_dot_f32_variant(QuantIsa isa) {
+        if (!quant_isa_supported(isa))
+                return NULL;
+        return isa == QUANT_ISA_SCALAR ? quant_dot_f32_scalar : quant_simd_dot_f32(isa);
+}
 
 const QuantTraits *quant_traits(uint32_t type) {
         if (type >= GGML_TYPE_COUNT_ || !traits[type].name)
                 return NULL;
+        pthread_once(&select_once, select_kernels);
         return &traits[type];
 }
 

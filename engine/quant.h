@@ -1,5 +1,6 @@
 /* engine/quant.h — ggml tensor types: block layouts, the traits table, dequantization
- * and dot kernels (scalar references). Pure functions; any thread. */
+ * and dot kernels (scalar references in quant.c, AVX2/AVX-512 twins in quant_simd.c,
+ * chosen once per process). Pure functions; any thread. */
 #pragma once
 #include <assert.h>
 #include <stddef.h>
@@ -124,21 +125,67 @@ static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block size");
 typedef void (*DequantFn)(const void *restrict x, float *restrict y, int64_t n);
 /* Dot product of n weights at w with float activations a. */
 typedef float (*VecDotFn)(const void *restrict w, const float *restrict a, int64_t n);
+/* Fused dequantize-and-dot of R consecutive weight rows (row_bytes apart, n weights each)
+ * with T activation rows: out[t * out_stride + r] = dot_f32(dequant(row r), x + t * x_stride, n)
+ * for r < R, t < T, bit for bit (the same per-lane accumulation order as this machine's
+ * dot_f32), whatever R and T. */
+typedef void (*DotRowsFn)(const void *restrict w, uint64_t row_bytes, int64_t R, const float *restrict x,
+                          int64_t x_stride, int64_t T, float *restrict out, int64_t out_stride, int64_t n);
+/* The dot_f32 kernel signature (see ops.h for the contract). */
+typedef float (*DotF32Fn)(const float *a, const float *b, int64_t n);
 
 typedef struct QuantTraits {
         const char *name;
-        uint32_t block_size; /* weights per block */
-        uint32_t type_size;  /* bytes per block */
-        DequantFn dequant;
-        VecDotFn vec_dot;
+        uint32_t block_size;   /* weights per block */
+        uint32_t type_size;    /* bytes per block */
+        DequantFn dequant;     /* the one to use: fastest for this CPU, bit-identical to dequant_ref */
+        VecDotFn vec_dot;      /* scalar reference: per-block sums (not dot_f32's order) */
+        DequantFn dequant_ref; /* scalar reference, reproduces ggml bit for bit */
+        DotRowsFn dot_rows;    /* fused dequant + dot_f32 for this CPU; NULL: dequant then dot_f32 */
 } QuantTraits;
 
-/* NULL for ids we do not support. */
+/* NULL for ids we do not support. The first call selects the kernels for this CPU
+ * (thread-safe); every later call returns the same table. */
 const QuantTraits *quant_traits(uint32_t type);
 
 /* Bytes of a row of n weights; -EINVAL if n is not a multiple of the block size,
  * -EOVERFLOW on overflow. */
 int quant_row_bytes(uint32_t type, uint64_t n, uint64_t *ret_bytes);
+
+/* ---------------------------------------------------------------------------------------
+ * Kernel variants by instruction set. Every variant of a kernel gives the same bits as its
+ * scalar reference (dequantizers) or as dot_f32 of the same instruction set (fused dots).
+ * Tests and benchmarks call them directly; everything else uses quant_traits() and
+ * dot_f32(), which use quant_best_isa(). */
+typedef enum QuantIsa {
+        QUANT_ISA_SCALAR = 0, /* portable C */
+        QUANT_ISA_AVX2,       /* x86-64 AVX2 + FMA + F16C */
+        QUANT_ISA_AVX512,     /* x86-64 AVX-512 F/BW/VL/DQ + F16C */
+        QUANT_ISA_COUNT_,
+} QuantIsa;
+
+/* The best instruction set this CPU (and this build) supports; decided once. */
+QuantIsa quant_best_isa(void);
+/* Whether this CPU and build can run kernels of isa. */
+int quant_isa_supported(QuantIsa isa);
+const char *quant_isa_name(QuantIsa isa);
+/* The dequantizer of type for isa: the SIMD one if there is one, else the scalar reference;
+ * NULL for an unsupported type or an isa this CPU cannot run. */
+DequantFn quant_dequant_variant(uint32_t type, QuantIsa isa);
+/* The fused dequant + dot of type for isa (consistent with quant_dot_f32_variant(isa)),
+ * NULL if there is none or the CPU cannot run it. */
+DotRowsFn quant_dot_rows_variant(uint32_t type, QuantIsa isa);
+/* dot_f32 of isa (the scalar one is the portable reference); NULL if the CPU cannot run it. */
+DotF32Fn quant_dot_f32_variant(QuantIsa isa);
+
+/* Implemented in quant_simd.c, for quant.c: the SIMD kernels of isa, NULL where none. */
+DequantFn quant_simd_dequant(uint32_t type, QuantIsa isa);
+DotRowsFn quant_simd_dot_rows(uint32_t type, QuantIsa isa);
+DotF32Fn quant_simd_dot_f32(QuantIsa isa);
+/* Whether the CPU has what quant_simd.c's kernels of isa need (0 on other architectures). */
+int quant_simd_cpu_has(QuantIsa isa);
+/* The portable dot_f32 (8 float accumulators), in quant.c. */
+float quant_dot_f32_scalar(const float *a, const float *b, int64_t n);
 
 float fp16_to_fp32(ggml_half h);
 ggml_half fp32_to_fp16(float f);

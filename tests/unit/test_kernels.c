@@ -1,0 +1,434 @@
+/* tests/unit/test_kernels.c — every kernel variant this CPU can run (scalar, AVX2, AVX-512;
+ * each called directly, not only the dispatched one) against its reference, bit for bit:
+ * dequantizers against quant.c's scalar reference on random blocks (random bytes, scale
+ * halves drawn from normal, subnormal, signed-zero and large values) and against ggml's
+ * output in quant-zoo.gguf; dot_f32 against a scalar emulation of its documented order;
+ * fused dequantize+dot against dequantize-then-dot_f32 for 1..16 tokens. Single-threaded
+ * cmocka test; run from the repository root. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "gguf.h"
+#include "ops.h"
+#include "quant.h"
+
+/* ---------------------------------------------------------------------------------------
+ * Helpers. */
+
+/* splitmix64: the test owns its RNG, fixed seeds. */
+static uint64_t rng_next(uint64_t *s) {
+        uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+}
+
+/* Uniform in [-1, 1). */
+static float rng_float(uint64_t *s) {
+        return (float)((double)(rng_next(s) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+}
+
+static void *xmalloc(size_t n) {
+        void *p = malloc(n ? n : 1);
+        assert_non_null(p);
+        return p;
+}
+
+static const uint32_t all_types[] = {
+        GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
+        GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q8_0, GGML_TYPE_Q2_K, GGML_TYPE_Q3_K,
+        GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
+};
+#define N_TYPES (sizeof(all_types) / sizeof(all_types[0]))
+
+/* Byte offsets of a block's fp16 scale fields, -1 terminated. */
+static void scale_offsets(uint32_t type, int ret_off[3]) {
+        ret_off[0] = ret_off[1] = ret_off[2] = -1;
+        switch (type) {
+        case GGML_TYPE_Q4_0:
+        case GGML_TYPE_Q5_0:
+        case GGML_TYPE_Q8_0:
+                ret_off[0] = 0;
+                break;
+        case GGML_TYPE_Q4_1:
+        case GGML_TYPE_Q5_1:
+                ret_off[0] = offsetof(BlockQ4_1, d);
+                ret_off[1] = offsetof(BlockQ4_1, m);
+                break;
+        case GGML_TYPE_Q2_K:
+                ret_off[0] = offsetof(BlockQ2_K, d);
+                ret_off[1] = offsetof(BlockQ2_K, dmin);
+                break;
+        case GGML_TYPE_Q3_K:
+                ret_off[0] = offsetof(BlockQ3_K, d);
+                break;
+        case GGML_TYPE_Q4_K:
+        case GGML_TYPE_Q5_K:
+                ret_off[0] = offsetof(BlockQ4_K, d);
+                ret_off[1] = offsetof(BlockQ4_K, dmin);
+                break;
+        case GGML_TYPE_Q6_K:
+                ret_off[0] = offsetof(BlockQ6_K, d);
+                break;
+        default:
+                break;
+        }
+}
+
+/* A finite scale half: normal, subnormal, +-0, the largest exponents, or +-1. */
+static ggml_half random_scale(uint64_t *s) {
+        const uint64_t r = rng_next(s);
+        const uint16_t sign = (r & 1) ? 0x8000 : 0, mant = (uint16_t)((r >> 8) & 0x3ff);
+        switch ((r >> 1) % 8) {
+        case 0: return (ggml_half)(sign | (mant ? mant : 1));           /* subnormal */
+        case 1: return (ggml_half)sign;                                 /* +0 / -0 */
+        case 2: return (ggml_half)(sign | 0x7800 | mant);               /* large: exponent 30 */
+        case 3: return (ggml_half)(sign | 0x3c00);                      /* +-1 */
+        default: return (ggml_half)(sign | ((((r >> 20) % 30) + 1) << 10) | mant); /* any normal */
+        }
+}
+
+/* n weights of type as random blocks with finite scales; F16/BF16: random bit patterns
+ * (NaNs and infinities included), F32: random finite floats. */
+static uint8_t *random_row(uint32_t type, int64_t n, uint64_t *seed, size_t *ret_bytes) {
+        const QuantTraits *qt = quant_traits(type);
+        const size_t bytes = (size_t)(n / qt->block_size) * qt->type_size;
+        uint8_t *p = xmalloc(bytes);
+        for (size_t i = 0; i < bytes; i++)
+                p[i] = (uint8_t)rng_next(seed);
+        if (type == GGML_TYPE_F32) {
+                for (int64_t i = 0; i < n; i++) {
+                        const float f = rng_float(seed);
+                        memcpy(p + 4 * i, &f, 4);
+                }
+        }
+        int off[3];
+        scale_offsets(type, off);
+        for (size_t b = 0; b < bytes / qt->type_size; b++)
+                for (int k = 0; k < 3 && off[k] >= 0; k++) {
+                        const ggml_half h = random_scale(seed);
+                        memcpy(p + b * qt->type_size + (size_t)off[k], &h, 2);
+                }
+        *ret_bytes = bytes;
+        return p;
+}
+
+/* Index of the first float whose bits differ, or -1. */
+static int64_t first_diff(const float *a, const float *b, int64_t n) {
+        if (memcmp(a, b, (size_t)n * sizeof(float)) == 0)
+                return -1;
+        for (int64_t i = 0; i < n; i++)
+                if (memcmp(&a[i], &b[i], 4) != 0)
+                        return i;
+        return -1;
+}
+
+static uint32_t float_bits(float f) {
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        return u;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Kernel selection. */
+
+static void test_selection(void **state) {
+        const QuantIsa best = quant_best_isa();
+        assert_true(quant_isa_supported(QUANT_ISA_SCALAR));
+        assert_true(quant_isa_supported(best));
+        for (int isa = best + 1; isa < QUANT_ISA_COUNT_; isa++)
+                assert_false(quant_isa_supported((QuantIsa)isa));
+        assert_string_equal(ops_kernel_name(), quant_isa_name(best));
+        print_message("kernels: %s (supported:", quant_isa_name(best));
+        for (int isa = 0; isa < QUANT_ISA_COUNT_; isa++)
+                if (quant_isa_supported((QuantIsa)isa))
+                        print_message(" %s", quant_isa_name((QuantIsa)isa));
+        print_message(")\n");
+        for (size_t k = 0; k < N_TYPES; k++) {
+                const QuantTraits *qt = quant_traits(all_types[k]);
+                assert_non_null(qt);
+                assert_non_null(qt->dequant_ref);
+                assert_ptr_equal(qt->dequant, quant_dequant_variant(all_types[k], best));
+                assert_ptr_equal(qt->dot_rows, quant_dot_rows_variant(all_types[k], best));
+                assert_ptr_equal(quant_dequant_variant(all_types[k], QUANT_ISA_SCALAR), qt->dequant_ref);
+                assert_null(quant_dot_rows_variant(all_types[k], QUANT_ISA_SCALAR));
+        }
+        assert_null(quant_dequant_variant(4, best));
+        assert_null(quant_dequant_variant(GGML_TYPE_COUNT_, best));
+        assert_null(quant_dequant_variant(GGML_TYPE_Q4_K, QUANT_ISA_COUNT_));
+        assert_non_null(quant_dot_f32_variant(QUANT_ISA_SCALAR));
+        assert_non_null(quant_dot_f32_variant(best));
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Dequantizers: every variant against the scalar reference. */
+
+/* Checks f against the reference on n weights at src (into a float buffer offset by
+ * one float, so stores are unaligned too). */
+static void check_dequant(uint32_t type, QuantIsa isa, const uint8_t *src, int64_t n, const char *what) {
+        const QuantTraits *qt = quant_traits(type);
+        DequantFn f = quant_dequant_variant(type, isa);
+        float *want = xmalloc((size_t)n * sizeof(float)), *got = xmalloc(((size_t)n + 1) * sizeof(float));
+        qt->dequant_ref(src, want, n);
+        memset(got, 0xa5, ((size_t)n + 1) * sizeof(float));
+        f(src, got + 1, n);
+        const int64_t bad = first_diff(got + 1, want, n);
+        if (bad >= 0)
+                fail_msg("%s %s (%s, n=%lld): weight %lld is %.9g (0x%08x), reference %.9g (0x%08x)", qt->name,
+                         quant_isa_name(isa), what, (long long)n, (long long)bad, got[1 + bad], float_bits(got[1 + bad]),
+                         want[bad], float_bits(want[bad]));
+        free(want);
+        free(got);
+}
+
+static void test_dequant_random(void **state) {
+        for (size_t k = 0; k < N_TYPES; k++) {
+                const uint32_t type = all_types[k];
+                const QuantTraits *qt = quant_traits(type);
+                for (int isa = 0; isa < QUANT_ISA_COUNT_; isa++) {
+                        if (!quant_isa_supported((QuantIsa)isa))
+                                continue;
+                        uint64_t seed = 0x6b65726e656c0000ull + 131 * type + (uint64_t)isa;
+                        /* 64 Ki weights in one call, then short rows of 1..9 blocks (tails). */
+                        size_t bytes;
+                        const int64_t n = 65536;
+                        uint8_t *row = random_row(type, n, &seed, &bytes);
+                        check_dequant(type, (QuantIsa)isa, row, n, "random blocks");
+                        free(row);
+                        for (int64_t nb = 1; nb <= 9; nb++) {
+                                const int64_t m = nb * (qt->block_size == 1 ? 7 : qt->block_size);
+                                row = random_row(type, m, &seed, &bytes);
+                                /* at an odd multiple of 2 bytes from malloc's alignment */
+                                uint8_t *shifted = xmalloc(bytes + 2);
+                                memcpy(shifted + 2, row, bytes);
+                                check_dequant(type, (QuantIsa)isa, shifted + 2, m, "short row");
+                                free(shifted);
+                                free(row);
+                        }
+                        print_message("ok   %-5s %-6s %s\n", qt->name, quant_isa_name((QuantIsa)isa),
+                                      quant_dequant_variant(type, (QuantIsa)isa) == qt->dequant_ref
+                                              ? "(scalar reference)"
+                                              : "bit-identical to the reference on random blocks");
+                }
+        }
+}
+
+/* F16 and BF16: every one of the 65536 bit patterns (NaN payloads included). */
+static void test_dequant_all_halves(void **state) {
+        static const uint32_t types[] = { GGML_TYPE_F16, GGML_TYPE_BF16 };
+        uint16_t *h = xmalloc(65536 * sizeof(uint16_t));
+        for (uint32_t i = 0; i < 65536; i++)
+                h[i] = (uint16_t)i;
+        for (size_t k = 0; k < 2; k++)
+                for (int isa = 0; isa < QUANT_ISA_COUNT_; isa++)
+                        if (quant_isa_supported((QuantIsa)isa))
+                                check_dequant(types[k], (QuantIsa)isa, (const uint8_t *)h, 65536, "all 65536 halves");
+        free(h);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Dequantizers: every variant against ggml's own output (quant-zoo.gguf). */
+
+static const char *fixture_dir(void) {
+        const char *d = getenv("FIXTURES");
+        return d && *d ? d : "../shared/fixtures";
+}
+
+static void test_dequant_zoo(void **state) {
+        char path[4096];
+        GGUFError err = { "" };
+        GGUFFile *f = NULL;
+        snprintf(path, sizeof(path), "%s/quant-zoo.gguf", fixture_dir());
+        if (access(path, R_OK) < 0) {
+                const char *ci = getenv("CI");
+                if (ci && strcmp(ci, "true") == 0)
+                        fail_msg("fixture %s missing (CI=true: a missing fixture is a failure)", path);
+                fprintf(stderr, "\n*** SKIPPED: fixture %s is missing (set FIXTURES=dir) ***\n\n", path);
+                skip();
+                return;
+        }
+        assert_int_equal(gguf_open(path, &err, &f), 0);
+        for (size_t k = 0; k < N_TYPES; k++) {
+                const QuantTraits *qt = quant_traits(all_types[k]);
+                char name[64];
+                snprintf(name, sizeof(name), "zoo.%s", qt->name);
+                const GGUFTensor *q = gguf_find_tensor(f, name);
+                snprintf(name, sizeof(name), "zoo.%s.f32", qt->name);
+                const GGUFTensor *ref = gguf_find_tensor(f, name);
+                if (!q || !ref)
+                        continue; /* no F32 twin of F32 */
+                const int64_t n = (int64_t)q->n_elements;
+                float *got = xmalloc((size_t)n * sizeof(float));
+                for (int isa = 0; isa < QUANT_ISA_COUNT_; isa++) {
+                        if (!quant_isa_supported((QuantIsa)isa))
+                                continue;
+                        /* the whole tensor in one call: rows are whole blocks back to back */
+                        quant_dequant_variant(all_types[k], (QuantIsa)isa)(q->data, got, n);
+                        const int64_t bad = first_diff(got, ref->data, n);
+                        if (bad >= 0)
+                                fail_msg("zoo.%s %s: weight %lld is 0x%08x, ggml says 0x%08x", qt->name,
+                                         quant_isa_name((QuantIsa)isa), (long long)bad, float_bits(got[bad]),
+                                         float_bits(((const float *)ref->data)[bad]));
+                        print_message("ok   zoo.%-5s %-6s %lld weights bit-identical to ggml\n", qt->name,
+                                      quant_isa_name((QuantIsa)isa), (long long)n);
+                }
+                free(got);
+        }
+        gguf_close(f);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * dot_f32: each SIMD variant against a scalar emulation of its documented order
+ * (quant_simd.c, DOT_ORDER): vector v of `lanes` floats into accumulator v % 4 by FMA,
+ * partial last vector on its lanes only, ((a0 + a1) + (a2 + a3)), then halving. */
+
+static float emulate_dot(const float *a, const float *b, int64_t n, int lanes) {
+        float acc[4][16] = { { 0 } };
+        for (int64_t i = 0; i < n; i++) {
+                const int64_t v = i / lanes;
+                acc[v % 4][i % lanes] = fmaf(a[i], b[i], acc[v % 4][i % lanes]);
+        }
+        float s[16];
+        for (int l = 0; l < lanes; l++)
+                s[l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+        for (int w = lanes / 2; w >= 2; w /= 2)
+                for (int l = 0; l < w; l++)
+                        s[l] = s[l] + s[l + w];
+        return s[0] + s[1];
+}
+
+static void test_dot_f32_variants(void **state) {
+        const int64_t max_n = 20000;
+        float *a = xmalloc((size_t)(max_n + 16) * sizeof(float)), *b = xmalloc((size_t)(max_n + 16) * sizeof(float));
+        uint64_t seed = 7;
+        for (int64_t i = 0; i < max_n + 16; i++) {
+                a[i] = rng_float(&seed);
+                b[i] = rng_float(&seed) * 100.0f;
+        }
+        static const int64_t sizes[] = { 0, 1, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 100, 127, 128, 129, 255, 256,
+                                         257, 300, 1000, 4095, 4096, 4097, 14336, 16384, 20000 };
+        for (int isa = 0; isa < QUANT_ISA_COUNT_; isa++) {
+                if (!quant_isa_supported((QuantIsa)isa))
+                        continue;
+                DotF32Fn dot = quant_dot_f32_variant((QuantIsa)isa);
+                for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+                        const int64_t n = sizes[k];
+                        for (int off = 0; off < 3; off++) {
+                                const float got = dot(a + off, b + 2 * off, n);
+                                double ref = 0, mag = 0;
+                                for (int64_t i = 0; i < n; i++) {
+                                        ref += (double)a[i + off] * b[i + 2 * off];
+                                        mag += fabs((double)a[i + off] * b[i + 2 * off]);
+                                }
+                                if (!(fabs(got - ref) <= 1e-5 * mag))
+                                        fail_msg("dot_f32 %s n=%lld: %.9g, exact %.9g", quant_isa_name((QuantIsa)isa),
+                                                 (long long)n, got, ref);
+                                if (isa != QUANT_ISA_SCALAR) {
+                                        const float want = emulate_dot(a + off, b + 2 * off, n, isa == QUANT_ISA_AVX512 ? 16 : 8);
+                                        if (float_bits(got) != float_bits(want))
+                                                fail_msg("dot_f32 %s n=%lld offset %d: 0x%08x, documented order gives 0x%08x",
+                                                         quant_isa_name((QuantIsa)isa), (long long)n, off, float_bits(got),
+                                                         float_bits(want));
+                                }
+                        }
+                }
+                print_message("ok   dot_f32 %-6s %s\n", quant_isa_name((QuantIsa)isa),
+                              isa == QUANT_ISA_SCALAR ? "within 1e-5 of exact" : "bit-identical to its documented order");
+        }
+        /* The dispatched one is the best variant. */
+        assert_int_equal(float_bits(dot_f32(a, b, 4096)), float_bits(quant_dot_f32_variant(quant_best_isa())(a, b, 4096)));
+        free(a);
+        free(b);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Fused dequantize + dot against dequantize (reference) then dot_f32 of the same isa, for
+ * 1..5 rows and 1..16 tokens (every tile shape and remainder the kernels have). */
+
+static void test_dot_rows_variants(void **state) {
+        const int64_t T_max = 16, R_max = 5, pad = 5, sentinel_os = R_max + 2;
+        for (size_t k = 0; k < N_TYPES; k++) {
+                const uint32_t type = all_types[k];
+                const QuantTraits *qt = quant_traits(type);
+                for (int isa = 1; isa < QUANT_ISA_COUNT_; isa++) {
+                        DotRowsFn fused = quant_dot_rows_variant(type, (QuantIsa)isa);
+                        if (!fused)
+                                continue;
+                        DotF32Fn dot = quant_dot_f32_variant((QuantIsa)isa);
+                        uint64_t seed = 0x66757365ull + 977 * type + (uint64_t)isa;
+                        const int64_t bs = qt->block_size;
+                        const int64_t sizes[] = { bs, 2 * bs, 3 * bs, 5 * bs, 4096 + 3 * bs, 14336 };
+                        int n_checked = 0;
+                        for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+                                const int64_t n = sizes[s], xs = n + pad;
+                                size_t bytes;
+                                uint8_t *rows = random_row(type, n * R_max, &seed, &bytes);
+                                const uint64_t rb = bytes / (uint64_t)R_max;
+                                float *w = xmalloc((size_t)(n * R_max) * sizeof(float));
+                                float *x = xmalloc((size_t)(T_max * xs) * sizeof(float));
+                                float *out = xmalloc((size_t)(T_max * sentinel_os) * sizeof(float));
+                                for (int64_t i = 0; i < T_max * xs; i++)
+                                        x[i] = rng_float(&seed);
+                                qt->dequant_ref(rows, w, n * R_max);
+                                static const int64_t Ts[] = { 1, 2, 3, 4, 5, 7, 8, 16 };
+                                for (int64_t R = 1; R <= R_max; R++) {
+                                        for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++) {
+                                                const int64_t T = Ts[ti];
+                                                if (n > 4096 && R != 3 && T != 16 && T != 1)
+                                                        continue; /* the long rows: fewer shapes */
+                                                for (int64_t i = 0; i < T_max * sentinel_os; i++)
+                                                        out[i] = -12345.0f;
+                                                fused(rows, rb, R, x, xs, T, out, sentinel_os, n);
+                                                for (int64_t t = 0; t < T_max; t++) {
+                                                        for (int64_t r = 0; r < sentinel_os; r++) {
+                                                                const float got = out[t * sentinel_os + r];
+                                                                if (t >= T || r >= R) {
+                                                                        if (got != -12345.0f)
+                                                                                fail_msg("%s %s fused dot R=%lld T=%lld wrote out[%lld][%lld]",
+                                                                                         qt->name, quant_isa_name((QuantIsa)isa), (long long)R,
+                                                                                         (long long)T, (long long)t, (long long)r);
+                                                                        continue;
+                                                                }
+                                                                const float want = dot(w + r * n, x + t * xs, n);
+                                                                if (float_bits(got) != float_bits(want))
+                                                                        fail_msg("%s %s fused dot n=%lld R=%lld T=%lld row %lld token %lld: "
+                                                                                 "%.9g (0x%08x), dequantize+dot_f32 %.9g (0x%08x)",
+                                                                                 qt->name, quant_isa_name((QuantIsa)isa), (long long)n,
+                                                                                 (long long)R, (long long)T, (long long)r, (long long)t, got,
+                                                                                 float_bits(got), want, float_bits(want));
+                                                                n_checked++;
+                                                        }
+                                                }
+                                        }
+                                }
+                                free(rows);
+                                free(w);
+                                free(x);
+                                free(out);
+                        }
+                        print_message("ok   %-5s %-6s fused dot bit-identical to dequantize+dot_f32 (%d dots, R 1..5, T 1..16)\n",
+                                      qt->name, quant_isa_name((QuantIsa)isa), n_checked);
+                }
+        }
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_selection),
+                cmocka_unit_test(test_dequant_random),
+                cmocka_unit_test(test_dequant_all_halves),
+                cmocka_unit_test(test_dequant_zoo),
+                cmocka_unit_test(test_dot_f32_variants),
+                cmocka_unit_test(test_dot_rows_variants),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
