@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "engine_limits.h"
 #include "model.h"
+#include "ops.h"
 #include "pool.h"
 #include "generate.h"
 #include "sample.h"
@@ -466,18 +467,6 @@ out:
 
 /* ---------------------------------------------------------------- perplexity */
 
-/* -log softmax(logits)[target], in double. */
-static double nll(const float *logits, uint32_t n, int32_t target) {
-        float max = logits[0];
-        for (uint32_t i = 1; i < n; i++)
-                if (logits[i] > max)
-                        max = logits[i];
-        double sum = 0.0;
-        for (uint32_t i = 0; i < n; i++)
-                sum += exp((double)logits[i] - max);
-        return log(sum) - ((double)logits[target] - max);
-}
-
 typedef struct PplState {
         const int32_t *chunk;   /* this chunk's tokens */
         int64_t first_scored;   /* position whose logits predict the first scored token */
@@ -492,7 +481,7 @@ static int ppl_on_logits(void *userdata, int64_t pos, const float *logits) {
         if (cli_interrupted)
                 return -ECANCELED;
         if (pos >= st->first_scored && pos < st->n_ctx - 1) {
-                st->nll_sum += nll(logits, st->n_vocab, st->chunk[pos + 1]);
+                st->nll_sum -= log_softmax_at(logits, st->n_vocab, st->chunk[pos + 1]);
                 st->n_scored++;
         }
         return 0;

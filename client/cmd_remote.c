@@ -279,52 +279,6 @@ int cmd_generate_remote(int argc, char **argv) {
         return ex;
 }
 
-int cmd_tokenize_remote(int argc, char **argv) {
-        static const struct option longopts[] = { REMOTE_LONG_OPTS, { "no-bos", no_argument, NULL, OPT_NO_BOS }, { 0 } };
-        RemoteOpts ro = { 0 };
-        int add_bos = 1, c, ex;
-        optind = 1;
-        while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-                if (parse_remote_opt(c, optarg, &ro))
-                        continue;
-                if (c == OPT_NO_BOS) {
-                        add_bos = 0;
-                } else if (c == 'h') {
-                        printf("usage: mixctl tokenize [-m MODEL] [--no-bos] < text\n" REMOTE_OPTS_HELP);
-                        return EXIT_OK;
-                } else {
-                        return EXIT_USAGE;
-                }
-        }
-        if (optind != argc) {
-                cli_error("tokenize reads its text from stdin; unexpected argument '%s'", argv[optind]);
-                return EXIT_USAGE;
-        }
-        char *text;
-        size_t len;
-        if ((ex = read_prompt(argc, argv, argc, &text, &len)))
-                return ex;
-        Remote rc;
-        Request req;
-        Reply rep;
-        if ((ex = remote_connect(&rc, ro.socket)) == 0) {
-                request_init(&req, PROTO_OP_TOKENIZE, 0);
-                req.tokenize.text = text;
-                req.tokenize.text_len = len;
-                req.tokenize.add_bos = add_bos;
-                text = NULL;
-                if ((ex = remote_call(&rc, &req, &rep)) == 0) {
-                        print_json(stdout, proto_map_get(&rep.root, "tokens"));
-                        fputc('\n', stdout);
-                        reply_free(&rep);
-                }
-                request_free(&req);
-        }
-        free(text);
-        remote_close(&rc);
-        return ex;
-}
-
 /* A command that sends one field-less request and prints the reply. */
 typedef void (*PrintFn)(const Reply *rep);
 
@@ -525,7 +479,10 @@ int cmd_session(int argc, char **argv) {
         return ex;
 }
 
-int cmd_score(int argc, char **argv) {
+/* tokenize and score: a text (argument when allowed, else stdin) and --no-bos. */
+typedef void (*TextPrintFn)(const Reply *rep);
+
+static int text_command(int argc, char **argv, ProtoOp op, const char *usage, int arg_allowed, TextPrintFn print) {
         static const struct option longopts[] = { REMOTE_LONG_OPTS, { "no-bos", no_argument, NULL, OPT_NO_BOS }, { 0 } };
         RemoteOpts ro = { 0 };
         int add_bos = 1, c, ex;
@@ -536,37 +493,32 @@ int cmd_score(int argc, char **argv) {
                 if (c == OPT_NO_BOS) {
                         add_bos = 0;
                 } else if (c == 'h') {
-                        printf("usage: mixctl score [--no-bos] [\"text\"]\n"
-                               "Per-token log probabilities of the text (argument, else stdin) under the model,\n"
-                               "as one JSON object: tokens, logprobs (of tokens[1..]), total_logprob, perplexity.\n"
-                               REMOTE_OPTS_HELP);
+                        printf("%s\n" REMOTE_OPTS_HELP "  --no-bos             do not add the BOS token\n", usage);
                         return EXIT_OK;
                 } else {
                         return EXIT_USAGE;
                 }
         }
+        if (!arg_allowed && optind != argc) {
+                cli_error("this command reads its text from stdin; unexpected argument '%s'", argv[optind]);
+                return EXIT_USAGE;
+        }
         char *text;
         size_t len;
-        if ((ex = read_prompt(argc, argv, optind, &text, &len)))
+        if ((ex = read_prompt(argc, argv, arg_allowed ? optind : argc, &text, &len)))
                 return ex;
         Remote rc;
         Request req;
         Reply rep;
         if ((ex = remote_connect(&rc, ro.socket)) == 0) {
-                request_init(&req, PROTO_OP_SCORE, 0);
-                req.score.text = text;
-                req.score.text_len = len;
-                req.score.add_bos = add_bos;
+                request_init(&req, op, 0);
+                TextRequest *t = op == PROTO_OP_SCORE ? &req.score : &req.tokenize;
+                t->text = text;
+                t->text_len = len;
+                t->add_bos = add_bos;
                 text = NULL;
                 if ((ex = remote_call(&rc, &req, &rep)) == 0) {
-                        const msgpack_object *lp = proto_map_get(&rep.root, "logprobs");
-                        const double total = get_d(&rep, "total_logprob");
-                        const uint32_t n = lp && lp->type == MSGPACK_OBJECT_ARRAY ? lp->via.array.size : 0;
-                        fputs("{\"tokens\":", stdout);
-                        print_json(stdout, proto_map_get(&rep.root, "tokens"));
-                        fputs(",\"logprobs\":", stdout);
-                        print_json(stdout, lp);
-                        printf(",\"total_logprob\":%.9g,\"perplexity\":%.9g}\n", total, n ? exp(-total / n) : 1.0);
+                        print(&rep);
                         reply_free(&rep);
                 }
                 request_free(&req);
@@ -574,6 +526,34 @@ int cmd_score(int argc, char **argv) {
         free(text);
         remote_close(&rc);
         return ex;
+}
+
+static void print_tokens(const Reply *rep) {
+        print_json(stdout, proto_map_get(&rep->root, "tokens"));
+        fputc('\n', stdout);
+}
+
+static void print_score(const Reply *rep) {
+        const msgpack_object *lp = proto_map_get(&rep->root, "logprobs");
+        const double total = get_d(rep, "total_logprob");
+        const uint32_t n = lp && lp->type == MSGPACK_OBJECT_ARRAY ? lp->via.array.size : 0;
+        fputs("{\"tokens\":", stdout);
+        print_json(stdout, proto_map_get(&rep->root, "tokens"));
+        fputs(",\"logprobs\":", stdout);
+        print_json(stdout, lp);
+        printf(",\"total_logprob\":%.9g,\"perplexity\":%.9g}\n", total, n ? exp(-total / n) : 1.0);
+}
+
+int cmd_tokenize_remote(int argc, char **argv) {
+        return text_command(argc, argv, PROTO_OP_TOKENIZE, "usage: mixctl tokenize [-m MODEL] [--no-bos] < text\n"
+                            "Prints the token ids of stdin (read verbatim) as one JSON array.", 0, print_tokens);
+}
+
+int cmd_score(int argc, char **argv) {
+        return text_command(argc, argv, PROTO_OP_SCORE, "usage: mixctl score [--no-bos] [\"text\"]\n"
+                            "Per-token log probabilities of the text (argument, else stdin) under the model,\n"
+                            "as one JSON object: tokens, logprobs (of tokens[1..]), total_logprob, perplexity.",
+                            1, print_score);
 }
 
 /* ------------------------------------------------------------------ chat */

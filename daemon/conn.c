@@ -47,11 +47,7 @@ void conn_close(Conn *c) {
         /* its requests stop at their next step (a generation ends at the next token) */
         for (Job *j = srv->jobs; j; j = j->next)
                 if (j->conn_id == c->id) {
-                        __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
-                        if (j->backpressured) {
-                                j->backpressured = false;
-                                sched_set_paused(&srv->sched, &j->sj, false);
-                        }
+                        job_cancel(srv, j);
                 }
         uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
 }

@@ -165,6 +165,11 @@ static void op_session_close(Conn *c, const Request *req) {
                             session_error_text(c->srv, r, req->session_close.session));
                 return;
         }
+        /* a request still running on it stops at its next token */
+        for (Job *j = c->srv->jobs; j; j = j->next)
+                if (j->ds == ds) {
+                        job_cancel(c->srv, j);
+                }
         sessions_close(&c->srv->sessions, ds);
         ProtoOut o;
         proto_out_init(&o);
@@ -201,11 +206,7 @@ static void op_session_list(Conn *c, const Request *req) {
 static void op_cancel(Conn *c, const Request *req) {
         for (Job *j = c->srv->jobs; j; j = j->next)
                 if (j->conn_id == c->id && j->req.id == req->cancel.target) {
-                        __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
-                        if (j->backpressured) {
-                                j->backpressured = false;
-                                sched_set_paused(&c->srv->sched, &j->sj, false);
-                        }
+                        job_cancel(c->srv, j);
                         ProtoOut o;
                         proto_out_init(&o);
                         proto_out_ok(&o, req->id, 0);

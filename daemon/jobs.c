@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "ops.h"
 #include "tokenizer.h"
 
 static void emit(Job *j, ProtoOut *o) {
@@ -184,19 +185,6 @@ static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
 
 /* ------------------------------------------------------------------ score */
 
-/* log p(tokens[pos + 1]) from the logits at pos. */
-static float next_token_logprob(const Job *j, size_t pos, const float *logits) {
-        const uint32_t V = j->srv->m->cfg.n_vocab;
-        float max = logits[0];
-        for (uint32_t i = 1; i < V; i++)
-                if (logits[i] > max)
-                        max = logits[i];
-        double sum = 0.0;
-        for (uint32_t i = 0; i < V; i++)
-                sum += exp((double)logits[i] - max);
-        return (float)((double)logits[j->tokens[pos + 1]] - max - log(sum));
-}
-
 static int score_begin_round(SchedJob *sj, Forward *fw, uint32_t max_rows, ForwardItem *item) {
         Job *j = (Job *)sj;
         const TextRequest *t = &j->req.score;
@@ -242,7 +230,7 @@ static int score_end_round(SchedJob *sj, Forward *fw, int err) {
         const size_t V = j->srv->m->cfg.n_vocab;
         for (uint32_t t = 0; t < j->fed; t++)
                 if (j->n_scored + t + 1 < j->n_tokens)
-                        j->logprobs[j->n_scored + t] = next_token_logprob(j, j->n_scored + t, j->chunk_logits + t * V);
+                        j->logprobs[j->n_scored + t] = (float)log_softmax_at(j->chunk_logits + t * V, (uint32_t)V, j->tokens[j->n_scored + t + 1]);
         j->n_scored += j->fed;
         if (j->n_scored < j->n_tokens)
                 return 1;
@@ -352,6 +340,14 @@ Job *job_new(Server *srv, Conn *c, JobKind kind, Request *req) {
         j->sj.done = job_finished;
         j->deadline_ms = now_ms() + srv->cfg->request_timeout * 1000;
         return j;
+}
+
+void job_cancel(Server *srv, Job *j) {
+        __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
+        if (j->backpressured) { /* it must run to see the flag */
+                j->backpressured = false;
+                sched_set_paused(&srv->sched, &j->sj, false);
+        }
 }
 
 void job_free(Job *j) {

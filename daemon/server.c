@@ -127,11 +127,7 @@ static void on_housekeeping(uv_timer_t *h) {
         for (Job *j = srv->jobs; j; j = j->next)
                 if (t > j->deadline_ms && !__atomic_load_n(&j->cancel, __ATOMIC_RELAXED)) {
                         log_notice("request %llu exceeded the request timeout; cancelling", (unsigned long long)j->req.id);
-                        __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
-                        if (j->backpressured) {
-                                j->backpressured = false;
-                                sched_set_paused(&srv->sched, &j->sj, false);
-                        }
+                        job_cancel(srv, j);
                 }
         report_guard(srv);
         const uint64_t window = __atomic_exchange_n(&srv->tokens_window, 0, __ATOMIC_RELAXED);
@@ -161,11 +157,7 @@ void server_begin_shutdown(Server *srv, const char *why) {
         }
         /* in-flight work stops at its next step; each finished job comes back here */
         for (Job *j = srv->jobs; j; j = j->next) {
-                __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
-                if (j->backpressured) {
-                        j->backpressured = false;
-                        sched_set_paused(&srv->sched, &j->sj, false);
-                }
+                job_cancel(srv, j);
         }
         if (srv->n_jobs > 0)
                 return;
@@ -309,11 +301,7 @@ static void begin_reload(Server *srv) {
         srv->reloading = true;
         log_notice("reloading: in-flight requests are cancelled, sessions of the old model are closed");
         for (Job *j = srv->jobs; j; j = j->next) {
-                __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
-                if (j->backpressured) {
-                        j->backpressured = false;
-                        sched_set_paused(&srv->sched, &j->sj, false);
-                }
+                job_cancel(srv, j);
         }
         if (srv->n_jobs == 0)
                 finish_reload(srv);

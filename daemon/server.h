@@ -139,3 +139,5 @@ void reply_error(Conn *c, uint64_t id, const char *code, const char *fmt, ...) _
 /* jobs.c */
 Job *job_new(Server *srv, Conn *c, JobKind kind, Request *req);
 void job_free(Job *j);
+/* Ask a job to stop at its next round (loop thread). */
+void job_cancel(Server *srv, Job *j);
