@@ -50,6 +50,12 @@ struct Forward {
         const NumaPlan *numa;     /* borrowed; NULL: any thread runs any expert */
 };
 
+/* Scratch rows start on cache lines: the SIMD dot products run at full speed only on
+ * 32/64-byte aligned data (their order, and so their results, never depend on it). */
+static void *alloc64(size_t bytes) {
+        return aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+
 int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *pool, Forward **ret_fw) {
         const ModelConfig *c = &m->cfg;
         if (max_rows == 0 || max_rows > FORWARD_MAX_CHUNK || max_slots == 0)
@@ -68,36 +74,36 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         fw->n_threads = pool_size(pool);
         fw->max_rows = max_rows;
         fw->max_slots = max_slots;
-        fw->inv_freq = malloc(c->head_dim / 2 * sizeof(double));
-        fw->row_item = malloc(T * sizeof(uint32_t));
-        fw->row_pos = malloc(T * sizeof(int64_t));
-        fw->item_row0 = malloc(T * sizeof(uint32_t));
-        fw->x = malloc(T * D * sizeof(float));
-        fw->xb = malloc(T * D * sizeof(float));
-        fw->q = malloc(T * Q * sizeof(float));
-        fw->k = malloc(T * KV * sizeof(float));
-        fw->v = malloc(T * KV * sizeof(float));
-        fw->att = malloc(T * Q * sizeof(float));
-        fw->router = malloc(T * E * sizeof(float));
-        fw->sel = malloc(T * K * sizeof(int32_t));
-        fw->sel_w = malloc(T * K * sizeof(float));
-        fw->rows = malloc(T * K * sizeof(int32_t));
-        fw->rows_slot = malloc(T * K * sizeof(int32_t));
-        fw->xe = malloc(T * D * sizeof(float));
-        fw->gate = malloc(T * FF * sizeof(float));
-        fw->up = malloc(T * FF * sizeof(float));
-        fw->eout = malloc(T * D * sizeof(float));
-        fw->moe = malloc(T * K * D * sizeof(float));
-        fw->logits = malloc(T * c->n_vocab * sizeof(float));
-        fw->logit_rows = malloc(T * sizeof(uint32_t));
+        fw->inv_freq = alloc64(c->head_dim / 2 * sizeof(double));
+        fw->row_item = alloc64(T * sizeof(uint32_t));
+        fw->row_pos = alloc64(T * sizeof(int64_t));
+        fw->item_row0 = alloc64(T * sizeof(uint32_t));
+        fw->x = alloc64(T * D * sizeof(float));
+        fw->xb = alloc64(T * D * sizeof(float));
+        fw->q = alloc64(T * Q * sizeof(float));
+        fw->k = alloc64(T * KV * sizeof(float));
+        fw->v = alloc64(T * KV * sizeof(float));
+        fw->att = alloc64(T * Q * sizeof(float));
+        fw->router = alloc64(T * E * sizeof(float));
+        fw->sel = alloc64(T * K * sizeof(int32_t));
+        fw->sel_w = alloc64(T * K * sizeof(float));
+        fw->rows = alloc64(T * K * sizeof(int32_t));
+        fw->rows_slot = alloc64(T * K * sizeof(int32_t));
+        fw->xe = alloc64(T * D * sizeof(float));
+        fw->gate = alloc64(T * FF * sizeof(float));
+        fw->up = alloc64(T * FF * sizeof(float));
+        fw->eout = alloc64(T * D * sizeof(float));
+        fw->moe = alloc64(T * K * D * sizeof(float));
+        fw->logits = alloc64(T * c->n_vocab * sizeof(float));
+        fw->logit_rows = alloc64(T * sizeof(uint32_t));
         fw->row_tmp = calloc(fw->n_threads, sizeof(float *));
         fw->scores = calloc(fw->n_threads, sizeof(float *));
         int ok = fw->inv_freq && fw->row_item && fw->row_pos && fw->item_row0 && fw->x && fw->xb && fw->q && fw->k &&
                  fw->v && fw->att && fw->router && fw->sel && fw->sel_w && fw->rows && fw->rows_slot && fw->xe &&
                  fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp && fw->scores;
         for (unsigned t = 0; ok && t < fw->n_threads; t++) {
-                fw->row_tmp[t] = malloc(widest * sizeof(float));
-                fw->scores[t] = malloc(((size_t)max_slots + T) * sizeof(float));
+                fw->row_tmp[t] = alloc64(widest * sizeof(float));
+                fw->scores[t] = alloc64(((size_t)max_slots + T) * sizeof(float));
                 ok = fw->row_tmp[t] && fw->scores[t];
         }
         if (!ok) {

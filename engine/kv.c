@@ -35,8 +35,8 @@ int kv_cache_new(uint32_t n_layer, uint32_t kv_dim, uint32_t window, uint32_t ca
                 return -ENOMEM;
         *c = (KVCache){ .n_layer = n_layer, .kv_dim = kv_dim, .n_sink = n_sink,
                         .n_roll = n_slots - n_sink, .n_slots = n_slots };
-        c->k = malloc(bytes / 2);
-        c->v = malloc(bytes / 2);
+        c->k = aligned_alloc(64, (bytes / 2 + 63) / 64 * 64); /* rows on cache lines: fast SIMD dots */
+        c->v = aligned_alloc(64, (bytes / 2 + 63) / 64 * 64);
         if (!c->k || !c->v) {
                 kv_cache_free(c);
                 return -ENOMEM;
