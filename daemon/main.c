@@ -1,6 +1,7 @@
 /* daemon/main.c — mixd's entry point: settings (config file, then flags), then the server.
  * Main thread. */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,10 @@ int main(int argc, char **argv) {
         const char *config_path = NULL;
         int r;
 
+        /* Session buffers (KV caches, logits) are large and come and go with clients: keep them
+         * in their own mappings so freeing one returns its memory. glibc otherwise raises the
+         * threshold after the first large free and RSS drifts with heap fragmentation. */
+        mallopt(M_MMAP_THRESHOLD, 64 * 1024);
         config_defaults(&cfg);
         for (int i = 1; i < argc; i++) {
                 if (!strcmp(argv[i], "--config") && i + 1 < argc)
