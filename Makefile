@@ -84,6 +84,7 @@ run: deps
 
 test: deps
 	$(MAKE) MODE=asan all unit
+	$(MAKE) MODE=tsan all
 	$(MAKE) MODE=rel all
 	FIXTURES=$(FIXTURES) PYTHON=$(PYTHON) bash tests/run.sh
 
@@ -151,10 +152,12 @@ deb:
 # tools/bench/bench.py (e.g. BENCH_ARGS="--repeat 5 --no-daemon").
 BENCH_BIN := build/bench
 .PHONY: bench
+# Build output goes to stderr, so `make bench > report.json` keeps stdout pure JSON.
 bench: deps
-	$(MAKE) MODE=rel all
+	@$(MAKE) --no-print-directory MODE=rel all >&2
 	@mkdir -p $(BENCH_BIN)
-	$(CC) -std=gnu17 -O2 -Wall -Wextra -Werror -pthread -o $(BENCH_BIN)/membw tools/bench/membw.c
-	$(CC) -std=gnu17 -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/sgemm tools/bench/sgemm.c -lopenblas
-	$(PYTHON) tools/bench/bench.py --bin build/rel --bench-bin $(BENCH_BIN) \
+	@echo "building $(BENCH_BIN)/membw $(BENCH_BIN)/sgemm" >&2
+	@$(CC) -std=gnu17 -O2 -Wall -Wextra -Werror -pthread -o $(BENCH_BIN)/membw tools/bench/membw.c >&2
+	@$(CC) -std=gnu17 -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/sgemm tools/bench/sgemm.c -lopenblas >&2
+	@$(PYTHON) tools/bench/bench.py --bin build/rel --bench-bin $(BENCH_BIN) \
 	  $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL)) $(BENCH_ARGS)

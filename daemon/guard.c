@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 static uintptr_t guard_base, guard_end; /* the armed range */
-static volatile sig_atomic_t tripped;
+static int tripped; /* atomic: set by any thread's handler */
 static long page_size;
 
 static void on_sigbus(int sig, siginfo_t *si, void *uctx) {
@@ -21,7 +21,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx) {
                 void *page = (void *)(a & ~((uintptr_t)page_size - 1));
                 /* mmap is a plain system call here: safe enough in a handler */
                 if (mmap(page, (size_t)page_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
-                        tripped = 1;
+                        __atomic_store_n(&tripped, 1, __ATOMIC_RELEASE);
                         return; /* the load is retried and reads zeros */
                 }
         }
@@ -43,9 +43,9 @@ int guard_install(void) {
 void guard_arm(const void *base, size_t size) {
         __atomic_store_n(&guard_base, (uintptr_t)base, __ATOMIC_RELEASE);
         __atomic_store_n(&guard_end, (uintptr_t)base + size, __ATOMIC_RELEASE);
-        tripped = 0;
+        __atomic_store_n(&tripped, 0, __ATOMIC_RELEASE);
 }
 
 bool guard_tripped(void) {
-        return tripped != 0;
+        return __atomic_load_n(&tripped, __ATOMIC_ACQUIRE) != 0;
 }

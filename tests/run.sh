@@ -60,6 +60,13 @@ run "systemd notify and activation" "$PYTHON" tests/service/test_notify.py "$ASA
 run "daemon restarts, state files, reload" "$PYTHON" tests/lifecycle/test_lifecycle.py "$ASAN/mixd" "$ASAN/mixctl"
 run "soak: 16 clients x 10 requests" "$PYTHON" tests/soak/soak.py "$ASAN/mixd" --clients 16 --requests 10
 
+# 2b. the threaded parts under ThreadSanitizer (the daemon's loop, engine thread and pool)
+TSAN=build/tsan
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=0:suppressions=$PWD/tests/tsan.supp}
+run "TSan: restarts, state files, reload" env MIXD_TEST_TSAN=1 "$PYTHON" tests/lifecycle/test_lifecycle.py "$TSAN/mixd" "$TSAN/mixctl"
+run "TSan: frames, disconnects, sessions, cancel" "$PYTHON" tests/daemon/test_daemon.py "$TSAN/mixd" "$TSAN/mixctl" --quick --only 2,3,5,7
+run "TSan: soak 8 clients x 5 requests" "$PYTHON" tests/soak/soak.py "$TSAN/mixd" --clients 8 --requests 5
+
 # 3. numerics against the fixtures' oracles
 if have_fixtures; then
         F=$FIXTURES/tiny-moe-shakespeare

@@ -46,7 +46,7 @@ import msgpack
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 MODEL = os.path.join(ROOT, "models", "tiny-moe-q4_k_m.gguf")
-SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "runtime error", "LeakSanitizer")
+SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "runtime error", "LeakSanitizer", "WARNING: ThreadSanitizer")
 NOBODY = 65534
 IO_TIMEOUT = 300.0          # seconds any single socket read may block (sanitizer builds are slow)
 

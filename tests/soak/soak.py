@@ -151,7 +151,7 @@ def main():
     rc = proc.wait(timeout=60)
     log.seek(0)
     text = log.read()
-    sanitizer = any(k in text for k in ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer"))
+    sanitizer = any(k in text for k in ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer", "WARNING: ThreadSanitizer"))
 
     total = a.clients * a.requests
     drift = (rss_end - rss_warm) / rss_warm * 100 if rss_warm else 0.0
