@@ -143,14 +143,21 @@ static void emit_batch_error(Job *j, int err) {
                 emit_error(j, "internal", "forward pass failed: %s", strerror(-err));
 }
 
-static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
-        Job *j = (Job *)sj;
+/* The job already answered, or the round's batch failed (then it answers now). */
+static bool round_failed(Job *j, int err) {
         if (j->failed)
-                return 0;
+                return true;
         if (err < 0) {
                 emit_batch_error(j, err);
-                return 0;
+                return true;
         }
+        return false;
+}
+
+static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
+        Job *j = (Job *)sj;
+        if (round_failed(j, err))
+                return 0;
         GenEvent ev;
         int r = generation_after(&j->gen, j->fed, &ev);
         if (r < 0) {
@@ -217,12 +224,8 @@ static int score_begin_round(SchedJob *sj, Forward *fw, uint32_t max_rows, Forwa
 
 static int score_end_round(SchedJob *sj, Forward *fw, int err) {
         Job *j = (Job *)sj;
-        if (j->failed)
+        if (round_failed(j, err))
                 return 0;
-        if (err < 0) {
-                emit_batch_error(j, err);
-                return 0;
-        }
         if (cancelled(j)) {
                 emit_error(j, "cancelled", "request cancelled");
                 return 0;
