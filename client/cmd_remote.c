@@ -144,6 +144,14 @@ static int stream_generation(Remote *rc, Request *req, int json, int show_stats)
                         reply_free(&rep);
                         continue;
                 }
+                if (rep.kind == REPLY_EVENT && proto_str_eq(rep.event_name, "progress") && waiting) {
+                        uint64_t done = 0, total = 0;
+                        proto_obj_uint(proto_map_get(&rep.root, "done"), &done);
+                        proto_obj_uint(proto_map_get(&rep.root, "total"), &total);
+                        fprintf(stderr, "\rprefill %llu/%llu tokens", (unsigned long long)done, (unsigned long long)total);
+                        reply_free(&rep);
+                        continue;
+                }
                 if (waiting && (rep.kind != REPLY_EVENT || rep.event != REPLY_EVENT_OTHER)) {
                         fputs("\r\033[K", stderr);
                         waiting = 0;

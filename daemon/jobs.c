@@ -166,6 +166,17 @@ static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
         }
         if (!ev.prefilling && !j->t_prefill_ms)
                 j->t_prefill_ms = now_ms();
+        if (ev.prefilling && ev.prompt_total > DAEMON_PREFILL_CHUNK) {
+                /* a long prompt: {"id", "event": "progress", "done", "total"} after each round */
+                ProtoOut o;
+                proto_out_init(&o);
+                proto_out_map(&o, 4);
+                proto_out_kv_uint(&o, "id", j->req.id);
+                proto_out_kv_str(&o, "event", "progress");
+                proto_out_kv_uint(&o, "done", ev.prompt_done);
+                proto_out_kv_uint(&o, "total", ev.prompt_total);
+                emit(j, &o);
+        }
         if (ev.has_token || ev.text_len > 0) {
                 if (ev.has_token)
                         __atomic_fetch_add(&j->srv->tokens_window, 1, __ATOMIC_RELAXED);
