@@ -21,6 +21,7 @@ static const struct {
         { "shutdown", cmd_shutdown, "stop the daemon (root or the admin group)" },
         { "logits", cmd_logits, "print raw logits for given token ids (in-process, -m)" },
         { "perplexity", cmd_perplexity, "perplexity of a text file (in-process, -m)" },
+        { "bench", cmd_bench, "prefill and decode tokens/s of a model (in-process, -m)" },
 };
 
 /* generate and tokenize run in-process with -m MODEL, else through the daemon. */

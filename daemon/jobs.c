@@ -15,11 +15,16 @@
 #include "ops.h"
 #include "tokenizer.h"
 
-static void emit(Job *j, ProtoOut *o) {
+/* Queue a frame for the job's client. last: the frame that ends the request (done event,
+ * final reply or error): the loop releases the job's session as it sends it, so a client
+ * that reacts to it at once finds the session free. Nothing touches the session after it. */
+static void emit(Job *j, ProtoOut *o, bool last) {
         uint8_t *frame;
         size_t len;
         if (proto_out_frame(o, &frame, &len) == 0)
-                outbox_push(j->srv, j->conn_id, j, frame, len);
+                outbox_push(j->srv, j->conn_id, j, frame, len, last);
+        else if (last)
+                outbox_push(j->srv, j->conn_id, j, NULL, 0, true);
         proto_out_done(o);
 }
 
@@ -33,7 +38,7 @@ static void emit_error(Job *j, const char *code, const char *fmt, ...) {
         ProtoOut o;
         proto_out_init(&o);
         proto_out_error(&o, &err);
-        emit(j, &o);
+        emit(j, &o, true);
 }
 
 static bool cancelled(Job *j) {
@@ -69,7 +74,7 @@ static void emit_done(Job *j) {
         ProtoOut o;
         proto_out_init(&o);
         proto_out_done_event(&o, &ev);
-        emit(j, &o);
+        emit(j, &o, true);
 }
 
 static int generate_begin(Job *j) {
@@ -175,7 +180,7 @@ static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
                 proto_out_kv_str(&o, "event", "progress");
                 proto_out_kv_uint(&o, "done", ev.prompt_done);
                 proto_out_kv_uint(&o, "total", ev.prompt_total);
-                emit(j, &o);
+                emit(j, &o, false);
         }
         if (ev.has_token || ev.text_len > 0) {
                 if (ev.has_token)
@@ -186,7 +191,7 @@ static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
                 ProtoOut o;
                 proto_out_init(&o);
                 proto_out_token_event(&o, &te);
-                emit(j, &o);
+                emit(j, &o, false);
         }
         if (r > 0)
                 return 1;
@@ -265,7 +270,7 @@ static int score_end_round(SchedJob *sj, Forward *fw, int err) {
                 total += j->logprobs[i];
         }
         proto_out_kv_double(&o, "total_logprob", total);
-        emit(j, &o);
+        emit(j, &o, true);
         return 0;
 }
 
@@ -288,7 +293,7 @@ static int tokenize_end_round(SchedJob *sj, Forward *fw, int err) {
         proto_out_array(&o, (uint32_t)j->n_tokens);
         for (size_t i = 0; i < j->n_tokens; i++)
                 proto_out_uint(&o, (uint64_t)j->tokens[i]);
-        emit(j, &o);
+        emit(j, &o, true);
         return 0;
 }
 
@@ -320,7 +325,7 @@ static int detokenize_end_round(SchedJob *sj, Forward *fw, int err) {
         proto_out_ok(&o, j->req.id, 1);
         proto_out_kv_strn(&o, "text", text, len);
         free(text);
-        emit(j, &o);
+        emit(j, &o, true);
         return 0;
 }
 

@@ -38,13 +38,13 @@ static void outbox_append(Server *srv, OutMsg *m) {
         uv_async_send(&srv->wakeup);
 }
 
-void outbox_push(Server *srv, uint64_t conn_id, Job *job, uint8_t *frame, size_t len) {
+void outbox_push(Server *srv, uint64_t conn_id, Job *job, uint8_t *frame, size_t len, bool last) {
         OutMsg *m = calloc(1, sizeof(*m));
         if (!m) {
-                free(frame); /* the client sees a gap; it still gets the done event */
+                free(frame); /* the client sees a gap; the session is released with the job */
                 return;
         }
-        *m = (OutMsg){ .conn_id = conn_id, .job = job, .frame = frame, .len = len };
+        *m = (OutMsg){ .conn_id = conn_id, .job = job, .frame = frame, .len = len, .last = last };
         outbox_append(srv, m);
 }
 
@@ -99,8 +99,12 @@ static void on_wakeup(uv_async_t *h) {
                 if (m->job_done) {
                         finish_job(srv, m->job); /* frees the job and the message in it */
                 } else {
+                        if (m->last && m->job && m->job->ds) {
+                                sessions_release(&srv->sessions, m->job->ds, now_ms());
+                                m->job->ds = NULL;
+                        }
                         Conn *c = conn_find(srv, m->conn_id);
-                        if (c) {
+                        if (c && m->frame) {
                                 conn_send(c, m->frame, m->len);
                                 m->frame = NULL;
                                 /* backpressure: a slow reader pauses its own generation */

@@ -43,6 +43,7 @@ typedef struct OutMsg {
         uint64_t conn_id;
         struct Job *job;            /* the job that produced it (for backpressure), or NULL */
         bool job_done;              /* the job has finished: release it */
+        bool last;                  /* the request's final frame: release its session now */
         uint8_t *frame;             /* owned encoded frame, or NULL */
         size_t len;
 } OutMsg;
@@ -122,7 +123,7 @@ uint64_t now_ms(void);
 int server_run(Config *cfg, const char *config_path, int argc, char **argv);
 void server_begin_shutdown(Server *srv, const char *why);
 /* Worker side: queue a frame for a connection (takes ownership of frame) / a finished job. */
-void outbox_push(Server *srv, uint64_t conn_id, Job *job, uint8_t *frame, size_t len);
+void outbox_push(Server *srv, uint64_t conn_id, Job *job, uint8_t *frame, size_t len, bool last);
 void outbox_job_done(Server *srv, Job *job);
 
 /* conn.c */

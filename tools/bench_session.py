@@ -43,7 +43,7 @@ class Client:
             n = struct.unpack(">I", self.buf[:4])[0]
             m = msgpack.unpackb(self.buf[4:4 + n], raw=False)
             self.buf = self.buf[4 + n:]
-            if m.get("event") == "token":
+            if m.get("event") in ("token", "progress"):
                 continue
             return m
 
@@ -81,16 +81,26 @@ def main():
                 time.sleep(0.05)
         sid = c.call("session.open")["session"]
         c.call("generate", session=sid, prompt="x" * 18, n_predict=1, temperature=0.0)
-        one_token(c, sid)  # warm-up
+        # warm-up on another session: touch every expert's pages (faulted in lazily from the mmap)
+        other = c.call("session.open")["session"]
+        c.call("generate", session=other, prompt="z" * 200, n_predict=16, temperature=0.8, seed=1)
+        c.call("session.close", session=other)
+        one_token(c, sid)
         short = [one_token(c, sid) for _ in range(a.repeats)]
         n_short = [s for s in c.call("session.list")["sessions"] if s["session"] == sid][0]["n_tokens"]
         print("feeding %d tokens of history..." % a.history, file=sys.stderr)
         c.call("generate", session=sid, prompt="y" * (a.history - n_short - 1), n_predict=1, temperature=0.0)
         long_ = [one_token(c, sid) for _ in range(a.repeats)]
         n_long = [s for s in c.call("session.list")["sessions"] if s["session"] == sid][0]["n_tokens"]
+        # short history again, on a fresh session, after the long run: a control for drift
+        sid2 = c.call("session.open")["session"]
+        c.call("generate", session=sid2, prompt="x" * 18, n_predict=1, temperature=0.0)
+        again = [one_token(c, sid2) for _ in range(a.repeats)]
         ms, ml = statistics.median(short), statistics.median(long_)
         print("one new token at %d tokens of history: %.1f ms (median of %d)" % (n_short, ms * 1000, a.repeats))
         print("one new token at %d tokens of history: %.1f ms (median of %d)" % (n_long, ml * 1000, a.repeats))
+        print("again at short history on a new session: %.1f ms (median of %d)" % (statistics.median(again) * 1000,
+                                                                                 a.repeats))
         print("ratio %.3f (within 10%%: %s)" % (ml / ms, "yes" if ml / ms <= 1.10 else "no"))
     finally:
         d.terminate()

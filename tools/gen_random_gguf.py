@@ -30,6 +30,7 @@ Example (Mixtral 8x7B shapes, 1 layer, Q4_K):
 
 import argparse
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -266,6 +267,17 @@ def tensor_plan(a):
     plan.append(("output_norm.weight", [a.n_embd], g.GGML_TYPE_F32, "norm"))
     if not a.tied:
         plan.append(("output.weight", [a.n_embd, a.n_vocab], a.type_output_id, "weight"))
+    if a.tensor_type_ids:
+        # --tensor-type overrides of 2-D/3-D weights (router and norms stay F32);
+        # the first matching pattern wins
+        def override(name, t):
+            for pat, tid in a.tensor_type_ids:
+                if pat.search(name):
+                    return tid
+            return t
+        plan = [(n, ne, override(n, t) if (kind == "weight" and len(ne) > 1
+                                            and "ffn_gate_inp" not in n) else t, kind)
+                for n, ne, t, kind in plan]
     return plan
 
 
@@ -294,6 +306,12 @@ def parse_args(argv):
                          "q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k")
     ap.add_argument("--type-embd", help="type of token_embd.weight (default --type)")
     ap.add_argument("--type-output", help="type of output.weight (default --type)")
+    ap.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
+                    help="type of the weights whose name matches REGEX (re.search; "
+                         "repeatable, first match wins), e.g. 'blk\\.1\\.ffn_down=q6_k'")
+    ap.add_argument("--file-type", type=int,
+                    help="general.file_type (llama_ftype) to write, e.g. 15 = Q4_K_M "
+                         "(default: from --type)")
     ap.add_argument("--moe-layout", choices=["merged", "legacy"], default="merged")
     ap.add_argument("--tied", action="store_true",
                     help="no output.weight (output head = token_embd.weight)")
@@ -318,7 +336,18 @@ def parse_args(argv):
         a.type_output_id = g.type_from_name(a.type_output or a.type)
     except KeyError as e:
         ap.error("unknown type %s" % e)
-    for t in (a.type_id, a.type_embd_id, a.type_output_id):
+    a.tensor_type_ids = []
+    for spec in a.tensor_type:
+        pat, sep, tname = spec.rpartition("=")
+        if not sep or not pat:
+            ap.error("--tensor-type wants REGEX=TYPE, got %r" % spec)
+        try:
+            a.tensor_type_ids.append((re.compile(pat), g.type_from_name(tname)))
+        except KeyError:
+            ap.error("unknown type %s" % tname)
+        except re.error as e:
+            ap.error("bad --tensor-type pattern %r: %s" % (pat, e))
+    for t in [a.type_id, a.type_embd_id, a.type_output_id] + [t for _, t in a.tensor_type_ids]:
         if t not in FILE_TYPE:
             ap.error("unsupported weight type %s" % g.type_name(t))
     if a.n_embd % a.n_head or a.n_head % a.n_head_kv:
@@ -373,7 +402,7 @@ def main(argv):
         w.add_uint32(arch + ".expert_used_count", a.n_expert_used)
     w.add_uint32(arch + ".attention.key_length", hd)
     w.add_uint32(arch + ".attention.value_length", hd)
-    w.add_uint32("general.file_type", FILE_TYPE[a.type_id])
+    w.add_uint32("general.file_type", a.file_type if a.file_type is not None else FILE_TYPE[a.type_id])
     w.add_uint32(arch + ".vocab_size", a.n_vocab)
     w.add_uint32(arch + ".rope.dimension_count", hd)
     w.add_uint32("general.quantization_version", 2)
