@@ -1,0 +1,997 @@
+/* engine/quant_int8.c — the int8 path (see quant_int8.h): activation quantization to
+ * BlockQ8K and integer dot kernels for Q4_K, Q5_K, Q6_K and Q8_0 weights, as a scalar
+ * reference plus AVX2, AVX-512 and AVX-512 VNNI variants chosen once at run time (the build
+ * is plain x86-64; SIMD functions carry target attributes). Any thread.
+ *
+ * Exactness. A weight row's dot with a quantized activation row is, per 256-weight
+ * super-block, a handful of integers (sums of int8 x small-int products, weighted by the
+ * block's 6- or 8-bit scales) combined with the float scales. Every variant computes those
+ * integers exactly (no saturation anywhere: the widest vpmaddubsw pair is 2 * 128 * 127 =
+ * 32512; every int32 sum stays below 2^28). The float part is defined once, below ("Float
+ * part"): per super-block a term made by a fixed sequence of IEEE operations from the
+ * integers and the scales, added to the (row, token) accumulator in super-block order. The
+ * scalar reference calls those inline functions; the SIMD variants evaluate the same
+ * sequence for 4 super-blocks (T = 1) or 4 tokens at once in the lanes of packed
+ * instructions (one IEEE operation per lane per instruction, same operands, same order,
+ * no FMA: -ffp-contract=off), then add the terms in the same order. fp16 scales go through
+ * F16C, which equals quant_int8_half() except on NaNs: those take quant_int8_half(). So
+ * all variants, any tile shape, give the same bits, on any x86-64 CPU (infinite scales
+ * included; a NaN scale gives a NaN everywhere, its payload unspecified);
+ * tests/unit/test_int8.c checks it.
+ *
+ * Speed (Zen 4): Q4_K/Q5_K per token and super-block take 8 vpmaddubsw + 8 vpmaddwd on
+ * 256-bit vectors (VNNI: 8 vpdpbusd + 4 vpdpwssd), the 512-bit forms being double-pumped
+ * there; the horizontal sums are shared by 4 super-blocks or 4 tokens (one transposing
+ * hadd tree); T = 1 rows are software-prefetched. With 2 threads T = 1 runs at about the
+ * read bandwidth (tools/bench_int8.c).
+ *
+ * The SIMD kernels are written once (the QI8_TEMPLATE section at the end of this file)
+ * and compiled three times by including this file into itself: AVX2, AVX-512, AVX-512 with
+ * VNNI, since an instruction may not appear, even unused, in a function built without its
+ * extension. */
+#ifndef QI8_TEMPLATE
+
+#include "quant_int8.h"
+
+#include <math.h>
+#include <pthread.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* ---------------------------------------------------------------------------------------
+ * Activation quantization. */
+
+/* The largest |x[i]| of a block; NaNs are ignored. */
+static float block_amax(const float *x) {
+#if defined(__x86_64__) /* SSE2: the same maximum, 4 lanes at a time */
+        const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+        __m128 m = _mm_setzero_ps();
+        for (int i = 0; i < QK_K; i += 4)
+                m = _mm_max_ps(_mm_and_ps(_mm_loadu_ps(x + i), abs_mask), m); /* a NaN lane keeps m */
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+        return _mm_cvtss_f32(m);
+#else
+        float amax = 0.0f;
+        for (int i = 0; i < QK_K; i++) {
+                const float a = fabsf(x[i]);
+                if (a > amax)
+                        amax = a;
+        }
+        return amax;
+#endif
+}
+
+#if !defined(__x86_64__)
+/* Nearest integer of v (|v| <= 127), halves away from zero, without depending on the
+ * rounding mode: truncation and the remainder are exact here. */
+static inline int round_q8(float v) {
+        const int q = (int)v;
+        const float frac = v - (float)q;
+        return q + (frac >= 0.5f) - (frac <= -0.5f);
+}
+#endif
+
+/* qs and bsums of a block with scale d != 0: q = round_q8(clamp(x / d)), NaN -> 0. */
+static void block_quantize(const float *x, float d, BlockQ8K *y) {
+#if defined(__x86_64__) /* SSE2, lane by lane the same operations as the scalar loop */
+        const __m128 vd = _mm_set1_ps(d), hi = _mm_set1_ps(127.0f), lo = _mm_set1_ps(-127.0f);
+        const __m128 half = _mm_set1_ps(0.5f), mhalf = _mm_set1_ps(-0.5f);
+        for (int g = 0; g < QK_K / 16; g++) {
+                __m128i q4[4];
+                for (int k = 0; k < 4; k++) {
+                        const __m128 v0 = _mm_div_ps(_mm_loadu_ps(x + 16 * g + 4 * k), vd);
+                        const __m128 ok = _mm_cmpord_ps(v0, v0);               /* not NaN */
+                        const __m128 v = _mm_max_ps(_mm_min_ps(v0, hi), lo);   /* NaN lanes: masked below */
+                        __m128i q = _mm_cvttps_epi32(v);
+                        const __m128 frac = _mm_sub_ps(v, _mm_cvtepi32_ps(q));
+                        q = _mm_sub_epi32(q, _mm_castps_si128(_mm_cmpge_ps(frac, half)));  /* + 1 */
+                        q = _mm_add_epi32(q, _mm_castps_si128(_mm_cmple_ps(frac, mhalf))); /* - 1 */
+                        q4[k] = _mm_and_si128(q, _mm_castps_si128(ok));
+                }
+                const __m128i q16 = _mm_packs_epi16(_mm_packs_epi32(q4[0], q4[1]), _mm_packs_epi32(q4[2], q4[3]));
+                _mm_storeu_si128((__m128i *)(y->qs + 16 * g), q16);
+                /* sum of the 16 signed bytes: psadbw of the bytes + 128, minus 16 * 128 */
+                const __m128i sad = _mm_sad_epu8(_mm_xor_si128(q16, _mm_set1_epi8((char)0x80)), _mm_setzero_si128());
+                y->bsums[g] = (int16_t)(_mm_cvtsi128_si32(sad) + _mm_cvtsi128_si32(_mm_srli_si128(sad, 8)) - 16 * 128);
+        }
+#else
+        for (int g = 0; g < QK_K / 16; g++) {
+                int s = 0;
+                for (int i = 16 * g; i < 16 * g + 16; i++) {
+                        float v = x[i] / d;
+                        v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+                        const int q = v == v ? round_q8(v) : 0; /* NaN: 0 */
+                        y->qs[i] = (int8_t)q;
+                        s += q;
+                }
+                y->bsums[g] = (int16_t)s;
+        }
+#endif
+}
+
+void quantize_row_q8k(const float *restrict x, BlockQ8K *restrict y, int64_t n) {
+        for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+                const float d = block_amax(x) / 127.0f;
+                y[b].d = d;
+                if (d == 0.0f) { /* all zero (or so small that the scale underflows) */
+                        memset(y[b].qs, 0, sizeof(y[b].qs));
+                        memset(y[b].bsums, 0, sizeof(y[b].bsums));
+                        continue;
+                }
+                block_quantize(x, d, &y[b]);
+        }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Float part: the only float arithmetic of the dot kernels. Per super-block, a term from
+ * the integer sums, the activation block's scale xd and the weights' scales; the
+ * (row, token) accumulator then becomes acc + term, super-block by super-block. */
+
+/* Q4_K, Q5_K: isum = sum_j sc_j S_j (S_j: sum of q x over group j), msum = sum_j m_j X_j
+ * (X_j: sum of x over group j); wd, wm: the block's d and dmin. */
+INLINE float term_k4(float xd, float wd, float wm, int32_t isum, int32_t msum) {
+        return (xd * wd) * (float)isum - (xd * wm) * (float)msum;
+}
+
+/* Q6_K: isum = sum_g sc_g sum_i (q_i - 32) x_i. */
+INLINE float term_q6k(float xd, float wd, int32_t isum) {
+        return (xd * wd) * (float)isum;
+}
+
+/* Q8_0: the 8 blocks of 32 of the super-block: s[i] = sum q x over block i, wd[i] its scale. */
+INLINE float term_q8_0(float xd, const float wd[8], const int32_t s[8]) {
+        float p[8];
+        for (int i = 0; i < 8; i++)
+                p[i] = wd[i] * (float)s[i];
+        return xd * (((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7])));
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Scalar reference: the integers straight from the definitions. */
+
+/* The 6-bit scales sc[0..7] and mins m[0..7] of a Q4_K / Q5_K block (as quant.c). */
+static void k4_scales(const uint8_t *q, int32_t sc[8], int32_t m[8]) {
+        for (int j = 0; j < 8; j++) {
+                if (j < 4) {
+                        sc[j] = q[j] & 63;
+                        m[j] = q[j + 4] & 63;
+                } else {
+                        sc[j] = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+                        m[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+                }
+        }
+}
+
+/* Q4_K (qh == NULL) and Q5_K: group j is the low (j even) or high nibbles of qs[32 (j/2) ..],
+ * plus 16 where bit j of qh[l] is set. X_j comes from bsums. */
+static void k45_sums_ref(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, const BlockQ8K *x,
+                         int32_t *ret_isum, int32_t *ret_msum) {
+        int32_t sc[8], m[8], isum = 0, msum = 0;
+        k4_scales(scales, sc, m);
+        for (int j = 0; j < 8; j++) {
+                const uint8_t *q = qs + 32 * (j / 2);
+                int32_t s = 0;
+                for (int l = 0; l < 32; l++) {
+                        int32_t w = (q[l] >> (4 * (j & 1))) & 15;
+                        if (qh)
+                                w += ((qh[l] >> j) & 1) << 4;
+                        s += w * x->qs[32 * j + l];
+                }
+                isum += sc[j] * s;
+                msum += m[j] * (x->bsums[2 * j] + x->bsums[2 * j + 1]);
+        }
+        *ret_isum = isum;
+        *ret_msum = msum;
+}
+
+static float dot_q4k_scalar(const void *restrict vw, const BlockQ8K *restrict x, int64_t n) {
+        const BlockQ4_K *w = vw;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < n / QK_K; b++) {
+                int32_t isum, msum;
+                k45_sums_ref(w[b].scales, w[b].qs, NULL, &x[b], &isum, &msum);
+                acc = acc + term_k4(x[b].d, quant_int8_half(w[b].d), quant_int8_half(w[b].dmin), isum, msum);
+        }
+        return acc;
+}
+
+static float dot_q5k_scalar(const void *restrict vw, const BlockQ8K *restrict x, int64_t n) {
+        const BlockQ5_K *w = vw;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < n / QK_K; b++) {
+                int32_t isum, msum;
+                k45_sums_ref(w[b].scales, w[b].qs, w[b].qh, &x[b], &isum, &msum);
+                acc = acc + term_k4(x[b].d, quant_int8_half(w[b].d), quant_int8_half(w[b].dmin), isum, msum);
+        }
+        return acc;
+}
+
+/* Q6_K: isum = sum_g sc_g sum_{i in g} q_i x_i - 32 sum_g sc_g bsums_g with q_i = 0..63 (the
+ * same integer as sum sc (q - 32) x, bsums matching qs). */
+static float dot_q6k_scalar(const void *restrict vw, const BlockQ8K *restrict x, int64_t n) {
+        const BlockQ6_K *w = vw;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < n / QK_K; b++) {
+                uint8_t q[QK_K];
+                for (int h = 0; h < 2; h++) {
+                        const uint8_t *ql = w[b].ql + 64 * h, *qh = w[b].qh + 32 * h;
+                        for (int l = 0; l < 32; l++) {
+                                q[128 * h + l] = (uint8_t)((ql[l] & 15) | ((qh[l] & 3) << 4));
+                                q[128 * h + l + 32] = (uint8_t)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4));
+                                q[128 * h + l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+                                q[128 * h + l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+                        }
+                }
+                int32_t raw = 0, msum = 0;
+                for (int g = 0; g < 16; g++) {
+                        int32_t s = 0;
+                        for (int l = 16 * g; l < 16 * g + 16; l++)
+                                s += q[l] * x[b].qs[l];
+                        raw += w[b].scales[g] * s;
+                        msum += w[b].scales[g] * x[b].bsums[g];
+                }
+                acc = acc + term_q6k(x[b].d, quant_int8_half(w[b].d), raw - 32 * msum);
+        }
+        return acc;
+}
+
+static float dot_q8_0_scalar(const void *restrict vw, const BlockQ8K *restrict x, int64_t n) {
+        const BlockQ8_0 *w = vw;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < n / QK_K; b++) {
+                int32_t s[8];
+                float wd[8];
+                for (int i = 0; i < 8; i++) {
+                        const BlockQ8_0 *blk = &w[8 * b + i];
+                        s[i] = 0;
+                        for (int l = 0; l < 32; l++)
+                                s[i] += blk->qs[l] * x[b].qs[32 * i + l];
+                        wd[i] = quant_int8_half(blk->d);
+                }
+                acc = acc + term_q8_0(x[b].d, wd, s);
+        }
+        return acc;
+}
+
+#define DEFINE_ROWS_SCALAR(name, dot)                                                                         \
+        static void name(const void *restrict w, size_t rb, int64_t R, const BlockQ8K *restrict x, int64_t xs, \
+                         int64_t T, float *restrict out, int64_t os, int64_t n) {                             \
+                for (int64_t r = 0; r < R; r++)                                                               \
+                        for (int64_t t = 0; t < T; t++)                                                       \
+                                out[t * os + r] = dot((const uint8_t *)w + (size_t)r * rb, x + t * xs, n);    \
+        }
+DEFINE_ROWS_SCALAR(rows_q4k_scalar, dot_q4k_scalar)
+DEFINE_ROWS_SCALAR(rows_q5k_scalar, dot_q5k_scalar)
+DEFINE_ROWS_SCALAR(rows_q6k_scalar, dot_q6k_scalar)
+DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
+
+/* ---------------------------------------------------------------------------------------
+ * Tiling shared by the SIMD variants. A tile function TILE(wrow, x, xs, tt, acc, nb) runs one
+ * weight row against tt <= TILE_T tokens (x, x + xs, ...) over nb super-blocks, decoding each
+ * weight super-block once for all tt tokens, and leaves the results in acc[0 .. tt-1].
+ * dot_rows walks blocks of rows small enough to stay in L2 (ROW_BLOCK_BYTES) and, inside,
+ * tiles of TILE_T tokens, so a weight row comes from memory once and an activation tile
+ * from L2 for every row of the block. */
+#define TILE_T 8
+#define ROW_BLOCK_BYTES (256u * 1024u)
+
+#define DEFINE_DOT_ROWS(name, dotname, ATTR, BLOCK_T, TILE)                                                   \
+        ATTR static void name(const void *restrict w, size_t rb, int64_t R, const BlockQ8K *restrict x,       \
+                              int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {            \
+                const int64_t nb = n / QK_K;                                                                  \
+                const int64_t rblk = rb == 0 || rb >= ROW_BLOCK_BYTES ? 1 : (int64_t)(ROW_BLOCK_BYTES / rb);  \
+                float acc[TILE_T];                                                                            \
+                for (int64_t r0 = 0; r0 < R; r0 += rblk) {                                                    \
+                        const int64_t r1 = R - r0 < rblk ? R : r0 + rblk;                                     \
+                        for (int64_t t0 = 0; t0 < T; t0 += TILE_T) {                                          \
+                                const int tt = T - t0 < TILE_T ? (int)(T - t0) : TILE_T;                      \
+                                for (int64_t r = r0; r < r1; r++) {                                           \
+                                        const BLOCK_T *wr = (const BLOCK_T *)((const uint8_t *)w + (size_t)r * rb); \
+                                        if (tt == 1)                                                          \
+                                                TILE(wr, x + t0 * xs, xs, 1, acc, nb);                        \
+                                        else                                                                  \
+                                                TILE(wr, x + t0 * xs, xs, tt, acc, nb);                       \
+                                        for (int t = 0; t < tt; t++)                                          \
+                                                out[(t0 + t) * os + r] = acc[t];                              \
+                                }                                                                             \
+                        }                                                                                     \
+                }                                                                                             \
+        }                                                                                                     \
+        ATTR static float dotname(const void *restrict w, const BlockQ8K *restrict x, int64_t n) {            \
+                float acc[1];                                                                                 \
+                TILE((const BLOCK_T *)w, x, 0, 1, acc, n / QK_K);                                             \
+                return acc[0];                                                                                \
+        }
+
+#if defined(__x86_64__)
+
+#define T_AVX2 __attribute__((target("avx2,f16c")))
+#define T_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
+#define T_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,avx512vnni")))
+
+/* =======================================================================================
+ * The float part, 4 terms at a time (AVX2 + F16C, so usable by every SIMD variant). Each
+ * packed instruction does, lane by lane, one operation of term_*() on the same operands. */
+
+/* 8 fp16 scales to floats, equal to quant_int8_half() lane by lane: F16C, except when a
+ * lane is a NaN (F16C would quiet a signalling one). */
+static __attribute__((noinline, cold)) void halves_slow(const uint16_t h[8], float f[8]) {
+        for (int i = 0; i < 8; i++)
+                f[i] = quant_int8_half(h[i]);
+}
+
+T_AVX2 INLINE __m256 halves8(__m128i h) {
+        const __m128i nan = _mm_cmpgt_epi16(_mm_and_si128(h, _mm_set1_epi16(0x7fff)), _mm_set1_epi16(0x7c00));
+        if (__builtin_expect(!_mm_testz_si128(nan, nan), 0)) {
+                uint16_t hv[8];
+                float f[8];
+                _mm_storeu_si128((__m128i *)hv, h);
+                halves_slow(hv, f);
+                return _mm256_loadu_ps(f);
+        }
+        return _mm256_cvtph_ps(h);
+}
+
+/* The activation scales of blocks x, x + stride, .. (k <= 4 of them; 0 in the other lanes). */
+T_AVX2 INLINE __m128 xd4(const BlockQ8K *x, int64_t stride, int k) {
+        if (k == 4)
+                return _mm_setr_ps(x[0].d, x[stride].d, x[2 * stride].d, x[3 * stride].d);
+        return _mm_setr_ps(x[0].d, k > 1 ? x[stride].d : 0.0f, k > 2 ? x[2 * stride].d : 0.0f, 0.0f);
+}
+
+/* acc + t[0] + t[1] + ... (the first k terms, in order) */
+T_AVX2 INLINE float add_terms(float acc, __m128 t, int k) {
+        if (__builtin_expect(k == 4, 1)) {
+                __m128 a = _mm_add_ss(_mm_set_ss(acc), t);
+                a = _mm_add_ss(a, _mm_movehdup_ps(t));
+                a = _mm_add_ss(a, _mm_movehl_ps(t, t));
+                a = _mm_add_ss(a, _mm_shuffle_ps(t, t, _MM_SHUFFLE(3, 3, 3, 3)));
+                return _mm_cvtss_f32(a);
+        }
+        float f[4];
+        _mm_storeu_ps(f, t);
+        for (int i = 0; i < k; i++)
+                acc = acc + f[i];
+        return acc;
+}
+
+/* term_k4 of 4 items: A[i] / M[i] hold isum / msum of item i spread over 8 int32 lanes,
+ * X4 the items' xd, Wv [wd0, wm0, wd1, wm1, .. wd3, wm3]. */
+T_AVX2 INLINE __m128 terms_k4(const __m256i A[4], const __m256i M[4], __m128 X4, __m256 Wv) {
+        const __m256i g01 = _mm256_hadd_epi32(_mm256_hadd_epi32(A[0], M[0]), _mm256_hadd_epi32(A[1], M[1]));
+        const __m256i g23 = _mm256_hadd_epi32(_mm256_hadd_epi32(A[2], M[2]), _mm256_hadd_epi32(A[3], M[3]));
+        /* [isum0, msum0, isum1, msum1 | isum2, msum2, isum3, msum3] */
+        const __m256i s = _mm256_add_epi32(_mm256_permute2x128_si256(g01, g23, 0x20), _mm256_permute2x128_si256(g01, g23, 0x31));
+        const __m256 X = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(X4), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+        const __m256 P = _mm256_mul_ps(_mm256_mul_ps(X, Wv), _mm256_cvtepi32_ps(s));
+        return _mm_hsub_ps(_mm256_castps256_ps128(P), _mm256_extractf128_ps(P, 1));
+}
+
+/* term_q6k of 4 items: A[i] holds isum of item i spread over 8 lanes. */
+T_AVX2 INLINE __m128 terms_q6k(const __m256i A[4], __m128 X4, __m128 W4) {
+        const __m256i g = _mm256_hadd_epi32(_mm256_hadd_epi32(A[0], A[1]), _mm256_hadd_epi32(A[2], A[3]));
+        const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(g), _mm256_extracti128_si256(g, 1));
+        return _mm_mul_ps(_mm_mul_ps(X4, W4), _mm_cvtepi32_ps(s));
+}
+
+/* term_q8_0 of 4 items: S[i] the 8 block sums of item i, W8[i] their scales. The halving
+ * adds pair exactly as term_q8_0: ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)). */
+T_AVX2 INLINE __m128 terms_q8_0(const __m256i S[4], const __m256 W8[4], __m128 X4) {
+        __m256 P[4];
+        for (int i = 0; i < 4; i++)
+                P[i] = _mm256_mul_ps(W8[i], _mm256_cvtepi32_ps(S[i]));
+        const __m256 g = _mm256_hadd_ps(_mm256_hadd_ps(P[0], P[1]), _mm256_hadd_ps(P[2], P[3]));
+        return _mm_mul_ps(X4, _mm_add_ps(_mm256_castps256_ps128(g), _mm256_extractf128_ps(g, 1)));
+}
+
+/* The 8 fp16 scales of 8 consecutive Q8_0 blocks as floats. */
+T_AVX2 INLINE __m256 q8_0_scales(const BlockQ8_0 *blk) {
+        return halves8(_mm_setr_epi16((short)blk[0].d, (short)blk[1].d, (short)blk[2].d, (short)blk[3].d,
+                                      (short)blk[4].d, (short)blk[5].d, (short)blk[6].d, (short)blk[7].d));
+}
+
+/* d | dmin << 16 of a Q4_K / Q5_K block (the two halves at its start). */
+INLINE uint32_t k4_dm(const void *blk) {
+        uint32_t v;
+        memcpy(&v, blk, 4);
+        return v;
+}
+
+/* Bytes [sc0 .. sc7, m0 .. m7] of a Q4_K / Q5_K block's 12 scale bytes (the values of
+ * k4_scales), reading 16 bytes (the 4 after the scales are the block's too). */
+T_AVX2 INLINE __m128i k4_scales_simd(const uint8_t *s) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)s);             /* dwords a, b, c, - */
+        const __m128i x = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0));  /* a, c, b, c */
+        const __m128i y = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0));  /* a, a, b, b */
+        const __m128i lo = _mm_and_si128(_mm_srlv_epi32(x, _mm_setr_epi32(0, 0, 0, 4)),
+                                         _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+        const __m128i hi = _mm_and_si128(_mm_srli_epi32(y, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+        return _mm_or_si128(lo, hi);
+}
+
+/* int16 [m0, m0, m1, m1, .. m7, m7] from k4_scales_simd's bytes: times bsums[0..15] by
+ * vpmaddwd, sum m_j X_j spread over 8 lanes. */
+T_AVX2 INLINE __m256i k4_min_pairs(__m128i sm) {
+        const __m256i ctl = _mm256_setr_epi8(8, -128, 8, -128, 9, -128, 9, -128, 10, -128, 10, -128, 11, -128, 11, -128,
+                                             12, -128, 12, -128, 13, -128, 13, -128, 14, -128, 14, -128, 15, -128, 15, -128);
+        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(sm), ctl);
+}
+
+T_AVX2 INLINE __m256i load256(const void *p) {
+        return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* Decoding one row (T = 1), the weights [p + PREFETCH_BYTES, + len) are asked for ahead of
+ * use: the hardware prefetcher alone left Q6_K rows 20-30% below the read bandwidth on
+ * Zen 4. (A prefetch never faults, past the end of the matrix included.) */
+#define PREFETCH_BYTES 2048
+INLINE void prefetch_ahead(const void *p, size_t len) {
+        for (size_t o = 0; o < len; o += 64)
+                _mm_prefetch((const char *)((uintptr_t)p + PREFETCH_BYTES + o), _MM_HINT_T0);
+}
+
+/* Shift each 16-bit lane left (s > 0) or right (s < 0) by |s|. */
+T_AVX2 INLINE __m256i shift16(__m256i v, int s) {
+        return s > 0 ? _mm256_slli_epi16(v, s) : s < 0 ? _mm256_srli_epi16(v, -s) : v;
+}
+
+/* The Q6_K tile (see DEFINE_DOT_ROWS): DECODE(blk, &d) decodes a super-block, ITEM(&d, xb) gives its
+ * isum with one activation block spread over 8 lanes; T = 1: 4 super-blocks per terms_q6k(), else
+ * 4 tokens per terms_q6k() with one accumulator lane each. */
+#define Q6K_TILE_BODY(DEC_T, DECODE, ITEM)                                                                    \
+        do {                                                                                                  \
+                const __m256i z_ = _mm256_setzero_si256();                                                    \
+                if (TT == 1) {                                                                                \
+                        float a_ = 0.0f;                                                                      \
+                        for (int64_t b0 = 0; b0 < nb; b0 += 4) {                                              \
+                                const int k = nb - b0 < 4 ? (int)(nb - b0) : 4;                               \
+                                prefetch_ahead(w + b0, 4 * sizeof(*w));                                       \
+                                __m256i A[4];                                                                 \
+                                uint16_t dh[8] = { 0 };                                                       \
+                                _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) {                         \
+                                        A[i] = z_;                                                            \
+                                        if (i < k) {                                                          \
+                                                DEC_T d;                                                      \
+                                                DECODE(&w[b0 + i], &d);                                       \
+                                                A[i] = ITEM(&d, x + b0 + i);                                  \
+                                                dh[i] = w[b0 + i].d;                                          \
+                                        }                                                                     \
+                                }                                                                             \
+                                const __m128 W4 = _mm256_castps256_ps128(halves8(_mm_loadu_si128((const __m128i *)dh))); \
+                                a_ = add_terms(a_, terms_q6k(A, xd4(x + b0, 1, k), W4), k);                   \
+                        }                                                                                     \
+                        acc[0] = a_;                                                                          \
+                        break;                                                                                \
+                }                                                                                             \
+                __m128 acc4[TILE_T / 4] = { _mm_setzero_ps(), _mm_setzero_ps() };                             \
+                for (int64_t b = 0; b < nb; b++) {                                                            \
+                        DEC_T d;                                                                              \
+                        DECODE(&w[b], &d);                                                                    \
+                        const __m128 W4 = _mm256_castps256_ps128(halves8(_mm_set1_epi16((short)w[b].d)));     \
+                        for (int g = 0; g < TT; g += 4) {                                                     \
+                                const int k = TT - g < 4 ? TT - g : 4;                                        \
+                                __m256i A[4];                                                                 \
+                                _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)                           \
+                                        A[i] = i < k ? ITEM(&d, x + (g + i) * xs + b) : z_;                   \
+                                acc4[g / 4] = _mm_add_ps(acc4[g / 4], terms_q6k(A, xd4(x + g * xs + b, xs, k), W4)); \
+                        }                                                                                     \
+                }                                                                                             \
+                float f_[TILE_T];                                                                             \
+                _mm_storeu_ps(f_, acc4[0]);                                                                   \
+                _mm_storeu_ps(f_ + 4, acc4[1]);                                                               \
+                for (int t = 0; t < TT; t++)                                                                  \
+                        acc[t] = f_[t];                                                                       \
+        } while (0)
+
+/* The Q8_0 tile, likewise: ITEM gives the 8 block sums of a super-block (8 x 32 weights). */
+#define Q8_0_TILE_BODY(DEC_T, DECODE, ITEM)                                                                   \
+        do {                                                                                                  \
+                const __m256i z_ = _mm256_setzero_si256();                                                    \
+                if (TT == 1) {                                                                                \
+                        float a_ = 0.0f;                                                                      \
+                        for (int64_t b0 = 0; b0 < nb; b0 += 4) {                                              \
+                                const int k = nb - b0 < 4 ? (int)(nb - b0) : 4;                               \
+                                prefetch_ahead(w + 8 * b0, 32 * sizeof(*w));                                  \
+                                __m256i S[4];                                                                 \
+                                __m256 W8[4];                                                                 \
+                                _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) {                         \
+                                        S[i] = z_;                                                            \
+                                        W8[i] = _mm256_setzero_ps();                                          \
+                                        if (i < k) {                                                          \
+                                                DEC_T d;                                                      \
+                                                DECODE(&w[8 * (b0 + i)], &d);                                 \
+                                                S[i] = ITEM(&d, x + b0 + i);                                  \
+                                                W8[i] = q8_0_scales(&w[8 * (b0 + i)]);                        \
+                                        }                                                                     \
+                                }                                                                             \
+                                a_ = add_terms(a_, terms_q8_0(S, W8, xd4(x + b0, 1, k)), k);                  \
+                        }                                                                                     \
+                        acc[0] = a_;                                                                          \
+                        break;                                                                                \
+                }                                                                                             \
+                __m128 acc4[TILE_T / 4] = { _mm_setzero_ps(), _mm_setzero_ps() };                             \
+                for (int64_t b = 0; b < nb; b++) {                                                            \
+                        DEC_T d;                                                                              \
+                        DECODE(&w[8 * b], &d);                                                                \
+                        const __m256 W = q8_0_scales(&w[8 * b]);                                              \
+                        const __m256 W8[4] = { W, W, W, W };                                                  \
+                        for (int g = 0; g < TT; g += 4) {                                                     \
+                                const int k = TT - g < 4 ? TT - g : 4;                                        \
+                                __m256i S[4];                                                                 \
+                                _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)                           \
+                                        S[i] = i < k ? ITEM(&d, x + (g + i) * xs + b) : z_;                   \
+                                acc4[g / 4] = _mm_add_ps(acc4[g / 4], terms_q8_0(S, W8, xd4(x + g * xs + b, xs, k))); \
+                        }                                                                                     \
+                }                                                                                             \
+                float f_[TILE_T];                                                                             \
+                _mm_storeu_ps(f_, acc4[0]);                                                                   \
+                _mm_storeu_ps(f_ + 4, acc4[1]);                                                               \
+                for (int t = 0; t < TT; t++)                                                                  \
+                        acc[t] = f_[t];                                                                       \
+        } while (0)
+
+/* =======================================================================================
+ * AVX-512 helpers (plain AVX-512: usable from the VNNI build too). */
+
+/* [lo as 32 bytes | hi as 32 bytes] */
+T_512 INLINE __m512i join256(__m256i lo, __m256i hi) {
+        return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/* 16 int32 lanes folded to 8 (lane i + lane i + 8). */
+T_512 INLINE __m256i fold512(__m512i v) {
+        return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+}
+
+/* R[k] holds block 2k in lanes 0..7 and block 2k+1 in lanes 8..15: the 8 block sums in order. */
+T_512 INLINE __m256i blocksums8_512(const __m512i R[4]) {
+        const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(R[0], R[1]), _mm512_unpackhi_epi32(R[0], R[1]));
+        const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(R[2], R[3]), _mm512_unpackhi_epi32(R[2], R[3]));
+        /* 128-bit lane l of z: [R0, R1, R2, R3] summed over their lane l */
+        const __m512i z = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+        const __m512i y = _mm512_add_epi32(z, _mm512_shuffle_i32x4(z, z, _MM_SHUFFLE(2, 3, 0, 1)));
+        const __m128i even = _mm512_castsi512_si128(y), odd = _mm512_extracti32x4_epi32(y, 2); /* [S0 S2 S4 S6], [S1 ..] */
+        return _mm256_set_m128i(_mm_unpackhi_epi32(even, odd), _mm_unpacklo_epi32(even, odd));
+}
+
+/* The kernels, three times: AVX2; AVX-512; AVX-512 with VNNI. */
+#define QI8_TEMPLATE
+#define SFX avx2
+#define ATTR T_AVX2
+#define W512 0
+#define VNNI 0
+#include "quant_int8.c"
+#undef SFX
+#undef ATTR
+#undef W512
+#undef VNNI
+#define SFX avx512
+#define ATTR T_512
+#define W512 1
+#define VNNI 0
+#include "quant_int8.c"
+#undef SFX
+#undef ATTR
+#undef W512
+#undef VNNI
+#define SFX vnni
+#define ATTR T_VNNI
+#define W512 1
+#define VNNI 1
+#include "quant_int8.c"
+#undef SFX
+#undef ATTR
+#undef W512
+#undef VNNI
+#undef QI8_TEMPLATE
+
+#endif /* __x86_64__ */
+
+/* ---------------------------------------------------------------------------------------
+ * Tables and the choice of variant. */
+
+static QuantInt8Kernels kernels[] = {
+        { "Q4_K", GGML_TYPE_Q4_K, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q5_K", GGML_TYPE_Q5_K, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q6_K", GGML_TYPE_Q6_K, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q8_0", GGML_TYPE_Q8_0, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+};
+#define N_KERNELS (sizeof(kernels) / sizeof(kernels[0]))
+
+static pthread_once_t int8_once = PTHREAD_ONCE_INIT;
+static int int8_ok[QUANT_INT8_ISA_COUNT_];
+
+static void int8_set(size_t k, QuantInt8Isa isa, Int8DotFn dot, Int8DotRowsFn rows) {
+        if (int8_ok[isa]) {
+                kernels[k].dot_variant[isa] = dot;
+                kernels[k].dot_rows_variant[isa] = rows;
+        }
+}
+
+static void int8_select(void) {
+        int8_ok[QUANT_INT8_SCALAR] = 1;
+#if defined(__x86_64__)
+        int8_ok[QUANT_INT8_AVX2] = quant_isa_supported(QUANT_ISA_AVX2);
+        int8_ok[QUANT_INT8_AVX512] = quant_isa_supported(QUANT_ISA_AVX512);
+        __builtin_cpu_init();
+        int8_ok[QUANT_INT8_AVX512_VNNI] = int8_ok[QUANT_INT8_AVX512] && __builtin_cpu_supports("avx512vnni");
+#endif
+        for (size_t k = 0; k < N_KERNELS; k++) {
+                switch (kernels[k].type) {
+#if defined(__x86_64__)
+#define SET_ALL(T)                                                                     \
+        int8_set(k, QUANT_INT8_SCALAR, dot_##T##_scalar, rows_##T##_scalar);           \
+        int8_set(k, QUANT_INT8_AVX2, dot_##T##_avx2, rows_##T##_avx2);                 \
+        int8_set(k, QUANT_INT8_AVX512, dot_##T##_avx512, rows_##T##_avx512);           \
+        int8_set(k, QUANT_INT8_AVX512_VNNI, dot_##T##_vnni, rows_##T##_vnni);          \
+        break;
+#else
+#define SET_ALL(T)                                                                     \
+        int8_set(k, QUANT_INT8_SCALAR, dot_##T##_scalar, rows_##T##_scalar);           \
+        break;
+#endif
+                case GGML_TYPE_Q4_K: SET_ALL(q4k)
+                case GGML_TYPE_Q5_K: SET_ALL(q5k)
+                case GGML_TYPE_Q6_K: SET_ALL(q6k)
+                case GGML_TYPE_Q8_0: SET_ALL(q8_0)
+#undef SET_ALL
+                default: break;
+                }
+        }
+        /* The best variant of the family quant_best_isa() chose. */
+        const QuantIsa best = quant_best_isa();
+        QuantInt8Isa isa = QUANT_INT8_SCALAR;
+        if (best == QUANT_ISA_AVX512)
+                isa = int8_ok[QUANT_INT8_AVX512_VNNI] ? QUANT_INT8_AVX512_VNNI : QUANT_INT8_AVX512;
+        else if (best == QUANT_ISA_AVX2)
+                isa = QUANT_INT8_AVX2;
+        if (!int8_ok[isa])
+                isa = QUANT_INT8_SCALAR;
+        for (size_t k = 0; k < N_KERNELS; k++) {
+                kernels[k].isa = isa;
+                kernels[k].dot = kernels[k].dot_variant[isa];
+                kernels[k].dot_rows = kernels[k].dot_rows_variant[isa];
+        }
+}
+
+const QuantInt8Kernels *quant_int8(uint32_t ggml_type) {
+        for (size_t k = 0; k < N_KERNELS; k++) {
+                if (kernels[k].type == ggml_type) {
+                        pthread_once(&int8_once, int8_select);
+                        return &kernels[k];
+                }
+        }
+        return NULL;
+}
+
+int quant_int8_isa_supported(QuantInt8Isa isa) {
+        if (isa < 0 || isa >= QUANT_INT8_ISA_COUNT_)
+                return 0;
+        pthread_once(&int8_once, int8_select);
+        return int8_ok[isa];
+}
+
+const char *quant_int8_isa_name(QuantInt8Isa isa) {
+        static const char *const names[QUANT_INT8_ISA_COUNT_] = {
+                [QUANT_INT8_SCALAR] = "scalar",
+                [QUANT_INT8_AVX2] = "avx2",
+                [QUANT_INT8_AVX512] = "avx512",
+                [QUANT_INT8_AVX512_VNNI] = "avx512vnni",
+        };
+        return isa >= 0 && isa < QUANT_INT8_ISA_COUNT_ ? names[isa] : "?";
+}
+
+#else /* QI8_TEMPLATE: the SIMD kernels, built with ATTR, names suffixed _SFX; W512: 512-bit
+       * Q6_K / Q8_0 kernels (else 256-bit); VNNI: vpdpwssd / vpdpbusd */
+
+#define QI8_CAT2(a, b) a##_##b
+#define QI8_CAT(a, b) QI8_CAT2(a, b)
+#define FN(name) QI8_CAT(name, SFX)
+
+/* acc + sum over pairs of p (int16) * s (int16), as int32 lanes */
+ATTR INLINE __m256i FN(madd_acc256)(__m256i acc, __m256i p, __m256i s) {
+#if VNNI
+        return _mm256_dpwssd_epi32(acc, p, s);
+#else
+        return _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+#endif
+}
+
+/* ---- Q4_K / Q5_K, 256-bit vectors for every instruction set (on Zen 4 the 512-bit
+ * version was slower: the extra shuffles cost more than the halved instruction count). Per
+ * 32 weights: vpmaddubsw (unsigned quant x signed activation, pairs to int16), then
+ * vpmaddwd + vpaddd with the group's scale; VNNI: see k4_item. W[g]: the 32 quants of
+ * group g (low nibbles of qs[32 (g/2) ..] for even g, high for odd, + 16 from qh for
+ * Q5_K); SC[g]: its scale in every int16 lane (VNNI: SC[0..3], two groups each); MP: the
+ * min pairs. */
+typedef struct FN(K4) {
+        __m256i W[8], SC[8], MP;
+} FN(K4);
+
+ATTR INLINE void FN(k4_decode)(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, FN(K4) *d) {
+        const __m256i m4 = _mm256_set1_epi8(0x0f), b4 = _mm256_set1_epi8(0x10);
+        const __m128i sm = k4_scales_simd(scales);
+        const __m256i bsm = _mm256_broadcastsi128_si256(sm);
+        d->MP = k4_min_pairs(sm);
+        const __m256i hb = qh ? load256(qh) : _mm256_setzero_si256();
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {
+                const __m256i q = load256(qs + 32 * j);
+                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if (qh) { /* bit 2j (low nibbles) / 2j+1 (high) of qh[l] to bit 4 */
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(shift16(hb, 4 - 2 * j), b4));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(shift16(hb, 3 - 2 * j), b4));
+                }
+                d->W[2 * j] = lo;
+                d->W[2 * j + 1] = hi;
+        }
+#if VNNI /* SC[p]: per 128-bit lane [sc[2p] x 4, sc[2p+1] x 4], the layout of k4_item's vpackssdw */
+        _Pragma("GCC unroll 4") for (int p = 0; p < 4; p++) {
+                const short a = (short)(0x8000 | (2 * p)), b = (short)(0x8000 | (2 * p + 1));
+                d->SC[p] = _mm256_shuffle_epi8(bsm, _mm256_setr_epi16(a, a, a, a, b, b, b, b, a, a, a, a, b, b, b, b));
+        }
+#else
+        _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++)
+                d->SC[g] = _mm256_shuffle_epi8(bsm, _mm256_set1_epi16((short)(0x8000 | g)));
+#endif
+}
+
+/* isum and msum of a decoded super-block with one activation block, spread over 8 lanes */
+ATTR INLINE void FN(k4_item)(const FN(K4) *d, const BlockQ8K *xb, __m256i *ret_a, __m256i *ret_m) {
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#if VNNI
+        /* vpdpbusd per group (int32 sums of 4, |.| <= 4 * 31 * 127 < 2^15), two groups packed
+         * to int16 by vpackssdw (exact), then vpdpwssd with the scales: 12 multiplying
+         * instructions per super-block instead of 16 */
+        const __m256i z = _mm256_setzero_si256();
+        _Pragma("GCC unroll 4") for (int p = 0; p < 4; p++) {
+                const __m256i r0 = _mm256_dpbusd_epi32(z, d->W[2 * p], load256(xb->qs + 64 * p));
+                const __m256i r1 = _mm256_dpbusd_epi32(z, d->W[2 * p + 1], load256(xb->qs + 64 * p + 32));
+                if (p & 1)
+                        s1 = _mm256_dpwssd_epi32(s1, _mm256_packs_epi32(r0, r1), d->SC[p]);
+                else
+                        s0 = _mm256_dpwssd_epi32(s0, _mm256_packs_epi32(r0, r1), d->SC[p]);
+        }
+#else
+        _Pragma("GCC unroll 4") for (int g = 0; g < 8; g += 2) {
+                s0 = FN(madd_acc256)(s0, _mm256_maddubs_epi16(d->W[g], load256(xb->qs + 32 * g)), d->SC[g]);
+                s1 = FN(madd_acc256)(s1, _mm256_maddubs_epi16(d->W[g + 1], load256(xb->qs + 32 * g + 32)), d->SC[g + 1]);
+        }
+#endif
+        *ret_a = _mm256_add_epi32(s0, s1);
+        *ret_m = _mm256_madd_epi16(load256(xb->bsums), d->MP);
+}
+
+/* Q4_K / Q5_K (has_qh) rows: block b at w + b * bsz, its qs at qs_off. T = 1: 4 super-blocks
+ * per terms_k4(); else one super-block, 4 tokens per terms_k4() (a lane per token). */
+ATTR INLINE void FN(k45_tile)(const uint8_t *w, size_t bsz, size_t qs_off, int has_qh, const BlockQ8K *x, int64_t xs,
+                              int TT, float *acc, int64_t nb) {
+        const __m256i z = _mm256_setzero_si256();
+        if (TT == 1) {
+                float a = 0.0f;
+                for (int64_t b0 = 0; b0 < nb; b0 += 4) {
+                        const int k = nb - b0 < 4 ? (int)(nb - b0) : 4;
+                        __m256i A[4], M[4];
+                        uint32_t dm[4] = { 0, 0, 0, 0 };
+                        prefetch_ahead(w + (size_t)b0 * bsz, 4 * bsz);
+                        _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) {
+                                A[i] = M[i] = z;
+                                if (i < k) {
+                                        const uint8_t *blk = w + (size_t)(b0 + i) * bsz;
+                                        FN(K4) d;
+                                        FN(k4_decode)(blk + 4, blk + qs_off, has_qh ? blk + 16 : NULL, &d);
+                                        FN(k4_item)(&d, x + b0 + i, &A[i], &M[i]);
+                                        dm[i] = k4_dm(blk);
+                                }
+                        }
+                        const __m256 Wv = halves8(_mm_setr_epi32((int)dm[0], (int)dm[1], (int)dm[2], (int)dm[3]));
+                        a = add_terms(a, terms_k4(A, M, xd4(x + b0, 1, k), Wv), k);
+                }
+                acc[0] = a;
+                return;
+        }
+        __m128 acc4[TILE_T / 4] = { _mm_setzero_ps(), _mm_setzero_ps() };
+        for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = w + (size_t)b * bsz;
+                FN(K4) d;
+                FN(k4_decode)(blk + 4, blk + qs_off, has_qh ? blk + 16 : NULL, &d);
+                const __m256 Wv = halves8(_mm_set1_epi32((int)k4_dm(blk)));
+                for (int g = 0; g < TT; g += 4) {
+                        const int k = TT - g < 4 ? TT - g : 4;
+                        __m256i A[4], M[4];
+                        _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) {
+                                A[i] = M[i] = z;
+                                if (i < k)
+                                        FN(k4_item)(&d, x + (g + i) * xs + b, &A[i], &M[i]);
+                        }
+                        acc4[g / 4] = _mm_add_ps(acc4[g / 4], terms_k4(A, M, xd4(x + g * xs + b, xs, k), Wv));
+                }
+        }
+        float f[TILE_T];
+        _mm_storeu_ps(f, acc4[0]);
+        _mm_storeu_ps(f + 4, acc4[1]);
+        for (int t = 0; t < TT; t++)
+                acc[t] = f[t];
+}
+
+ATTR INLINE void FN(q4k_tile)(const BlockQ4_K *w, const BlockQ8K *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        FN(k45_tile)((const uint8_t *)w, sizeof(BlockQ4_K), offsetof(BlockQ4_K, qs), 0, x, xs, TT, acc, nb);
+}
+
+ATTR INLINE void FN(q5k_tile)(const BlockQ5_K *w, const BlockQ8K *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        FN(k45_tile)((const uint8_t *)w, sizeof(BlockQ5_K), offsetof(BlockQ5_K, qs), 1, x, xs, TT, acc, nb);
+}
+
+#if W512
+/* acc + sum over pairs of p (int16) * s (int16), as int32 lanes */
+ATTR INLINE __m512i FN(madd_acc512)(__m512i acc, __m512i p, __m512i s) {
+#if VNNI
+        return _mm512_dpwssd_epi32(acc, p, s);
+#else
+        return _mm512_add_epi32(acc, _mm512_madd_epi16(p, s));
+#endif
+}
+
+/* ---- Q6_K, 512-bit: zmm k = weights 64k .. 64k+63 (groups 4k .. 4k+3) as 0..63; SC[k] lane i
+ * = sc[4k + i/8] (int16); S16 the 16 scales as int16. */
+typedef struct FN(Q6) {
+        __m512i W[4], SC[4];
+        __m256i S16;
+} FN(Q6);
+
+ATTR INLINE void FN(q6k_decode)(const BlockQ6_K *blk, FN(Q6) *d) {
+        const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+        const __m512i base = _mm512_set_epi64(0x0003000300030003, 0x0003000300030003, 0x0002000200020002, 0x0002000200020002,
+                                              0x0001000100010001, 0x0001000100010001, 0, 0);
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+                const __m512i l = _mm512_loadu_si512(blk->ql + 64 * h);
+                const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
+                const __m512i z = join256(qh, _mm256_srli_epi16(qh, 2));
+                d->W[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_slli_epi16(z, 4), m30));
+                d->W[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(z, m30));
+        }
+        d->S16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
+        _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++)
+                d->SC[k] = _mm512_permutexvar_epi16(_mm512_add_epi16(base, _mm512_set1_epi16((short)(4 * k))),
+                                                    _mm512_castsi256_si512(d->S16));
+}
+
+/* isum spread over 8 lanes: sum sc q x - 32 sum sc bsums */
+ATTR INLINE __m256i FN(q6k_item)(const FN(Q6) *d, const BlockQ8K *xb) {
+        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+        s0 = FN(madd_acc512)(s0, _mm512_maddubs_epi16(d->W[0], _mm512_loadu_si512(xb->qs)), d->SC[0]);
+        s1 = FN(madd_acc512)(s1, _mm512_maddubs_epi16(d->W[1], _mm512_loadu_si512(xb->qs + 64)), d->SC[1]);
+        s0 = FN(madd_acc512)(s0, _mm512_maddubs_epi16(d->W[2], _mm512_loadu_si512(xb->qs + 128)), d->SC[2]);
+        s1 = FN(madd_acc512)(s1, _mm512_maddubs_epi16(d->W[3], _mm512_loadu_si512(xb->qs + 192)), d->SC[3]);
+        const __m256i ms = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)xb->bsums), d->S16);
+        return _mm256_sub_epi32(fold512(_mm512_add_epi32(s0, s1)), _mm256_slli_epi32(ms, 5));
+}
+
+/* ---- Q8_0, 512-bit: zmm k = blocks 2k, 2k+1 of the super-block. VNNI: vpdpbusd of (w + 128)
+ * with x, minus 128 * sum x (from bsums); else |w| x (x negated where w < 0) by vpmaddubsw. */
+typedef struct FN(Q80) {
+        __m512i W[4];
+#if !VNNI
+        __mmask64 neg[4];
+#endif
+} FN(Q80);
+
+ATTR INLINE void FN(q8_0_decode)(const BlockQ8_0 *blk, FN(Q80) *d) {
+        _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
+                const __m512i v = join256(_mm256_loadu_si256((const __m256i *)blk[2 * k].qs),
+                                          _mm256_loadu_si256((const __m256i *)blk[2 * k + 1].qs));
+#if VNNI
+                d->W[k] = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+#else
+                d->neg[k] = _mm512_movepi8_mask(v);
+                d->W[k] = _mm512_abs_epi8(v);
+#endif
+        }
+}
+
+/* the 8 block sums in order */
+ATTR INLINE __m256i FN(q8_0_item)(const FN(Q80) *d, const BlockQ8K *xb) {
+        __m512i R[4];
+        _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
+                const __m512i a = _mm512_loadu_si512(xb->qs + 64 * k);
+#if VNNI
+                R[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), d->W[k], a);
+#else
+                const __m512i sa = _mm512_mask_sub_epi8(a, d->neg[k], _mm512_setzero_si512(), a);
+                R[k] = _mm512_madd_epi16(_mm512_maddubs_epi16(d->W[k], sa), _mm512_set1_epi16(1));
+#endif
+        }
+        const __m256i S = blocksums8_512(R);
+#if VNNI
+        const __m256i xsum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)xb->bsums), _mm256_set1_epi16(1));
+        return _mm256_sub_epi32(S, _mm256_slli_epi32(xsum, 7));
+#else
+        return S;
+#endif
+}
+
+#else /* 256-bit Q6_K and Q8_0 */
+
+/* ---- Q6_K, 256-bit: per half h, four ymm of quants 0..63: W[4h + p] = weights 128h + 32p ..,
+ * groups 8h + 2p and 8h + 2p + 1; SC[4h + p] their scales as int16, 8 lanes each. */
+typedef struct FN(Q6) {
+        __m256i W[8], SC[8], S16;
+} FN(Q6);
+
+ATTR INLINE void FN(q6k_decode)(const BlockQ6_K *blk, FN(Q6) *d) {
+        const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+                const __m256i l0 = load256(blk->ql + 64 * h), l1 = load256(blk->ql + 64 * h + 32);
+                const __m256i qh = load256(blk->qh + 32 * h);
+                d->W[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+                d->W[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+                d->W[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
+                d->W[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                                  _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+        }
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)blk->scales);
+        _Pragma("GCC unroll 8") for (int p = 0; p < 8; p++) {
+                const __m128i idx = _mm_or_si128(_mm_set1_epi8((char)(2 * p)),
+                                                 _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+                d->SC[p] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, idx));
+        }
+        d->S16 = _mm256_cvtepi8_epi16(sc8);
+}
+
+/* isum spread over 8 lanes: sum sc q x - 32 sum sc bsums */
+ATTR INLINE __m256i FN(q6k_item)(const FN(Q6) *d, const BlockQ8K *xb) {
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+        _Pragma("GCC unroll 4") for (int p = 0; p < 8; p += 2) {
+                s0 = FN(madd_acc256)(s0, _mm256_maddubs_epi16(d->W[p], load256(xb->qs + 32 * p)), d->SC[p]);
+                s1 = FN(madd_acc256)(s1, _mm256_maddubs_epi16(d->W[p + 1], load256(xb->qs + 32 * p + 32)), d->SC[p + 1]);
+        }
+        const __m256i ms = _mm256_madd_epi16(load256(xb->bsums), d->S16);
+        return _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_slli_epi32(ms, 5));
+}
+
+/* ---- Q8_0, 256-bit: signed x signed as |w| x (x with w's sign, vpsignb), one ymm per block;
+ * the 8 block sums in order by a transposing hadd tree. */
+typedef struct FN(Q80) {
+        __m256i W[8], U[8]; /* w, |w| */
+} FN(Q80);
+
+ATTR INLINE void FN(q8_0_decode)(const BlockQ8_0 *blk, FN(Q80) *d) {
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
+                d->W[i] = load256(blk[i].qs);
+                d->U[i] = _mm256_sign_epi8(d->W[i], d->W[i]);
+        }
+}
+
+ATTR INLINE __m256i FN(q8_0_item)(const FN(Q80) *d, const BlockQ8K *xb) {
+        const __m256i ones = _mm256_set1_epi16(1);
+        __m256i R[8];
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
+                R[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(d->U[i], _mm256_sign_epi8(load256(xb->qs + 32 * i), d->W[i])), ones);
+        const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(R[0], R[1]), _mm256_hadd_epi32(R[2], R[3]));
+        const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(R[4], R[5]), _mm256_hadd_epi32(R[6], R[7]));
+        return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
+}
+
+#endif /* W512 */
+
+ATTR INLINE void FN(q6k_tile)(const BlockQ6_K *w, const BlockQ8K *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        Q6K_TILE_BODY(FN(Q6), FN(q6k_decode), FN(q6k_item));
+}
+
+ATTR INLINE void FN(q8_0_tile)(const BlockQ8_0 *w, const BlockQ8K *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        Q8_0_TILE_BODY(FN(Q80), FN(q8_0_decode), FN(q8_0_item));
+}
+
+DEFINE_DOT_ROWS(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, FN(q4k_tile))
+DEFINE_DOT_ROWS(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, FN(q5k_tile))
+DEFINE_DOT_ROWS(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, FN(q6k_tile))
+DEFINE_DOT_ROWS(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, FN(q8_0_tile))
+
+#undef FN
+#undef QI8_CAT
+#undef QI8_CAT2
+
+#endif /* QI8_TEMPLATE */
