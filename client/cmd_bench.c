@@ -23,13 +23,14 @@
 #include "session.h"
 
 enum { BOPT_PP = 2000, BOPT_TG, BOPT_REPEAT, BOPT_CHUNK, BOPT_NO_PER_TOKEN, BOPT_PER_TOKEN_REPEAT,
-       BOPT_SEED, BOPT_CTX, BOPT_KV_BUDGET, BOPT_BUDGET };
+       BOPT_SEED, BOPT_CTX, BOPT_KV_BUDGET, BOPT_BUDGET, BOPT_INT8 };
 
 #define BENCH_MAX_REPEAT 100
 
 typedef struct BenchOpts {
         const char *model;
         int64_t pp, tg, repeat, per_token_repeat, threads, chunk;
+        int int8;                    /* 8-bit activations (forward_set_int8) */
         double budget;          /* seconds for the whole measurement; 0 = no limit */
         int per_token;
         uint64_t seed;
@@ -151,6 +152,7 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                 { "ctx", required_argument, NULL, BOPT_CTX },
                 { "kv-budget", required_argument, NULL, BOPT_KV_BUDGET },
                 { "budget", required_argument, NULL, BOPT_BUDGET },
+                { "int8", no_argument, NULL, BOPT_INT8 },
                 { "help", no_argument, NULL, 'h' },
                 { 0 },
         };
@@ -194,6 +196,9 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                                 cli_error("--chunk must be in 1..%d", FORWARD_MAX_CHUNK);
                                 return EXIT_USAGE;
                         }
+                        break;
+                case BOPT_INT8:
+                        o->int8 = 1;
                         break;
                 case BOPT_NO_PER_TOKEN:
                         o->per_token = 0;
@@ -312,6 +317,9 @@ int cmd_bench(int argc, char **argv) {
                 ex = EXIT_RUNTIME;
                 goto out;
         }
+        forward_set_int8(fw, o.int8);
+        if (fw1)
+                forward_set_int8(fw1, o.int8);
         if ((uint64_t)o.pp + (uint64_t)o.tg > s->kv->n_slots)
                 fprintf(stderr, "mixctl: note: %lld + %lld positions exceed the %u-slot cache, which rolls\n",
                         (long long)o.pp, (long long)o.tg, s->kv->n_slots);
@@ -395,6 +403,7 @@ int cmd_bench(int argc, char **argv) {
                "\"n_expert_used\":%u,\"n_vocab\":%u,\"moe_layout\":\"%s\"",
                c->n_layer, c->n_embd, c->n_ff, c->n_head, c->n_head_kv, c->n_expert, c->n_expert_used, c->n_vocab,
                m->moe_layout);
+        printf(",\"int8\":%s", o.int8 ? "true" : "false");
         printf(",\"threads\":%u,\"dot_kernel\":\"%s\",\"budget_s\":%.1f,\"elapsed_s\":%.3f", threads, ops_kernel_name(),
                o.budget, now_s() - start);
         printf(",\"load_s\":%.6f,\"kv_slots\":%u,\"kv_bytes\":%llu,\"chunk\":%u", load_s, s->kv->n_slots,

@@ -40,6 +40,8 @@ static const Setting settings[] = {
           "positions a full-attention session keeps before rolling (0 = model context)" },
         { "idle-timeout", SET_UINT, U(idle_timeout), 1, 1 << 30, "seconds before an idle session is dropped" },
         { "request-timeout", SET_UINT, U(request_timeout), 1, 1 << 30, "seconds one request may run" },
+        { "int8", SET_UINT, U(int8), 0, 1,
+          "1: 8-bit activations for quantized weights (about 2.5x faster decode, ~1e-2 relative error)" },
         { "socket-mode", SET_OCTAL, U(socket_mode), 0, 0777, "permissions of a socket mixd creates (octal)" },
 };
 #undef U

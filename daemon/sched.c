@@ -114,7 +114,7 @@ static void *engine_main(void *arg) {
 }
 
 int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_rows, uint32_t max_slots,
-                const NumaPlan *numa) {
+                const NumaPlan *numa, bool int8) {
         const size_t n_counts = (size_t)m->cfg.n_layer * (m->cfg.n_expert ? m->cfg.n_expert : 1);
         int r;
         memset(s, 0, sizeof(*s));
@@ -139,6 +139,7 @@ int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_row
         }
         if (m->cfg.n_expert)
                 forward_set_route_hook(s->fw, count_route, s);
+        forward_set_int8(s->fw, int8);
         r = -pthread_create(&s->thread, NULL, engine_main, s);
         if (r < 0)
                 return r;

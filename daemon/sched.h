@@ -46,7 +46,7 @@ typedef struct Scheduler {
  * numa (may be NULL, borrowed): pin the threads and run experts on their nodes' threads. */
 struct NumaPlan;
 int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_rows, uint32_t max_slots,
-                const struct NumaPlan *numa);
+                const struct NumaPlan *numa, bool int8);
 /* The engine thread exits after its current round; queued jobs are left to the caller. Safe
  * after a failed sched_start. */
 void sched_stop(Scheduler *s);

@@ -13,6 +13,7 @@
 #include "numa.h"
 #include "ops.h"
 #include "quant.h"
+#include "quant_int8.h"
 
 struct Forward {
         const Model *m;
@@ -48,6 +49,11 @@ struct Forward {
         ForwardRouteFn route_fn;
         void *route_data;
         const NumaPlan *numa;     /* borrowed; NULL: any thread runs any expert */
+        bool int8;                /* quantize activations to 8 bits for the weight types that allow it */
+        BlockQ8K *xq_in;          /* [T][max(D, H*hd)/256] a product's input, quantized */
+        BlockQ8K *xq_moe;         /* [T][D/256] the feed-forward input, quantized */
+        BlockQ8K *xq_e;           /* [T][D/256] rows gathered for one expert */
+        BlockQ8K *xq_h;           /* [T][FF/256] silu(gate) * up, quantized */
 };
 
 /* Scratch rows start on cache lines: the SIMD dot products run at full speed only on
@@ -96,11 +102,18 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         fw->moe = alloc64(T * K * D * sizeof(float));
         fw->logits = alloc64(T * c->n_vocab * sizeof(float));
         fw->logit_rows = alloc64(T * sizeof(uint32_t));
+        const size_t widest_blocks = ((D > Q ? D : Q) + QK_K - 1) / QK_K, d_blocks = (D + QK_K - 1) / QK_K,
+                     ff_blocks = (FF + QK_K - 1) / QK_K;
+        fw->xq_in = alloc64(T * widest_blocks * sizeof(BlockQ8K));
+        fw->xq_moe = alloc64(T * d_blocks * sizeof(BlockQ8K));
+        fw->xq_e = alloc64(T * d_blocks * sizeof(BlockQ8K));
+        fw->xq_h = alloc64(T * ff_blocks * sizeof(BlockQ8K));
         fw->row_tmp = calloc(fw->n_threads, sizeof(float *));
         fw->scores = calloc(fw->n_threads, sizeof(float *));
         int ok = fw->inv_freq && fw->row_item && fw->row_pos && fw->item_row0 && fw->x && fw->xb && fw->q && fw->k &&
                  fw->v && fw->att && fw->router && fw->sel && fw->sel_w && fw->rows && fw->rows_slot && fw->xe &&
-                 fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp && fw->scores;
+                 fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp && fw->scores && fw->xq_in && fw->xq_moe &&
+                 fw->xq_e && fw->xq_h;
         for (unsigned t = 0; ok && t < fw->n_threads; t++) {
                 fw->row_tmp[t] = alloc64(widest * sizeof(float));
                 fw->scores[t] = alloc64(((size_t)max_slots + T) * sizeof(float));
@@ -149,6 +162,10 @@ Forward *forward_free(Forward *fw) {
         free(fw->moe);
         free(fw->logits);
         free(fw->logit_rows);
+        free(fw->xq_in);
+        free(fw->xq_moe);
+        free(fw->xq_e);
+        free(fw->xq_h);
         free(fw);
         return NULL;
 }
@@ -160,6 +177,10 @@ void forward_set_numa(Forward *fw, const NumaPlan *plan) {
 void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata) {
         fw->route_fn = fn;
         fw->route_data = userdata;
+}
+
+void forward_set_int8(Forward *fw, bool on) {
+        fw->int8 = on;
 }
 
 float *forward_logits_buffer(Forward *fw) {
@@ -180,6 +201,7 @@ typedef struct MatmulJob {
         Forward *fw;
         const Matrix *w;
         const float *x;      /* [T][cols] */
+        const BlockQ8K *xq;  /* [T][cols/256] the same, quantized; NULL: the float path */
         int64_t T;
         float *out;          /* [T][rows] */
         int node;            /* >= 0: only the threads of this NUMA node take part */
@@ -202,16 +224,35 @@ static void matmul_part(void *ctx, unsigned thread, unsigned n_threads) {
                 n_threads = n;
         }
         pool_share(j->w->rows, thread, n_threads, &r0, &r1);
+        if (j->xq && r1 > r0) {
+                const Matrix *w = j->w;
+                quant_int8(w->type)->dot_rows(w->data + r0 * w->row_bytes, w->row_bytes, (int64_t)(r1 - r0), j->xq,
+                                              (int64_t)(w->cols / QK_K), j->T, j->out + r0, (int64_t)w->rows,
+                                              (int64_t)w->cols);
+                return;
+        }
         matmul_rows(j->w, j->x, j->T, j->out, (int64_t)j->w->rows, r0, r1, j->fw->row_tmp[thread]);
+}
+
+/* x [T][cols] quantized into dst for the int8 path, or NULL when that path is off or cols
+ * is not a whole number of 256-blocks. */
+static const BlockQ8K *quantize_input(const Forward *fw, BlockQ8K *dst, const float *x, int64_t T, uint64_t cols) {
+        if (!fw->int8 || cols % QK_K != 0)
+                return NULL;
+        for (int64_t t = 0; t < T; t++)
+                quantize_row_q8k(x + (size_t)t * cols, dst + (size_t)t * (cols / QK_K), (int64_t)cols);
+        return dst;
 }
 
 /* Below this many multiply-adds a product runs on the calling thread: waking the pool
  * costs more than it saves (and a loaded machine makes every barrier expensive). */
 #define PARALLEL_MIN_WORK (1u << 20)
 
-/* out[t][r] = W[r] . x[t], rows split over the pool (over one node's threads when node >= 0). */
-static void matmul_node(Forward *fw, const Matrix *w, const float *x, int64_t T, float *out, int node) {
-        MatmulJob j = { fw, w, x, T, out, node };
+/* out[t][r] = W[r] . x[t], rows split over the pool (over one node's threads when node >= 0);
+ * on the int8 path when xq is given and the weight type has one. */
+static void matmul_node(Forward *fw, const Matrix *w, const float *x, const BlockQ8K *xq, int64_t T, float *out,
+                        int node) {
+        MatmulJob j = { fw, w, x, xq && quant_int8(w->type) ? xq : NULL, T, out, node };
         if (w->rows * w->cols * (uint64_t)T < PARALLEL_MIN_WORK) {
                 j.node = -1;
                 matmul_part(&j, 0, 1);
@@ -220,12 +261,8 @@ static void matmul_node(Forward *fw, const Matrix *w, const float *x, int64_t T,
         }
 }
 
-static void matmul_par(Forward *fw, const Matrix *w, const float *x, int64_t T, float *out) {
-        MatmulJob j = { fw, w, x, T, out, -1 };
-        if (w->rows * w->cols * (uint64_t)T < PARALLEL_MIN_WORK)
-                matmul_part(&j, 0, 1);
-        else
-                pool_run(fw->pool, matmul_part, &j);
+static void matmul_par(Forward *fw, const Matrix *w, const float *x, const BlockQ8K *xq, int64_t T, float *out) {
+        matmul_node(fw, w, x, xq, T, out, -1);
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -340,16 +377,17 @@ static void route(Forward *fw, uint32_t il, uint32_t T) {
 
 /* SwiGLU of one expert over the rows gathered in fw->xe: eout = down(silu(gate x) * up x),
  * on the threads of the NUMA node holding the expert. */
-static void expert_ffn(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t e, uint32_t n) {
+static void expert_ffn(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t e, uint32_t n, const BlockQ8K *xq) {
         const size_t FF = fw->m->cfg.n_ff;
         int node = fw->numa && fw->m->cfg.n_expert ? fw->numa->expert_node[(size_t)il * fw->numa->n_expert + e] : -1;
         if (node >= 0 && fw->numa->node_threads[node] == 0)
                 node = -1; /* fewer threads than nodes: anyone runs it */
-        matmul_node(fw, &L->gate[e], fw->xe, n, fw->gate, node);
-        matmul_node(fw, &L->up[e], fw->xe, n, fw->up, node);
+        matmul_node(fw, &L->gate[e], fw->xe, xq, n, fw->gate, node);
+        matmul_node(fw, &L->up[e], fw->xe, xq, n, fw->up, node);
         for (size_t i = 0; i < n * FF; i++)
                 fw->gate[i] = silu(fw->gate[i]) * fw->up[i];
-        matmul_node(fw, &L->down[e], fw->gate, n, fw->eout, node);
+        const BlockQ8K *hq = quantize_input(fw, fw->xq_h, fw->gate, n, FF);
+        matmul_node(fw, &L->down[e], fw->gate, hq, n, fw->eout, node);
 }
 
 /* Mixture of experts on fw->xb, added into the residual fw->x. The rows routed to an expert
@@ -358,16 +396,18 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         const ModelConfig *c = &fw->m->cfg;
         const size_t D = c->n_embd;
 
+        const BlockQ8K *xq = quantize_input(fw, fw->xq_moe, fw->xb, T, D);
+        const size_t DB = D / QK_K;
         if (c->n_expert == 0) {
                 memcpy(fw->xe, fw->xb, T * D * sizeof(float));
-                expert_ffn(fw, L, il, 0, T);
+                expert_ffn(fw, L, il, 0, T, xq);
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->eout[i];
                 return;
         }
 
         const uint32_t E = c->n_expert, K = c->n_expert_used;
-        matmul_par(fw, &L->router, fw->xb, T, fw->router);
+        matmul_par(fw, &L->router, fw->xb, xq, T, fw->router);
         route(fw, il, T);
 
         for (uint32_t e = 0; e < E; e++) {
@@ -378,11 +418,13 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
                                         fw->rows[n] = (int32_t)t;
                                         fw->rows_slot[n] = (int32_t)j;
                                         memcpy(fw->xe + n * D, fw->xb + (size_t)t * D, D * sizeof(float));
+                                        if (xq)
+                                                memcpy(fw->xq_e + n * DB, xq + (size_t)t * DB, DB * sizeof(BlockQ8K));
                                         n++;
                                 }
                 if (n == 0)
                         continue;
-                expert_ffn(fw, L, il, e, n);
+                expert_ffn(fw, L, il, e, n, xq ? fw->xq_e : NULL);
                 for (uint32_t i = 0; i < n; i++)
                         memcpy(fw->moe + ((size_t)fw->rows[i] * K + fw->rows_slot[i]) * D, fw->eout + i * D,
                                D * sizeof(float));
@@ -451,9 +493,10 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 /* attention block: xb = norm(x); q,k,v projections; RoPE; attend; x += wo att */
                 for (uint32_t t = 0; t < T; t++)
                         rmsnorm(fw->xb + t * D, fw->x + t * D, L->attn_norm, (int64_t)D, c->rms_eps);
-                matmul_par(fw, &L->wq, fw->xb, T, fw->q);
-                matmul_par(fw, &L->wk, fw->xb, T, fw->k);
-                matmul_par(fw, &L->wv, fw->xb, T, fw->v);
+                const BlockQ8K *xq = quantize_input(fw, fw->xq_in, fw->xb, T, D);
+                matmul_par(fw, &L->wq, fw->xb, xq, T, fw->q);
+                matmul_par(fw, &L->wk, fw->xb, xq, T, fw->k);
+                matmul_par(fw, &L->wv, fw->xb, xq, T, fw->v);
                 for (uint32_t t = 0; t < T; t++) {
                         rope(fw->q + t * Q, c->n_head, c->head_dim, fw->row_pos[t], fw->inv_freq);
                         rope(fw->k + t * KVD, c->n_head_kv, c->head_dim, fw->row_pos[t], fw->inv_freq);
@@ -467,7 +510,7 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 else
                         pool_run(fw->pool, attention_part, &aj);
                 kv_store(fw, items, il, T);
-                matmul_par(fw, &L->wo, fw->att, T, fw->xb);
+                matmul_par(fw, &L->wo, fw->att, quantize_input(fw, fw->xq_in, fw->att, T, Q), T, fw->xb);
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->xb[i];
 
@@ -492,7 +535,7 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         if (n_out == 0)
                 return 0;
         const size_t V = c->n_vocab;
-        matmul_par(fw, &m->output, fw->xb, n_out, fw->logits);
+        matmul_par(fw, &m->output, fw->xb, quantize_input(fw, fw->xq_in, fw->xb, n_out, D), n_out, fw->logits);
         for (uint32_t o = 0; o < n_out; o++) {
                 const uint32_t row = fw->logit_rows[o], i = fw->row_item[row];
                 float *dst = items[i].mode == FORWARD_LOGITS_ALL

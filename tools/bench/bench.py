@@ -667,7 +667,7 @@ def table(rep):
     elif d:
         agg = d["aggregate_tok_s"]
         lines.append("daemon (%s, %s threads, %d tokens/session): aggregate tok/s %s; 8/1 = %.2fx"
-                     % (d["model_name"], d["threads"], d["tokens_per_session"],
+                     % (d["model_name"] + ("+int8" if d.get("int8") else ""), d["threads"], d["tokens_per_session"],
                         "  ".join("%s: %.2f" % (k, v) for k, v in agg.items()), d["scaling_8_over_1"] or 0))
         lines.append("  peak RssAnon %s (KV reserved %s, KV written %s); ready %.3f s after exec (2nd start)"
                      % (fmt_bytes(d["rss_anon_peak_bytes"]), fmt_bytes(d["kv_bytes_reserved_max"]),
@@ -695,6 +695,7 @@ def main(argv):
                          "stop early past their share; 0 = no limit)")
     ap.add_argument("--daemon-budget", type=float, default=240, help="seconds for the daemon levels (0 = no limit)")
     ap.add_argument("--no-daemon", action="store_true")
+    ap.add_argument("--no-int8", action="store_true", help="skip the 8-bit-activation runs (and run the daemon exact)")
     ap.add_argument("--membw-mib", type=int, default=4096)
     a = ap.parse_args(argv)
 
@@ -741,11 +742,15 @@ def main(argv):
     rep["sgemm"] = sg
 
     rep["models"] = {}
-    for name, info in models.items():
+    # every model twice: float activations (the default, exact) and 8-bit activations (--int8)
+    variants = [(name, info, []) for name, info in models.items()]
+    if not a.no_int8:
+        variants += [(name + "+int8", info, ["--int8"]) for name, info in models.items()]
+    for name, info, flags in variants:
         path = info["path"]
         tr = model_traffic(path, a.pp, a.tg)
         cmd = [mixctl, "bench", "-m", path, "--pp", str(a.pp), "--tg", str(a.tg), "--repeat", str(a.repeat),
-               "--budget", str(a.model_budget)]
+               "--budget", str(a.model_budget)] + flags
         if a.threads:
             cmd += ["--threads", str(a.threads)]
         try:
@@ -782,6 +787,8 @@ def main(argv):
     name = next(iter(models))
     if not a.no_daemon and "error" not in rep["models"][name]:
         extra = ["--threads", str(a.threads)] if a.threads else []
+        if not a.no_int8:
+            extra += ["--int8", "1"]  # the daemon runs its fast configuration
         try:
             d = daemon_bench(mixd, models[name]["path"], rep["models"][name], a.daemon_budget, extra)
         except (RuntimeError, OSError, SystemExit) as e:
@@ -789,6 +796,7 @@ def main(argv):
             notes.append("daemon: %s" % e)
             failed = True
         d["model_name"] = name
+        d["int8"] = not a.no_int8
         rep["daemon"] = d
         if d["tokens_per_session"] < 64:
             notes.append("daemon: %d tokens per session instead of 64 (time budget)" % d["tokens_per_session"])
