@@ -80,6 +80,9 @@ if have_fixtures; then
         for q in f16 q8_0 q4_k_m; do
                 run "perplexity ctx64 $q" "$PYTHON" tests/python/check_ppl.py "$REL/mixctl" "$FIXTURES" "$q"
         done
+        for q in q8_0 q4_k_m; do
+                run "perplexity ctx64 $q, 8-bit activations" "$PYTHON" tests/python/check_ppl.py "$REL/mixctl" "$FIXTURES" "$q" --extra=--int8
+        done
         run "random models vs numpy oracle" "$PYTHON" tests/python/check_random_models.py "$ASAN/mixctl" "$FIXTURES"
 fi
 

@@ -91,6 +91,25 @@ print(f"chunk 7 vs 64 over {len(a)} positions: max relative difference {worst:.3
 sys.exit(0 if worst <= 1e-5 else 1)
 PY
 check "chunked prefill equals all-at-once (1e-5 relative)" 0 $?
+# the same with 8-bit activations: chunking still changes nothing, and it stays close to float
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 64 --int8 >"$tmp/i64" 2>"$tmp/err"; check "int8 logits chunk 64" 0 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 7 --int8 >"$tmp/i7" 2>"$tmp/err"; check "int8 logits chunk 7" 0 $?
+"$PYTHON" - "$tmp/i64" "$tmp/i7" "$tmp/l64" <<'PY'
+import json, sys
+import numpy as np
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+f = [json.loads(l) for l in open(sys.argv[3])]
+assert len(a) == len(b) == len(f) > 64
+same = all(x["logits"] == y["logits"] for x, y in zip(a, b))
+rel = [float(np.max(np.abs(np.array(x["logits"]) - np.array(y["logits"]))) / np.max(np.abs(np.array(y["logits"]))))
+       for x, y in zip(a, f)]
+top1 = sum(int(np.argmax(x["logits"]) == np.argmax(y["logits"])) for x, y in zip(a, f)) / len(a)
+print("int8: chunk 7 == chunk 64: %s; vs float: median relative max-diff %.3g, top-1 agreement %.0f%%"
+      % (same, float(np.median(rel)), 100 * top1))
+sys.exit(0 if same and float(np.median(rel)) < 0.05 and top1 >= 0.9 else 1)
+PY
+check "int8: chunking changes nothing, close to float" 0 $?
 "$MIXCTL" logits -m "$MODEL" --tokens "1,99999999" 2>"$tmp/err"; check "token id out of range" 2 $?
 "$MIXCTL" logits -m "$MODEL" --tokens "1,,2" 2>"$tmp/err"; check "malformed token list" 2 $?
 

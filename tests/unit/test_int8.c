@@ -20,16 +20,10 @@
 
 #include "quant.h"
 #include "quant_int8.h"
+#include "test_blocks.h"
 
 /* ---------------------------------------------------------------------------------------
  * Helpers. */
-
-static uint64_t rng_next(uint64_t *s) {
-        uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-}
 
 /* Uniform in [0, 1). */
 static double rng_unit(uint64_t *s) {
@@ -42,56 +36,8 @@ static float rng_normal(uint64_t *s) {
         return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
 }
 
-static void *xmalloc(size_t n) {
-        void *p = malloc(n ? n : 1);
-        assert_non_null(p);
-        return p;
-}
-
-static uint32_t float_bits(float f) {
-        uint32_t u;
-        memcpy(&u, &f, 4);
-        return u;
-}
-
 static const uint32_t int8_types[] = { GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K, GGML_TYPE_Q8_0 };
 #define N_TYPES (sizeof(int8_types) / sizeof(int8_types[0]))
-
-/* Byte offsets of a block's fp16 scales, -1 terminated. */
-static void scale_offsets(uint32_t type, int ret_off[3]) {
-        ret_off[0] = ret_off[1] = ret_off[2] = -1;
-        switch (type) {
-        case GGML_TYPE_Q8_0:
-                ret_off[0] = offsetof(BlockQ8_0, d);
-                break;
-        case GGML_TYPE_Q4_K:
-                ret_off[0] = offsetof(BlockQ4_K, d);
-                ret_off[1] = offsetof(BlockQ4_K, dmin);
-                break;
-        case GGML_TYPE_Q5_K:
-                ret_off[0] = offsetof(BlockQ5_K, d);
-                ret_off[1] = offsetof(BlockQ5_K, dmin);
-                break;
-        case GGML_TYPE_Q6_K:
-                ret_off[0] = offsetof(BlockQ6_K, d);
-                break;
-        default:
-                break;
-        }
-}
-
-/* A finite scale half: normal, subnormal, +-0, the largest exponent, or +-1. */
-static ggml_half random_scale(uint64_t *s) {
-        const uint64_t r = rng_next(s);
-        const uint16_t sign = (r & 1) ? 0x8000 : 0, mant = (uint16_t)((r >> 8) & 0x3ff);
-        switch ((r >> 1) % 8) {
-        case 0: return (ggml_half)(sign | (mant ? mant : 1));           /* subnormal */
-        case 1: return (ggml_half)sign;                                 /* +0 / -0 */
-        case 2: return (ggml_half)(sign | 0x7800 | mant);               /* large: exponent 30 */
-        case 3: return (ggml_half)(sign | 0x3c00);                      /* +-1 */
-        default: return (ggml_half)(sign | ((((r >> 20) % 30) + 1) << 10) | mant); /* any normal */
-        }
-}
 
 /* A scale half of any kind: random_scale()'s, or +-inf, or (with_nan) a NaN, quiet or
  * signalling. */

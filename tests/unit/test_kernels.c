@@ -20,27 +20,14 @@
 #include "gguf.h"
 #include "ops.h"
 #include "quant.h"
+#include "test_blocks.h"
 
 /* ---------------------------------------------------------------------------------------
  * Helpers. */
 
-/* splitmix64: the test owns its RNG, fixed seeds. */
-static uint64_t rng_next(uint64_t *s) {
-        uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-}
-
 /* Uniform in [-1, 1). */
 static float rng_float(uint64_t *s) {
         return (float)((double)(rng_next(s) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
-}
-
-static void *xmalloc(size_t n) {
-        void *p = malloc(n ? n : 1);
-        assert_non_null(p);
-        return p;
 }
 
 static const uint32_t all_types[] = {
@@ -49,53 +36,6 @@ static const uint32_t all_types[] = {
         GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
 };
 #define N_TYPES (sizeof(all_types) / sizeof(all_types[0]))
-
-/* Byte offsets of a block's fp16 scale fields, -1 terminated. */
-static void scale_offsets(uint32_t type, int ret_off[3]) {
-        ret_off[0] = ret_off[1] = ret_off[2] = -1;
-        switch (type) {
-        case GGML_TYPE_Q4_0:
-        case GGML_TYPE_Q5_0:
-        case GGML_TYPE_Q8_0:
-                ret_off[0] = 0;
-                break;
-        case GGML_TYPE_Q4_1:
-        case GGML_TYPE_Q5_1:
-                ret_off[0] = offsetof(BlockQ4_1, d);
-                ret_off[1] = offsetof(BlockQ4_1, m);
-                break;
-        case GGML_TYPE_Q2_K:
-                ret_off[0] = offsetof(BlockQ2_K, d);
-                ret_off[1] = offsetof(BlockQ2_K, dmin);
-                break;
-        case GGML_TYPE_Q3_K:
-                ret_off[0] = offsetof(BlockQ3_K, d);
-                break;
-        case GGML_TYPE_Q4_K:
-        case GGML_TYPE_Q5_K:
-                ret_off[0] = offsetof(BlockQ4_K, d);
-                ret_off[1] = offsetof(BlockQ4_K, dmin);
-                break;
-        case GGML_TYPE_Q6_K:
-                ret_off[0] = offsetof(BlockQ6_K, d);
-                break;
-        default:
-                break;
-        }
-}
-
-/* A finite scale half: normal, subnormal, +-0, the largest exponents, or +-1. */
-static ggml_half random_scale(uint64_t *s) {
-        const uint64_t r = rng_next(s);
-        const uint16_t sign = (r & 1) ? 0x8000 : 0, mant = (uint16_t)((r >> 8) & 0x3ff);
-        switch ((r >> 1) % 8) {
-        case 0: return (ggml_half)(sign | (mant ? mant : 1));           /* subnormal */
-        case 1: return (ggml_half)sign;                                 /* +0 / -0 */
-        case 2: return (ggml_half)(sign | 0x7800 | mant);               /* large: exponent 30 */
-        case 3: return (ggml_half)(sign | 0x3c00);                      /* +-1 */
-        default: return (ggml_half)(sign | ((((r >> 20) % 30) + 1) << 10) | mant); /* any normal */
-        }
-}
 
 /* n weights of type as random blocks with finite scales; F16/BF16: random bit patterns
  * (NaNs and infinities included), F32: random finite floats. */
@@ -130,12 +70,6 @@ static int64_t first_diff(const float *a, const float *b, int64_t n) {
                 if (memcmp(&a[i], &b[i], 4) != 0)
                         return i;
         return -1;
-}
-
-static uint32_t float_bits(float f) {
-        uint32_t u;
-        memcpy(&u, &f, 4);
-        return u;
 }
 
 /* ---------------------------------------------------------------------------------------
