@@ -314,9 +314,7 @@ static void attend(Forward *fw, const ForwardItem *items, uint32_t il, uint32_t 
                         continue;
                 }
                 const float *vp = kv_row(fw, it, i, kv->v, fw->v, il, p) + koff;
-                const float w = scores[n++];
-                for (uint32_t d = 0; d < hd; d++)
-                        out[d] += w * vp[d];
+                axpy(out, scores[n++], vp, hd);
         }
 }
 

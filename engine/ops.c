@@ -58,6 +58,36 @@ void matmul(const Matrix *w, const float *x, int64_t T, float *out, float *row_t
         matmul_rows(w, x, T, out, (int64_t)w->rows, 0, w->rows, row_tmp);
 }
 
+static void axpy_scalar(float *restrict y, float a, const float *restrict x, int64_t n) {
+        for (int64_t i = 0; i < n; i++)
+                y[i] += a * x[i];
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* A multiply then an add per element, as the scalar loop: the same bits. */
+__attribute__((target("avx2"))) static void axpy_avx2(float *restrict y, float a, const float *restrict x, int64_t n) {
+        const __m256 va = _mm256_set1_ps(a);
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+                _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(va, _mm256_loadu_ps(x + i))));
+        axpy_scalar(y + i, a, x + i, n - i);
+}
+#endif
+
+void axpy(float *restrict y, float a, const float *restrict x, int64_t n) {
+#if defined(__x86_64__)
+        static int have_avx2 = -1;
+        if (have_avx2 < 0)
+                __atomic_store_n(&have_avx2, __builtin_cpu_supports("avx2") ? 1 : 0, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&have_avx2, __ATOMIC_RELAXED)) {
+                axpy_avx2(y, a, x, n);
+                return;
+        }
+#endif
+        axpy_scalar(y, a, x, n);
+}
+
 void rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps) {
         double ss = 0.0;
         for (int64_t i = 0; i < n; i++)

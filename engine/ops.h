@@ -17,6 +17,8 @@ void matmul_rows(const Matrix *w, const float *x, int64_t T, float *out, int64_t
 /* All rows, out_stride = rows. */
 void matmul(const Matrix *w, const float *x, int64_t T, float *out, float *row_tmp);
 
+/* y[i] += a * x[i] (elementwise: vectorizing it never changes a result). */
+void axpy(float *restrict y, float a, const float *restrict x, int64_t n);
 /* out = x / sqrt(mean(x^2) + eps) * weight, length n (out may alias x). */
 void rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
 /* log softmax(logits)[index], computed in double. */
