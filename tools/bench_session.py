@@ -8,7 +8,8 @@ token, from the request to its done event) at about 20 tokens of history and aga
 2000, medians over repeats. The ratio shows the cost is O(new tokens), not O(history): only
 attention grows with history, and it is a small part of a token's work.
 
-usage: bench_session.py [--bin build/rel] [--repeats 15] [--history 2000]
+usage: bench_session.py [--bin build/rel] [--repeats 15] [--history 2000] [--model FILE] [--int8]
+(--model: bench a full-attention GGUF of your own, e.g. make bench's cached Mixtral-shaped one)
 """
 
 import argparse
@@ -60,18 +61,21 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "rel"))
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--history", type=int, default=2000)
+    ap.add_argument("--model")
+    ap.add_argument("--int8", action="store_true")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="mixd-session-bench-")
-    model = os.path.join(tmp, "model.gguf")
-    print("generating a random full-attention model (hidden 2048, FFN 8192, 16/4 heads, 8 experts top-2, "
-          "2 layers, Q4_K)...", file=sys.stderr)
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_random_gguf.py"), model,
-                    "--n-layer", "2", "--n-embd", "2048", "--n-ff", "8192", "--n-head", "16", "--n-head-kv", "4",
-                    "--n-expert", "8", "--n-expert-used", "2", "--n-ctx", "8192", "--sliding-window", "0",
-                    "--type", "q4_k", "--seed", "1"], check=True, stdout=subprocess.DEVNULL)
+    model = a.model or os.path.join(tmp, "model.gguf")
+    if not a.model:
+        print("generating a random full-attention model (hidden 2048, FFN 8192, 16/4 heads, 8 experts top-2, "
+              "2 layers, Q4_K)...", file=sys.stderr)
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_random_gguf.py"), model,
+                        "--n-layer", "2", "--n-embd", "2048", "--n-ff", "8192", "--n-head", "16", "--n-head-kv", "4",
+                        "--n-expert", "8", "--n-expert-used", "2", "--n-ctx", "8192", "--sliding-window", "0",
+                        "--type", "q4_k", "--seed", "1"], check=True, stdout=subprocess.DEVNULL)
     sock = os.path.join(tmp, "mixd.sock")
-    d = subprocess.Popen([os.path.join(a.bin, "mixd"), "--model", model, "--socket", sock],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [os.path.join(a.bin, "mixd"), "--model", model, "--socket", sock] + (["--int8", "1"] if a.int8 else [])
+    d = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):
             try:
