@@ -93,7 +93,7 @@ def main():
         short = [one_token(c, sid) for _ in range(a.repeats)]
         n_short = [s for s in c.call("session.list")["sessions"] if s["session"] == sid][0]["n_tokens"]
         print("feeding %d tokens of history..." % a.history, file=sys.stderr)
-        c.call("generate", session=sid, prompt="y" * (a.history - n_short - 1), n_predict=1, temperature=0.0)
+        c.call("generate", session=sid, prompt=" y" * (a.history - n_short - 1), n_predict=1, temperature=0.0)
         long_ = [one_token(c, sid) for _ in range(a.repeats)]
         n_long = [s for s in c.call("session.list")["sessions"] if s["session"] == sid][0]["n_tokens"]
         # short history again, on a fresh session, after the long run: a control for drift
