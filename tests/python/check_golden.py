@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
-from checker_common import MixctlError, check_binary, require_files, run_mixctl, flush  # noqa: E402
+from checker_common import MixctlError, check_binary, require_files, run_mixctl, flush, parse_logits  # noqa: E402
 
 REL_TOL = 2e-2
 NEED_POS = 0.95
@@ -54,40 +54,6 @@ FILES = {
     "q4_k_m": ("lc-q4_k_m-public.npz", "tiny-moe-q4_k_m.gguf", ("", "r")),
     "long": ("torch-long-public.npz", "tiny-moe-f16.gguf", ("r",)),
 }
-
-
-def parse_logits(out, n_pos, n_vocab):
-    """Parse mixctl's JSON lines into an array [n_pos, n_vocab] (float64).
-
-    Lines not starting with '{' are ignored (so stray log lines on stdout do
-    not break parsing); every position 0..n_pos-1 must appear exactly once.
-    """
-    E = np.full((n_pos, n_vocab), np.nan)
-    seen = set()
-    for ln, line in enumerate(out.decode("utf-8", "replace").splitlines(), 1):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            d = json.loads(line)
-            p = int(d["pos"])
-            lg = d["logits"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise MixctlError("stdout line %d is not {\"pos\":P,\"logits\":[...]}: %s (%s)"
-                              % (ln, line[:80], e))
-        if not 0 <= p < n_pos:
-            raise MixctlError("stdout line %d: pos %d out of range 0..%d" % (ln, p, n_pos - 1))
-        if p in seen:
-            raise MixctlError("stdout: pos %d printed twice" % p)
-        if len(lg) != n_vocab:
-            raise MixctlError("stdout pos %d: %d logits, expected %d" % (p, len(lg), n_vocab))
-        seen.add(p)
-        E[p] = np.asarray(lg, dtype=np.float64)
-    if len(seen) != n_pos:
-        missing = sorted(set(range(n_pos)) - seen)
-        raise MixctlError("stdout has %d of %d positions (missing e.g. %s)"
-                          % (len(seen), n_pos, missing[:5]))
-    return E
 
 
 def prompt_indices(z):

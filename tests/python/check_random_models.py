@@ -60,7 +60,7 @@ sys.path.insert(0, TOOLS)
 import numpy as np  # noqa: E402
 import gen_random_gguf  # noqa: E402
 import oracle  # noqa: E402
-from checker_common import MixctlError, check_binary, run_mixctl, flush  # noqa: E402
+from checker_common import MixctlError, check_binary, run_mixctl, flush, parse_logits  # noqa: E402
 
 REL_TOL = 1e-3        # per-position max|d| / max|oracle|
 NEED_POS = 0.95       # fraction of positions that must agree
@@ -167,33 +167,6 @@ def cases():
 
 
 # --------------------------------------------------------------------------
-
-def parse_logits(out, n_pos, n_vocab):
-    """mixctl JSON lines -> float64 [n_pos, n_vocab]; every position exactly once."""
-    E = np.full((n_pos, n_vocab), np.nan)
-    seen = set()
-    for ln, line in enumerate(out.decode("utf-8", "replace").splitlines(), 1):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            d = json.loads(line)
-            p = int(d["pos"])
-            lg = d["logits"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise MixctlError("stdout line %d is not {\"pos\":P,\"logits\":[...]}: %s (%s)"
-                              % (ln, line[:80], e))
-        if not 0 <= p < n_pos or p in seen or len(lg) != n_vocab:
-            raise MixctlError("stdout line %d: bad pos %d or %d logits (expected %d)"
-                              % (ln, p, len(lg), n_vocab))
-        seen.add(p)
-        E[p] = np.asarray(lg, dtype=np.float64)
-    if len(seen) != n_pos:
-        missing = sorted(set(range(n_pos)) - seen)
-        raise MixctlError("stdout has %d of %d positions (missing e.g. %s)"
-                          % (len(seen), n_pos, missing[:5]))
-    return E
-
 
 def score(E, O, margin):
     """Agreement figures of engine E vs oracle O (both [T, V])."""

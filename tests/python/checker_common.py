@@ -6,9 +6,12 @@ policy (CI=true -> failure, otherwise a loud skip).
 Used by check_golden.py, check_greedy.py and check_ppl.py in this folder.
 """
 
+import json
 import os
 import subprocess
 import sys
+
+import numpy
 
 
 class MixctlError(Exception):
@@ -78,3 +81,37 @@ def require_files(paths):
 
 def flush():
     sys.stdout.flush()
+
+
+def parse_logits(out, n_pos, n_vocab):
+    """Parse mixctl's JSON lines into an array [n_pos, n_vocab] (float64).
+
+    Lines not starting with '{' are ignored (so stray log lines on stdout do
+    not break parsing); every position 0..n_pos-1 must appear exactly once.
+    """
+    E = numpy.full((n_pos, n_vocab), numpy.nan)
+    seen = set()
+    for ln, line in enumerate(out.decode("utf-8", "replace").splitlines(), 1):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            d = json.loads(line)
+            p = int(d["pos"])
+            lg = d["logits"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise MixctlError("stdout line %d is not {\"pos\":P,\"logits\":[...]}: %s (%s)"
+                              % (ln, line[:80], e))
+        if not 0 <= p < n_pos:
+            raise MixctlError("stdout line %d: pos %d out of range 0..%d" % (ln, p, n_pos - 1))
+        if p in seen:
+            raise MixctlError("stdout: pos %d printed twice" % p)
+        if len(lg) != n_vocab:
+            raise MixctlError("stdout pos %d: %d logits, expected %d" % (p, len(lg), n_vocab))
+        seen.add(p)
+        E[p] = numpy.asarray(lg, dtype=numpy.float64)
+    if len(seen) != n_pos:
+        missing = sorted(set(range(n_pos)) - seen)
+        raise MixctlError("stdout has %d of %d positions (missing e.g. %s)"
+                          % (len(seen), n_pos, missing[:5]))
+    return E
