@@ -29,7 +29,7 @@ static const Setting settings[] = {
         { "numa", SET_STRING, U(numa), 0, 0,
           "auto: place experts and pin threads by NUMA node (when there are several); off: don't" },
         { "state-dir", SET_STRING, U(state_dir), 0, 0,
-          "directory for sessions saved at stop and restored at start (default $STATE_DIRECTORY; none: not kept)" },
+          "directory for sessions saved at stop and restored at start (default $STATE_DIRECTORY; 'none': not kept)" },
         { "threads", SET_UINT, U(threads), 1, DAEMON_MAX_THREADS, "worker threads (default: online CPUs)" },
         { "kv-budget", SET_BYTES, U(kv_budget), 1 << 20, 1ull << 46, "bytes of KV cache for all sessions (K/M/G suffixes)" },
         { "max-sessions", SET_UINT, U(max_sessions), 1, 1 << 20, "named sessions, all users" },

@@ -29,9 +29,13 @@ int main(int argc, char **argv) {
                 else if (!strncmp(argv[i], "--config=", 9))
                         config_path = argv[i] + 9;
         }
-        r = config_load_file(&cfg, config_path ? config_path : DEFAULT_CONFIG, err, sizeof(err));
+        const char *file = config_path ? config_path : DEFAULT_CONFIG;
+        r = config_load_file(&cfg, file, err, sizeof(err));
         if (r < 0 && !(r == -ENOENT && !config_path)) {
-                log_error("%s", err[0] ? err : strerror(-r));
+                if (err[0])
+                        log_error("%s", err);
+                else
+                        log_error("cannot read %s: %s", file, strerror(-r));
                 config_free(&cfg);
                 return 2;
         }
@@ -43,13 +47,13 @@ int main(int argc, char **argv) {
                 return r < 0 ? 2 : 0;
         }
         if (!cfg.model) {
-                fprintf(stderr, "mixd: no model given (--model FILE, or 'model = FILE' in %s)\n", DEFAULT_CONFIG);
+                fprintf(stderr, "mixd: no model given (--model FILE, or 'model = FILE' in %s)\n", file);
                 config_free(&cfg);
                 return 2;
         }
         if (getenv("MIXD_DEBUG"))
                 log_set_max_priority(LOG_DEBUG);
-        r = server_run(&cfg, config_path ? config_path : DEFAULT_CONFIG, argc, argv);
+        r = server_run(&cfg, file, argc, argv);
         config_free(&cfg);
         return r < 0 ? 1 : 0;
 }

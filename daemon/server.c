@@ -435,6 +435,10 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
                 /* systemd's StateDirectory= (the first one if several) */
                 cfg->state_dir = strndup(getenv("STATE_DIRECTORY"), strcspn(getenv("STATE_DIRECTORY"), ":"));
         }
+        if (cfg->state_dir && (!strcmp(cfg->state_dir, "none") || !*cfg->state_dir)) {
+                free(cfg->state_dir); /* "state-dir = none": sessions are not kept across restarts */
+                cfg->state_dir = NULL;
+        }
         r = guard_install();
         if (r < 0)
                 log_warning("cannot install the SIGBUS guard: %s", strerror(-r));
