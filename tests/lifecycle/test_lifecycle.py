@@ -223,6 +223,17 @@ def main():
     check("disk full on save: logged, no partial file", "cannot save session" in log and left == [],
           "exit %d, left %s" % (rc, left))
 
+    # --- state-dir = none: nothing is saved even where systemd sets $STATE_DIRECTORY
+    for f in os.listdir(state):
+        os.unlink(os.path.join(state, f))
+    d = Daemon(mixd, sock, state="none", env={"STATE_DIRECTORY": state})
+    c = Client(sock)
+    c.call("session.open")
+    c.close()
+    rc, log = d.stop()
+    check("state-dir none: nothing saved under $STATE_DIRECTORY", rc == 0 and os.listdir(state) == [],
+          "exit %d, files %s" % (rc, os.listdir(state)))
+
     # --- SIGHUP: the model is swapped, the socket stays, sessions are closed with a reason
     d = Daemon(mixd, sock, state=None)
     c = Client(sock)
