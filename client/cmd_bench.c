@@ -80,7 +80,7 @@ static void random_tokens(int32_t *ids, size_t n, uint32_t n_vocab, uint64_t see
 static int timed_feed(Session *s, Forward *fw, const int32_t *ids, size_t n, double *ret_s) {
         session_reset(s);
         const double t0 = now_s();
-        int r = session_feed(s, fw, ids, n, NULL, NULL, NULL);
+        int r = session_feed(s, fw, ids, n, NULL, NULL);
         *ret_s = now_s() - t0;
         return r;
 }
@@ -122,7 +122,7 @@ static int timed_decode(Session *s, Forward *fw, int64_t n, int64_t min_n, doubl
                 if (i >= min_n && deadline > 0 && now_s() > deadline)
                         break;
                 const int32_t tok = argmax(s->last_logits, V);
-                int r = session_feed(s, fw, &tok, 1, NULL, NULL, NULL);
+                int r = session_feed(s, fw, &tok, 1, NULL, NULL);
                 if (r < 0)
                         return r;
         }

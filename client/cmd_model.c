@@ -458,7 +458,7 @@ int cmd_logits(int argc, char **argv) {
                 ex = EXIT_RUNTIME;
                 goto out;
         }
-        int r = session_feed(e.s, e.fw, ids, n, on_logits, NULL, &lp);
+        int r = session_feed(e.s, e.fw, ids, n, on_logits, &lp);
         if (r == -ECANCELED)
                 ex = EXIT_INTERRUPTED;
         else if (r < 0 && r != -EPIPE) {
@@ -576,10 +576,10 @@ int cmd_perplexity(int argc, char **argv) {
                 chunk[0] = tokenizer_bos(m->tok);
                 session_reset(e.s);
                 /* the first half only fills the cache; the second half is scored */
-                r = session_feed(e.s, e.fw, chunk, (size_t)st.first_scored, NULL, NULL, NULL);
+                r = session_feed(e.s, e.fw, chunk, (size_t)st.first_scored, NULL, NULL);
                 if (r == 0)
                         r = session_feed(e.s, e.fw, chunk + st.first_scored, (size_t)(n_ctx - st.first_scored), ppl_on_logits,
-                                         NULL, &st);
+                                         &st);
                 if (r == -ECANCELED) {
                         ex = EXIT_INTERRUPTED;
                         goto out;

@@ -22,7 +22,6 @@
 #define DAEMON_IDLE_SESSION_TIMEOUT_S    3600          /* seconds an idle named session lives */
 #define DAEMON_REQUEST_TIMEOUT_S         1800          /* seconds one request may run */
 #define DAEMON_HOUSEKEEPING_MS           1000          /* timer period: timeouts, stats */
-#define DAEMON_SHUTDOWN_GRACE_MS         5000          /* in-flight work gets this long at shutdown */
 
 /* --- workers --- */
 #define DAEMON_MAX_THREADS               256           /* compute threads */

@@ -43,8 +43,6 @@ static void run_round(Scheduler *s, SchedJob **jobs, ForwardItem *items, unsigne
         int err = n_items ? forward_batch(s->fw, items, n_items) : 0;
         if (guard_tripped())
                 err = -EIO; /* the model file shrank under us: these results are garbage */
-        s->rounds++;
-        s->rows += rows;
 
         pthread_mutex_lock(&s->lock);
         /* jobs the round had no room for keep their place at the front */

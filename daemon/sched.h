@@ -38,7 +38,6 @@ typedef struct Scheduler {
         unsigned n_jobs;
         bool stopping;
         uint64_t *expert_counts;   /* [n_layer][n_expert], written by the engine thread (relaxed atomics) */
-        uint64_t rounds, rows;     /* statistics: batches run, rows fed */
         const struct NumaPlan *numa;
 } Scheduler;
 

@@ -74,13 +74,6 @@ static void finish(Generation *g, GenStopReason why, GenEvent *ev) {
         ev->text_len += stop_flush(&g->stop, ev->text + ev->text_len);
 }
 
-int generation_settle(Generation *g, Forward *fw) {
-        if (!g->have_next)
-                return 0;
-        g->have_next = 0;
-        return session_feed(g->s, fw, &g->next_token, 1, NULL, NULL, NULL);
-}
-
 void generation_cancel(Generation *g) {
         if (g->stop_reason == GEN_RUNNING)
                 g->stop_reason = GEN_STOP_CANCELLED;
@@ -165,7 +158,7 @@ int generation_step(Generation *g, Forward *fw, GenEvent *ev) {
         const int32_t *tokens = NULL;
         const uint32_t n = generation_want(g, forward_max_chunk(fw, g->s->kv), &tokens);
         if (n > 0) {
-                int r = session_feed(g->s, fw, tokens, n, NULL, NULL, NULL);
+                int r = session_feed(g->s, fw, tokens, n, NULL, NULL);
                 if (r < 0)
                         return r;
         }

@@ -68,12 +68,11 @@ int generation_step(Generation *g, Forward *fw, GenEvent *ev);
 /* The same step in two halves, for a caller that feeds many sessions in one batch:
  * generation_want says which tokens (at most max) to feed into g->s now (0: none), with
  * the logits of the last one into g->s->last_logits; generation_after takes the count fed
- * and does the rest of the step. */
+ * and does the rest of the step. Once the generation is done, setting g->settling makes one
+ * more want/after round feed the last sampled token (EOS included), so that a session used
+ * again continues after it. */
 uint32_t generation_want(const Generation *g, uint32_t max, const int32_t **ret_tokens);
 int generation_after(Generation *g, uint32_t n_fed, GenEvent *ev);
 /* Mark the generation cancelled; the next step returns 0. */
 void generation_cancel(Generation *g);
-/* Feed the last sampled token (EOS included) into the session, so that a later request
- * continues after it. Call before reusing the session. */
-int generation_settle(Generation *g, Forward *fw);
 void generation_done(Generation *g);

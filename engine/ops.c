@@ -54,9 +54,6 @@ void matmul_rows(const Matrix *w, const float *x, int64_t T, float *out, int64_t
         }
 }
 
-void matmul(const Matrix *w, const float *x, int64_t T, float *out, float *row_tmp) {
-        matmul_rows(w, x, T, out, (int64_t)w->rows, 0, w->rows, row_tmp);
-}
 
 static void axpy_scalar(float *restrict y, float a, const float *restrict x, int64_t n) {
         for (int64_t i = 0; i < n; i++)

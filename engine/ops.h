@@ -14,8 +14,6 @@ const char *ops_kernel_name(void);
  * W: [rows][cols]; x: [T][cols]; out: [T][out_stride]; row_tmp: scratch of cols floats. */
 void matmul_rows(const Matrix *w, const float *x, int64_t T, float *out, int64_t out_stride, uint64_t r0, uint64_t r1,
                  float *row_tmp);
-/* All rows, out_stride = rows. */
-void matmul(const Matrix *w, const float *x, int64_t T, float *out, float *row_tmp);
 
 /* y[i] += a * x[i] (elementwise: vectorizing it never changes a result). */
 void axpy(float *restrict y, float a, const float *restrict x, int64_t n);

@@ -70,7 +70,7 @@ uint64_t session_kv_bytes(const Session *s) {
 }
 
 int session_feed(Session *s, Forward *fw, const int32_t *tokens, size_t n, SessionLogitsFn on_logits,
-                 SessionProgressFn on_progress, void *userdata) {
+                 void *userdata) {
         const uint32_t V = s->m->cfg.n_vocab, chunk = forward_max_chunk(fw, s->kv);
         float *logits = forward_logits_buffer(fw);
         size_t done = 0;
@@ -93,8 +93,6 @@ int session_feed(Session *s, Forward *fw, const int32_t *tokens, size_t n, Sessi
                         memcpy(s->last_logits, logits + (mode == FORWARD_LOGITS_ALL ? (size_t)(T - 1) * V : 0),
                                V * sizeof(float));
                 done += T;
-                if (on_progress && on_progress(userdata, done, n) < 0)
-                        return -ECANCELED;
         }
         return 0;
 }

@@ -29,10 +29,7 @@ int session_slots(const Model *m, uint32_t capacity, uint64_t kv_budget, uint32_
 
 /* Called with the logits [V] of each position when feeding with on_logits. Return < 0 to stop. */
 typedef int (*SessionLogitsFn)(void *userdata, int64_t pos, const float *logits);
-/* Called after each chunk with tokens done so far; return < 0 to cancel (-ECANCELED). */
-typedef int (*SessionProgressFn)(void *userdata, size_t done, size_t total);
-
 /* Feed n tokens in chunks of at most forward_max_chunk(). Afterwards last_logits holds the
  * logits after the last token. */
 int session_feed(Session *s, Forward *fw, const int32_t *tokens, size_t n, SessionLogitsFn on_logits,
-                 SessionProgressFn on_progress, void *userdata);
+                 void *userdata);
