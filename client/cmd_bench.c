@@ -16,6 +16,7 @@
 
 #include "cli.h"
 #include "forward.h"
+#include "hugepage.h"
 #include "engine_limits.h"
 #include "model.h"
 #include "ops.h"
@@ -23,7 +24,7 @@
 #include "session.h"
 
 enum { BOPT_PP = 2000, BOPT_TG, BOPT_REPEAT, BOPT_CHUNK, BOPT_NO_PER_TOKEN, BOPT_PER_TOKEN_REPEAT,
-       BOPT_SEED, BOPT_CTX, BOPT_KV_BUDGET, BOPT_BUDGET, BOPT_INT8 };
+       BOPT_SEED, BOPT_CTX, BOPT_KV_BUDGET, BOPT_BUDGET, BOPT_INT8, BOPT_HUGEPAGES };
 
 #define BENCH_MAX_REPEAT 100
 
@@ -31,6 +32,7 @@ typedef struct BenchOpts {
         const char *model;
         int64_t pp, tg, repeat, per_token_repeat, threads, chunk;
         int int8;                    /* 8-bit activations (forward_set_int8) */
+        int hugepages;               /* 1: settle the model into 2 MiB pages first, as mixd does */
         double budget;          /* seconds for the whole measurement; 0 = no limit */
         int per_token;
         uint64_t seed;
@@ -153,6 +155,7 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                 { "kv-budget", required_argument, NULL, BOPT_KV_BUDGET },
                 { "budget", required_argument, NULL, BOPT_BUDGET },
                 { "int8", no_argument, NULL, BOPT_INT8 },
+                { "hugepages", required_argument, NULL, BOPT_HUGEPAGES },
                 { "help", no_argument, NULL, 'h' },
                 { 0 },
         };
@@ -199,6 +202,13 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                         break;
                 case BOPT_INT8:
                         o->int8 = 1;
+                        break;
+                case BOPT_HUGEPAGES:
+                        if (strcmp(optarg, "auto") != 0 && strcmp(optarg, "off") != 0) {
+                                cli_error("--hugepages must be auto or off");
+                                return EXIT_USAGE;
+                        }
+                        o->hugepages = strcmp(optarg, "auto") == 0;
                         break;
                 case BOPT_NO_PER_TOKEN:
                         o->per_token = 0;
@@ -248,7 +258,10 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                                "  -t, --threads N        compute threads (default: online CPUs)\n"
                                "  --seed N               seed of the random prompt (default 1)\n"
                                "  --ctx N                positions the session keeps (default: the model's)\n"
-                               "  --kv-budget BYTES      most bytes of KV cache (default 4 GiB)\n",
+                               "  --kv-budget BYTES      most bytes of KV cache (default 4 GiB)\n"
+                               "  --int8                 8-bit activations for quantized weights (mixd's int8 = 1)\n"
+                               "  --hugepages auto|off   auto (default, as mixd): re-read a model mostly mapped\n"
+                               "                         with 4 KiB pages so it maps with 2 MiB pages\n",
                                FORWARD_MAX_CHUNK);
                         return -1;
                 default:
@@ -274,7 +287,8 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
 
 int cmd_bench(int argc, char **argv) {
         BenchOpts o = { .pp = 512, .tg = 128, .repeat = 3, .per_token_repeat = 0, .threads = 0,
-                        .chunk = FORWARD_MAX_CHUNK, .per_token = 1, .seed = 1, .kv_budget = KV_DEFAULT_BUDGET };
+                        .chunk = FORWARD_MAX_CHUNK, .per_token = 1, .seed = 1, .kv_budget = KV_DEFAULT_BUDGET,
+                        .hugepages = 1 };
         int ex = parse_opts(argc, argv, &o);
         if (ex)
                 return ex < 0 ? EXIT_OK : ex;
@@ -300,6 +314,16 @@ int cmd_bench(int argc, char **argv) {
                 cli_error("cannot load model %s: %s", o.model, err.msg[0] ? err.msg : strerror(-r));
                 return EXIT_RUNTIME;
         }
+        HugepageReport huge = { .file_bytes = m->file->size };
+        r = o.hugepages ? hugepage_settle(o.model, m->file->base, m->file->size, &huge)
+                        : hugepage_mapped_bytes(m->file->base, m->file->size, &huge.huge_before);
+        huge.huge_after = huge.refaulted ? huge.huge_after : huge.huge_before;
+        if (r < 0)
+                fprintf(stderr, "bench: cannot measure the model's 2 MiB pages: %s\n", strerror(-r));
+        else
+                fprintf(stderr, "bench: %.0f%% of the model mapped with 2 MiB pages%s\n",
+                        huge.file_bytes ? 100.0 * (double)huge.huge_after / (double)huge.file_bytes : 0.0,
+                        huge.refaulted ? " (after re-reading it)" : "");
         const ModelConfig *c = &m->cfg;
         if (!o.threads) {
                 const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -404,6 +428,8 @@ int cmd_bench(int argc, char **argv) {
                c->n_layer, c->n_embd, c->n_ff, c->n_head, c->n_head_kv, c->n_expert, c->n_expert_used, c->n_vocab,
                m->moe_layout);
         printf(",\"int8\":%s", o.int8 ? "true" : "false");
+        printf(",\"model_bytes\":%llu,\"model_huge_page_bytes\":%llu,\"model_reread_s\":%.3f",
+               (unsigned long long)huge.file_bytes, (unsigned long long)huge.huge_after, huge.seconds);
         printf(",\"threads\":%u,\"dot_kernel\":\"%s\",\"budget_s\":%.1f,\"elapsed_s\":%.3f", threads, ops_kernel_name(),
                o.budget, now_s() - start);
         printf(",\"load_s\":%.6f,\"kv_slots\":%u,\"kv_bytes\":%llu,\"chunk\":%u", load_s, s->kv->n_slots,

@@ -332,6 +332,9 @@ static void print_status(const Reply *rep) {
         ProtoStr model = { "", 0 };
         proto_obj_str(proto_map_get(&rep->root, "model"), &model);
         printf("model            %.*s\n", (int)model.len, model.ptr);
+        const uint64_t model_bytes = get_u(rep, "model_bytes"), huge = get_u(rep, "model_huge_page_bytes");
+        printf("model pages      %.1f of %.1f MiB mapped with 2 MiB pages (%.0f%%)\n", huge / 1048576.0,
+               model_bytes / 1048576.0, model_bytes ? 100.0 * (double)huge / (double)model_bytes : 0.0);
         printf("sessions         %llu (evicted so far: %llu)\n", (unsigned long long)get_u(rep, "sessions"),
                (unsigned long long)get_u(rep, "sessions_evicted"));
         printf("requests         %llu active, %llu queued\n", (unsigned long long)get_u(rep, "active_requests"),

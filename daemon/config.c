@@ -28,6 +28,8 @@ static const Setting settings[] = {
         { "admin-group", SET_STRING, U(admin_group), 0, 0, "group whose members may shut the daemon down" },
         { "numa", SET_STRING, U(numa), 0, 0,
           "auto: place experts and pin threads by NUMA node (when there are several); off: don't" },
+        { "hugepages", SET_STRING, U(hugepages), 0, 0,
+          "auto: at load, re-read a model that is not mapped with 2 MiB pages so it is (faster decode); off: don't" },
         { "state-dir", SET_STRING, U(state_dir), 0, 0,
           "directory for sessions saved at stop and restored at start (default $STATE_DIRECTORY; 'none': not kept)" },
         { "threads", SET_UINT, U(threads), 1, DAEMON_MAX_THREADS, "worker threads (default: online CPUs)" },
@@ -121,8 +123,9 @@ static int parse_number(const char *v, SettingType type, uint64_t *ret) {
 
 static int apply(Config *c, const Setting *s, const char *value, char *err, size_t errlen) {
         void *field = (char *)c + s->offset;
-        if (!strcmp(s->name, "numa") && strcmp(value, "auto") != 0 && strcmp(value, "off") != 0) {
-                snprintf(err, errlen, "numa: '%s' is neither auto nor off", value);
+        if ((!strcmp(s->name, "numa") || !strcmp(s->name, "hugepages")) && strcmp(value, "auto") != 0 &&
+            strcmp(value, "off") != 0) {
+                snprintf(err, errlen, "%s: '%s' is neither auto nor off", s->name, value);
                 return -EINVAL;
         }
         if (s->type == SET_STRING) {

@@ -20,8 +20,9 @@ typedef struct Config {
         uint64_t session_capacity;   /* positions per full-attention session (0 = model context) */
         uint64_t idle_timeout;       /* seconds */
         uint64_t request_timeout;    /* seconds */
-        uint64_t socket_mode;
-        uint64_t int8;               /* 1: 8-bit activations for quantized weights */        /* permission bits of a socket we create (octal in text) */
+        uint64_t socket_mode;        /* permission bits of a socket we create (octal in text) */
+        uint64_t int8;               /* 1: 8-bit activations for quantized weights */
+        char *hugepages;             /* "auto" or "off": re-read the model for 2 MiB pages at load */
 } Config;
 
 void config_defaults(Config *c);

@@ -1,4 +1,4 @@
-/* daemon/limits.h — the daemon's compile-time limits, with units. Runtime settings (and
+/* daemon/daemon_limits.h — the daemon's compile-time limits, with units. Runtime settings (and
  * their bounds) are the table in config.c; protocol limits are in proto/limits.h. */
 #pragma once
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "guard.h"
+#include "hugepage.h"
 #include "log.h"
 
 void reply_error(Conn *c, uint64_t id, const char *code, const char *fmt, ...) {
@@ -60,8 +61,12 @@ static void op_status(Conn *c, const Request *req) {
         Server *srv = c->srv;
         ProtoOut o;
         proto_out_init(&o);
-        proto_out_ok(&o, req->id, 13);
+        uint64_t huge = 0;
+        (void)hugepage_mapped_bytes(srv->m->file->base, srv->m->file->size, &huge); /* 0 when unknown */
+        proto_out_ok(&o, req->id, 15);
         proto_out_kv_str(&o, "model", srv->cfg->model);
+        proto_out_kv_uint(&o, "model_bytes", srv->m->file->size);
+        proto_out_kv_uint(&o, "model_huge_page_bytes", huge);
         proto_out_kv_uint(&o, "sessions", srv->sessions.n_named);
         proto_out_kv_uint(&o, "active_requests", srv->n_jobs);
         proto_out_kv_uint(&o, "queue", sched_queue_length(&srv->sched));

@@ -1,4 +1,4 @@
-/* engine/limits.h — every compile-time limit of the engine, in one place, with units. */
+/* engine/engine_limits.h — every compile-time limit of the engine, in one place, with units. */
 #pragma once
 
 /* --- GGUF files (untrusted) --- */
@@ -7,6 +7,10 @@
 #define GGUF_MAX_STRING         (1u << 20)   /* bytes per metadata string / key / name */
 #define GGUF_MAX_ARRAY          (1u << 24)   /* elements per metadata array */
 #define GGUF_MAX_ALIGNMENT      (1u << 16)   /* bytes; must be a power of two */
+
+/* --- the mapped model file (hugepage.h) --- */
+#define HUGEPAGE_SETTLED_PERCENT     90      /* % of the file mapped with 2 MiB pages that needs no re-read */
+#define HUGEPAGE_REFAULT_RAM_PERCENT 50      /* re-read for 2 MiB pages only files up to this % of physical RAM */
 
 /* --- model hyperparameters accepted --- */
 #define MODEL_MAX_LAYERS        512

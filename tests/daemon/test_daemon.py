@@ -946,6 +946,10 @@ def check_mixctl(ctx, ck):
                 ck.expect(routed > 0, "experts: no routed tokens counted")
             if cmd == "status":
                 ck.expect(j["tokens_generated"] > 0, "status: tokens_generated %r" % j["tokens_generated"])
+                size = os.path.getsize(MODEL)
+                ck.expect(j["model_bytes"] == size and 0 <= j["model_huge_page_bytes"] <= size,
+                          "status: model_bytes %r (file %d), model_huge_page_bytes %r"
+                          % (j["model_bytes"], size, j["model_huge_page_bytes"]))
         except (ValueError, KeyError, TypeError) as e:
             ck.expect(False, "mixctl %s --json: %s: %r" % (cmd, e, pj.stdout[:200]))
     p4 = tools.run(["status", "--socket", os.path.join(ctx.tmpdir, "nonexistent", "mixd.sock")])

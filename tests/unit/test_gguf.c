@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "gguf.h"
+#include "hugepage.h"
 #include "engine_limits.h"
 #include "quant.h"
 
@@ -1034,6 +1035,62 @@ static void check_fixture_common(const GGUFFile *f) {
         exercise(f);
 }
 
+/* A file over 2 MiB is mapped at a 2 MiB boundary (so the kernel may use 2 MiB pages), and
+ * re-reading it for 2 MiB pages (engine/hugepage.h) changes nothing it holds. */
+static void test_open_huge_aligned(void **state) {
+        char path[512];
+        GGUFError err;
+        GGUFFile *f = NULL;
+        FileSpec s;
+        Buf b;
+        Marks m;
+        const size_t pad = (size_t)5 << 20; /* bytes after the last tensor: the file is ~5 MiB */
+
+        assert_int_equal(setup_tmpdir(state), 0);
+        spec_valid(&s);
+        build(&s, &b, &m);
+        snprintf(path, sizeof(path), "%s/large.gguf", tmpdir);
+        uint8_t *big = malloc(b.n + pad);
+        assert_non_null(big);
+        memcpy(big, b.p, b.n);
+        for (size_t i = 0; i < pad; i++)
+                big[b.n + i] = (uint8_t)(i * 131u + 7u);
+        write_file(path, big, b.n + pad);
+        int r = gguf_open(path, &err, &f);
+        if (r < 0)
+                fail_msg("padded file rejected: %d %s", r, err.msg);
+        assert_int_equal(f->size, b.n + pad);
+        assert_int_equal((uintptr_t)f->base & (((uintptr_t)2 << 20) - 1), 0);
+
+        uint64_t huge = UINT64_MAX;
+        r = hugepage_mapped_bytes(f->base, f->size, &huge);
+        if (r == -ENOENT) {
+                fprintf(stderr, "SKIP part of test_open_huge_aligned: no /proc/self/smaps\n");
+        } else {
+                assert_int_equal(r, 0);
+                assert_true(huge <= f->size + 4096);
+                assert_int_equal(hugepage_refault(path, f->base, f->size), 0);
+                assert_memory_equal(f->base, big, b.n + pad);
+                HugepageReport rep;
+                assert_int_equal(hugepage_settle(path, f->base, f->size, &rep), 0);
+                assert_int_equal(rep.file_bytes, f->size);
+                assert_true(rep.huge_after <= f->size + 4096);
+                /* either it was already mostly 2 MiB-mapped, or it was re-read (or too large) */
+                assert_true(rep.refaulted || rep.too_large || rep.huge_before >= f->size / 100 * 90);
+                assert_memory_equal(f->base, big, b.n + pad);
+                assert_int_equal(hugepage_refault("/nonexistent/model.gguf", f->base, f->size), -ENOENT);
+                assert_memory_equal(f->base, big, b.n + pad);
+        }
+        /* memory that is not a file mapping: measured, nothing found, no error */
+        r = hugepage_mapped_bytes(big, 4096, &huge);
+        assert_true(r == 0 || r == -ENOENT);
+        f = gguf_close(f);
+        unlink(path);
+        free(big);
+        buf_free(&b);
+        rmdir(tmpdir);
+}
+
 static void test_fixture_models(void **state) {
         static const char *const files[] = {
                 "tiny-moe-shakespeare/tiny-moe-f16.gguf",
@@ -1130,6 +1187,7 @@ int main(void) {
                 cmocka_unit_test(test_truncated_everywhere),
                 cmocka_unit_test(test_byte_corruption),
                 cmocka_unit_test(test_open_paths),
+                cmocka_unit_test(test_open_huge_aligned),
                 cmocka_unit_test(test_fixture_models),
                 cmocka_unit_test(test_fixture_zoo),
         };
