@@ -65,18 +65,9 @@ int hugepage_mapped_bytes(const void *base, size_t len, uint64_t *ret_bytes) {
         return 0;
 }
 
-int hugepage_refault(const char *path, const void *base, size_t len) {
-        void *start = (void *)(uintptr_t)base;
-        if (madvise(start, len, MADV_DONTNEED) < 0)
-                return -errno;
-        const int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        const int r = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-        close(fd);
-        if (r != 0)
-                return -r;
-        if (madvise(start, len, MADV_POPULATE_READ) == 0)
+/* Maps every page of [base, base + len), reading what the page cache lacks. */
+static int populate(const void *base, size_t len) {
+        if (madvise((void *)(uintptr_t)base, len, MADV_POPULATE_READ) == 0)
                 return 0;
         if (errno != EINVAL)
                 return -errno;
@@ -90,6 +81,20 @@ int hugepage_refault(const char *path, const void *base, size_t len) {
         return 0;
 }
 
+int hugepage_refault(const char *path, const void *base, size_t len) {
+        void *start = (void *)(uintptr_t)base;
+        if (madvise(start, len, MADV_DONTNEED) < 0)
+                return -errno;
+        const int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        const int r = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        close(fd);
+        if (r != 0)
+                return -r;
+        return populate(base, len);
+}
+
 static double seconds_now(void) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -98,26 +103,28 @@ static double seconds_now(void) {
 
 int hugepage_settle(const char *path, const void *base, size_t len, HugepageReport *ret) {
         HugepageReport rep = { .file_bytes = len };
-        int r = hugepage_mapped_bytes(base, len, &rep.huge_before);
+        const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+        const uint64_t ram = pages > 0 && page_size > 0 ? (uint64_t)pages * (uint64_t)page_size : 0;
+        rep.too_large = ram == 0 || len > ram / 100 * HUGEPAGE_REFAULT_RAM_PERCENT;
+        /* a fresh mapping has no pages yet: map what the page cache holds (in whatever
+         * folio sizes it holds it) before measuring */
+        int r = rep.too_large ? 0 : populate(base, len);
+        if (r < 0)
+                return r;
+        r = hugepage_mapped_bytes(base, len, &rep.huge_before);
         if (r < 0)
                 return r;
         rep.huge_after = rep.huge_before;
-        const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
-        const uint64_t ram = pages > 0 && page_size > 0 ? (uint64_t)pages * (uint64_t)page_size : 0;
-        if (rep.huge_before < len / 100 * HUGEPAGE_SETTLED_PERCENT) {
-                if (ram == 0 || len > ram / 100 * HUGEPAGE_REFAULT_RAM_PERCENT) {
-                        rep.too_large = true;
-                } else {
-                        const double t0 = seconds_now();
-                        r = hugepage_refault(path, base, len);
-                        if (r < 0)
-                                return r;
-                        rep.refaulted = true;
-                        rep.seconds = seconds_now() - t0;
-                        r = hugepage_mapped_bytes(base, len, &rep.huge_after);
-                        if (r < 0)
-                                return r;
-                }
+        if (!rep.too_large && rep.huge_before < len / 100 * HUGEPAGE_SETTLED_PERCENT) {
+                const double t0 = seconds_now();
+                r = hugepage_refault(path, base, len);
+                if (r < 0)
+                        return r;
+                rep.refaulted = true;
+                rep.seconds = seconds_now() - t0;
+                r = hugepage_mapped_bytes(base, len, &rep.huge_after);
+                if (r < 0)
+                        return r;
         }
         *ret = rep;
         return 0;

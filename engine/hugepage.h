@@ -35,11 +35,12 @@ typedef struct HugepageReport {
         uint64_t huge_before;      /* bytes mapped with 2 MiB pages before */
         uint64_t huge_after;       /* and after (== huge_before when nothing was done) */
         bool refaulted;            /* the file was read again */
-        bool too_large;            /* over HUGEPAGE_REFAULT_RAM_PERCENT of RAM: left as it was */
+        bool too_large;            /* over HUGEPAGE_REFAULT_RAM_PERCENT of RAM: neither populated nor re-read */
         double seconds;            /* the re-read's wall time */
 } HugepageReport;
 
-/* The loading policy: measure; when less than HUGEPAGE_SETTLED_PERCENT of the file is
- * mapped with 2 MiB pages and it fits HUGEPAGE_REFAULT_RAM_PERCENT of RAM, refault it and
- * measure again. -ENOENT without /proc/self/smaps (nothing done). */
+/* The loading policy for a file that fits HUGEPAGE_REFAULT_RAM_PERCENT of RAM: map all of
+ * it (MADV_POPULATE_READ: cheap when the page cache holds it) and measure; when less than
+ * HUGEPAGE_SETTLED_PERCENT is mapped with 2 MiB pages, refault it and measure again. A
+ * larger file is only measured as it is (too_large). -ENOENT without /proc/self/smaps. */
 int hugepage_settle(const char *path, const void *base, size_t len, HugepageReport *ret);

@@ -307,6 +307,53 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
                 return acc[0];                                                                                \
         }
 
+/* The 512-bit variants' dot_rows for Q4_K, Q5_K, Q6_K: T = 1 as above, one row at a time
+ * (that runs at the read bandwidth); T > 1 by TILE4(rows, x, xs, tt, acc, nb), which runs 4
+ * weight rows (rows[0..3]) against tt <= TILE_T4 tokens and leaves (row i, token t) in
+ * acc[16 (t / 4) + 4 i + t % 4]: a super-block of 4 rows is decoded once per tile of tokens,
+ * and the vectors hold the 4 rows side by side, so each activation load serves 4 rows.
+ * Row blocks as above, of a multiple of 4 rows; a last group of fewer than 4 rows repeats
+ * its last row (computed, not stored). */
+#define TILE_T4 16
+
+#define DEFINE_DOT_ROWS4(name, dotname, ATTR, BLOCK_T, TILE, TILE4)                                           \
+        ATTR static void name(const void *restrict w, size_t rb, int64_t R, const BlockQ8K *restrict x,       \
+                              int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {            \
+                const int64_t nb = n / QK_K;                                                                  \
+                if (T == 1) {                                                                                 \
+                        float acc[1];                                                                         \
+                        for (int64_t r = 0; r < R; r++) {                                                     \
+                                TILE((const BLOCK_T *)((const uint8_t *)w + (size_t)r * rb), x, xs, 1, acc, nb); \
+                                out[r] = acc[0];                                                              \
+                        }                                                                                     \
+                        return;                                                                               \
+                }                                                                                             \
+                int64_t rblk = rb == 0 || rb >= ROW_BLOCK_BYTES ? 4 : (int64_t)(ROW_BLOCK_BYTES / rb) & ~(int64_t)3; \
+                rblk = rblk < 4 ? 4 : rblk;                                                                   \
+                float acc[TILE_T4 * 4] __attribute__((aligned(64)));                                          \
+                for (int64_t r0 = 0; r0 < R; r0 += rblk) {                                                    \
+                        const int64_t r1 = R - r0 < rblk ? R : r0 + rblk;                                     \
+                        for (int64_t t0 = 0; t0 < T; t0 += TILE_T4) {                                         \
+                                const int tt = T - t0 < TILE_T4 ? (int)(T - t0) : TILE_T4;                    \
+                                for (int64_t r = r0; r < r1; r += 4) {                                        \
+                                        const int nr = r1 - r < 4 ? (int)(r1 - r) : 4;                        \
+                                        const uint8_t *rows[4];                                               \
+                                        for (int i = 0; i < 4; i++)                                           \
+                                                rows[i] = (const uint8_t *)w + (size_t)(r + (i < nr ? i : nr - 1)) * rb; \
+                                        TILE4(rows, x + t0 * xs, xs, tt, acc, nb);                            \
+                                        for (int t = 0; t < tt; t++)                                          \
+                                                for (int i = 0; i < nr; i++)                                  \
+                                                        out[(t0 + t) * os + r + i] = acc[16 * (t / 4) + 4 * i + t % 4]; \
+                                }                                                                             \
+                        }                                                                                     \
+                }                                                                                             \
+        }                                                                                                     \
+        ATTR static float dotname(const void *restrict w, const BlockQ8K *restrict x, int64_t n) {            \
+                float acc[1];                                                                                 \
+                TILE((const BLOCK_T *)w, x, 0, 1, acc, n / QK_K);                                             \
+                return acc[0];                                                                                \
+        }
+
 #if defined(__x86_64__)
 
 #define T_AVX2 __attribute__((target("avx2,f16c")))
@@ -556,6 +603,37 @@ T_512 INLINE __m256i blocksums8_512(const __m512i R[4]) {
         const __m512i y = _mm512_add_epi32(z, _mm512_shuffle_i32x4(z, z, _MM_SHUFFLE(2, 3, 0, 1)));
         const __m128i even = _mm512_castsi512_si128(y), odd = _mm512_extracti32x4_epi32(y, 2); /* [S0 S2 S4 S6], [S1 ..] */
         return _mm256_set_m128i(_mm_unpackhi_epi32(even, odd), _mm_unpacklo_epi32(even, odd));
+}
+
+/* ---- The 4-row layout (DEFINE_DOT_ROWS4): 128-bit lane r of a vector belongs to weight row r. */
+
+/* The 16 bytes at p[r] + off in lane r. */
+T_512 INLINE __m512i load4x128(const uint8_t *const p[4], size_t off) {
+        const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p[0] + off))),
+                                                   _mm_loadu_si128((const __m128i *)(p[1] + off)), 1);
+        const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p[2] + off))),
+                                                   _mm_loadu_si128((const __m128i *)(p[3] + off)), 1);
+        return join256(lo, hi);
+}
+
+/* The 16 bytes at p in every lane. */
+T_512 INLINE __m512i bcast128(const void *p) {
+        return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* V[t] (t < 4): lane r holds 4 int32 partial sums of (row r, token t); the result: their
+ * sums, (row r, token t) at 4r + t (a transposing add tree). */
+T_512 INLINE __m512i sum4x4(const __m512i V[4]) {
+        const __m512i a = _mm512_add_epi32(_mm512_unpacklo_epi32(V[0], V[1]), _mm512_unpackhi_epi32(V[0], V[1]));
+        const __m512i b = _mm512_add_epi32(_mm512_unpacklo_epi32(V[2], V[3]), _mm512_unpackhi_epi32(V[2], V[3]));
+        return _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+}
+
+/* The 8 fp16 halves h as floats (halves8), f[2r + odd] in lanes 4r .. 4r + 3: per row r,
+ * for every token t. */
+T_512 INLINE __m512 halves_per_row(__m128i h, int odd) {
+        const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+        return _mm512_permutexvar_ps(_mm512_add_epi32(idx, _mm512_set1_epi32(odd)), _mm512_castps256_ps512(halves8(h)));
 }
 
 /* The kernels, three times: AVX2; AVX-512; AVX-512 with VNNI. */
@@ -985,9 +1063,246 @@ ATTR INLINE void FN(q8_0_tile)(const BlockQ8_0 *w, const BlockQ8K *x, int64_t xs
         Q8_0_TILE_BODY(FN(Q80), FN(q8_0_decode), FN(q8_0_item));
 }
 
+#if W512
+/* =======================================================================================
+ * 4 rows at once (T > 1, DEFINE_DOT_ROWS4), 512-bit: in every vector 128-bit lane r
+ * belongs to weight row r; the activation operand is the token's 16 matching quants
+ * broadcast to the 4 lanes. Each vpdpbusd (VNNI) or vpmaddubsw + vpmaddwd leaves 4 int32
+ * partial sums per row; a group's sum stays spread over its lane until the group scales
+ * are applied (vpdpwssd / vpmaddwd on int16 lanes, exact), and the 4 partials of each row
+ * are added once per super-block and 4 tokens by sum4x4(), (row r, token t) in lane 4r + t,
+ * so the float part runs on 16 lanes = 4 rows x 4 tokens. */
+
+/* ---- Q4_K / Q5_K: W[c] (chunk c < 8: qs[16c .. 16c + 15] of each row) the low nibbles =
+ * weights 16 (c & 1) .. + 15 of group 2 (c / 2), W[8 + c] the high nibbles = the same
+ * weights of group 2 (c / 2) + 1 (Q5_K: + 16 from qh). VNNI: both halves of a group go
+ * into one vpdpbusd sum (|lane| <= 8 * 31 * 127 < 2^15), two groups are packed to int16
+ * (vpackssdw, exact) and SC[j] (j < 4) = [sc_2j x 4, sc_2j+1 x 4] per lane weighs them
+ * (one vpdpwssd); else SC[g] = sc_g in every int16 lane. MN[h]: [m_4h, m_4h, m_4h+1,
+ * m_4h+1, .. m_4h+3, m_4h+3] per lane, times bsums[8h .. 8h + 7]. WD, WM: d, dmin of row r
+ * in lanes 4r .. 4r + 3. */
+typedef struct FN(K4x4) {
+        __m512i W[16], SC[8], MN[2];
+        __m512 WD, WM;
+} FN(K4x4);
+
+ATTR INLINE void FN(k4x4_decode)(const uint8_t *const blk[4], size_t qs_off, int has_qh, FN(K4x4) *d) {
+        const __m512i m4 = _mm512_set1_epi8(0x0f), b4 = _mm512_set1_epi8(0x10);
+        __m512i QH[2] = { _mm512_setzero_si512(), _mm512_setzero_si512() };
+        if (has_qh) { /* Q5_K: qh[l] at block offset 16 + l */
+                QH[0] = load4x128(blk, 16);
+                QH[1] = load4x128(blk, 32);
+        }
+        _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++) {
+                const int j = c / 2;
+                const __m512i q = load4x128(blk, qs_off + 16 * (size_t)c);
+                __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                if (has_qh) { /* bit 2j (low nibbles) / 2j+1 (high) of qh[l] to bit 4 */
+                        const __m512i h = QH[c & 1];
+                        const __m512i hl = 4 - 2 * j > 0 ? _mm512_slli_epi16(h, 4 - 2 * j) : _mm512_srli_epi16(h, 2 * j - 4);
+                        const __m512i hh = 3 - 2 * j > 0 ? _mm512_slli_epi16(h, 3 - 2 * j) : _mm512_srli_epi16(h, 2 * j - 3);
+                        lo = _mm512_or_si512(lo, _mm512_and_si512(hl, b4));
+                        hi = _mm512_or_si512(hi, _mm512_and_si512(hh, b4));
+                }
+                d->W[c] = lo;
+                d->W[8 + c] = hi;
+        }
+        /* k4_scales_simd on 4 rows: lane r = [sc0 .. sc7, m0 .. m7] of row r */
+        const __m512i v = load4x128(blk, 4);
+        const __m512i xv = _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)_MM_SHUFFLE(2, 1, 2, 0));
+        const __m512i yv = _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)_MM_SHUFFLE(1, 1, 0, 0));
+        const __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(xv, _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0, 0, 4))),
+                                            _mm512_broadcast_i32x4(_mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f)));
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi32(yv, 2), _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0x30303030, 0, 0x30303030)));
+        const __m512i sm = _mm512_or_si512(lo, hi);
+#if VNNI
+        _Pragma("GCC unroll 4") for (int p = 0; p < 4; p++) {
+                const short a = (short)(0x8000 | (2 * p)), b = (short)(0x8000 | (2 * p + 1));
+                d->SC[p] = _mm512_shuffle_epi8(sm, _mm512_broadcast_i32x4(_mm_setr_epi16(a, a, a, a, b, b, b, b)));
+        }
+#else
+        _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++)
+                d->SC[g] = _mm512_shuffle_epi8(sm, _mm512_set1_epi16((short)(0x8000 | g)));
+#endif
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+                const short m0 = (short)(0x8000 | (8 + 4 * h)), m1 = (short)(m0 + 1), m2 = (short)(m0 + 2), m3 = (short)(m0 + 3);
+                d->MN[h] = _mm512_shuffle_epi8(sm, _mm512_broadcast_i32x4(_mm_setr_epi16(m0, m0, m1, m1, m2, m2, m3, m3)));
+        }
+        const __m128i dm = _mm_setr_epi32((int)k4_dm(blk[0]), (int)k4_dm(blk[1]), (int)k4_dm(blk[2]), (int)k4_dm(blk[3]));
+        d->WD = halves_per_row(dm, 0);
+        d->WM = halves_per_row(dm, 1);
+}
+
+/* One token: *A = partial isums (4 per row lane), *M = partial msums */
+ATTR INLINE void FN(k4x4_item)(const FN(K4x4) *d, const BlockQ8K *xb, __m512i *A, __m512i *M) {
+        const __m512i z = _mm512_setzero_si512();
+        __m512i s0 = z, s1 = z;
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {
+                const int8_t *q = xb->qs + 64 * j;
+#if VNNI
+                const __m512i a = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, d->W[2 * j], bcast128(q)), d->W[2 * j + 1], bcast128(q + 16));
+                const __m512i b = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, d->W[8 + 2 * j], bcast128(q + 32)), d->W[9 + 2 * j],
+                                                      bcast128(q + 48));
+                if (j & 1)
+                        s1 = _mm512_dpwssd_epi32(s1, _mm512_packs_epi32(a, b), d->SC[j]);
+                else
+                        s0 = _mm512_dpwssd_epi32(s0, _mm512_packs_epi32(a, b), d->SC[j]);
+#else /* pair sums, |.| <= 2 * 31 * 127; the group's two halves added: < 2^14 */
+                const __m512i a = _mm512_add_epi16(_mm512_maddubs_epi16(d->W[2 * j], bcast128(q)),
+                                                   _mm512_maddubs_epi16(d->W[2 * j + 1], bcast128(q + 16)));
+                const __m512i b = _mm512_add_epi16(_mm512_maddubs_epi16(d->W[8 + 2 * j], bcast128(q + 32)),
+                                                   _mm512_maddubs_epi16(d->W[9 + 2 * j], bcast128(q + 48)));
+                s0 = _mm512_add_epi32(s0, _mm512_madd_epi16(a, d->SC[2 * j]));
+                s1 = _mm512_add_epi32(s1, _mm512_madd_epi16(b, d->SC[2 * j + 1]));
+#endif
+        }
+        *A = _mm512_add_epi32(s0, s1);
+        *M = FN(madd_acc512)(_mm512_madd_epi16(bcast128(xb->bsums), d->MN[0]), bcast128(xb->bsums + 8), d->MN[1]);
+}
+
+/* term_k4 on the 16 lanes (row r, token t) of I (isum), M (msum): X = xd_t, WD, WM per row */
+ATTR INLINE __m512 FN(terms_k4x4)(__m512i I, __m512i M, __m512 X, __m512 WD, __m512 WM) {
+        const __m512 p = _mm512_mul_ps(_mm512_mul_ps(X, WD), _mm512_cvtepi32_ps(I));
+        return _mm512_sub_ps(p, _mm512_mul_ps(_mm512_mul_ps(X, WM), _mm512_cvtepi32_ps(M)));
+}
+
+ATTR INLINE void FN(k45_tile4)(const uint8_t *const w[4], size_t bsz, size_t qs_off, int has_qh, const BlockQ8K *x, int64_t xs,
+                               int TT, float *out, int64_t nb) {
+        __m512 acc[TILE_T4 / 4];
+        for (int g = 0; g < TILE_T4 / 4; g++)
+                acc[g] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk[4] = { w[0] + (size_t)b * bsz, w[1] + (size_t)b * bsz, w[2] + (size_t)b * bsz, w[3] + (size_t)b * bsz };
+                FN(K4x4) d;
+                FN(k4x4_decode)(blk, qs_off, has_qh, &d);
+                for (int g = 0; g < TT; g += 4) {
+                        const int k = TT - g < 4 ? TT - g : 4;
+                        __m512i A[4], M[4];
+                        _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) {
+                                A[i] = M[i] = _mm512_setzero_si512();
+                                if (i < k)
+                                        FN(k4x4_item)(&d, x + (g + i) * xs + b, &A[i], &M[i]);
+                        }
+                        const __m512 X = _mm512_broadcast_f32x4(xd4(x + g * xs + b, xs, k));
+                        acc[g / 4] = _mm512_add_ps(acc[g / 4], FN(terms_k4x4)(sum4x4(A), sum4x4(M), X, d.WD, d.WM));
+                }
+        }
+        for (int g = 0; g < TT; g += 4)
+                _mm512_store_ps(out + 4 * g, acc[g / 4]);
+}
+
+ATTR INLINE void FN(q4k_tile4)(const uint8_t *const w[4], const BlockQ8K *x, int64_t xs, int TT, float *out, int64_t nb) {
+        FN(k45_tile4)(w, sizeof(BlockQ4_K), offsetof(BlockQ4_K, qs), 0, x, xs, TT, out, nb);
+}
+
+ATTR INLINE void FN(q5k_tile4)(const uint8_t *const w[4], const BlockQ8K *x, int64_t xs, int TT, float *out, int64_t nb) {
+        FN(k45_tile4)(w, sizeof(BlockQ5_K), offsetof(BlockQ5_K, qs), 1, x, xs, TT, out, nb);
+}
+
+/* ---- Q6_K: W[g] = group g (weights 16g .. 16g + 15, quants 0..63) of each row. VNNI: a
+ * group's vpdpbusd sum (|lane| <= 4 * 63 * 127 < 2^15), two groups packed to int16 and
+ * SC[p] (p < 8) = [sc_2p x 4, sc_2p+1 x 4] per lane; else SC[g] = sc_g in every int16
+ * lane. SB[h] = [-32 sc_8h+i, i < 8] per lane, times bsums[8h .. 8h + 7]: the -32 sum sc
+ * bsums part of isum in the same accumulator. WD: d of row r in lanes 4r .. 4r + 3. */
+typedef struct FN(Q6x4) {
+        __m512i W[16], SC[16], SB[2];
+        __m512 WD;
+} FN(Q6x4);
+
+ATTR INLINE void FN(q6x4_decode)(const uint8_t *const blk[4], FN(Q6x4) *d) {
+        const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)
+                _Pragma("GCC unroll 2") for (int s = 0; s < 2; s++) {
+                        /* l = 16s .. 16s + 15 of half h: quants 128h + l (+ 32, + 64, + 96) */
+                        const __m512i qh = load4x128(blk, offsetof(BlockQ6_K, qh) + 32 * (size_t)h + 16 * (size_t)s);
+                        const __m512i l0 = load4x128(blk, 64 * (size_t)h + 16 * (size_t)s);
+                        const __m512i l1 = load4x128(blk, 64 * (size_t)h + 32 + 16 * (size_t)s);
+                        d->W[8 * h + s] = _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 4), m30));
+                        d->W[8 * h + 2 + s] = _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 2), m30));
+                        d->W[8 * h + 4 + s] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4), _mm512_and_si512(qh, m30));
+                        d->W[8 * h + 6 + s] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
+                                                              _mm512_and_si512(_mm512_srli_epi16(qh, 2), m30));
+                }
+        /* scale bytes to the high byte of int16 lanes, then an arithmetic shift: sign-extended */
+        const __m512i sc = load4x128(blk, offsetof(BlockQ6_K, scales));
+#if VNNI
+        _Pragma("GCC unroll 8") for (int p = 0; p < 8; p++) {
+                const short a = (short)(((2 * p) << 8) | 0x80), b = (short)(((2 * p + 1) << 8) | 0x80);
+                d->SC[p] = _mm512_srai_epi16(_mm512_shuffle_epi8(sc, _mm512_broadcast_i32x4(_mm_setr_epi16(a, a, a, a, b, b, b, b))), 8);
+        }
+#else
+        _Pragma("GCC unroll 16") for (int g = 0; g < 16; g++)
+                d->SC[g] = _mm512_srai_epi16(_mm512_shuffle_epi8(sc, _mm512_set1_epi16((short)((g << 8) | 0x80))), 8);
+#endif
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+                const __m512i ctl = _mm512_broadcast_i32x4(_mm_setr_epi16(
+                        (short)(((8 * h) << 8) | 0x80), (short)(((8 * h + 1) << 8) | 0x80), (short)(((8 * h + 2) << 8) | 0x80),
+                        (short)(((8 * h + 3) << 8) | 0x80), (short)(((8 * h + 4) << 8) | 0x80), (short)(((8 * h + 5) << 8) | 0x80),
+                        (short)(((8 * h + 6) << 8) | 0x80), (short)(((8 * h + 7) << 8) | 0x80)));
+                /* (sc << 8) >> 3 = 32 sc, negated */
+                d->SB[h] = _mm512_sub_epi16(_mm512_setzero_si512(), _mm512_srai_epi16(_mm512_shuffle_epi8(sc, ctl), 3));
+        }
+        uint16_t dh[4];
+        for (int r = 0; r < 4; r++)
+                memcpy(&dh[r], blk[r] + offsetof(BlockQ6_K, d), 2);
+        d->WD = halves_per_row(_mm_setr_epi16((short)dh[0], 0, (short)dh[1], 0, (short)dh[2], 0, (short)dh[3], 0), 0);
+}
+
+/* One token: partial isums, 4 per row lane */
+ATTR INLINE __m512i FN(q6x4_item)(const FN(Q6x4) *d, const BlockQ8K *xb) {
+        const __m512i z = _mm512_setzero_si512();
+        __m512i s0 = z, s1 = z;
+#if VNNI
+        _Pragma("GCC unroll 8") for (int p = 0; p < 8; p++) {
+                const __m512i a = _mm512_dpbusd_epi32(z, d->W[2 * p], bcast128(xb->qs + 32 * p));
+                const __m512i b = _mm512_dpbusd_epi32(z, d->W[2 * p + 1], bcast128(xb->qs + 32 * p + 16));
+                if (p & 1)
+                        s1 = _mm512_dpwssd_epi32(s1, _mm512_packs_epi32(a, b), d->SC[p]);
+                else
+                        s0 = _mm512_dpwssd_epi32(s0, _mm512_packs_epi32(a, b), d->SC[p]);
+        }
+#else
+        _Pragma("GCC unroll 16") for (int g = 0; g < 16; g += 2) {
+                s0 = _mm512_add_epi32(s0, _mm512_madd_epi16(_mm512_maddubs_epi16(d->W[g], bcast128(xb->qs + 16 * g)), d->SC[g]));
+                s1 = _mm512_add_epi32(s1, _mm512_madd_epi16(_mm512_maddubs_epi16(d->W[g + 1], bcast128(xb->qs + 16 * g + 16)), d->SC[g + 1]));
+        }
+#endif
+        s0 = FN(madd_acc512)(s0, bcast128(xb->bsums), d->SB[0]);
+        s1 = FN(madd_acc512)(s1, bcast128(xb->bsums + 8), d->SB[1]);
+        return _mm512_add_epi32(s0, s1);
+}
+
+ATTR INLINE void FN(q6k_tile4)(const uint8_t *const w[4], const BlockQ8K *x, int64_t xs, int TT, float *out, int64_t nb) {
+        __m512 acc[TILE_T4 / 4];
+        for (int g = 0; g < TILE_T4 / 4; g++)
+                acc[g] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+                const size_t o = (size_t)b * sizeof(BlockQ6_K);
+                const uint8_t *blk[4] = { w[0] + o, w[1] + o, w[2] + o, w[3] + o };
+                FN(Q6x4) d;
+                FN(q6x4_decode)(blk, &d);
+                for (int g = 0; g < TT; g += 4) {
+                        const int k = TT - g < 4 ? TT - g : 4;
+                        __m512i A[4];
+                        _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)
+                                A[i] = i < k ? FN(q6x4_item)(&d, x + (g + i) * xs + b) : _mm512_setzero_si512();
+                        const __m512 X = _mm512_broadcast_f32x4(xd4(x + g * xs + b, xs, k));
+                        /* term_q6k: (xd * wd) * isum */
+                        acc[g / 4] = _mm512_add_ps(acc[g / 4], _mm512_mul_ps(_mm512_mul_ps(X, d.WD), _mm512_cvtepi32_ps(sum4x4(A))));
+                }
+        }
+        for (int g = 0; g < TT; g += 4)
+                _mm512_store_ps(out + 4 * g, acc[g / 4]);
+}
+
+DEFINE_DOT_ROWS4(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, FN(q4k_tile), FN(q4k_tile4))
+DEFINE_DOT_ROWS4(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, FN(q5k_tile), FN(q5k_tile4))
+DEFINE_DOT_ROWS4(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, FN(q6k_tile), FN(q6k_tile4))
+#else
 DEFINE_DOT_ROWS(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, FN(q4k_tile))
 DEFINE_DOT_ROWS(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, FN(q5k_tile))
 DEFINE_DOT_ROWS(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, FN(q6k_tile))
+#endif
 DEFINE_DOT_ROWS(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, FN(q8_0_tile))
 
 #undef FN

@@ -14,7 +14,8 @@
  *   cc -std=gnu17 -O2 -ffp-contract=off -iquote engine tools/bench_int8.c \
  *      build/rel/libmixengine.a -lm -lpthread -o /tmp/bench_int8
  *   /tmp/bench_int8            (every int8 variant at 1 thread, the chosen one at 2)
- *   /tmp/bench_int8 quick      (the chosen int8 kernel only) */
+ *   /tmp/bench_int8 quick      (the chosen int8 kernel only)
+ *   /tmp/bench_int8 quick 1 2 4 8   (and these token counts, 1..16, instead of 1 and 8) */
 #define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
@@ -247,6 +248,11 @@ static Timing time_passes(JobFn fn, void *ctx, const uint8_t **wp, uint8_t *cons
         return (Timing){ t[0], t[reps / 2] };
 }
 
+/* the token counts T to time (command line; default 1 and 8) */
+#define TOKENS_MAX 16
+static int64_t token_counts[8] = { 1, 8 };
+static int n_token_counts = 2;
+
 /* read bandwidth over the copies (best pass), per thread count */
 static double matched_bw[3];
 
@@ -280,7 +286,7 @@ static void bench_matrix(uint32_t type, int64_t rows, int64_t cols, int all_vari
                                 memcpy(p + b * qt->type_size + (size_t)off0 + 2 * (size_t)k, &h, 2);
                         }
         }
-        const int64_t T_max = 8;
+        const int64_t T_max = TOKENS_MAX;
         float *xf = xalloc((size_t)(T_max * cols) * sizeof(float));
         BlockQ8K *xq = xalloc((size_t)(T_max * cols / QK_K) * sizeof(BlockQ8K));
         float *out = xalloc((size_t)(T_max * rows) * sizeof(float)), *out_f = xalloc((size_t)(T_max * rows) * sizeof(float));
@@ -303,9 +309,8 @@ static void bench_matrix(uint32_t type, int64_t rows, int64_t cols, int all_vari
                 printf("  %-22s %d thr        %8.3f ms (median %8.3f)  %6.2f GB/s  (the reference below)\n", "read (sum) the copies",
                        th, tm.best * 1e3, tm.median * 1e3, matched_bw[th]);
         }
-        static const int64_t Ts[] = { 1, 8 };
-        for (size_t ti = 0; ti < 2; ti++) {
-                const int64_t T = Ts[ti];
+        for (int ti = 0; ti < n_token_counts; ti++) {
+                const int64_t T = token_counts[ti];
                 const int reps = T == 1 ? 40 : 10;
                 for (int th = 1; th <= pool_size; th++) {
                         MatJob j = { NULL, rb, rows, cols, T, xf, xq, out_f, qt->dot_rows, NULL };
@@ -348,6 +353,17 @@ static void bench_matrix(uint32_t type, int64_t rows, int64_t cols, int all_vari
 
 int main(int argc, char **argv) {
         const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+        if (argc > 2) {
+                n_token_counts = 0;
+                for (int i = 2; i < argc && n_token_counts < 8; i++) {
+                        const long t = strtol(argv[i], NULL, 10);
+                        if (t < 1 || t > TOKENS_MAX) {
+                                fprintf(stderr, "token counts are 1..%d\n", TOKENS_MAX);
+                                return 2;
+                        }
+                        token_counts[n_token_counts++] = t;
+                }
+        }
         const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
         pool_size = ncpu >= 2 ? 2 : 1;
         pthread_barrier_init(&bar_start, NULL, (unsigned)pool_size);
