@@ -772,11 +772,16 @@ def main(argv):
             "roofline_tok_s": round(roof, 3), "roofline_ratio": round(tg_rate / roof, 4) if roof else None,
             "prefill_gflops": round(gflops, 3), "prefill_gflops_vs_sgemm": round(gflops / sg["gflops"], 4),
             "decode_gbs_effective": round(tg_rate * tr["bytes_per_token"] / 1e9, 3),
+            "huge_page_share": (round(b["model_huge_page_bytes"] / b["model_bytes"], 4)
+                                if b.get("model_bytes") else None),
         }
         x.update(tr)
         x["bench"] = b
         if b.get("tg_truncated"):
             notes.append("%s: decode timed over %d of %d tokens (time budget)" % (name, b["tg_tokens"], b["tg_tokens_target"]))
+        if x["huge_page_share"] is not None and x["huge_page_share"] < 0.9:
+            notes.append("%s: only %.0f%% of the model mapped with 2 MiB pages: decode is slower than it can be"
+                         % (name, 100 * x["huge_page_share"]))
         if b.get("pp_per_token_truncated"):
             notes.append("%s: per-token prefill timed over the first %d of %d tokens (time budget)"
                          % (name, b["pp_per_token_tokens"], b["pp_per_token_target"]))
