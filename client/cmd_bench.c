@@ -315,15 +315,15 @@ int cmd_bench(int argc, char **argv) {
                 return EXIT_RUNTIME;
         }
         HugepageReport huge = { .file_bytes = m->file->size };
-        r = o.hugepages ? hugepage_settle(o.model, m->file->base, m->file->size, &huge)
-                        : hugepage_mapped_bytes(m->file->base, m->file->size, &huge.huge_before);
-        huge.huge_after = huge.refaulted ? huge.huge_after : huge.huge_before;
-        if (r < 0)
-                fprintf(stderr, "bench: cannot measure the model's 2 MiB pages: %s\n", strerror(-r));
-        else
-                fprintf(stderr, "bench: %.0f%% of the model mapped with 2 MiB pages%s\n",
-                        huge.file_bytes ? 100.0 * (double)huge.huge_after / (double)huge.file_bytes : 0.0,
-                        huge.refaulted ? " (after re-reading it)" : "");
+        if (o.hugepages) {
+                r = hugepage_settle(o.model, m->file->base, m->file->size, &huge);
+                if (r < 0)
+                        fprintf(stderr, "bench: cannot measure the model's 2 MiB pages: %s\n", strerror(-r));
+                else
+                        fprintf(stderr, "bench: %.0f%% of the model mapped with 2 MiB pages%s\n",
+                                huge.file_bytes ? 100.0 * (double)huge.huge_after / (double)huge.file_bytes : 0.0,
+                                huge.refaulted ? " (after re-reading it)" : "");
+        }
         const ModelConfig *c = &m->cfg;
         if (!o.threads) {
                 const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -428,8 +428,11 @@ int cmd_bench(int argc, char **argv) {
                c->n_layer, c->n_embd, c->n_ff, c->n_head, c->n_head_kv, c->n_expert, c->n_expert_used, c->n_vocab,
                m->moe_layout);
         printf(",\"int8\":%s", o.int8 ? "true" : "false");
+        /* measured now, after the runs mapped the weights they read (0 when unknown) */
+        uint64_t huge_bytes = 0;
+        (void)hugepage_mapped_bytes(m->file->base, m->file->size, &huge_bytes);
         printf(",\"model_bytes\":%llu,\"model_huge_page_bytes\":%llu,\"model_reread_s\":%.3f",
-               (unsigned long long)huge.file_bytes, (unsigned long long)huge.huge_after, huge.seconds);
+               (unsigned long long)huge.file_bytes, (unsigned long long)huge_bytes, huge.seconds);
         printf(",\"threads\":%u,\"dot_kernel\":\"%s\",\"budget_s\":%.1f,\"elapsed_s\":%.3f", threads, ops_kernel_name(),
                o.budget, now_s() - start);
         printf(",\"load_s\":%.6f,\"kv_slots\":%u,\"kv_bytes\":%llu,\"chunk\":%u", load_s, s->kv->n_slots,

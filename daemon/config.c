@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,8 @@
 
 #include "daemon_limits.h"
 
-typedef enum { SET_STRING, SET_UINT, SET_BYTES, SET_OCTAL } SettingType;
+/* SET_AUTO_OFF: a string that must be "auto" or "off" */
+typedef enum { SET_STRING, SET_AUTO_OFF, SET_UINT, SET_BYTES, SET_OCTAL } SettingType;
 
 typedef struct Setting {
         const char *name;
@@ -20,15 +22,20 @@ typedef struct Setting {
         const char *help;
 } Setting;
 
+/* the types held as a char * in Config */
+static bool holds_string(SettingType t) {
+        return t == SET_STRING || t == SET_AUTO_OFF;
+}
+
 #define U(field) offsetof(Config, field)
 static const Setting settings[] = {
         { "model", SET_STRING, U(model), 0, 0, "GGUF model file to serve" },
         { "socket", SET_STRING, U(socket_path), 0, 0,
           "Unix socket path (default /run/mixd/mixd.sock as root, else $XDG_RUNTIME_DIR/mixd.sock)" },
         { "admin-group", SET_STRING, U(admin_group), 0, 0, "group whose members may shut the daemon down" },
-        { "numa", SET_STRING, U(numa), 0, 0,
+        { "numa", SET_AUTO_OFF, U(numa), 0, 0,
           "auto: place experts and pin threads by NUMA node (when there are several); off: don't" },
-        { "hugepages", SET_STRING, U(hugepages), 0, 0,
+        { "hugepages", SET_AUTO_OFF, U(hugepages), 0, 0,
           "auto: at load, re-read a model that is not mapped with 2 MiB pages so it is (faster decode); off: don't" },
         { "state-dir", SET_STRING, U(state_dir), 0, 0,
           "directory for sessions saved at stop and restored at start (default $STATE_DIRECTORY; 'none': not kept)" },
@@ -67,7 +74,7 @@ void config_defaults(Config *c) {
 
 void config_free(Config *c) {
         for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++)
-                if (settings[i].type == SET_STRING) {
+                if (holds_string(settings[i].type)) {
                         char **p = (char **)((char *)c + settings[i].offset);
                         free(*p);
                         *p = NULL;
@@ -123,12 +130,11 @@ static int parse_number(const char *v, SettingType type, uint64_t *ret) {
 
 static int apply(Config *c, const Setting *s, const char *value, char *err, size_t errlen) {
         void *field = (char *)c + s->offset;
-        if ((!strcmp(s->name, "numa") || !strcmp(s->name, "hugepages")) && strcmp(value, "auto") != 0 &&
-            strcmp(value, "off") != 0) {
+        if (s->type == SET_AUTO_OFF && strcmp(value, "auto") != 0 && strcmp(value, "off") != 0) {
                 snprintf(err, errlen, "%s: '%s' is neither auto nor off", s->name, value);
                 return -EINVAL;
         }
-        if (s->type == SET_STRING) {
+        if (holds_string(s->type)) {
                 char *dup = strdup(value);
                 if (!dup)
                         return -ENOMEM;
@@ -199,7 +205,7 @@ void config_usage(FILE *out) {
         for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++) {
                 const Setting *s = &settings[i];
                 char arg[64];
-                snprintf(arg, sizeof(arg), "--%s %s", s->name, s->type == SET_STRING ? "VALUE" : "N");
+                snprintf(arg, sizeof(arg), "--%s %s", s->name, holds_string(s->type) ? "VALUE" : "N");
                 fprintf(out, "  %-26s %s\n", arg, s->help);
         }
         fputs("  -h, --help                 this text\n  --version                  print the version\n"

@@ -252,14 +252,16 @@ static void settle_huge_pages(const Model *m, const char *path) {
                 return;
         }
         const unsigned long long mib = rep.file_bytes >> 20;
-        if (rep.too_large)
+        if (rep.too_large) {
                 log_info("model pages: the model is over %d%% of RAM; mapping it as the page cache holds it",
                          HUGEPAGE_REFAULT_RAM_PERCENT);
-        else if (!rep.refaulted)
+                return;
+        }
+        if (!rep.refaulted) {
                 log_info("model pages: %llu of %llu MiB mapped with 2 MiB pages", (unsigned long long)(rep.huge_before >> 20),
                          mib);
-        if (!rep.refaulted)
                 return;
+        }
         log_info("model pages: re-read the file in %.2f s (hugepages = off skips this): %llu -> %llu of %llu MiB "
                  "mapped with 2 MiB pages", rep.seconds, (unsigned long long)(rep.huge_before >> 20),
                  (unsigned long long)(rep.huge_after >> 20), mib);

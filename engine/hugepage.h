@@ -18,9 +18,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Bytes of [base, base + len) the process maps with 2 MiB (or larger) entries, from
- * /proc/self/smaps (FilePmdMapped + AnonHugePages of the mappings inside the range).
- * -ENOENT without /proc. */
+/* Bytes the process maps with 2 MiB (or larger) entries in the mappings that overlap
+ * [base, base + len), from /proc/self/smaps (FilePmdMapped + AnonHugePages +
+ * ShmemPmdMapped). Counts only pages mapped so far. -ENOENT without /proc. */
 int hugepage_mapped_bytes(const void *base, size_t len, uint64_t *ret_bytes);
 
 /* Drop this process's mapping of [base, base + len) (a read-only shared mapping of path),

@@ -1152,8 +1152,8 @@ ATTR INLINE void FN(k4x4_item)(const FN(K4x4) *d, const BlockQ8K *xb, __m512i *A
                                                    _mm512_maddubs_epi16(d->W[2 * j + 1], bcast128(q + 16)));
                 const __m512i b = _mm512_add_epi16(_mm512_maddubs_epi16(d->W[8 + 2 * j], bcast128(q + 32)),
                                                    _mm512_maddubs_epi16(d->W[9 + 2 * j], bcast128(q + 48)));
-                s0 = _mm512_add_epi32(s0, _mm512_madd_epi16(a, d->SC[2 * j]));
-                s1 = _mm512_add_epi32(s1, _mm512_madd_epi16(b, d->SC[2 * j + 1]));
+                s0 = FN(madd_acc512)(s0, a, d->SC[2 * j]);
+                s1 = FN(madd_acc512)(s1, b, d->SC[2 * j + 1]);
 #endif
         }
         *A = _mm512_add_epi32(s0, s1);
@@ -1263,8 +1263,8 @@ ATTR INLINE __m512i FN(q6x4_item)(const FN(Q6x4) *d, const BlockQ8K *xb) {
         }
 #else
         _Pragma("GCC unroll 16") for (int g = 0; g < 16; g += 2) {
-                s0 = _mm512_add_epi32(s0, _mm512_madd_epi16(_mm512_maddubs_epi16(d->W[g], bcast128(xb->qs + 16 * g)), d->SC[g]));
-                s1 = _mm512_add_epi32(s1, _mm512_madd_epi16(_mm512_maddubs_epi16(d->W[g + 1], bcast128(xb->qs + 16 * g + 16)), d->SC[g + 1]));
+                s0 = FN(madd_acc512)(s0, _mm512_maddubs_epi16(d->W[g], bcast128(xb->qs + 16 * g)), d->SC[g]);
+                s1 = FN(madd_acc512)(s1, _mm512_maddubs_epi16(d->W[g + 1], bcast128(xb->qs + 16 * g + 16)), d->SC[g + 1]);
         }
 #endif
         s0 = FN(madd_acc512)(s0, bcast128(xb->bsums), d->SB[0]);
