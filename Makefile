@@ -84,7 +84,7 @@ run: deps
 
 test: deps
 	$(MAKE) MODE=asan all unit
-	$(MAKE) MODE=tsan all
+	$(MAKE) MODE=tsan all build/tsan/tests/test_pool
 	$(MAKE) MODE=rel all
 	FIXTURES=$(FIXTURES) PYTHON=$(PYTHON) bash tests/run.sh
 

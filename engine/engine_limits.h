@@ -12,6 +12,13 @@
 #define HUGEPAGE_SETTLED_PERCENT     90      /* % of the file mapped with 2 MiB pages that needs no re-read */
 #define HUGEPAGE_REFAULT_RAM_PERCENT 50      /* re-read for 2 MiB pages only files up to this % of physical RAM */
 
+/* --- the thread pool (pool.h) --- */
+#define POOL_SPIN_NS            (2 * 1000 * 1000) /* ns a thread polls for the next run (or the
+                                                    * end of one) before sleeping: longer than the
+                                                    * gaps between the products of a token */
+#define POOL_YIELD_AFTER_NS     (50 * 1000)       /* ns of polling after which each poll also
+                                                    * yields the CPU (more threads than CPUs) */
+
 /* --- model hyperparameters accepted --- */
 #define MODEL_MAX_LAYERS        512
 #define MODEL_MAX_EMBD          65536        /* hidden size */

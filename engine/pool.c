@@ -1,14 +1,21 @@
 /* engine/pool.c — the persistent thread pool (see pool.h). A run is published by bumping a
- * generation counter; workers spin on it for a while, then wait on a condition variable. */
+ * generation counter; the caller then waits for a count of workers still running to reach 0.
+ * Both sides poll (up to POOL_SPIN_NS; yielding the CPU after POOL_YIELD_AFTER_NS) before
+ * sleeping on a condition variable, and a side
+ * takes the mutex only when the other has said it sleeps: back-to-back runs (a decoded token
+ * is a few dozen of them) make no system call at all. The "sleeping" flags and the counters
+ * are sequentially consistent atomics, so a store then a load on each side cannot both miss
+ * (the sleeper re-checks under the mutex, which the waker takes to signal). */
 #include "pool.h"
+
+#include "engine_limits.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
 #include <stdlib.h>
-
-#define POOL_SPIN_ITERATIONS 1000 /* polls before a worker sleeps (~tens of microseconds) */
+#include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define cpu_relax() __builtin_ia32_pause()
@@ -21,12 +28,46 @@ struct Pool {
         pthread_t *threads;       /* [n_threads - 1] */
         pthread_mutex_t lock;
         pthread_cond_t wake, done;
-        unsigned generation;      /* bumped per run (atomic) */
-        unsigned remaining;       /* workers still running this run (atomic) */
+        unsigned generation;      /* bumped per run */
+        unsigned remaining;       /* workers still running this run */
+        unsigned sleepers;        /* workers waiting on wake */
+        bool caller_sleeps;       /* the caller waits on done */
         bool stop;
         PoolFn fn;
         void *ctx;
 };
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+
+static uint64_t now_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Polls until (*p == v) == equal, for up to POOL_SPIN_NS, false if the time ran out first.
+ * Past POOL_YIELD_AFTER_NS each poll also yields the CPU, so that on a machine with more
+ * runnable threads than CPUs the thread being waited for gets to run. */
+static bool spin_until(const unsigned *p, unsigned v, bool equal) {
+        uint64_t start = 0, elapsed = 0;
+        for (unsigned i = 1;; i++) {
+                if ((LOAD(p) == v) == equal)
+                        return true;
+                if (elapsed >= POOL_YIELD_AFTER_NS)
+                        sched_yield();
+                else
+                        cpu_relax();
+                if (i % 64 == 0 || elapsed >= POOL_YIELD_AFTER_NS) {
+                        const uint64_t t = now_ns();
+                        if (start == 0)
+                                start = t;
+                        elapsed = t - start;
+                        if (elapsed >= POOL_SPIN_NS)
+                                return false;
+                }
+        }
+}
 
 typedef struct WorkerArg {
         Pool *pool;
@@ -40,27 +81,33 @@ static void *worker_main(void *arg) {
         unsigned seen = 0;
         free(wa);
         for (;;) {
-                unsigned gen;
-                int spins = 0;
-                while ((gen = __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE)) == seen && spins < POOL_SPIN_ITERATIONS) {
-                        cpu_relax();
-                        spins++;
-                }
-                if (gen == seen) {
+                if (!spin_until(&p->generation, seen, false)) {
                         pthread_mutex_lock(&p->lock);
-                        while ((gen = __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE)) == seen && !p->stop)
+                        __atomic_add_fetch(&p->sleepers, 1, __ATOMIC_SEQ_CST);
+                        while (LOAD(&p->generation) == seen)
                                 pthread_cond_wait(&p->wake, &p->lock);
+                        __atomic_sub_fetch(&p->sleepers, 1, __ATOMIC_SEQ_CST);
                         pthread_mutex_unlock(&p->lock);
                 }
-                if (__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE))
+                seen = LOAD(&p->generation);
+                if (LOAD(&p->stop))
                         return NULL;
-                seen = gen;
                 p->fn(p->ctx, index, p->n_threads);
-                if (__atomic_sub_fetch(&p->remaining, 1, __ATOMIC_ACQ_REL) == 0) {
+                if (__atomic_sub_fetch(&p->remaining, 1, __ATOMIC_SEQ_CST) == 0 && LOAD(&p->caller_sleeps)) {
                         pthread_mutex_lock(&p->lock);
                         pthread_cond_signal(&p->done);
                         pthread_mutex_unlock(&p->lock);
                 }
+        }
+}
+
+/* Publishes a new generation and wakes the workers that sleep. */
+static void publish(Pool *p) {
+        __atomic_add_fetch(&p->generation, 1, __ATOMIC_SEQ_CST);
+        if (LOAD(&p->sleepers) > 0) {
+                pthread_mutex_lock(&p->lock);
+                pthread_cond_broadcast(&p->wake);
+                pthread_mutex_unlock(&p->lock);
         }
 }
 
@@ -101,9 +148,9 @@ int pool_new(unsigned n_threads, Pool **ret_pool) {
 Pool *pool_free(Pool *p) {
         if (!p)
                 return NULL;
-        pthread_mutex_lock(&p->lock);
-        __atomic_store_n(&p->stop, true, __ATOMIC_RELEASE);
-        __atomic_add_fetch(&p->generation, 1, __ATOMIC_ACQ_REL);
+        STORE(&p->stop, true);
+        pthread_mutex_lock(&p->lock); /* a worker between its check and its wait holds it */
+        __atomic_add_fetch(&p->generation, 1, __ATOMIC_SEQ_CST);
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->lock);
         for (unsigned i = 0; i + 1 < p->n_threads; i++)
@@ -127,23 +174,17 @@ void pool_run(Pool *p, PoolFn fn, void *ctx) {
         }
         p->fn = fn;
         p->ctx = ctx;
-        __atomic_store_n(&p->remaining, p->n_threads - 1, __ATOMIC_RELEASE);
-        pthread_mutex_lock(&p->lock);
-        __atomic_add_fetch(&p->generation, 1, __ATOMIC_ACQ_REL);
-        pthread_cond_broadcast(&p->wake);
-        pthread_mutex_unlock(&p->lock);
+        STORE(&p->remaining, p->n_threads - 1);
+        publish(p);
 
         fn(ctx, 0, p->n_threads);
 
-        int spins = 0;
-        while (__atomic_load_n(&p->remaining, __ATOMIC_ACQUIRE) != 0 && spins < POOL_SPIN_ITERATIONS) {
-                cpu_relax();
-                spins++;
-        }
-        if (__atomic_load_n(&p->remaining, __ATOMIC_ACQUIRE) != 0) {
+        if (!spin_until(&p->remaining, 0, true)) {
                 pthread_mutex_lock(&p->lock);
-                while (__atomic_load_n(&p->remaining, __ATOMIC_ACQUIRE) != 0)
+                STORE(&p->caller_sleeps, true);
+                while (LOAD(&p->remaining) != 0)
                         pthread_cond_wait(&p->done, &p->lock);
+                STORE(&p->caller_sleeps, false);
                 pthread_mutex_unlock(&p->lock);
         }
 }

@@ -1,7 +1,8 @@
 /* engine/pool.h — a persistent thread pool: pool_run() runs one function on every thread
- * (the caller is thread 0) and returns when all are done. Threads spin briefly, then sleep,
- * between runs, so the hundreds of runs a token needs cost microseconds, not thread
- * creation. pool_run: one caller thread at a time. */
+ * (the caller is thread 0) and returns when all are done. Between runs threads poll for up to
+ * POOL_SPIN_NS (engine_limits.h), then sleep, so the dozens of runs a token needs cost under
+ * a microsecond each, not a wake-up or a thread creation. pool_run: one caller thread at a
+ * time. */
 #pragma once
 #include <stdint.h>
 
