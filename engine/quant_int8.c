@@ -278,19 +278,32 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
  * from L2 for every row of the block. */
 #define TILE_T 8
 #define ROW_BLOCK_BYTES (256u * 1024u)
+/* Q4_K / Q5_K with up to this many tokens (a few sessions decoding) also go one row at a time
+ * (k45_tile decodes each super-block once for them), 2 streams per thread: at 2 tokens
+ * 18.1 GB/s against the 4-row layout's 15.3 (2 threads, tools/bench_int8.c); at 3 no
+ * better. Q6_K and Q8_0 stay in 4 rows from 2 tokens on (Q6_K 21.5 against 17.9). */
+#define FEW_TOKENS 2
 
-/* T = 1 (decoding): the rows in two interleaved halves, 0, h, 1, h + 1, ..., so each thread
- * reads two streams from memory instead of one. The hardware keeps more of two streams in
- * flight: on the bench model (Q4_K_M, Mixtral shapes, 2 threads) decoding went from 40.0 to
- * 46.8 tokens/s; four streams were no better than two. */
-#define DOT_ROWS_T1(BLOCK_T, TILE)                                                                            \
+/* One tile of T <= TILE_T tokens (decoding: one token per session), one row at a time, the
+ * rows in two interleaved halves, 0, h, 1, h + 1, ..., so each thread reads two streams
+ * from memory instead of one. The hardware keeps more of two streams in flight: on the
+ * bench model (Q4_K_M, Mixtral shapes, 2 threads) decoding went from 37.3 to 46.3
+ * tokens/s; four streams were no better than two. */
+#define DOT_ROWS_FEW(BLOCK_T, TILE)                                                                           \
         do {                                                                                                  \
                 const int64_t h_ = (R + 1) / 2;                                                               \
-                float acc1_[1];                                                                               \
+                float acc_[TILE_T];                                                                           \
                 for (int64_t i = 0; i < R; i++) {                                                             \
                         const int64_t r = (i & 1) ? h_ + i / 2 : i / 2;                                       \
-                        TILE((const BLOCK_T *)((const uint8_t *)w + (size_t)r * rb), x, xs, 1, acc1_, nb);    \
-                        out[r] = acc1_[0];                                                                    \
+                        const BLOCK_T *wr_ = (const BLOCK_T *)((const uint8_t *)w + (size_t)r * rb);          \
+                        if (T == 1) {                                                                         \
+                                TILE(wr_, x, xs, 1, acc_, nb);                                                \
+                                out[r] = acc_[0];                                                             \
+                                continue;                                                                     \
+                        }                                                                                     \
+                        TILE(wr_, x, xs, (int)T, acc_, nb);                                                   \
+                        for (int t = 0; t < (int)T; t++)                                                      \
+                                out[t * os + r] = acc_[t];                                                    \
                 }                                                                                             \
         } while (0)
 
@@ -298,8 +311,8 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
         ATTR static void name(const void *restrict w, size_t rb, int64_t R, const BlockQ8K *restrict x,       \
                               int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {            \
                 const int64_t nb = n / QK_K;                                                                  \
-                if (T == 1) {                                                                                 \
-                        DOT_ROWS_T1(BLOCK_T, TILE);                                                           \
+                if (T <= TILE_T) { /* one tile: no activation tile to keep in L2 */                          \
+                        DOT_ROWS_FEW(BLOCK_T, TILE);                                                          \
                         return;                                                                               \
                 }                                                                                             \
                 const int64_t rblk = rb == 0 || rb >= ROW_BLOCK_BYTES ? 1 : (int64_t)(ROW_BLOCK_BYTES / rb);  \
@@ -335,31 +348,39 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
  * its last row (computed, not stored). */
 #define TILE_T4 16
 
-#define DEFINE_DOT_ROWS4(name, dotname, ATTR, BLOCK_T, TILE, TILE4)                                           \
+/* TILE4 on the 4-row group from row r (nr <= 4 rows, the last repeated) and tokens t0 ..
+ * t0 + tt - 1, stored to out. */
+#define DOT_ROWS4_GROUP(TILE4, r, nr, t0, tt)                                                                 \
+        do {                                                                                                  \
+                const uint8_t *rows_[4];                                                                      \
+                for (int i_ = 0; i_ < 4; i_++)                                                                \
+                        rows_[i_] = (const uint8_t *)w + (size_t)((r) + (i_ < (nr) ? i_ : (nr) - 1)) * rb;    \
+                TILE4(rows_, x + (t0) * xs, xs, (tt), acc, nb);                                               \
+                for (int t_ = 0; t_ < (tt); t_++)                                                             \
+                        for (int i_ = 0; i_ < (nr); i_++)                                                     \
+                                out[((t0) + t_) * os + (r) + i_] = acc[16 * (t_ / 4) + 4 * i_ + t_ % 4];      \
+        } while (0)
+
+/* T <= FEW_T by DOT_ROWS_FEW; more tokens in 4-row groups, row blocks as DEFINE_DOT_ROWS.
+ * (4-row groups taken from two interleaved halves were no faster at 2 tokens and slower
+ * at 8: 4.2 against 3.2 ms for a Q4_K [14336][4096].) */
+#define DEFINE_DOT_ROWS4(name, dotname, ATTR, BLOCK_T, TILE, TILE4, FEW_T)                                    \
         ATTR static void name(const void *restrict w, size_t rb, int64_t R, const BlockQ8K *restrict x,       \
                               int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {            \
                 const int64_t nb = n / QK_K;                                                                  \
-                if (T == 1) {                                                                                 \
-                        DOT_ROWS_T1(BLOCK_T, TILE);                                                           \
+                if (T <= FEW_T) {                                                                             \
+                        DOT_ROWS_FEW(BLOCK_T, TILE);                                                          \
                         return;                                                                               \
                 }                                                                                             \
+                float acc[TILE_T4 * 4] __attribute__((aligned(64)));                                          \
                 int64_t rblk = rb == 0 || rb >= ROW_BLOCK_BYTES ? 4 : (int64_t)(ROW_BLOCK_BYTES / rb) & ~(int64_t)3; \
                 rblk = rblk < 4 ? 4 : rblk;                                                                   \
-                float acc[TILE_T4 * 4] __attribute__((aligned(64)));                                          \
                 for (int64_t r0 = 0; r0 < R; r0 += rblk) {                                                    \
                         const int64_t r1 = R - r0 < rblk ? R : r0 + rblk;                                     \
                         for (int64_t t0 = 0; t0 < T; t0 += TILE_T4) {                                         \
                                 const int tt = T - t0 < TILE_T4 ? (int)(T - t0) : TILE_T4;                    \
-                                for (int64_t r = r0; r < r1; r += 4) {                                        \
-                                        const int nr = r1 - r < 4 ? (int)(r1 - r) : 4;                        \
-                                        const uint8_t *rows[4];                                               \
-                                        for (int i = 0; i < 4; i++)                                           \
-                                                rows[i] = (const uint8_t *)w + (size_t)(r + (i < nr ? i : nr - 1)) * rb; \
-                                        TILE4(rows, x + t0 * xs, xs, tt, acc, nb);                            \
-                                        for (int t = 0; t < tt; t++)                                          \
-                                                for (int i = 0; i < nr; i++)                                  \
-                                                        out[(t0 + t) * os + r + i] = acc[16 * (t / 4) + 4 * i + t % 4]; \
-                                }                                                                             \
+                                for (int64_t r = r0; r < r1; r += 4)                                          \
+                                        DOT_ROWS4_GROUP(TILE4, r, r1 - r < 4 ? (int)(r1 - r) : 4, t0, tt);    \
                         }                                                                                     \
                 }                                                                                             \
         }                                                                                                     \
@@ -886,6 +907,33 @@ ATTR INLINE void FN(k45_tile)(const uint8_t *w, size_t bsz, size_t qs_off, int h
                 acc[0] = a;
                 return;
         }
+        if (TT <= FEW_TOKENS) { /* as T = 1, each super-block decoded once for the TT tokens */
+                float a[FEW_TOKENS] = { 0.0f };
+                for (int64_t b0 = 0; b0 < nb; b0 += 4) {
+                        const int k = nb - b0 < 4 ? (int)(nb - b0) : 4;
+                        FN(K4) d[4];
+                        uint32_t dm[4] = { 0, 0, 0, 0 };
+                        prefetch_ahead(w + (size_t)b0 * bsz, 4 * bsz);
+                        for (int i = 0; i < k; i++) {
+                                const uint8_t *blk = w + (size_t)(b0 + i) * bsz;
+                                FN(k4_decode)(blk + 4, blk + qs_off, has_qh ? blk + 16 : NULL, &d[i]);
+                                dm[i] = k4_dm(blk);
+                        }
+                        const __m256 Wv = halves8(_mm_setr_epi32((int)dm[0], (int)dm[1], (int)dm[2], (int)dm[3]));
+                        for (int t = 0; t < TT; t++) {
+                                __m256i A[4], M[4];
+                                _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) {
+                                        A[i] = M[i] = z;
+                                        if (i < k)
+                                                FN(k4_item)(&d[i], x + t * xs + b0 + i, &A[i], &M[i]);
+                                }
+                                a[t] = add_terms(a[t], terms_k4(A, M, xd4(x + t * xs + b0, 1, k), Wv), k);
+                        }
+                }
+                for (int t = 0; t < TT; t++)
+                        acc[t] = a[t];
+                return;
+        }
         __m128 acc4[TILE_T / 4] = { _mm_setzero_ps(), _mm_setzero_ps() };
         for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *blk = w + (size_t)b * bsz;
@@ -1188,6 +1236,10 @@ ATTR INLINE void FN(k45_tile4)(const uint8_t *const w[4], size_t bsz, size_t qs_
                 acc[g] = _mm512_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *blk[4] = { w[0] + (size_t)b * bsz, w[1] + (size_t)b * bsz, w[2] + (size_t)b * bsz, w[3] + (size_t)b * bsz };
+#ifdef PF4
+                for (int r_ = 0; r_ < 4; r_++)
+                        prefetch_ahead(blk[r_], bsz);
+#endif
                 FN(K4x4) d;
                 FN(k4x4_decode)(blk, qs_off, has_qh, &d);
                 for (int g = 0; g < TT; g += 4) {
@@ -1294,6 +1346,10 @@ ATTR INLINE void FN(q6k_tile4)(const uint8_t *const w[4], const BlockQ8K *x, int
         for (int64_t b = 0; b < nb; b++) {
                 const size_t o = (size_t)b * sizeof(BlockQ6_K);
                 const uint8_t *blk[4] = { w[0] + o, w[1] + o, w[2] + o, w[3] + o };
+#ifdef PF4
+                for (int r_ = 0; r_ < 4; r_++)
+                        prefetch_ahead(blk[r_], sizeof(BlockQ6_K));
+#endif
                 FN(Q6x4) d;
                 FN(q6x4_decode)(blk, &d);
                 for (int g = 0; g < TT; g += 4) {
@@ -1402,10 +1458,10 @@ ATTR INLINE void FN(q8_0_tile4)(const uint8_t *const w[4], const BlockQ8K *x, in
                 _mm512_store_ps(out + 4 * g, acc[g / 4]);
 }
 
-DEFINE_DOT_ROWS4(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, FN(q4k_tile), FN(q4k_tile4))
-DEFINE_DOT_ROWS4(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, FN(q5k_tile), FN(q5k_tile4))
-DEFINE_DOT_ROWS4(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, FN(q6k_tile), FN(q6k_tile4))
-DEFINE_DOT_ROWS4(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, FN(q8_0_tile), FN(q8_0_tile4))
+DEFINE_DOT_ROWS4(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, FN(q4k_tile), FN(q4k_tile4), FEW_TOKENS)
+DEFINE_DOT_ROWS4(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, FN(q5k_tile), FN(q5k_tile4), FEW_TOKENS)
+DEFINE_DOT_ROWS4(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, FN(q6k_tile), FN(q6k_tile4), 1)
+DEFINE_DOT_ROWS4(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, FN(q8_0_tile), FN(q8_0_tile4), 1)
 #else
 DEFINE_DOT_ROWS(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, FN(q4k_tile))
 DEFINE_DOT_ROWS(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, FN(q5k_tile))

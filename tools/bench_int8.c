@@ -1,6 +1,6 @@
 /* tools/bench_int8.c — developer benchmark (not part of the build or the tests): throughput
  * of the int8 kernels (engine/quant_int8.c) on Mixtral-shaped matrices, [14336][4096] Q4_K
- * (w1/w3) and [4096][14336] Q6_K (w2), at T = 1 and T = 8 tokens, with 1 and 2 threads
+ * (w1/w3), [4096][14336] Q6_K (w2) and [14336][4096] Q8_0, at T = 1 and T = 8 tokens, with 1 and 2 threads
  * (rows split in halves, threads pinned to CPUs 0 and 1), next to the float fused kernel
  * (quant_traits(type)->dot_rows), the time of quantize_row_q8k, and read bandwidth: a sum
  * of a 1 GiB array, and a sum of the very copies the products read ("read (sum) the
@@ -377,6 +377,7 @@ int main(int argc, char **argv) {
         bench_bandwidth();
         bench_matrix(GGML_TYPE_Q4_K, 14336, 4096, !quick);
         bench_matrix(GGML_TYPE_Q6_K, 4096, 14336, !quick);
+        bench_matrix(GGML_TYPE_Q8_0, 14336, 4096, !quick);
         quitting = 1;
         pthread_barrier_wait(&bar_start);
         for (int i = 1; i < pool_size; i++)
