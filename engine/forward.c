@@ -205,11 +205,35 @@ typedef struct MatmulJob {
         int64_t T;
         float *out;          /* [T][rows] */
         int node;            /* >= 0: only the threads of this NUMA node take part */
+        unsigned long chunk_rows, n_chunks; /* node < 0: rows taken in chunks, first come first served */
+        unsigned long next_chunk;           /* atomic */
 } MatmulJob;
+
+/* Rows [r0, r1) of the job on this thread. */
+static void matmul_range(const MatmulJob *j, unsigned thread, unsigned long r0, unsigned long r1) {
+        if (j->xq && r1 > r0) {
+                const Matrix *w = j->w;
+                quant_int8(w->type)->dot_rows(w->data + r0 * w->row_bytes, w->row_bytes, (int64_t)(r1 - r0), j->xq,
+                                              (int64_t)(w->cols / QK_K), j->T, j->out + r0, (int64_t)w->rows,
+                                              (int64_t)w->cols);
+                return;
+        }
+        matmul_rows(j->w, j->x, j->T, j->out, (int64_t)j->w->rows, r0, r1, j->fw->row_tmp[thread]);
+}
 
 static void matmul_part(void *ctx, unsigned thread, unsigned n_threads) {
         MatmulJob *j = ctx;
         unsigned long r0, r1;
+        if (j->n_chunks > 0) {
+                for (;;) {
+                        const unsigned long c = __atomic_fetch_add(&j->next_chunk, 1, __ATOMIC_RELAXED);
+                        if (c >= j->n_chunks)
+                                return;
+                        r0 = c * j->chunk_rows;
+                        r1 = r0 + j->chunk_rows < j->w->rows ? r0 + j->chunk_rows : j->w->rows;
+                        matmul_range(j, thread, r0, r1);
+                }
+        }
         if (j->node >= 0 && j->fw->numa) {
                 /* this thread's rank among the node's threads */
                 const NumaPlan *p = j->fw->numa;
@@ -224,14 +248,7 @@ static void matmul_part(void *ctx, unsigned thread, unsigned n_threads) {
                 n_threads = n;
         }
         pool_share(j->w->rows, thread, n_threads, &r0, &r1);
-        if (j->xq && r1 > r0) {
-                const Matrix *w = j->w;
-                quant_int8(w->type)->dot_rows(w->data + r0 * w->row_bytes, w->row_bytes, (int64_t)(r1 - r0), j->xq,
-                                              (int64_t)(w->cols / QK_K), j->T, j->out + r0, (int64_t)w->rows,
-                                              (int64_t)w->cols);
-                return;
-        }
-        matmul_rows(j->w, j->x, j->T, j->out, (int64_t)j->w->rows, r0, r1, j->fw->row_tmp[thread]);
+        matmul_range(j, thread, r0, r1);
 }
 
 /* x [T][cols] quantized into dst for the int8 path, or NULL when that path is off or cols
@@ -248,15 +265,25 @@ static const BlockQ8K *quantize_input(const Forward *fw, BlockQ8K *dst, const fl
  * costs more than it saves (and a loaded machine makes every barrier expensive). */
 #define PARALLEL_MIN_WORK (1u << 20)
 
+/* Without NUMA placement a product's rows go in this many chunks per thread, each taken by
+ * whichever thread is free: a thread slowed by the machine does less, instead of everyone
+ * waiting for it at the end. */
+#define MATMUL_CHUNKS_PER_THREAD 4
+
 /* out[t][r] = W[r] . x[t], rows split over the pool (over one node's threads when node >= 0);
  * on the int8 path when xq is given and the weight type has one. */
 static void matmul_node(Forward *fw, const Matrix *w, const float *x, const BlockQ8K *xq, int64_t T, float *out,
                         int node) {
-        MatmulJob j = { fw, w, x, xq && quant_int8(w->type) ? xq : NULL, T, out, node };
+        MatmulJob j = { fw, w, x, xq && quant_int8(w->type) ? xq : NULL, T, out, node, 0, 0, 0 };
         if (w->rows * w->cols * (uint64_t)T < PARALLEL_MIN_WORK) {
                 j.node = -1;
                 matmul_part(&j, 0, 1);
         } else {
+                if (node < 0 || !fw->numa) {
+                        const unsigned long want = (unsigned long)pool_size(fw->pool) * MATMUL_CHUNKS_PER_THREAD;
+                        j.chunk_rows = ((w->rows + want - 1) / want + 3) & ~3ul; /* whole 4-row groups */
+                        j.n_chunks = (w->rows + j.chunk_rows - 1) / j.chunk_rows;
+                }
                 pool_run(fw->pool, matmul_part, &j);
         }
 }
