@@ -20,6 +20,7 @@
 #define STATE_VERSION 1u
 #define STATE_PREFIX "session-"
 #define STATE_SUFFIX ".state"
+#define PERSIST_ROWS 256u /* cache slots converted per write or read (the cache keeps heads apart) */
 
 typedef struct StateHeader {
         char magic[8];
@@ -83,17 +84,26 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
         snprintf(path, sizeof(path), "%s/" STATE_PREFIX "%s" STATE_SUFFIX, dir, ds->id);
         snprintf(tmp, sizeof(tmp), "%s/.tmp-%s", dir, ds->id);
 
+        float *rows = malloc((size_t)PERSIST_ROWS * kv->kv_dim * sizeof(float));
+        if (!rows)
+                return -ENOMEM;
         int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (fd < 0)
+        if (fd < 0) {
+                free(rows);
                 return -errno;
+        }
         uint64_t hash = FNV_OFFSET;
         int r = write_all(fd, &h, sizeof(h), &hash);
         for (int which = 0; which < 2 && r == 0; which++) {
                 const float *base = which ? kv->v : kv->k;
                 for (uint32_t l = 0; l < kv->n_layer && r == 0; l++)
-                        r = write_all(fd, base + (size_t)l * kv->n_slots * kv->kv_dim,
-                                      h.slots * kv->kv_dim * sizeof(float), &hash);
+                        for (uint32_t s0 = 0; s0 < h.slots && r == 0; s0 += PERSIST_ROWS) {
+                                const uint32_t n = h.slots - s0 < PERSIST_ROWS ? (uint32_t)(h.slots - s0) : PERSIST_ROWS;
+                                kv_rows_out(kv, base, l, s0, n, rows);
+                                r = write_all(fd, rows, (size_t)n * kv->kv_dim * sizeof(float), &hash);
+                        }
         }
+        free(rows);
         if (r == 0)
                 r = write_all(fd, s->last_logits, (size_t)h.n_vocab * sizeof(float), &hash);
         if (r == 0) {
@@ -159,6 +169,7 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
         StateHeader h;
         uint64_t hash = FNV_OFFSET, sum;
         DSession *ds = NULL;
+        float *rows = NULL;
         unsigned evicted;
         int r, fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
@@ -202,13 +213,22 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                 *why = "cache geometry differs from this daemon's settings";
                 goto out;
         }
+        rows = malloc((size_t)PERSIST_ROWS * kv->kv_dim * sizeof(float));
+        if (!rows) {
+                r = -ENOMEM;
+                *why = "out of memory";
+                goto out;
+        }
         for (int which = 0; which < 2; which++) {
                 float *base = which ? kv->v : kv->k;
                 for (uint32_t l = 0; l < kv->n_layer; l++)
-                        if ((r = read_all(fd, base + (size_t)l * kv->n_slots * kv->kv_dim,
-                                          h.slots * kv->kv_dim * sizeof(float), &hash)) < 0) {
-                                *why = "truncated";
-                                goto out;
+                        for (uint32_t s0 = 0; s0 < h.slots; s0 += PERSIST_ROWS) {
+                                const uint32_t n = h.slots - s0 < PERSIST_ROWS ? (uint32_t)(h.slots - s0) : PERSIST_ROWS;
+                                if ((r = read_all(fd, rows, (size_t)n * kv->kv_dim * sizeof(float), &hash)) < 0) {
+                                        *why = "truncated";
+                                        goto out;
+                                }
+                                kv_rows_in(kv, base, l, s0, n, rows);
                         }
         }
         if ((r = read_all(fd, ds->s->last_logits, (size_t)h.n_vocab * sizeof(float), &hash)) < 0 ||
@@ -226,6 +246,7 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
         memcpy(ds->id, h.id, sizeof(ds->id));
         r = 0;
 out:
+        free(rows);
         if (r < 0 && ds)
                 sessions_close(t, ds);
         close(fd);

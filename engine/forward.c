@@ -301,14 +301,14 @@ typedef struct AttnJob {
         uint32_t T;
 } AttnJob;
 
-/* Key/value vectors of position p of item i, layer il: from this batch's scratch when the
- * position is in the batch, else from the item's cache. */
+/* Key/value vector of KV head kvh at position p of item i, layer il: from this batch's
+ * scratch when the position is in the batch, else from the item's cache. */
 static const float *kv_row(const Forward *fw, const ForwardItem *it, uint32_t i, const float *cache,
-                           const float *batch, uint32_t il, int64_t p) {
+                           const float *batch, uint32_t il, int64_t p, uint32_t kvh) {
         const KVCache *kv = it->kv;
         if (p >= kv->n_pos)
-                return batch + (size_t)(fw->item_row0[i] + (uint32_t)(p - kv->n_pos)) * kv->kv_dim;
-        return cache + ((size_t)il * kv->n_slots + kv_slot(kv, p)) * kv->kv_dim;
+                return batch + (size_t)(fw->item_row0[i] + (uint32_t)(p - kv->n_pos)) * kv->kv_dim + (size_t)kvh * kv->head_dim;
+        return cache + kv_offset(kv, il, kvh, kv_slot(kv, p));
 }
 
 /* Causal attention of one (row, head): keys in ascending position order, whether they come
@@ -323,14 +323,14 @@ static void attend(Forward *fw, const ForwardItem *items, uint32_t il, uint32_t 
         const int64_t n_sink = qpos + 1 < (int64_t)kv->n_sink ? qpos + 1 : (int64_t)kv->n_sink;
         const int64_t ws = kv_window_start(kv, qpos);
         const float *qh = fw->q + ((size_t)r * c->n_head + h) * hd;
-        const size_t koff = (size_t)(h / group) * hd;
+        const uint32_t kvh = h / group;
         float *out = fw->att + ((size_t)r * c->n_head + h) * hd;
         uint32_t n = 0;
 
         for (int64_t p = 0; p < n_sink; p++)
-                scores[n++] = dot_f32(qh, kv_row(fw, it, i, kv->k, fw->k, il, p) + koff, hd) * scale;
+                scores[n++] = dot_f32(qh, kv_row(fw, it, i, kv->k, fw->k, il, p, kvh), hd) * scale;
         for (int64_t p = ws; p <= qpos; p++)
-                scores[n++] = dot_f32(qh, kv_row(fw, it, i, kv->k, fw->k, il, p) + koff, hd) * scale;
+                scores[n++] = dot_f32(qh, kv_row(fw, it, i, kv->k, fw->k, il, p, kvh), hd) * scale;
         softmax(scores, n);
 
         memset(out, 0, hd * sizeof(float));
@@ -340,7 +340,7 @@ static void attend(Forward *fw, const ForwardItem *items, uint32_t il, uint32_t 
                         p = ws - 1; /* skip the positions that rolled out */
                         continue;
                 }
-                const float *vp = kv_row(fw, it, i, kv->v, fw->v, il, p) + koff;
+                const float *vp = kv_row(fw, it, i, kv->v, fw->v, il, p, kvh);
                 axpy(out, scores[n++], vp, hd);
         }
 }
@@ -358,9 +358,8 @@ static void attention_part(void *ctx, unsigned thread, unsigned n_threads) {
 static void kv_store(const Forward *fw, const ForwardItem *items, uint32_t il, uint32_t T) {
         for (uint32_t r = 0; r < T; r++) {
                 const KVCache *kv = items[fw->row_item[r]].kv;
-                const size_t off = ((size_t)il * kv->n_slots + kv_slot(kv, fw->row_pos[r])) * kv->kv_dim;
-                memcpy(kv->k + off, fw->k + (size_t)r * kv->kv_dim, kv->kv_dim * sizeof(float));
-                memcpy(kv->v + off, fw->v + (size_t)r * kv->kv_dim, kv->kv_dim * sizeof(float));
+                kv_rows_in(kv, kv->k, il, kv_slot(kv, fw->row_pos[r]), 1, fw->k + (size_t)r * kv->kv_dim);
+                kv_rows_in(kv, kv->v, il, kv_slot(kv, fw->row_pos[r]), 1, fw->v + (size_t)r * kv->kv_dim);
         }
 }
 
@@ -478,7 +477,7 @@ static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 const KVCache *kv = it->kv;
                 if (it->n_tokens == 0 || it->n_tokens > kv->n_roll || it->n_tokens > fw->max_rows - T ||
                     kv->n_slots > fw->max_slots || kv->n_layer != c->n_layer ||
-                    kv->kv_dim != c->n_head_kv * c->head_dim)
+                    kv->head_dim != c->head_dim || kv->kv_dim != c->n_head_kv * c->head_dim)
                         return -EINVAL;
                 for (uint32_t j = 0; j < i; j++)
                         if (items[j].kv == kv)

@@ -35,7 +35,7 @@ int session_new(const Model *m, uint32_t capacity, uint64_t kv_budget, Session *
         if (!s)
                 return -ENOMEM;
         s->m = m;
-        r = kv_cache_new(c->n_layer, c->n_head_kv * c->head_dim, c->sliding_window, slots, &s->kv);
+        r = kv_cache_new(c->n_layer, c->n_head_kv, c->head_dim, c->sliding_window, slots, &s->kv);
         if (r < 0)
                 goto fail;
         s->last_logits = calloc(c->n_vocab, sizeof(float));
