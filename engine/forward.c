@@ -477,7 +477,7 @@ static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 const KVCache *kv = it->kv;
                 if (it->n_tokens == 0 || it->n_tokens > kv->n_roll || it->n_tokens > fw->max_rows - T ||
                     kv->n_slots > fw->max_slots || kv->n_layer != c->n_layer ||
-                    kv->head_dim != c->head_dim || kv->kv_dim != c->n_head_kv * c->head_dim)
+                    kv->n_head_kv != c->n_head_kv || kv->head_dim != c->head_dim)
                         return -EINVAL;
                 for (uint32_t j = 0; j < i; j++)
                         if (items[j].kv == kv)

@@ -1,9 +1,8 @@
 /* engine/pool.c — the persistent thread pool (see pool.h). A run is published by bumping a
  * generation counter; the caller then waits for a count of workers still running to reach 0.
  * Both sides poll (up to POOL_SPIN_NS; yielding the CPU after POOL_YIELD_AFTER_NS) before
- * sleeping on a condition variable, and a side
- * takes the mutex only when the other has said it sleeps: back-to-back runs (a decoded token
- * is a few dozen of them) make no system call at all. The "sleeping" flags and the counters
+ * sleeping on a condition variable, and a side takes the mutex only when the other has said
+ * it sleeps: back-to-back runs (a decoded token is a few dozen of them) make no system call. The "sleeping" flags and the counters
  * are sequentially consistent atomics, so a store then a load on each side cannot both miss
  * (the sleeper re-checks under the mutex, which the waker takes to signal). */
 #include "pool.h"
@@ -149,10 +148,7 @@ Pool *pool_free(Pool *p) {
         if (!p)
                 return NULL;
         STORE(&p->stop, true);
-        pthread_mutex_lock(&p->lock); /* a worker between its check and its wait holds it */
-        __atomic_add_fetch(&p->generation, 1, __ATOMIC_SEQ_CST);
-        pthread_cond_broadcast(&p->wake);
-        pthread_mutex_unlock(&p->lock);
+        publish(p); /* a worker that wakes or stops polling sees stop */
         for (unsigned i = 0; i + 1 < p->n_threads; i++)
                 pthread_join(p->threads[i], NULL);
         free(p->threads);
