@@ -45,7 +45,7 @@ struct Forward {
         uint32_t *logit_rows;     /* [T] rows whose logits are wanted */
         /* per thread */
         float **row_tmp;          /* [threads][max(D, FF, H*hd, V)] dequantized weight row */
-        float **scores;           /* [threads][max_slots + T] one head's attention weights */
+        float **scores;           /* [threads][group][max_slots + T] one KV head's attention weights */
         ForwardRouteFn route_fn;
         void *route_data;
         const NumaPlan *numa;     /* borrowed; NULL: any thread runs any expert */
@@ -70,6 +70,7 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         if (!fw)
                 return -ENOMEM;
         const size_t T = max_rows, D = c->n_embd, FF = c->n_ff, Q = (size_t)c->n_head * c->head_dim,
+                     group = c->n_head / c->n_head_kv,
                      KV = (size_t)c->n_head_kv * c->head_dim, K = c->n_expert ? c->n_expert_used : 1,
                      E = c->n_expert ? c->n_expert : 1;
         size_t widest = D > FF ? D : FF;
@@ -116,7 +117,7 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
                  fw->xq_e && fw->xq_h;
         for (unsigned t = 0; ok && t < fw->n_threads; t++) {
                 fw->row_tmp[t] = alloc64(widest * sizeof(float));
-                fw->scores[t] = alloc64(((size_t)max_slots + T) * sizeof(float));
+                fw->scores[t] = alloc64((size_t)group * ((size_t)max_slots + T) * sizeof(float));
                 ok = fw->row_tmp[t] && fw->scores[t];
         }
         if (!ok) {
@@ -197,58 +198,81 @@ uint32_t forward_max_chunk(const Forward *fw, const KVCache *kv) {
 
 /* ------------------------------------------------------------------ matrix products */
 
-typedef struct MatmulJob {
-        Forward *fw;
-        const Matrix *w;
-        const float *x;      /* [T][cols] */
-        const BlockQ8K *xq;  /* [T][cols/256] the same, quantized; NULL: the float path */
+/* One matrix product out[t][r] = W[r] . x[t], or with w_up a SwiGLU pair:
+ * out[t][r] = silu(W[r] . x[t]) * (W_up[r] . x[t]), optionally quantized into hq as it is
+ * made (each 256-block of a token's row needs only its own values). */
+typedef struct Product {
+        const Matrix *w;          /* [rows][cols] */
+        const Matrix *w_up;       /* NULL, or [rows][cols] the up half of a SwiGLU pair */
+        const float *x;           /* [T][cols] */
+        const BlockQ8K *xq;       /* [T][cols/256] the same, quantized; NULL: the float path */
         int64_t T;
-        float *out;          /* [T][rows] */
-        int node;            /* >= 0: only the threads of this NUMA node take part */
-        unsigned long chunk_rows, n_chunks; /* node < 0: rows taken in chunks, first come first served */
-        unsigned long next_chunk;           /* atomic */
-} MatmulJob;
+        float *out;               /* [T][rows] */
+        float *up;                /* with w_up: [T][rows] scratch for W_up x */
+        BlockQ8K *hq;             /* with w_up, or NULL: [T][rows/256] out quantized */
+        unsigned long chunk_rows; /* rows per chunk */
+        unsigned long chunk_end;  /* one past this product's last chunk in the job's numbering */
+} Product;
 
-/* Rows [r0, r1) of the job on this thread. */
-static void matmul_range(const MatmulJob *j, unsigned thread, unsigned long r0, unsigned long r1) {
-        if (j->xq && r1 > r0) {
-                const Matrix *w = j->w;
-                quant_int8(w->type)->dot_rows(w->data + r0 * w->row_bytes, w->row_bytes, (int64_t)(r1 - r0), j->xq,
-                                              (int64_t)(w->cols / QK_K), j->T, j->out + r0, (int64_t)w->rows,
+/* Products that run in one pool pass: their rows are cut in chunks that any thread takes,
+ * first come first served, so the threads wait for each other once per list instead of
+ * once per product, and a thread slowed by the machine does less. */
+#define PRODUCTS_MAX 16
+
+typedef struct ProductJob {
+        Forward *fw;
+        Product p[PRODUCTS_MAX];
+        unsigned n;
+        int node;                 /* >= 0: only the threads of this NUMA node take part */
+        unsigned long next_chunk; /* atomic */
+} ProductJob;
+
+/* Rows [r0, r1) of W x into out, on this thread. */
+static void product_rows(Forward *fw, unsigned thread, const Matrix *w, const float *x, const BlockQ8K *xq, int64_t T,
+                         float *out, unsigned long r0, unsigned long r1) {
+        if (xq) {
+                quant_int8(w->type)->dot_rows(w->data + r0 * w->row_bytes, w->row_bytes, (int64_t)(r1 - r0), xq,
+                                              (int64_t)(w->cols / QK_K), T, out + r0, (int64_t)w->rows,
                                               (int64_t)w->cols);
                 return;
         }
-        matmul_rows(j->w, j->x, j->T, j->out, (int64_t)j->w->rows, r0, r1, j->fw->row_tmp[thread]);
+        matmul_rows(w, x, T, out, (int64_t)w->rows, r0, r1, fw->row_tmp[thread]);
 }
 
-static void matmul_part(void *ctx, unsigned thread, unsigned n_threads) {
-        MatmulJob *j = ctx;
-        unsigned long r0, r1;
-        if (j->n_chunks > 0) {
-                for (;;) {
-                        const unsigned long c = __atomic_fetch_add(&j->next_chunk, 1, __ATOMIC_RELAXED);
-                        if (c >= j->n_chunks)
-                                return;
-                        r0 = c * j->chunk_rows;
-                        r1 = r0 + j->chunk_rows < j->w->rows ? r0 + j->chunk_rows : j->w->rows;
-                        matmul_range(j, thread, r0, r1);
-                }
+static void product_chunk(Forward *fw, unsigned thread, const Product *p, unsigned long r0, unsigned long r1) {
+        product_rows(fw, thread, p->w, p->x, p->xq, p->T, p->out, r0, r1);
+        if (!p->w_up)
+                return;
+        product_rows(fw, thread, p->w_up, p->x, p->xq, p->T, p->up, r0, r1);
+        const uint64_t rows = p->w->rows;
+        for (int64_t t = 0; t < p->T; t++) {
+                float *h = p->out + (uint64_t)t * rows;
+                const float *u = p->up + (uint64_t)t * rows;
+                for (unsigned long r = r0; r < r1; r++)
+                        h[r] = silu(h[r]) * u[r];
+                if (p->hq) /* r0 and r1 are whole 256-blocks (product_job_add) */
+                        quantize_row_q8k(h + r0, p->hq + (uint64_t)t * (rows / QK_K) + r0 / QK_K, (int64_t)(r1 - r0));
         }
-        if (j->node >= 0 && j->fw->numa) {
-                /* this thread's rank among the node's threads */
-                const NumaPlan *p = j->fw->numa;
-                unsigned rank = 0, n = 0;
-                if (p->thread_node[thread] != j->node)
+}
+
+static void product_part(void *ctx, unsigned thread, unsigned n_threads) {
+        ProductJob *j = ctx;
+        (void)n_threads;
+        if (j->node >= 0 && j->fw->numa->thread_node[thread] != j->node)
+                return;
+        const unsigned long n_chunks = j->p[j->n - 1].chunk_end;
+        unsigned k = 0;
+        for (;;) {
+                const unsigned long c = __atomic_fetch_add(&j->next_chunk, 1, __ATOMIC_RELAXED);
+                if (c >= n_chunks)
                         return;
-                for (unsigned t = 0; t < n_threads; t++) {
-                        rank += t < thread && p->thread_node[t] == j->node;
-                        n += p->thread_node[t] == j->node;
-                }
-                thread = rank;
-                n_threads = n;
+                while (c >= j->p[k].chunk_end) /* chunks are taken in increasing order */
+                        k++;
+                const Product *p = &j->p[k];
+                const unsigned long first = k ? j->p[k - 1].chunk_end : 0, r0 = (c - first) * p->chunk_rows;
+                const unsigned long r1 = r0 + p->chunk_rows < p->w->rows ? r0 + p->chunk_rows : p->w->rows;
+                product_chunk(j->fw, thread, p, r0, r1);
         }
-        pool_share(j->w->rows, thread, n_threads, &r0, &r1);
-        matmul_range(j, thread, r0, r1);
 }
 
 /* x [T][cols] quantized into dst for the int8 path, or NULL when that path is off or cols
@@ -265,31 +289,68 @@ static const BlockQ8K *quantize_input(const Forward *fw, BlockQ8K *dst, const fl
  * costs more than it saves (and a loaded machine makes every barrier expensive). */
 #define PARALLEL_MIN_WORK (1u << 20)
 
-/* Without NUMA placement a product's rows go in this many chunks per thread, each taken by
- * whichever thread is free: a thread slowed by the machine does less, instead of everyone
- * waiting for it at the end. */
+/* Without NUMA placement a list's rows go in about this many chunks per thread. */
 #define MATMUL_CHUNKS_PER_THREAD 4
 
-/* out[t][r] = W[r] . x[t], rows split over the pool (over one node's threads when node >= 0);
- * on the int8 path when xq is given and the weight type has one. */
-static void matmul_node(Forward *fw, const Matrix *w, const float *x, const BlockQ8K *xq, int64_t T, float *out,
-                        int node) {
-        MatmulJob j = { fw, w, x, xq && quant_int8(w->type) ? xq : NULL, T, out, node, 0, 0, 0 };
-        if (w->rows * w->cols * (uint64_t)T < PARALLEL_MIN_WORK) {
-                j.node = -1;
-                matmul_part(&j, 0, 1);
+static void product_job_init(ProductJob *j, Forward *fw, int node) {
+        j->fw = fw;
+        j->n = 0;
+        j->node = node >= 0 && fw->numa && fw->numa->node_threads[node] > 0 ? node : -1;
+        j->next_chunk = 0;
+}
+
+/* Adds a product; false when the list is full. The int8 path is taken when xq is given and
+ * the weight type has one; hq (SwiGLU pairs only) needs the int8 path's 256-blocks. */
+static bool product_job_add(ProductJob *j, const Matrix *w, const Matrix *w_up, const float *x, const BlockQ8K *xq,
+                            int64_t T, float *out, float *up, BlockQ8K *hq) {
+        if (j->n == PRODUCTS_MAX)
+                return false;
+        const bool int8 = xq && quant_int8(w->type) && (!w_up || quant_int8(w_up->type));
+        j->p[j->n++] = (Product){ w, w_up, x, int8 ? xq : NULL, T, out, up, hq && w->rows % QK_K == 0 ? hq : NULL, 0, 0 };
+        return true;
+}
+
+/* Cuts the list in chunks of about equal bytes and runs it (on the calling thread alone
+ * when it is small). */
+static void product_job_run(ProductJob *j) {
+        Forward *fw = j->fw;
+        uint64_t bytes = 0, work = 0;
+        for (unsigned k = 0; k < j->n; k++) {
+                const Product *p = &j->p[k];
+                const uint64_t n_mat = p->w_up ? 2 : 1;
+                bytes += n_mat * p->w->rows * p->w->row_bytes;
+                work += n_mat * p->w->rows * p->w->cols * (uint64_t)p->T;
+        }
+        const bool alone = work < PARALLEL_MIN_WORK;
+        const unsigned threads = alone ? 1 : j->node >= 0 ? fw->numa->node_threads[j->node] : pool_size(fw->pool);
+        const uint64_t chunk_bytes = bytes / ((uint64_t)threads * MATMUL_CHUNKS_PER_THREAD) + 1;
+        unsigned long end = 0;
+        for (unsigned k = 0; k < j->n; k++) {
+                Product *p = &j->p[k];
+                const unsigned long align = p->hq ? QK_K : 4; /* whole 256-blocks / 4-row groups */
+                const uint64_t row_bytes = (p->w_up ? 2 : 1) * p->w->row_bytes;
+                unsigned long rows = (unsigned long)((chunk_bytes + row_bytes - 1) / row_bytes);
+                rows = (rows + align - 1) / align * align;
+                p->chunk_rows = rows;
+                end += (unsigned long)((p->w->rows + rows - 1) / rows);
+                p->chunk_end = end;
+        }
+        if (j->n == 0)
+                return;
+        if (alone) {
+                j->node = -1;
+                product_part(j, 0, 1);
         } else {
-                if (node < 0 || !fw->numa) {
-                        const unsigned long want = (unsigned long)pool_size(fw->pool) * MATMUL_CHUNKS_PER_THREAD;
-                        j.chunk_rows = ((w->rows + want - 1) / want + 3) & ~3ul; /* whole 4-row groups */
-                        j.n_chunks = (w->rows + j.chunk_rows - 1) / j.chunk_rows;
-                }
-                pool_run(fw->pool, matmul_part, &j);
+                pool_run(fw->pool, product_part, j);
         }
 }
 
+/* out[t][r] = W[r] . x[t] over the pool. */
 static void matmul_par(Forward *fw, const Matrix *w, const float *x, const BlockQ8K *xq, int64_t T, float *out) {
-        matmul_node(fw, w, x, xq, T, out, -1);
+        ProductJob j;
+        product_job_init(&j, fw, -1);
+        product_job_add(&j, w, NULL, x, xq, T, out, NULL, NULL);
+        product_job_run(&j);
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -311,9 +372,13 @@ static const float *kv_row(const Forward *fw, const ForwardItem *it, uint32_t i,
         return cache + kv_offset(kv, il, kvh, kv_slot(kv, p));
 }
 
-/* Causal attention of one (row, head): keys in ascending position order, whether they come
- * from the cache or the batch, so results never depend on chunking or batching. */
-static void attend(Forward *fw, const ForwardItem *items, uint32_t il, uint32_t r, uint32_t h, float *scores) {
+/* Causal attention of one row for the query heads sharing KV head kvh: keys in ascending
+ * position order, whether they come from the cache or the batch, so results never depend on
+ * chunking or batching. Each key and value row is read once for the whole group (it stays
+ * in L1 between heads); every head's scores, softmax and sums are computed exactly as one
+ * head alone would. scores: [group][n_keys] scratch. */
+static void attend_group(Forward *fw, const ForwardItem *items, uint32_t il, uint32_t r, uint32_t kvh,
+                         float *scores) {
         const ModelConfig *c = &fw->m->cfg;
         const uint32_t hd = c->head_dim, group = c->n_head / c->n_head_kv, i = fw->row_item[r];
         const ForwardItem *it = &items[i];
@@ -321,37 +386,38 @@ static void attend(Forward *fw, const ForwardItem *items, uint32_t il, uint32_t 
         const float scale = 1.0f / sqrtf((float)hd);
         const int64_t qpos = fw->row_pos[r];
         const int64_t n_sink = qpos + 1 < (int64_t)kv->n_sink ? qpos + 1 : (int64_t)kv->n_sink;
-        const int64_t ws = kv_window_start(kv, qpos);
-        const float *qh = fw->q + ((size_t)r * c->n_head + h) * hd;
-        const uint32_t kvh = h / group;
-        float *out = fw->att + ((size_t)r * c->n_head + h) * hd;
-        uint32_t n = 0;
+        const int64_t ws = kv_window_start(kv, qpos); /* >= n_sink */
+        const int64_t first = n_sink > 0 ? 0 : ws;
+        const size_t n_keys = (size_t)n_sink + (size_t)(ws <= qpos ? qpos + 1 - ws : 0);
+        const float *q0 = fw->q + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
+        float *out0 = fw->att + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
 
-        for (int64_t p = 0; p < n_sink; p++)
-                scores[n++] = dot_f32(qh, kv_row(fw, it, i, kv->k, fw->k, il, p, kvh), hd) * scale;
-        for (int64_t p = ws; p <= qpos; p++)
-                scores[n++] = dot_f32(qh, kv_row(fw, it, i, kv->k, fw->k, il, p, kvh), hd) * scale;
-        softmax(scores, n);
+        /* keys: the sinks [0, n_sink), then the window [ws, qpos] */
+        size_t n = 0;
+        for (int64_t p = first; p <= qpos; p = p + 1 == n_sink ? ws : p + 1, n++) {
+                const float *k = kv_row(fw, it, i, kv->k, fw->k, il, p, kvh);
+                for (uint32_t g = 0; g < group; g++)
+                        scores[g * n_keys + n] = dot_f32(q0 + (size_t)g * hd, k, hd) * scale;
+        }
+        for (uint32_t g = 0; g < group; g++)
+                softmax(scores + g * n_keys, (int64_t)n_keys);
 
-        memset(out, 0, hd * sizeof(float));
+        memset(out0, 0, (size_t)group * hd * sizeof(float));
         n = 0;
-        for (int64_t p = 0; p <= qpos; p++) {
-                if (p >= n_sink && p < ws) {
-                        p = ws - 1; /* skip the positions that rolled out */
-                        continue;
-                }
-                const float *vp = kv_row(fw, it, i, kv->v, fw->v, il, p, kvh);
-                axpy(out, scores[n++], vp, hd);
+        for (int64_t p = first; p <= qpos; p = p + 1 == n_sink ? ws : p + 1, n++) {
+                const float *v = kv_row(fw, it, i, kv->v, fw->v, il, p, kvh);
+                for (uint32_t g = 0; g < group; g++)
+                        axpy(out0 + (size_t)g * hd, scores[g * n_keys + n], v, hd);
         }
 }
 
 static void attention_part(void *ctx, unsigned thread, unsigned n_threads) {
         AttnJob *j = ctx;
-        const uint32_t H = j->fw->m->cfg.n_head;
+        const uint32_t HKV = j->fw->m->cfg.n_head_kv;
         unsigned long b, e;
-        pool_share((unsigned long)j->T * H, thread, n_threads, &b, &e);
+        pool_share((unsigned long)j->T * HKV, thread, n_threads, &b, &e);
         for (unsigned long w = b; w < e; w++)
-                attend(j->fw, j->items, j->il, (uint32_t)(w / H), (uint32_t)(w % H), j->fw->scores[thread]);
+                attend_group(j->fw, j->items, j->il, (uint32_t)(w / HKV), (uint32_t)(w % HKV), j->fw->scores[thread]);
 }
 
 /* Store the batch's keys and values in their slots (after every query has read them). */
@@ -399,23 +465,37 @@ static void route(Forward *fw, uint32_t il, uint32_t T) {
         }
 }
 
-/* SwiGLU of one expert over the rows gathered in fw->xe: eout = down(silu(gate x) * up x),
- * on the threads of the NUMA node holding the expert. */
-static void expert_ffn(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t e, uint32_t n, const BlockQ8K *xq) {
-        const size_t FF = fw->m->cfg.n_ff;
-        int node = fw->numa && fw->m->cfg.n_expert ? fw->numa->expert_node[(size_t)il * fw->numa->n_expert + e] : -1;
-        if (node >= 0 && fw->numa->node_threads[node] == 0)
-                node = -1; /* fewer threads than nodes: anyone runs it */
-        matmul_node(fw, &L->gate[e], fw->xe, xq, n, fw->gate, node);
-        matmul_node(fw, &L->up[e], fw->xe, xq, n, fw->up, node);
-        for (size_t i = 0; i < n * FF; i++)
-                fw->gate[i] = silu(fw->gate[i]) * fw->up[i];
-        const BlockQ8K *hq = quantize_input(fw, fw->xq_h, fw->gate, n, FF);
-        matmul_node(fw, &L->down[e], fw->gate, hq, n, fw->eout, node);
+/* Experts whose rows are gathered in fw->xe / fw->xq_e (expert g's n[g] rows from row
+ * base[g]): eout = down(silu(gate x) * up x) for each, in two pool passes for the whole
+ * group, the first also quantizing silu(gate x) * up x for the second. With a NUMA plan the
+ * group is one expert, run on the threads of the node holding it. */
+static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const uint32_t *ids, const uint32_t *base,
+                        const uint32_t *n, unsigned count, const BlockQ8K *xq) {
+        const ModelConfig *c = &fw->m->cfg;
+        const size_t D = c->n_embd, FF = c->n_ff, DB = D / QK_K, FB = FF / QK_K;
+        int node = -1;
+        if (fw->numa && c->n_expert && count == 1)
+                node = fw->numa->expert_node[(size_t)il * fw->numa->n_expert + ids[0]];
+        ProductJob up, down;
+        product_job_init(&up, fw, node);
+        product_job_init(&down, fw, node);
+        for (unsigned g = 0; g < count; g++) {
+                const uint32_t e = ids[g];
+                product_job_add(&up, &L->gate[e], &L->up[e], fw->xe + base[g] * D, xq ? xq + base[g] * DB : NULL, n[g],
+                                fw->gate + base[g] * FF, fw->up + base[g] * FF, fw->int8 ? fw->xq_h + base[g] * FB : NULL);
+        }
+        product_job_run(&up);
+        for (unsigned g = 0; g < count; g++) {
+                const uint32_t e = ids[g];
+                product_job_add(&down, &L->down[e], NULL, fw->gate + base[g] * FF, up.p[g].hq, n[g],
+                                fw->eout + base[g] * D, NULL, NULL);
+        }
+        product_job_run(&down);
 }
 
 /* Mixture of experts on fw->xb, added into the residual fw->x. The rows routed to an expert
- * run together, so its weights are read once per batch. */
+ * run together, so its weights are read once per batch, and experts run in groups (as many
+ * as the scratch rows and a job's product list hold) so the threads meet twice per group. */
 static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         const ModelConfig *c = &fw->m->cfg;
         const size_t D = c->n_embd;
@@ -423,8 +503,9 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         const BlockQ8K *xq = quantize_input(fw, fw->xq_moe, fw->xb, T, D);
         const size_t DB = D / QK_K;
         if (c->n_expert == 0) {
+                const uint32_t id = 0, base = 0, n = T;
                 memcpy(fw->xe, fw->xb, T * D * sizeof(float));
-                expert_ffn(fw, L, il, 0, T, xq);
+                experts_run(fw, L, il, &id, &base, &n, 1, xq);
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->eout[i];
                 return;
@@ -434,24 +515,39 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         matmul_par(fw, &L->router, fw->xb, xq, T, fw->router);
         route(fw, il, T);
 
-        for (uint32_t e = 0; e < E; e++) {
-                uint32_t n = 0;
+        const unsigned max_group = fw->numa ? 1 : PRODUCTS_MAX;
+        uint32_t ids[PRODUCTS_MAX], base[PRODUCTS_MAX], n[PRODUCTS_MAX];
+        unsigned count = 0;
+        uint32_t used = 0; /* scratch rows taken by the group */
+        for (uint32_t e = 0; e <= E; e++) {
+                uint32_t ne = 0;
+                if (e < E)
+                        for (uint32_t t = 0; t < T; t++)
+                                for (uint32_t j = 0; j < K; j++)
+                                        ne += fw->sel[t * K + j] == (int32_t)e;
+                if (count > 0 && (e == E || count == max_group || used + ne > fw->max_rows)) {
+                        experts_run(fw, L, il, ids, base, n, count, xq ? fw->xq_e : NULL);
+                        for (uint32_t i = 0; i < used; i++)
+                                memcpy(fw->moe + ((size_t)fw->rows[i] * K + fw->rows_slot[i]) * D, fw->eout + i * D,
+                                       D * sizeof(float));
+                        count = 0;
+                        used = 0;
+                }
+                if (ne == 0)
+                        continue;
+                ids[count] = e;
+                base[count] = used;
+                n[count++] = ne;
                 for (uint32_t t = 0; t < T; t++)
                         for (uint32_t j = 0; j < K; j++)
                                 if (fw->sel[t * K + j] == (int32_t)e) {
-                                        fw->rows[n] = (int32_t)t;
-                                        fw->rows_slot[n] = (int32_t)j;
-                                        memcpy(fw->xe + n * D, fw->xb + (size_t)t * D, D * sizeof(float));
+                                        fw->rows[used] = (int32_t)t;
+                                        fw->rows_slot[used] = (int32_t)j;
+                                        memcpy(fw->xe + used * D, fw->xb + (size_t)t * D, D * sizeof(float));
                                         if (xq)
-                                                memcpy(fw->xq_e + n * DB, xq + (size_t)t * DB, DB * sizeof(BlockQ8K));
-                                        n++;
+                                                memcpy(fw->xq_e + used * DB, xq + (size_t)t * DB, DB * sizeof(BlockQ8K));
+                                        used++;
                                 }
-                if (n == 0)
-                        continue;
-                expert_ffn(fw, L, il, e, n, xq ? fw->xq_e : NULL);
-                for (uint32_t i = 0; i < n; i++)
-                        memcpy(fw->moe + ((size_t)fw->rows[i] * K + fw->rows_slot[i]) * D, fw->eout + i * D,
-                               D * sizeof(float));
         }
         for (uint32_t t = 0; t < T; t++) {
                 float *x = fw->x + (size_t)t * D;
@@ -518,9 +614,12 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 for (uint32_t t = 0; t < T; t++)
                         rmsnorm(fw->xb + t * D, fw->x + t * D, L->attn_norm, (int64_t)D, c->rms_eps);
                 const BlockQ8K *xq = quantize_input(fw, fw->xq_in, fw->xb, T, D);
-                matmul_par(fw, &L->wq, fw->xb, xq, T, fw->q);
-                matmul_par(fw, &L->wk, fw->xb, xq, T, fw->k);
-                matmul_par(fw, &L->wv, fw->xb, xq, T, fw->v);
+                ProductJob qkv;
+                product_job_init(&qkv, fw, -1);
+                product_job_add(&qkv, &L->wq, NULL, fw->xb, xq, T, fw->q, NULL, NULL);
+                product_job_add(&qkv, &L->wk, NULL, fw->xb, xq, T, fw->k, NULL, NULL);
+                product_job_add(&qkv, &L->wv, NULL, fw->xb, xq, T, fw->v, NULL, NULL);
+                product_job_run(&qkv);
                 for (uint32_t t = 0; t < T; t++) {
                         rope(fw->q + t * Q, c->n_head, c->head_dim, fw->row_pos[t], fw->inv_freq);
                         rope(fw->k + t * KVD, c->n_head_kv, c->head_dim, fw->row_pos[t], fw->inv_freq);

@@ -1,16 +1,21 @@
 /* tests/unit/test_numa.c — the NUMA planner on synthetic topologies: every expert placed,
  * bytes per node follow the nodes' CPU shares, threads spread the same way, at least one
- * thread on every node that holds experts, deterministic; and the real machine's plan. */
+ * thread on every node that holds experts, deterministic; the real machine's plan; and a
+ * forward pass that runs experts by node (a synthetic two-node plan on a fixture model)
+ * giving the same bits as one that does not. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
+#include "forward.h"
 #include "numa.h"
 
 /* A model with only what the planner reads: layer count, expert count and expert sizes. */
@@ -180,12 +185,74 @@ static void test_this_machine(void **state) {
         free_fake(m);
 }
 
+/* Logits of a PROMPT_TOKENS-token prefill (every position) then two decode steps, on fw.
+ * The prompt is long enough that each expert's rows are enough work for the pool. */
+#define PROMPT_TOKENS 48
+static void run_prompt(Forward *fw, KVCache *kv, uint32_t V, float *logits) {
+        int32_t prompt[PROMPT_TOKENS];
+        const uint32_t n = PROMPT_TOKENS;
+        for (uint32_t i = 0; i < n; i++)
+                prompt[i] = i == 0 ? 1 : (int32_t)(300 + (i * 7919) % 20000);
+        kv_cache_reset(kv);
+        assert_int_equal(forward_chunk(fw, kv, prompt, n, FORWARD_LOGITS_ALL, logits), 0);
+        for (uint32_t i = 0; i < 2; i++)
+                assert_int_equal(forward_chunk(fw, kv, &prompt[i], 1, FORWARD_LOGITS_LAST, logits + (n + i) * V), 0);
+}
+
+static void test_forward_by_node_matches(void **state) {
+        (void)state;
+        const char *dir = getenv("FIXTURES");
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/tiny-moe-shakespeare/tiny-moe-q4_k_m.gguf", dir ? dir : "../shared/fixtures");
+        ModelError err;
+        Model *m = NULL;
+        if (access(path, R_OK) != 0) {
+                const char *ci = getenv("CI");
+                if (ci && strcmp(ci, "true") == 0)
+                        fail_msg("fixture missing: %s", path);
+                print_message("!!!!! SKIPPING forward-by-node check: no fixture at %s !!!!!\n", path);
+                return;
+        }
+        assert_int_equal(model_load(path, &err, &m), 0);
+        const uint32_t V = m->cfg.n_vocab, n_logits = PROMPT_TOKENS + 2;
+        Pool *pool = NULL;
+        assert_int_equal(pool_new(2, &pool), 0);
+        KVCache *kv = NULL;
+        assert_int_equal(kv_cache_new(m->cfg.n_layer, m->cfg.n_head_kv, m->cfg.head_dim, 0, 64, &kv), 0);
+        Forward *fw = NULL;
+        assert_int_equal(forward_new(m, PROMPT_TOKENS, 64, pool, &fw), 0);
+        const unsigned cpus[] = { 1, 1 };
+        NumaTopology t = topo(2, cpus);
+        NumaPlan plan;
+        assert_int_equal(numa_plan(m, &t, 2, &plan), 0);
+        assert_int_equal(plan.n_nodes, 2);
+        float *plain = calloc((size_t)n_logits * V, sizeof(float)), *by_node = calloc((size_t)n_logits * V, sizeof(float));
+        assert_non_null(plain);
+        assert_non_null(by_node);
+        for (int int8 = 0; int8 <= 1; int8++) {
+                forward_set_int8(fw, int8);
+                forward_set_numa(fw, NULL);
+                run_prompt(fw, kv, V, plain);
+                forward_set_numa(fw, &plan);
+                run_prompt(fw, kv, V, by_node);
+                assert_memory_equal(plain, by_node, (size_t)n_logits * V * sizeof(float));
+        }
+        free(plain);
+        free(by_node);
+        numa_plan_free(&plan);
+        forward_free(fw);
+        kv_cache_free(kv);
+        pool_free(pool);
+        model_free(m);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_synthetic_topologies),
                 cmocka_unit_test(test_two_equal_nodes_split_evenly),
                 cmocka_unit_test(test_bad_input),
                 cmocka_unit_test(test_this_machine),
+                cmocka_unit_test(test_forward_by_node_matches),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
