@@ -11,10 +11,14 @@
  * reproduce their accumulation order; the instruction set is the one quant_best_isa()
  * chose, so dot_f32 and the quantized kernels always agree. */
 static DotF32Fn dot_impl;
+static DotManyFn dot_many_impl; /* NULL: dot_f32 per pair */
 
 static void ops_init(void) {
-        /* Benign race: every thread stores the same pointer. */
-        __atomic_store_n(&dot_impl, quant_dot_f32_variant(quant_best_isa()), __ATOMIC_RELEASE);
+        /* Benign race: every thread stores the same pointers (dot_impl last: it says "done"). */
+        const QuantIsa isa = quant_best_isa();
+        __atomic_store_n(&dot_many_impl, isa == QUANT_ISA_SCALAR ? NULL : quant_simd_dot_f32_many(isa),
+                         __ATOMIC_RELEASE);
+        __atomic_store_n(&dot_impl, quant_dot_f32_variant(isa), __ATOMIC_RELEASE);
 }
 
 float dot_f32(const float *a, const float *b, int64_t n) {
@@ -24,6 +28,20 @@ float dot_f32(const float *a, const float *b, int64_t n) {
                 f = __atomic_load_n(&dot_impl, __ATOMIC_ACQUIRE);
         }
         return f(a, b, n);
+}
+
+void dot_f32_many(const float *q, uint32_t n_q, const float *k, int64_t k_stride, int64_t n_k, const float *prefetch,
+                  int64_t n, float scale, float *scores, int64_t ld) {
+        if (!__atomic_load_n(&dot_impl, __ATOMIC_ACQUIRE))
+                ops_init();
+        const DotManyFn f = __atomic_load_n(&dot_many_impl, __ATOMIC_ACQUIRE);
+        if (f) {
+                f(q, n_q, k, k_stride, n_k, prefetch, n, scale, scores, ld);
+                return;
+        }
+        for (int64_t i = 0; i < n_k; i++)
+                for (uint32_t g = 0; g < n_q; g++)
+                        scores[g * ld + i] = dot_f32(q + (size_t)g * n, k + i * k_stride, n) * scale;
 }
 
 const char *ops_kernel_name(void) {
@@ -83,6 +101,59 @@ void axpy(float *restrict y, float a, const float *restrict x, int64_t n) {
         }
 #endif
         axpy_scalar(y, a, x, n);
+}
+
+#if defined(__x86_64__)
+/* axpy_many for n = 16 * NV: two heads' outputs stay in registers over all the rows; each
+ * element still gets y + (p * v) row by row, a multiply then an add, as axpy. */
+__attribute__((target("avx512f"), always_inline)) static inline void axpy_many_nv(float *out, uint32_t n_q,
+                                                                                  const float *p, int64_t ld,
+                                                                                  const float *v, int64_t v_stride,
+                                                                                  int64_t n_k, const int NV) {
+        for (uint32_t g0 = 0; g0 < n_q; g0 += 2) {
+                const uint32_t ng = n_q - g0 < 2 ? 1 : 2;
+                __m512 acc[2][8];
+                for (uint32_t h = 0; h < ng; h++)
+                        _Pragma("GCC unroll 8") for (int u = 0; u < NV; u++)
+                                acc[h][u] = _mm512_loadu_ps(out + (size_t)(g0 + h) * 16 * NV + 16 * u);
+                for (int64_t i = 0; i < n_k; i++) {
+                        const float *vr = v + i * v_stride;
+                        for (uint32_t h = 0; h < ng; h++) {
+                                const __m512 a = _mm512_set1_ps(p[(g0 + h) * ld + i]);
+                                _Pragma("GCC unroll 8") for (int u = 0; u < NV; u++)
+                                        acc[h][u] = _mm512_add_ps(acc[h][u], _mm512_mul_ps(a, _mm512_loadu_ps(vr + 16 * u)));
+                        }
+                }
+                for (uint32_t h = 0; h < ng; h++)
+                        _Pragma("GCC unroll 8") for (int u = 0; u < NV; u++)
+                                _mm512_storeu_ps(out + (size_t)(g0 + h) * 16 * NV + 16 * u, acc[h][u]);
+        }
+}
+
+__attribute__((target("avx512f"))) static int axpy_many_avx512(float *out, uint32_t n_q, const float *p, int64_t ld,
+                                                               const float *v, int64_t v_stride, int64_t n_k,
+                                                               int64_t n) {
+        switch (n) {
+        case 128: axpy_many_nv(out, n_q, p, ld, v, v_stride, n_k, 8); return 1;
+        case 64: axpy_many_nv(out, n_q, p, ld, v, v_stride, n_k, 4); return 1;
+        case 32: axpy_many_nv(out, n_q, p, ld, v, v_stride, n_k, 2); return 1;
+        default: return 0;
+        }
+}
+#endif
+
+void axpy_many(float *out, uint32_t n_q, const float *p, int64_t ld, const float *v, int64_t v_stride, int64_t n_k,
+               int64_t n) {
+#if defined(__x86_64__)
+        static int have_avx512 = -1;
+        if (have_avx512 < 0)
+                __atomic_store_n(&have_avx512, __builtin_cpu_supports("avx512f") ? 1 : 0, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&have_avx512, __ATOMIC_RELAXED) && axpy_many_avx512(out, n_q, p, ld, v, v_stride, n_k, n))
+                return;
+#endif
+        for (int64_t i = 0; i < n_k; i++)
+                for (uint32_t g = 0; g < n_q; g++)
+                        axpy(out + (size_t)g * n, p[g * ld + i], v + i * v_stride, n);
 }
 
 void rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps) {

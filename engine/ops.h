@@ -17,6 +17,19 @@ void matmul_rows(const Matrix *w, const float *x, int64_t T, float *out, int64_t
 
 /* y[i] += a * x[i] (elementwise: vectorizing it never changes a result). */
 void axpy(float *restrict y, float a, const float *restrict x, int64_t n);
+
+/* Attention's two halves for the n_q query heads that share one KV head, over a run of n_k
+ * key (value) rows k_stride (v_stride) floats apart; n: head dimension.
+ * dot_f32_many: scores[g * ld + i] = dot_f32(q + g * n, k + i * k_stride, n) * scale, the same
+ *   bits as that call; meanwhile the rows at prefetch (laid out as k's: the values, which
+ *   are read next) are brought into L2 where the CPU allows it (prefetch may be NULL);
+ * axpy_many: out + g * n gets axpy(.., p[g * ld + i], v + i * v_stride, n) for i = 0, 1, ...
+ *   in that order, the same bits as those calls.
+ * Each key and value row is read once for all heads. */
+void dot_f32_many(const float *q, uint32_t n_q, const float *k, int64_t k_stride, int64_t n_k, const float *prefetch,
+                  int64_t n, float scale, float *scores, int64_t ld);
+void axpy_many(float *out, uint32_t n_q, const float *p, int64_t ld, const float *v, int64_t v_stride, int64_t n_k,
+               int64_t n);
 /* out = x / sqrt(mean(x^2) + eps) * weight, length n (out may alias x). */
 void rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
 /* log softmax(logits)[index], computed in double. */

@@ -133,6 +133,11 @@ typedef void (*DotRowsFn)(const void *restrict w, uint64_t row_bytes, int64_t R,
                           int64_t x_stride, int64_t T, float *restrict out, int64_t out_stride, int64_t n);
 /* The dot_f32 kernel signature (see ops.h for the contract). */
 typedef float (*DotF32Fn)(const float *a, const float *b, int64_t n);
+/* Several queries against a run of keys: out[g * out_ld + i] = dot_f32(q + g * n, k + i * k_stride, n)
+ * * scale for g < n_q, i < n_k, bit for bit (see ops.h dot_f32_many); prefetch: NULL, or rows
+ * laid out as k's to bring into L2 on the way. */
+typedef void (*DotManyFn)(const float *q, uint32_t n_q, const float *k, int64_t k_stride, int64_t n_k,
+                          const float *prefetch, int64_t n, float scale, float *out, int64_t out_ld);
 
 typedef struct QuantTraits {
         const char *name;
@@ -182,6 +187,8 @@ DotF32Fn quant_dot_f32_variant(QuantIsa isa);
 DequantFn quant_simd_dequant(uint32_t type, QuantIsa isa);
 DotRowsFn quant_simd_dot_rows(uint32_t type, QuantIsa isa);
 DotF32Fn quant_simd_dot_f32(QuantIsa isa);
+/* The DotManyFn in exactly quant_simd_dot_f32(isa)'s order; NULL where there is none. */
+DotManyFn quant_simd_dot_f32_many(QuantIsa isa);
 /* Whether the CPU has what quant_simd.c's kernels of isa need (0 on other architectures). */
 int quant_simd_cpu_has(QuantIsa isa);
 /* The portable dot_f32 (8 float accumulators), in quant.c. */

@@ -137,6 +137,44 @@ AVX512 static float dot_f32_avx512(const float *a, const float *b, int64_t n) {
         return hsum16(acc[0], acc[1], acc[2], acc[3]);
 }
 
+/* dot_f32_avx512 of n_q query rows (n floats apart) against n_k key rows, for n = 16 * NV:
+ * each key's vectors are loaded once for all queries; every (query, key) pair has its own
+ * 4 accumulators fed vector v into v % 4 in increasing v, then hsum16 -- DOT_ORDER. The row
+ * at the same place of prefetch is fetched into L2 meanwhile. */
+AVX512 INLINE void dot_many_nv(const float *q, uint32_t n_q, const float *k, int64_t k_stride, int64_t n_k,
+                               const float *prefetch, float scale, float *out, int64_t out_ld, const int NV) {
+        for (int64_t i = 0; i < n_k; i++) {
+                const float *kr = k + i * k_stride;
+                if (prefetch)
+                        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)
+                                _mm_prefetch((const char *)(prefetch + i * k_stride + 16 * v), _MM_HINT_T1);
+                __m512 kv[8];
+                _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)
+                        kv[v] = _mm512_loadu_ps(kr + 16 * v);
+                for (uint32_t g = 0; g < n_q; g++) {
+                        const float *qg = q + (size_t)g * 16 * NV;
+                        __m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                                          _mm512_setzero_ps() };
+                        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)
+                                acc[v & 3] = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * v), kv[v], acc[v & 3]);
+                        out[g * out_ld + i] = hsum16(acc[0], acc[1], acc[2], acc[3]) * scale;
+                }
+        }
+}
+
+AVX512 static void dot_f32_many_avx512(const float *q, uint32_t n_q, const float *k, int64_t k_stride, int64_t n_k,
+                                       const float *prefetch, int64_t n, float scale, float *out, int64_t out_ld) {
+        switch (n) {
+        case 128: dot_many_nv(q, n_q, k, k_stride, n_k, prefetch, scale, out, out_ld, 8); return;
+        case 64: dot_many_nv(q, n_q, k, k_stride, n_k, prefetch, scale, out, out_ld, 4); return;
+        case 32: dot_many_nv(q, n_q, k, k_stride, n_k, prefetch, scale, out, out_ld, 2); return;
+        default:
+                for (int64_t i = 0; i < n_k; i++)
+                        for (uint32_t g = 0; g < n_q; g++)
+                                out[g * out_ld + i] = dot_f32_avx512(q + (size_t)g * n, k + i * k_stride, n) * scale;
+        }
+}
+
 /* ---- dequantizers ---- */
 
 AVX512 static void dq_f16_avx512(const void *restrict vx, float *restrict y, int64_t n) {
@@ -867,6 +905,10 @@ DotF32Fn quant_simd_dot_f32(QuantIsa isa) {
         return isa == QUANT_ISA_AVX512 ? dot_f32_avx512 : isa == QUANT_ISA_AVX2 ? dot_f32_avx2 : NULL;
 }
 
+DotManyFn quant_simd_dot_f32_many(QuantIsa isa) {
+        return isa == QUANT_ISA_AVX512 ? dot_f32_many_avx512 : NULL;
+}
+
 #else /* not x86-64: no SIMD kernels */
 
 int quant_simd_cpu_has(QuantIsa isa) {
@@ -882,6 +924,10 @@ DotRowsFn quant_simd_dot_rows(uint32_t type, QuantIsa isa) {
 }
 
 DotF32Fn quant_simd_dot_f32(QuantIsa isa) {
+        return NULL;
+}
+
+DotManyFn quant_simd_dot_f32_many(QuantIsa isa) {
         return NULL;
 }
 

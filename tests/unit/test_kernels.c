@@ -3,7 +3,8 @@
  * dequantizers against quant.c's scalar reference on random blocks (random bytes, scale
  * halves drawn from normal, subnormal, signed-zero and large values) and against ggml's
  * output in quant-zoo.gguf; dot_f32 against a scalar emulation of its documented order;
- * fused dequantize+dot against dequantize-then-dot_f32 for 1..16 tokens. Single-threaded
+ * fused dequantize+dot against dequantize-then-dot_f32 for 1..16 tokens; attention's
+ * dot_f32_many / axpy_many against dot_f32 / axpy one pair at a time. Single-threaded
  * cmocka test; run from the repository root. */
 #include <math.h>
 #include <setjmp.h>
@@ -284,6 +285,63 @@ static void test_dot_f32_variants(void **state) {
         free(b);
 }
 
+/* Attention's grouped kernels against dot_f32 and axpy called one (head, key) at a time:
+ * the same bits, for every head size (the AVX-512 ones specialise 32, 64 and 128), group
+ * size, key count and key stride; the prefetch hint never changes a value. */
+static void test_attention_many(void **state) {
+        (void)state;
+        enum { MAX_N = 136, MAX_Q = 5, MAX_K = 40, STRIDE = 3 * MAX_N };
+        float *q = xmalloc(MAX_Q * MAX_N * sizeof(float)), *kv = xmalloc(MAX_K * STRIDE * sizeof(float));
+        float *got = xmalloc(MAX_Q * MAX_K * sizeof(float)), *want = xmalloc(MAX_Q * MAX_K * sizeof(float));
+        float *out = xmalloc(MAX_Q * MAX_N * sizeof(float)), *ref = xmalloc(MAX_Q * MAX_N * sizeof(float));
+        uint64_t seed = 11;
+        for (int i = 0; i < MAX_Q * MAX_N; i++)
+                q[i] = rng_float(&seed);
+        for (int i = 0; i < MAX_K * STRIDE; i++)
+                kv[i] = rng_float(&seed) * 3.0f;
+        static const int64_t dims[] = { 8, 16, 32, 48, 64, 100, 128, 136 };
+        static const uint32_t groups[] = { 1, 2, 3, 4, 5 };
+        static const int64_t keys[] = { 1, 2, 17, 40 };
+        static const int64_t strides[] = { 0, 2 * MAX_N + 5 }; /* 0: rows packed (stride n) */
+        for (size_t a = 0; a < sizeof(dims) / sizeof(dims[0]); a++)
+                for (size_t b = 0; b < sizeof(groups) / sizeof(groups[0]); b++)
+                        for (size_t c = 0; c < sizeof(keys) / sizeof(keys[0]); c++)
+                                for (size_t d = 0; d < 2; d++) {
+                                        const int64_t n = dims[a], nk = keys[c], st = strides[d] ? strides[d] : n;
+                                        const uint32_t nq = groups[b];
+                                        const float scale = 0.0883883f;
+                                        dot_f32_many(q, nq, kv, st, nk, d ? kv + 1 : NULL, n, scale, got, MAX_K);
+                                        for (int64_t i = 0; i < nk; i++)
+                                                for (uint32_t g = 0; g < nq; g++)
+                                                        want[g * MAX_K + i] = dot_f32(q + g * n, kv + i * st, n) * scale;
+                                        for (uint32_t g = 0; g < nq; g++)
+                                                for (int64_t i = 0; i < nk; i++)
+                                                        if (float_bits(got[g * MAX_K + i]) != float_bits(want[g * MAX_K + i]))
+                                                                fail_msg("dot_f32_many n=%lld group %u key %lld head %u: 0x%08x, dot_f32 0x%08x",
+                                                                         (long long)n, nq, (long long)i, g,
+                                                                         float_bits(got[g * MAX_K + i]),
+                                                                         float_bits(want[g * MAX_K + i]));
+                                        for (int64_t i = 0; i < nq * n; i++)
+                                                out[i] = ref[i] = q[i];
+                                        axpy_many(out, nq, want, MAX_K, kv, st, nk, n);
+                                        for (int64_t i = 0; i < nk; i++)
+                                                for (uint32_t g = 0; g < nq; g++)
+                                                        axpy(ref + g * n, want[g * MAX_K + i], kv + i * st, n);
+                                        for (int64_t i = 0; i < nq * n; i++)
+                                                if (float_bits(out[i]) != float_bits(ref[i]))
+                                                        fail_msg("axpy_many n=%lld group %u keys %lld element %lld: 0x%08x, axpy 0x%08x",
+                                                                 (long long)n, nq, (long long)nk, (long long)i,
+                                                                 float_bits(out[i]), float_bits(ref[i]));
+                                }
+        print_message("ok   dot_f32_many / axpy_many bit-identical to dot_f32 / axpy (%s)\n", ops_kernel_name());
+        free(q);
+        free(kv);
+        free(got);
+        free(want);
+        free(out);
+        free(ref);
+}
+
 /* ---------------------------------------------------------------------------------------
  * Fused dequantize + dot against dequantize (reference) then dot_f32 of the same isa, for
  * 1..5 rows and 1..16 tokens (every tile shape and remainder the kernels have). */
@@ -362,6 +420,7 @@ int main(void) {
                 cmocka_unit_test(test_dequant_all_halves),
                 cmocka_unit_test(test_dequant_zoo),
                 cmocka_unit_test(test_dot_f32_variants),
+                cmocka_unit_test(test_attention_many),
                 cmocka_unit_test(test_dot_rows_variants),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
