@@ -278,10 +278,10 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
  * from L2 for every row of the block. */
 #define TILE_T 8
 #define ROW_BLOCK_BYTES (256u * 1024u)
-/* Q4_K / Q5_K with up to this many tokens (a few sessions decoding) also go one row at a time
- * (k45_tile decodes each super-block once for them), 2 streams per thread: at 2 tokens
- * 18.1 GB/s against the 4-row layout's 15.3 (2 threads, tools/bench_int8.c); at 3 no
- * better. Q6_K and Q8_0 stay in 4 rows from 2 tokens on (Q6_K 21.5 against 17.9). */
+/* The 256-bit variants' Q4_K / Q5_K tile decodes each super-block once for up to this many
+ * tokens (a few sessions decoding). The 512-bit variants run 2 tokens or more in 4-row
+ * groups (DOT_ROWS4_QUARTERS), which stream faster than this since they read four long
+ * streams: Q4_K at 2 tokens 12.8 against 9.9 GB/s on one thread. */
 #define FEW_TOKENS 2
 
 /* One tile of T <= TILE_T tokens (decoding: one token per session), one row at a time, the
@@ -361,18 +361,47 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
                                 out[((t0) + t_) * os + (r) + i_] = acc[16 * (t_ / 4) + 4 * i_ + t_ % 4];      \
         } while (0)
 
-/* T <= FEW_T by DOT_ROWS_FEW; more tokens in 4-row groups, row blocks as DEFINE_DOT_ROWS.
- * (4-row groups taken from two interleaved halves were no faster at 2 tokens and slower
- * at 8: 4.2 against 3.2 ms for a Q4_K [14336][4096].) */
-#define DEFINE_DOT_ROWS4(name, dotname, ATTR, BLOCK_T, TILE, TILE4, FEW_T)                                    \
+/* One tile of T <= TILE_T4 tokens (a few sessions decoding): group j takes rows j, q + j,
+ * 2q + j, 3q + j (q = R / 4 rounded up; the last group may hold fewer, its last row
+ * repeated, computed and not stored), so the thread reads four long sequential streams, as
+ * one token reads two, instead of a new 4-row window every 4 rows that the hardware
+ * prefetchers never got ahead of. One thread, Q4_K [14336][4096] from memory: 3 tokens
+ * 7.6 -> 12.2 GB/s, 4 tokens 7.1 -> 11.5, 8 tokens 5.6 -> 8.4. */
+#define DOT_ROWS4_QUARTERS(TILE4)                                                                             \
+        do {                                                                                                  \
+                const int64_t q_ = (R + 3) / 4;                                                               \
+                for (int64_t j = 0; j < q_; j++) {                                                            \
+                        const uint8_t *rows_[4];                                                              \
+                        int64_t r_[4];                                                                        \
+                        int nr_ = 0;                                                                          \
+                        for (int i_ = 0; i_ < 4; i_++) {                                                      \
+                                r_[i_] = i_ * q_ + j < R ? i_ * q_ + j : r_[nr_ - 1];                         \
+                                nr_ += i_ * q_ + j < R;                                                       \
+                                rows_[i_] = (const uint8_t *)w + (size_t)r_[i_] * rb;                         \
+                        }                                                                                     \
+                        TILE4(rows_, x, xs, (int)T, acc, nb);                                                 \
+                        for (int t_ = 0; t_ < (int)T; t_++)                                                   \
+                                for (int i_ = 0; i_ < nr_; i_++)                                              \
+                                        out[t_ * os + r_[i_]] = acc[16 * (t_ / 4) + 4 * i_ + t_ % 4];         \
+                }                                                                                             \
+        } while (0)
+
+/* T = 1 by DOT_ROWS_FEW; up to TILE_T4 tokens in 4-row groups from the four quarters of
+ * the rows (DOT_ROWS4_QUARTERS); more in 4-row groups of consecutive rows, row blocks as
+ * DEFINE_DOT_ROWS (prefill: the activation tiles are reused from L2 across a block). */
+#define DEFINE_DOT_ROWS4(name, dotname, ATTR, BLOCK_T, TILE, TILE4)                                           \
         ATTR static void name(const void *restrict w, size_t rb, int64_t R, const BlockQ8K *restrict x,       \
                               int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {            \
                 const int64_t nb = n / QK_K;                                                                  \
-                if (T <= FEW_T) {                                                                             \
+                if (T == 1) {                                                                                 \
                         DOT_ROWS_FEW(BLOCK_T, TILE);                                                          \
                         return;                                                                               \
                 }                                                                                             \
                 float acc[TILE_T4 * 4] __attribute__((aligned(64)));                                          \
+                if (T <= TILE_T4) {                                                                           \
+                        DOT_ROWS4_QUARTERS(TILE4);                                                            \
+                        return;                                                                               \
+                }                                                                                             \
                 int64_t rblk = rb == 0 || rb >= ROW_BLOCK_BYTES ? 4 : (int64_t)(ROW_BLOCK_BYTES / rb) & ~(int64_t)3; \
                 rblk = rblk < 4 ? 4 : rblk;                                                                   \
                 for (int64_t r0 = 0; r0 < R; r0 += rblk) {                                                    \
@@ -1452,10 +1481,10 @@ ATTR INLINE void FN(q8_0_tile4)(const uint8_t *const w[4], const BlockQ8K *x, in
                 _mm512_store_ps(out + 4 * g, acc[g / 4]);
 }
 
-DEFINE_DOT_ROWS4(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, FN(q4k_tile), FN(q4k_tile4), FEW_TOKENS)
-DEFINE_DOT_ROWS4(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, FN(q5k_tile), FN(q5k_tile4), FEW_TOKENS)
-DEFINE_DOT_ROWS4(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, FN(q6k_tile), FN(q6k_tile4), 1)
-DEFINE_DOT_ROWS4(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, FN(q8_0_tile), FN(q8_0_tile4), 1)
+DEFINE_DOT_ROWS4(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, FN(q4k_tile), FN(q4k_tile4))
+DEFINE_DOT_ROWS4(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, FN(q5k_tile), FN(q5k_tile4))
+DEFINE_DOT_ROWS4(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, FN(q6k_tile), FN(q6k_tile4))
+DEFINE_DOT_ROWS4(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, FN(q8_0_tile), FN(q8_0_tile4))
 #else
 DEFINE_DOT_ROWS(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, FN(q4k_tile))
 DEFINE_DOT_ROWS(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, FN(q5k_tile))

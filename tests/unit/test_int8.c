@@ -410,7 +410,8 @@ static void test_variants_exact(void **state) {
 }
 
 /* Many rows (several of dot_rows' row blocks, which hold 256 KiB of weights) and tokens
- * (several tiles of 8), rows and activations at odd strides. */
+ * (several tiles of 8; and few-token tiles over many rows), rows and activations at odd
+ * strides. */
 static void test_variants_large(void **state) {
         uint64_t seed = 0x6c61726765;
         for (size_t k = 0; k < N_TYPES; k++) {
@@ -426,9 +427,15 @@ static void test_variants_large(void **state) {
                 for (int64_t t = 0; t < T; t++)
                         for (int64_t r = 0; r < R; r++)
                                 want[t * R + r] = q->dot_variant[QUANT_INT8_SCALAR](w + (size_t)r * rb, x + t * xs, n);
+                /* 19 tokens: row blocks; 2..16: 4-row groups from the quarters of R (or of 147
+                 * rows, whose last group is short) */
+                static const int64_t Ts[] = { 19, 2, 3, 8, 16 };
                 for (int isa = 0; isa < QUANT_INT8_ISA_COUNT_; isa++)
                         if (quant_int8_isa_supported((QuantInt8Isa)isa))
-                                check_rows(q, (QuantInt8Isa)isa, w, rb, R, x, xs, T, n, want, R, "large");
+                                for (size_t i = 0; i < sizeof(Ts) / sizeof(Ts[0]); i++) {
+                                        check_rows(q, (QuantInt8Isa)isa, w, rb, R, x, xs, Ts[i], n, want, R, "large");
+                                        check_rows(q, (QuantInt8Isa)isa, w, rb, R - 3, x, xs, Ts[i], n, want, R, "large");
+                                }
                 free(want);
                 free(wbase);
                 free(xbase);
