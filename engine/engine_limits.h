@@ -37,6 +37,10 @@
 #define KV_ATTENTION_SINKS      4            /* positions kept forever when a full-attention cache rolls */
 #define KV_DEFAULT_BUDGET       (4ull << 30) /* bytes of KV one in-process session may take by default */
 #define FORWARD_MAX_CHUNK       512          /* tokens per forward call (prefill chunk) */
+#define MOE_GROUP_ROWS          64           /* expert rows (token x choice) run in one pool pass:
+                                                32 decoding sessions at top-2; a prefill batch runs
+                                                its experts in several groups, so its scratch pages
+                                                stay untouched past this (or one expert's rows) */
 
 /* --- sampling --- */
 #define SAMPLE_MAX_STOPS        16           /* stop strings per request */

@@ -513,8 +513,9 @@ static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const u
 }
 
 /* Mixture of experts on fw->xb, added into the residual fw->x. The rows routed to an expert
- * run together, so its weights are read once per batch, and experts run in groups (as many
- * as the scratch rows and a job's product list hold) so the threads meet twice per group. */
+ * run together, so its weights are read once per batch, and experts run in groups (up to
+ * MOE_GROUP_ROWS rows, or one expert's, and a job's product list) so the threads meet twice
+ * per group. */
 static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         const ModelConfig *c = &fw->m->cfg;
         const size_t D = c->n_embd;
@@ -535,6 +536,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         route(fw, il, T);
 
         const unsigned max_group = fw->numa ? 1 : PRODUCTS_MAX;
+        const uint32_t group_rows = fw->max_rows < MOE_GROUP_ROWS ? fw->max_rows : MOE_GROUP_ROWS;
         uint32_t ids[PRODUCTS_MAX], base[PRODUCTS_MAX], n[PRODUCTS_MAX];
         unsigned count = 0;
         uint32_t used = 0; /* scratch rows taken by the group */
@@ -544,7 +546,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
                         for (uint32_t t = 0; t < T; t++)
                                 for (uint32_t j = 0; j < K; j++)
                                         ne += fw->sel[t * K + j] == (int32_t)e;
-                if (count > 0 && (e == E || count == max_group || used + ne > fw->max_rows)) {
+                if (count > 0 && (e == E || count == max_group || used + ne > group_rows)) {
                         experts_run(fw, L, il, ids, base, n, count, xq ? fw->xq_e : NULL);
                         for (uint32_t i = 0; i < used; i++)
                                 memcpy(fw->moe + ((size_t)fw->rows[i] * K + fw->rows_slot[i]) * D, fw->eout + i * D,
