@@ -205,7 +205,8 @@ typedef struct Product {
         const Matrix *w;          /* [rows][cols] */
         const Matrix *w_up;       /* NULL, or [rows][cols] the up half of a SwiGLU pair */
         const float *x;           /* [T][cols] */
-        const BlockQ8K *xq;       /* [T][cols/256] the same, quantized; NULL: the float path */
+        const BlockQ8K *xq;       /* [T][cols/256] the same, quantized, for W; NULL: W on the float path */
+        const BlockQ8K *xq_up;    /* the same for W_up (its type may lack an int8 kernel when W's has one) */
         int64_t T;
         float *out;               /* [T][rows] */
         float *up;                /* with w_up: [T][rows] scratch for W_up x */
@@ -243,14 +244,14 @@ static void product_chunk(Forward *fw, unsigned thread, const Product *p, unsign
         product_rows(fw, thread, p->w, p->x, p->xq, p->T, p->out, r0, r1);
         if (!p->w_up)
                 return;
-        product_rows(fw, thread, p->w_up, p->x, p->xq, p->T, p->up, r0, r1);
+        product_rows(fw, thread, p->w_up, p->x, p->xq_up, p->T, p->up, r0, r1);
         const uint64_t rows = p->w->rows;
         for (int64_t t = 0; t < p->T; t++) {
                 float *h = p->out + (uint64_t)t * rows;
                 const float *u = p->up + (uint64_t)t * rows;
                 for (unsigned long r = r0; r < r1; r++)
                         h[r] = silu(h[r]) * u[r];
-                if (p->hq) /* r0 and r1 are whole 256-blocks (product_job_add) */
+                if (p->hq) /* r0 and r1 are whole 256-blocks (product_job_run's chunks) */
                         quantize_row_q8k(h + r0, p->hq + (uint64_t)t * (rows / QK_K) + r0 / QK_K, (int64_t)(r1 - r0));
         }
 }
@@ -299,15 +300,14 @@ static void product_job_init(ProductJob *j, Forward *fw, int node) {
         j->next_chunk = 0;
 }
 
-/* Adds a product; false when the list is full. The int8 path is taken when xq is given and
- * the weight type has one; hq (SwiGLU pairs only) needs the int8 path's 256-blocks. */
-static bool product_job_add(ProductJob *j, const Matrix *w, const Matrix *w_up, const float *x, const BlockQ8K *xq,
+/* Adds a product (callers add at most PRODUCTS_MAX to a job: Q/K/V, or one per expert of a
+ * group of at most PRODUCTS_MAX). Each matrix takes the int8 path when xq is given and its
+ * type has one; hq (SwiGLU pairs only) is dropped unless the rows are whole 256-blocks. */
+static void product_job_add(ProductJob *j, const Matrix *w, const Matrix *w_up, const float *x, const BlockQ8K *xq,
                             int64_t T, float *out, float *up, BlockQ8K *hq) {
-        if (j->n == PRODUCTS_MAX)
-                return false;
-        const bool int8 = xq && quant_int8(w->type) && (!w_up || quant_int8(w_up->type));
-        j->p[j->n++] = (Product){ w, w_up, x, int8 ? xq : NULL, T, out, up, hq && w->rows % QK_K == 0 ? hq : NULL, 0, 0 };
-        return true;
+        const BlockQ8K *xq_w = xq && quant_int8(w->type) ? xq : NULL;
+        const BlockQ8K *xq_up = xq && w_up && quant_int8(w_up->type) ? xq : NULL;
+        j->p[j->n++] = (Product){ w, w_up, x, xq_w, xq_up, T, out, up, hq && w->rows % QK_K == 0 ? hq : NULL, 0, 0 };
 }
 
 /* Cuts the list in chunks of about equal bytes and runs it (on the calling thread alone

@@ -142,6 +142,8 @@ __attribute__((target("avx512f"))) static int axpy_many_avx512(float *out, uint3
 }
 #endif
 
+/* Chosen by the CPU alone, not quant_best_isa(): a multiply then an add per element (no FMA
+ * here, and the build has -ffp-contract=off) gives the same bits on every instruction set. */
 void axpy_many(float *out, uint32_t n_q, const float *p, int64_t ld, const float *v, int64_t v_stride, int64_t n_k,
                int64_t n) {
 #if defined(__x86_64__)

@@ -133,9 +133,9 @@ typedef void (*DotRowsFn)(const void *restrict w, uint64_t row_bytes, int64_t R,
                           int64_t x_stride, int64_t T, float *restrict out, int64_t out_stride, int64_t n);
 /* The dot_f32 kernel signature (see ops.h for the contract). */
 typedef float (*DotF32Fn)(const float *a, const float *b, int64_t n);
-/* Several queries against a run of keys: out[g * out_ld + i] = dot_f32(q + g * n, k + i * k_stride, n)
- * * scale for g < n_q, i < n_k, bit for bit (see ops.h dot_f32_many); prefetch: NULL, or rows
- * laid out as k's to bring into L2 on the way. */
+/* Several queries against a run of keys, bit for bit (see ops.h dot_f32_many):
+ * out[g * out_ld + i] = dot_f32(q + g * n, k + i * k_stride, n) * scale for g < n_q, i < n_k;
+ * prefetch: NULL, or rows laid out as k's to bring into L2 on the way. */
 typedef void (*DotManyFn)(const float *q, uint32_t n_q, const float *k, int64_t k_stride, int64_t n_k,
                           const float *prefetch, int64_t n, float scale, float *out, int64_t out_ld);
 

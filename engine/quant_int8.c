@@ -362,10 +362,10 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
         } while (0)
 
 /* One tile of T <= TILE_T4 tokens (a few sessions decoding): group j takes rows j, q + j,
- * 2q + j, 3q + j (q = R / 4 rounded up; the last group may hold fewer, its last row
- * repeated, computed and not stored), so the thread reads four long sequential streams, as
- * one token reads two, instead of a new 4-row window every 4 rows that the hardware
- * prefetchers never got ahead of. One thread, Q4_K [14336][4096] from memory: 3 tokens
+ * 2q + j, 3q + j (q = R / 4 rounded up; those past R are left out, and a short group repeats
+ * its last valid row, computed and not stored), so the thread reads four long sequential
+ * streams, as one token reads two, instead of a new 4-row window every 4 rows that the
+ * hardware prefetchers never got ahead of. One thread, Q4_K [14336][4096] from memory: 3 tokens
  * 7.6 -> 12.2 GB/s, 4 tokens 7.1 -> 11.5, 8 tokens 5.6 -> 8.4. */
 #define DOT_ROWS4_QUARTERS(TILE4)                                                                             \
         do {                                                                                                  \

@@ -427,8 +427,8 @@ static void test_variants_large(void **state) {
                 for (int64_t t = 0; t < T; t++)
                         for (int64_t r = 0; r < R; r++)
                                 want[t * R + r] = q->dot_variant[QUANT_INT8_SCALAR](w + (size_t)r * rb, x + t * xs, n);
-                /* 19 tokens: row blocks; 2..16: 4-row groups from the quarters of R (or of 147
-                 * rows, whose last group is short) */
+                /* 19 tokens: row blocks; 2..16: 4-row groups from the quarters of R (150 and 147
+                 * rows: some groups short) */
                 static const int64_t Ts[] = { 19, 2, 3, 8, 16 };
                 for (int isa = 0; isa < QUANT_INT8_ISA_COUNT_; isa++)
                         if (quant_int8_isa_supported((QuantInt8Isa)isa))
