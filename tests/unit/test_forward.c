@@ -9,15 +9,14 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "engine_limits.h"
 #include "forward.h"
+#include "test_fixtures.h"
 
 #define N_TOKENS 40
 #define CACHE_SLOTS 12 /* KV_ATTENTION_SINKS sinks + the rest rolling */
@@ -79,16 +78,9 @@ static void check_same(const float *a, const float *b, const Fixture *f, const c
 }
 
 static void test_chunking_and_batching_change_no_bit(void **state) {
-        const char *dir = getenv("FIXTURES");
         char path[4096];
-        snprintf(path, sizeof(path), "%s/tiny-moe-shakespeare/tiny-moe-q4_k_m.gguf", dir ? dir : "../shared/fixtures");
-        if (access(path, R_OK) != 0) {
-                const char *ci = getenv("CI");
-                if (ci && strcmp(ci, "true") == 0)
-                        fail_msg("fixture missing: %s", path);
-                print_message("!!!!! SKIPPING forward chunking check: no fixture at %s !!!!!\n", path);
+        if (!fixture_path("tiny-moe-shakespeare/tiny-moe-q4_k_m.gguf", path, sizeof(path)))
                 return;
-        }
         Fixture f = { 0 };
         ModelError err;
         assert_int_equal(model_load(path, &err, &f.m), 0);

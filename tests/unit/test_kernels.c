@@ -22,6 +22,7 @@
 #include "ops.h"
 #include "quant.h"
 #include "test_blocks.h"
+#include "test_fixtures.h"
 
 /* ---------------------------------------------------------------------------------------
  * Helpers. */
@@ -173,21 +174,11 @@ static void test_dequant_all_halves(void **state) {
 /* ---------------------------------------------------------------------------------------
  * Dequantizers: every variant against ggml's own output (quant-zoo.gguf). */
 
-static const char *fixture_dir(void) {
-        const char *d = getenv("FIXTURES");
-        return d && *d ? d : "../shared/fixtures";
-}
-
 static void test_dequant_zoo(void **state) {
         char path[4096];
         GGUFError err = { "" };
         GGUFFile *f = NULL;
-        snprintf(path, sizeof(path), "%s/quant-zoo.gguf", fixture_dir());
-        if (access(path, R_OK) < 0) {
-                const char *ci = getenv("CI");
-                if (ci && strcmp(ci, "true") == 0)
-                        fail_msg("fixture %s missing (CI=true: a missing fixture is a failure)", path);
-                fprintf(stderr, "\n*** SKIPPED: fixture %s is missing (set FIXTURES=dir) ***\n\n", path);
+        if (!fixture_path("quant-zoo.gguf", path, sizeof(path))) {
                 skip();
                 return;
         }

@@ -8,15 +8,14 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "forward.h"
 #include "numa.h"
+#include "test_fixtures.h"
 
 /* A model with only what the planner reads: layer count, expert count and expert sizes. */
 static Model *fake_model(uint32_t n_layer, uint32_t n_expert, uint64_t ff, uint64_t d) {
@@ -201,18 +200,11 @@ static void run_prompt(Forward *fw, KVCache *kv, uint32_t V, float *logits) {
 
 static void test_forward_by_node_matches(void **state) {
         (void)state;
-        const char *dir = getenv("FIXTURES");
         char path[4096];
-        snprintf(path, sizeof(path), "%s/tiny-moe-shakespeare/tiny-moe-q4_k_m.gguf", dir ? dir : "../shared/fixtures");
         ModelError err;
         Model *m = NULL;
-        if (access(path, R_OK) != 0) {
-                const char *ci = getenv("CI");
-                if (ci && strcmp(ci, "true") == 0)
-                        fail_msg("fixture missing: %s", path);
-                print_message("!!!!! SKIPPING forward-by-node check: no fixture at %s !!!!!\n", path);
+        if (!fixture_path("tiny-moe-shakespeare/tiny-moe-q4_k_m.gguf", path, sizeof(path)))
                 return;
-        }
         assert_int_equal(model_load(path, &err, &m), 0);
         const uint32_t V = m->cfg.n_vocab, n_logits = PROMPT_TOKENS + 2;
         Pool *pool = NULL;

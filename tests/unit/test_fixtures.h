@@ -1,0 +1,25 @@
+/* tests/unit/test_fixtures.h — where the unit tests find ../shared/fixtures: $FIXTURES or
+ * ../shared/fixtures (relative to the repository root). A missing fixture fails the test when
+ * CI=true and is skipped loudly otherwise. Include after <cmocka.h>. */
+#pragma once
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static inline const char *fixture_dir(void) {
+        const char *d = getenv("FIXTURES");
+        return d && *d ? d : "../shared/fixtures";
+}
+
+/* 1 if fixture `name` exists (path filled in); 0 after a loud skip message; fails in CI. */
+static inline int fixture_path(const char *name, char *path, size_t size) {
+        const char *ci = getenv("CI");
+        snprintf(path, size, "%s/%s", fixture_dir(), name);
+        if (access(path, R_OK) == 0)
+                return 1;
+        if (ci && strcmp(ci, "true") == 0)
+                fail_msg("fixture %s missing (CI=true: a missing fixture is a failure)", path);
+        fprintf(stderr, "\n*** SKIPPED: fixture %s is missing (set FIXTURES=dir) ***\n\n", path);
+        return 0;
+}
