@@ -314,6 +314,8 @@ static void product_job_add(ProductJob *j, const Matrix *w, const Matrix *w_up, 
  * when it is small). */
 static void product_job_run(ProductJob *j) {
         Forward *fw = j->fw;
+        if (j->n == 0)
+                return;
         uint64_t bytes = 0, work = 0;
         for (unsigned k = 0; k < j->n; k++) {
                 const Product *p = &j->p[k];
@@ -335,8 +337,6 @@ static void product_job_run(ProductJob *j) {
                 end += (unsigned long)((p->w->rows + rows - 1) / rows);
                 p->chunk_end = end;
         }
-        if (j->n == 0)
-                return;
         if (alone) {
                 j->node = -1;
                 product_part(j, 0, 1);
@@ -512,6 +512,16 @@ static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const u
         product_job_run(&down);
 }
 
+/* Runs a gathered group (experts_run) and puts each of its `used` output rows at its
+ * (token, choice) place in fw->moe. */
+static void moe_group_run(Forward *fw, const LayerWeights *L, uint32_t il, const uint32_t *ids, const uint32_t *base,
+                          const uint32_t *n, unsigned count, uint32_t used, const BlockQ8K *xq) {
+        const size_t D = fw->m->cfg.n_embd, K = fw->m->cfg.n_expert_used;
+        experts_run(fw, L, il, ids, base, n, count, xq ? fw->xq_e : NULL);
+        for (uint32_t i = 0; i < used; i++)
+                memcpy(fw->moe + ((size_t)fw->rows[i] * K + fw->rows_slot[i]) * D, fw->eout + i * D, D * sizeof(float));
+}
+
 /* Mixture of experts on fw->xb, added into the residual fw->x. The rows routed to an expert
  * run together, so its weights are read once per batch, and experts run in groups (up to
  * MOE_GROUP_ROWS rows, or one expert's, and a job's product list) so the threads meet twice
@@ -537,28 +547,23 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
 
         const unsigned max_group = fw->numa ? 1 : PRODUCTS_MAX;
         const uint32_t group_rows = fw->max_rows < MOE_GROUP_ROWS ? fw->max_rows : MOE_GROUP_ROWS;
+        uint32_t rows_of[MODEL_MAX_EXPERTS] = { 0 }; /* rows routed to each expert */
+        for (uint32_t i = 0; i < T * K; i++)
+                rows_of[fw->sel[i]]++;
         uint32_t ids[PRODUCTS_MAX], base[PRODUCTS_MAX], n[PRODUCTS_MAX];
         unsigned count = 0;
         uint32_t used = 0; /* scratch rows taken by the group */
-        for (uint32_t e = 0; e <= E; e++) {
-                uint32_t ne = 0;
-                if (e < E)
-                        for (uint32_t t = 0; t < T; t++)
-                                for (uint32_t j = 0; j < K; j++)
-                                        ne += fw->sel[t * K + j] == (int32_t)e;
-                if (count > 0 && (e == E || count == max_group || used + ne > group_rows)) {
-                        experts_run(fw, L, il, ids, base, n, count, xq ? fw->xq_e : NULL);
-                        for (uint32_t i = 0; i < used; i++)
-                                memcpy(fw->moe + ((size_t)fw->rows[i] * K + fw->rows_slot[i]) * D, fw->eout + i * D,
-                                       D * sizeof(float));
+        for (uint32_t e = 0; e < E; e++) {
+                if (rows_of[e] == 0)
+                        continue;
+                if (count == max_group || (count > 0 && used + rows_of[e] > group_rows)) {
+                        moe_group_run(fw, L, il, ids, base, n, count, used, xq);
                         count = 0;
                         used = 0;
                 }
-                if (ne == 0)
-                        continue;
                 ids[count] = e;
                 base[count] = used;
-                n[count++] = ne;
+                n[count++] = rows_of[e];
                 for (uint32_t t = 0; t < T; t++)
                         for (uint32_t j = 0; j < K; j++)
                                 if (fw->sel[t * K + j] == (int32_t)e) {
@@ -570,6 +575,8 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
                                         used++;
                                 }
         }
+        if (count > 0)
+                moe_group_run(fw, L, il, ids, base, n, count, used, xq);
         for (uint32_t t = 0; t < T; t++) {
                 float *x = fw->x + (size_t)t * D;
                 for (size_t i = 0; i < D; i++) {
