@@ -348,41 +348,31 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
  * its last row (computed, not stored). */
 #define TILE_T4 16
 
-/* TILE4 on the 4-row group from row r (nr <= 4 rows, the last repeated) and tokens t0 ..
- * t0 + tt - 1, stored to out. */
-#define DOT_ROWS4_GROUP(TILE4, r, nr, t0, tt)                                                                 \
+/* TILE4 on the 4-row group of rows r, r + step, r + 2 step, r + 3 step (the first nr <= 4 of
+ * them; the last of those repeated, computed and not stored) and tokens t0 .. t0 + tt - 1,
+ * stored to out. */
+#define DOT_ROWS4_GROUP(TILE4, r, step, nr, t0, tt)                                                           \
         do {                                                                                                  \
                 const uint8_t *rows_[4];                                                                      \
                 for (int i_ = 0; i_ < 4; i_++)                                                                \
-                        rows_[i_] = (const uint8_t *)w + (size_t)((r) + (i_ < (nr) ? i_ : (nr) - 1)) * rb;    \
+                        rows_[i_] = (const uint8_t *)w + (size_t)((r) + (i_ < (nr) ? i_ : (nr) - 1) * (step)) * rb; \
                 TILE4(rows_, x + (t0) * xs, xs, (tt), acc, nb);                                               \
                 for (int t_ = 0; t_ < (tt); t_++)                                                             \
                         for (int i_ = 0; i_ < (nr); i_++)                                                     \
-                                out[((t0) + t_) * os + (r) + i_] = acc[16 * (t_ / 4) + 4 * i_ + t_ % 4];      \
+                                out[((t0) + t_) * os + (r) + i_ * (step)] = acc[16 * (t_ / 4) + 4 * i_ + t_ % 4]; \
         } while (0)
 
 /* One tile of T <= TILE_T4 tokens (a few sessions decoding): group j takes rows j, q + j,
- * 2q + j, 3q + j (q = R / 4 rounded up; those past R are left out, and a short group repeats
- * its last valid row, computed and not stored), so the thread reads four long sequential
- * streams, as one token reads two, instead of a new 4-row window every 4 rows that the
- * hardware prefetchers never got ahead of. One thread, Q4_K [14336][4096] from memory: 3 tokens
- * 7.6 -> 12.2 GB/s, 4 tokens 7.1 -> 11.5, 8 tokens 5.6 -> 8.4. */
+ * 2q + j, 3q + j (q = R / 4 rounded up; those past R are left out), so the thread reads four
+ * long sequential streams, as one token reads two, instead of a new 4-row window every 4
+ * rows that the hardware prefetchers never got ahead of. One thread, Q4_K [14336][4096]
+ * from memory: 3 tokens 7.6 -> 12.2 GB/s, 4 tokens 7.1 -> 11.5, 8 tokens 5.6 -> 8.4. */
 #define DOT_ROWS4_QUARTERS(TILE4)                                                                             \
         do {                                                                                                  \
                 const int64_t q_ = (R + 3) / 4;                                                               \
                 for (int64_t j = 0; j < q_; j++) {                                                            \
-                        const uint8_t *rows_[4];                                                              \
-                        int64_t r_[4];                                                                        \
-                        int nr_ = 0;                                                                          \
-                        for (int i_ = 0; i_ < 4; i_++) {                                                      \
-                                r_[i_] = i_ * q_ + j < R ? i_ * q_ + j : r_[nr_ - 1];                         \
-                                nr_ += i_ * q_ + j < R;                                                       \
-                                rows_[i_] = (const uint8_t *)w + (size_t)r_[i_] * rb;                         \
-                        }                                                                                     \
-                        TILE4(rows_, x, xs, (int)T, acc, nb);                                                 \
-                        for (int t_ = 0; t_ < (int)T; t_++)                                                   \
-                                for (int i_ = 0; i_ < nr_; i_++)                                              \
-                                        out[t_ * os + r_[i_]] = acc[16 * (t_ / 4) + 4 * i_ + t_ % 4];         \
+                        const int nr_ = 1 + (q_ + j < R) + (2 * q_ + j < R) + (3 * q_ + j < R);               \
+                        DOT_ROWS4_GROUP(TILE4, j, q_, nr_, 0, (int)T);                                        \
                 }                                                                                             \
         } while (0)
 
@@ -409,7 +399,7 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
                         for (int64_t t0 = 0; t0 < T; t0 += TILE_T4) {                                         \
                                 const int tt = T - t0 < TILE_T4 ? (int)(T - t0) : TILE_T4;                    \
                                 for (int64_t r = r0; r < r1; r += 4)                                          \
-                                        DOT_ROWS4_GROUP(TILE4, r, r1 - r < 4 ? (int)(r1 - r) : 4, t0, tt);    \
+                                        DOT_ROWS4_GROUP(TILE4, r, 1, r1 - r < 4 ? (int)(r1 - r) : 4, t0, tt);    \
                         }                                                                                     \
                 }                                                                                             \
         }                                                                                                     \
