@@ -369,6 +369,10 @@ typedef struct KeyRun {
         int64_t stride, n;
 } KeyRun;
 
+/* Runs of one query's keys, at most: the sinks in the cache and in the batch; the window in
+ * the cache up to the ring's wrap, after it, and in the batch. */
+#define KEY_RUNS_MAX 5
+
 /* The longest run from position p (< end) for KV head kvh of item i, layer il. */
 static KeyRun key_run(const Forward *fw, const ForwardItem *it, uint32_t i, uint32_t il, uint32_t kvh, int64_t p,
                       int64_t end) {
@@ -408,26 +412,29 @@ static void attend_group(Forward *fw, const ForwardItem *items, uint32_t il, uin
         const float *q0 = fw->q + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
         float *out0 = fw->att + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
 
-        int64_t n = 0;
+        /* the keys' runs, found once for both passes */
+        KeyRun runs[KEY_RUNS_MAX];
+        int n_runs = 0;
         for (int part = 0; part < 2; part++)
                 for (int64_t p = ranges[part][0]; p < ranges[part][1];) {
-                        const KeyRun run = key_run(fw, it, i, il, kvh, p, ranges[part][1]);
-                        dot_f32_many(q0, group, run.k, run.stride, run.n, run.v, hd, scale, scores + n, n_keys);
-                        n += run.n;
-                        p += run.n;
+                        runs[n_runs] = key_run(fw, it, i, il, kvh, p, ranges[part][1]);
+                        p += runs[n_runs++].n;
                 }
+
+        int64_t n = 0; /* keys before run k */
+        for (int k = 0; k < n_runs; k++) {
+                dot_f32_many(q0, group, runs[k].k, runs[k].stride, runs[k].n, runs[k].v, hd, scale, scores + n, n_keys);
+                n += runs[k].n;
+        }
         for (uint32_t g = 0; g < group; g++)
                 softmax(scores + (size_t)g * n_keys, n_keys);
 
         memset(out0, 0, (size_t)group * hd * sizeof(float));
         n = 0;
-        for (int part = 0; part < 2; part++)
-                for (int64_t p = ranges[part][0]; p < ranges[part][1];) {
-                        const KeyRun run = key_run(fw, it, i, il, kvh, p, ranges[part][1]);
-                        axpy_many(out0, group, scores + n, n_keys, run.v, run.stride, run.n, hd);
-                        n += run.n;
-                        p += run.n;
-                }
+        for (int k = 0; k < n_runs; k++) {
+                axpy_many(out0, group, scores + n, n_keys, runs[k].v, runs[k].stride, runs[k].n, hd);
+                n += runs[k].n;
+        }
 }
 
 static void attention_part(void *ctx, unsigned thread, unsigned n_threads) {
