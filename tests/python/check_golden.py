@@ -52,6 +52,10 @@ FILES = {
     "f16": ("lc-f16-public.npz", "tiny-moe-f16.gguf", ("", "r")),
     "q8_0": ("lc-q8_0-public.npz", "tiny-moe-q8_0.gguf", ("", "r")),
     "q4_k_m": ("lc-q4_k_m-public.npz", "tiny-moe-q4_k_m.gguf", ("", "r")),
+    "q4_0": ("lc-q4_0-public.npz", "tiny-moe-q4_0.gguf", ("", "r")),
+    "q5_k_m": ("lc-q5_k_m-public.npz", "tiny-moe-q5_k_m.gguf", ("", "r")),
+    "q3_k_m": ("lc-q3_k_m-public.npz", "tiny-moe-q3_k_m.gguf", ("", "r")),
+    "q2_k": ("lc-q2_k-public.npz", "tiny-moe-q2_k.gguf", ("", "r")),
     "long": ("torch-long-public.npz", "tiny-moe-f16.gguf", ("r",)),
 }
 
