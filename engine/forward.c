@@ -50,11 +50,18 @@ struct Forward {
         void *route_data;
         const NumaPlan *numa;     /* borrowed; NULL: any thread runs any expert */
         bool int8;                /* quantize activations to 8 bits for the weight types that allow it */
-        BlockQ8K *xq_in;          /* [T][max(D, H*hd)/256] a product's input, quantized */
-        BlockQ8K *xq_moe;         /* [T][D/256] the feed-forward input, quantized */
-        BlockQ8K *xq_e;           /* [T][D/256] rows gathered for one expert */
-        BlockQ8K *xq_h;           /* [T][FF/256] silu(gate) * up, quantized */
+        /* The same inputs quantized, one buffer per activation format (QuantAct): */
+        void *xq_in[QUANT_ACT_COUNT_];  /* [T][max(D, H*hd)/256] blocks: a product's input */
+        void *xq_moe[QUANT_ACT_COUNT_]; /* [T][D/256] the feed-forward input */
+        void *xq_e[QUANT_ACT_COUNT_];   /* [T][D/256] rows gathered for one expert group */
+        void *xq_h;                     /* [T][FF/256] silu(gate) * up, in the down matrix's format */
 };
+
+/* An input's quantized forms: q[act] in format act, NULL where not made (no matrix reading
+ * this input needs it, or the float path). */
+typedef struct ActQ {
+        const void *q[QUANT_ACT_COUNT_];
+} ActQ;
 
 /* Scratch rows start on cache lines: the SIMD dot products run at full speed only on
  * 32/64-byte aligned data (their order, and so their results, never depend on it). */
@@ -105,16 +112,20 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         fw->logit_rows = alloc64(T * sizeof(uint32_t));
         const size_t widest_blocks = ((D > Q ? D : Q) + QK_K - 1) / QK_K, d_blocks = (D + QK_K - 1) / QK_K,
                      ff_blocks = (FF + QK_K - 1) / QK_K;
-        fw->xq_in = alloc64(T * widest_blocks * sizeof(BlockQ8K));
-        fw->xq_moe = alloc64(T * d_blocks * sizeof(BlockQ8K));
-        fw->xq_e = alloc64(T * d_blocks * sizeof(BlockQ8K));
-        fw->xq_h = alloc64(T * ff_blocks * sizeof(BlockQ8K));
+        int ok = 1;
+        for (int a = 0; a < QUANT_ACT_COUNT_; a++) {
+                const size_t bb = quant_act_block_bytes((QuantAct)a);
+                fw->xq_in[a] = alloc64(T * widest_blocks * bb);
+                fw->xq_moe[a] = alloc64(T * d_blocks * bb);
+                fw->xq_e[a] = alloc64(T * d_blocks * bb);
+                ok = ok && fw->xq_in[a] && fw->xq_moe[a] && fw->xq_e[a];
+        }
+        fw->xq_h = alloc64(T * ff_blocks * (sizeof(BlockQ8X) > sizeof(BlockQ8K) ? sizeof(BlockQ8X) : sizeof(BlockQ8K)));
         fw->row_tmp = calloc(fw->n_threads, sizeof(float *));
         fw->scores = calloc(fw->n_threads, sizeof(float *));
-        int ok = fw->inv_freq && fw->row_item && fw->row_pos && fw->item_row0 && fw->x && fw->xb && fw->q && fw->k &&
+        ok = ok && fw->inv_freq && fw->row_item && fw->row_pos && fw->item_row0 && fw->x && fw->xb && fw->q && fw->k &&
                  fw->v && fw->att && fw->router && fw->sel && fw->sel_w && fw->rows && fw->rows_slot && fw->xe &&
-                 fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp && fw->scores && fw->xq_in && fw->xq_moe &&
-                 fw->xq_e && fw->xq_h;
+                 fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp && fw->scores && fw->xq_h;
         for (unsigned t = 0; ok && t < fw->n_threads; t++) {
                 fw->row_tmp[t] = alloc64(widest * sizeof(float));
                 fw->scores[t] = alloc64((size_t)group * ((size_t)max_slots + T) * sizeof(float));
@@ -163,9 +174,11 @@ Forward *forward_free(Forward *fw) {
         free(fw->moe);
         free(fw->logits);
         free(fw->logit_rows);
-        free(fw->xq_in);
-        free(fw->xq_moe);
-        free(fw->xq_e);
+        for (int a = 0; a < QUANT_ACT_COUNT_; a++) {
+                free(fw->xq_in[a]);
+                free(fw->xq_moe[a]);
+                free(fw->xq_e[a]);
+        }
         free(fw->xq_h);
         free(fw);
         return NULL;
@@ -205,12 +218,12 @@ typedef struct Product {
         const Matrix *w;          /* [rows][cols] */
         const Matrix *w_up;       /* NULL, or [rows][cols] the up half of a SwiGLU pair */
         const float *x;           /* [T][cols] */
-        const BlockQ8K *xq;       /* [T][cols/256] the same, quantized, for W; NULL: W on the float path */
-        const BlockQ8K *xq_up;    /* the same for W_up (its type may lack an int8 kernel when W's has one) */
+        ActQ xq;                  /* [T][cols/256] blocks: x quantized; a matrix whose format is missing runs on the float path */
         int64_t T;
         float *out;               /* [T][rows] */
         float *up;                /* with w_up: [T][rows] scratch for W_up x */
-        BlockQ8K *hq;             /* with w_up, or NULL: [T][rows/256] out quantized */
+        void *hq;                 /* with w_up, or NULL: [T][rows/256] blocks of format hq_act, out quantized */
+        QuantAct hq_act;
         unsigned long chunk_rows; /* rows per chunk */
         unsigned long chunk_end;  /* one past this product's last chunk in the job's numbering */
 } Product;
@@ -228,23 +241,24 @@ typedef struct ProductJob {
         unsigned long next_chunk; /* atomic */
 } ProductJob;
 
-/* Rows [r0, r1) of W x into out, on this thread. */
-static void product_rows(Forward *fw, unsigned thread, const Matrix *w, const float *x, const BlockQ8K *xq, int64_t T,
+/* Rows [r0, r1) of W x into out, on this thread: on the int8 path when x was quantized in
+ * W's activation format. */
+static void product_rows(Forward *fw, unsigned thread, const Matrix *w, const float *x, const ActQ *xq, int64_t T,
                          float *out, unsigned long r0, unsigned long r1) {
-        if (xq) {
-                quant_int8(w->type)->dot_rows(w->data + r0 * w->row_bytes, w->row_bytes, (int64_t)(r1 - r0), xq,
-                                              (int64_t)(w->cols / QK_K), T, out + r0, (int64_t)w->rows,
-                                              (int64_t)w->cols);
+        const QuantInt8Kernels *k = quant_int8(w->type);
+        if (k && xq->q[k->act]) {
+                k->dot_rows(w->data + r0 * w->row_bytes, w->row_bytes, (int64_t)(r1 - r0), xq->q[k->act],
+                            (int64_t)(w->cols / QK_K), T, out + r0, (int64_t)w->rows, (int64_t)w->cols);
                 return;
         }
         matmul_rows(w, x, T, out, (int64_t)w->rows, r0, r1, fw->row_tmp[thread]);
 }
 
 static void product_chunk(Forward *fw, unsigned thread, const Product *p, unsigned long r0, unsigned long r1) {
-        product_rows(fw, thread, p->w, p->x, p->xq, p->T, p->out, r0, r1);
+        product_rows(fw, thread, p->w, p->x, &p->xq, p->T, p->out, r0, r1);
         if (!p->w_up)
                 return;
-        product_rows(fw, thread, p->w_up, p->x, p->xq_up, p->T, p->up, r0, r1);
+        product_rows(fw, thread, p->w_up, p->x, &p->xq, p->T, p->up, r0, r1);
         const uint64_t rows = p->w->rows;
         for (int64_t t = 0; t < p->T; t++) {
                 float *h = p->out + (uint64_t)t * rows;
@@ -252,7 +266,9 @@ static void product_chunk(Forward *fw, unsigned thread, const Product *p, unsign
                 for (unsigned long r = r0; r < r1; r++)
                         h[r] = silu(h[r]) * u[r];
                 if (p->hq) /* r0 and r1 are whole 256-blocks (product_job_run's chunks) */
-                        quantize_row_q8k(h + r0, p->hq + (uint64_t)t * (rows / QK_K) + r0 / QK_K, (int64_t)(r1 - r0));
+                        quantize_row_act(p->hq_act, h + r0,
+                                         (char *)p->hq + ((uint64_t)t * (rows / QK_K) + r0 / QK_K) * quant_act_block_bytes(p->hq_act),
+                                         (int64_t)(r1 - r0));
         }
 }
 
@@ -276,14 +292,29 @@ static void product_part(void *ctx, unsigned thread, unsigned n_threads) {
         }
 }
 
-/* x [T][cols] quantized into dst for the int8 path, or NULL when that path is off or cols
- * is not a whole number of 256-blocks. */
-static const BlockQ8K *quantize_input(const Forward *fw, BlockQ8K *dst, const float *x, int64_t T, uint64_t cols) {
-        if (!fw->int8 || cols % QK_K != 0)
-                return NULL;
-        for (int64_t t = 0; t < T; t++)
-                quantize_row_q8k(x + (size_t)t * cols, dst + (size_t)t * (cols / QK_K), (int64_t)cols);
-        return dst;
+/* The activation format in which W's int8 kernels take their input, or -1: W runs on the
+ * float path (the path is off, W's type has no int8 kernel, or its rows are not whole
+ * 256-blocks). */
+static int act_of(const Forward *fw, const Matrix *w) {
+        const QuantInt8Kernels *k = fw->int8 && w && w->cols % QK_K == 0 ? quant_int8(w->type) : NULL;
+        return k ? (int)k->act : -1;
+}
+
+/* x [T][cols] quantized into dst[act] in each format that one of the matrices w[0..n-1]
+ * (NULLs skipped) reads it in. */
+static ActQ quantize_input(const Forward *fw, void *const dst[QUANT_ACT_COUNT_], const float *x, int64_t T, uint64_t cols,
+                           const Matrix *const *w, unsigned n) {
+        ActQ q = { { NULL } };
+        for (unsigned i = 0; i < n; i++) {
+                const int a = act_of(fw, w[i]);
+                if (a < 0 || q.q[a])
+                        continue;
+                const size_t row = cols / QK_K * quant_act_block_bytes((QuantAct)a);
+                for (int64_t t = 0; t < T; t++)
+                        quantize_row_act((QuantAct)a, x + (size_t)t * cols, (char *)dst[a] + (size_t)t * row, (int64_t)cols);
+                q.q[a] = dst[a];
+        }
+        return q;
 }
 
 /* Below this many multiply-adds a product runs on the calling thread: waking the pool
@@ -301,13 +332,12 @@ static void product_job_init(ProductJob *j, Forward *fw, int node) {
 }
 
 /* Adds a product (callers add at most PRODUCTS_MAX to a job: Q/K/V, or one per expert of a
- * group of at most PRODUCTS_MAX). Each matrix takes the int8 path when xq is given and its
- * type has one; hq (SwiGLU pairs only) is dropped unless the rows are whole 256-blocks. */
-static void product_job_add(ProductJob *j, const Matrix *w, const Matrix *w_up, const float *x, const BlockQ8K *xq,
-                            int64_t T, float *out, float *up, BlockQ8K *hq) {
-        const BlockQ8K *xq_w = xq && quant_int8(w->type) ? xq : NULL;
-        const BlockQ8K *xq_up = xq && w_up && quant_int8(w_up->type) ? xq : NULL;
-        j->p[j->n++] = (Product){ w, w_up, x, xq_w, xq_up, T, out, up, hq && w->rows % QK_K == 0 ? hq : NULL, 0, 0 };
+ * group of at most PRODUCTS_MAX). Each matrix takes the int8 path when xq holds x in its
+ * activation format; hq (SwiGLU pairs only, in format hq_act) is dropped unless the rows
+ * are whole 256-blocks. */
+static void product_job_add(ProductJob *j, const Matrix *w, const Matrix *w_up, const float *x, ActQ xq, int64_t T,
+                            float *out, float *up, void *hq, QuantAct hq_act) {
+        j->p[j->n++] = (Product){ w, w_up, x, xq, T, out, up, hq && w->rows % QK_K == 0 ? hq : NULL, hq_act, 0, 0 };
 }
 
 /* Cuts the list in chunks of about equal bytes and runs it (on the calling thread alone
@@ -345,11 +375,13 @@ static void product_job_run(ProductJob *j) {
         }
 }
 
-/* out[t][r] = W[r] . x[t] over the pool. */
-static void matmul_par(Forward *fw, const Matrix *w, const float *x, const BlockQ8K *xq, int64_t T, float *out) {
+/* out[t][r] = W[r] . x[t] over the pool, x quantized first (into the xq_in buffers) when W
+ * takes the int8 path. */
+static void matmul_par(Forward *fw, const Matrix *w, const float *x, int64_t T, float *out) {
         ProductJob j;
         product_job_init(&j, fw, -1);
-        product_job_add(&j, w, NULL, x, xq, T, out, NULL, NULL);
+        product_job_add(&j, w, NULL, x, quantize_input(fw, fw->xq_in, x, T, w->cols, &w, 1), T, out, NULL, NULL,
+                        QUANT_ACT_Q8K);
         product_job_run(&j);
 }
 
@@ -496,9 +528,11 @@ static void route(Forward *fw, uint32_t il, uint32_t T) {
  * group, the first also quantizing silu(gate x) * up x for the second. With a NUMA plan the
  * group is one expert, run on the threads of the node holding it. */
 static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const uint32_t *ids, const uint32_t *base,
-                        const uint32_t *n, unsigned count, const BlockQ8K *xq) {
+                        const uint32_t *n, unsigned count, const ActQ *xq) {
         const ModelConfig *c = &fw->m->cfg;
         const size_t D = c->n_embd, FF = c->n_ff, DB = D / QK_K, FB = FF / QK_K;
+        const int hact = act_of(fw, &L->down[ids[0]]); /* the experts of a layer share one type */
+        const size_t hb = FB * quant_act_block_bytes(hact < 0 ? QUANT_ACT_Q8K : (QuantAct)hact);
         int node = -1;
         if (fw->numa && c->n_expert && count == 1)
                 node = fw->numa->expert_node[(size_t)il * fw->numa->n_expert + ids[0]];
@@ -507,14 +541,22 @@ static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const u
         product_job_init(&down, fw, node);
         for (unsigned g = 0; g < count; g++) {
                 const uint32_t e = ids[g];
-                product_job_add(&up, &L->gate[e], &L->up[e], fw->xe + base[g] * D, xq ? xq + base[g] * DB : NULL, n[g],
-                                fw->gate + base[g] * FF, fw->up + base[g] * FF, fw->int8 ? fw->xq_h + base[g] * FB : NULL);
+                ActQ xg = { { NULL } };
+                for (int a = 0; a < QUANT_ACT_COUNT_; a++)
+                        if (xq->q[a])
+                                xg.q[a] = (const char *)xq->q[a] + base[g] * DB * quant_act_block_bytes((QuantAct)a);
+                product_job_add(&up, &L->gate[e], &L->up[e], fw->xe + base[g] * D, xg, n[g], fw->gate + base[g] * FF,
+                                fw->up + base[g] * FF, hact >= 0 ? (char *)fw->xq_h + base[g] * hb : NULL,
+                                hact >= 0 ? (QuantAct)hact : QUANT_ACT_Q8K);
         }
         product_job_run(&up);
         for (unsigned g = 0; g < count; g++) {
                 const uint32_t e = ids[g];
-                product_job_add(&down, &L->down[e], NULL, fw->gate + base[g] * FF, up.p[g].hq, n[g],
-                                fw->eout + base[g] * D, NULL, NULL);
+                ActQ hq = { { NULL } };
+                if (up.p[g].hq)
+                        hq.q[hact] = up.p[g].hq;
+                product_job_add(&down, &L->down[e], NULL, fw->gate + base[g] * FF, hq, n[g], fw->eout + base[g] * D, NULL,
+                                NULL, QUANT_ACT_Q8K);
         }
         product_job_run(&down);
 }
@@ -522,9 +564,13 @@ static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const u
 /* Runs a gathered group (experts_run) and puts each of its `used` output rows at its
  * (token, choice) place in fw->moe. */
 static void moe_group_run(Forward *fw, const LayerWeights *L, uint32_t il, const uint32_t *ids, const uint32_t *base,
-                          const uint32_t *n, unsigned count, uint32_t used, const BlockQ8K *xq) {
+                          const uint32_t *n, unsigned count, uint32_t used, const ActQ *xq) {
         const size_t D = fw->m->cfg.n_embd, K = fw->m->cfg.n_expert_used;
-        experts_run(fw, L, il, ids, base, n, count, xq ? fw->xq_e : NULL);
+        ActQ xe = { { NULL } };
+        for (int a = 0; a < QUANT_ACT_COUNT_; a++)
+                if (xq->q[a])
+                        xe.q[a] = fw->xq_e[a];
+        experts_run(fw, L, il, ids, base, n, count, &xe);
         for (uint32_t i = 0; i < used; i++)
                 memcpy(fw->moe + ((size_t)fw->rows[i] * K + fw->rows_slot[i]) * D, fw->eout + i * D, D * sizeof(float));
 }
@@ -537,19 +583,20 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         const ModelConfig *c = &fw->m->cfg;
         const size_t D = c->n_embd;
 
-        const BlockQ8K *xq = quantize_input(fw, fw->xq_moe, fw->xb, T, D);
+        const Matrix *readers[2] = { &L->gate[0], &L->up[0] }; /* the experts of a layer share their types */
+        const ActQ xq = quantize_input(fw, fw->xq_moe, fw->xb, T, D, readers, 2);
         const size_t DB = D / QK_K;
         if (c->n_expert == 0) {
                 const uint32_t id = 0, base = 0, n = T;
                 memcpy(fw->xe, fw->xb, T * D * sizeof(float));
-                experts_run(fw, L, il, &id, &base, &n, 1, xq);
+                experts_run(fw, L, il, &id, &base, &n, 1, &xq);
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->eout[i];
                 return;
         }
 
         const uint32_t E = c->n_expert, K = c->n_expert_used;
-        matmul_par(fw, &L->router, fw->xb, xq, T, fw->router);
+        matmul_par(fw, &L->router, fw->xb, T, fw->router);
         route(fw, il, T);
 
         const unsigned max_group = fw->numa ? 1 : PRODUCTS_MAX;
@@ -564,7 +611,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
                 if (rows_of[e] == 0)
                         continue;
                 if (count == max_group || (count > 0 && used + rows_of[e] > group_rows)) {
-                        moe_group_run(fw, L, il, ids, base, n, count, used, xq);
+                        moe_group_run(fw, L, il, ids, base, n, count, used, &xq);
                         count = 0;
                         used = 0;
                 }
@@ -577,13 +624,16 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
                                         fw->rows[used] = (int32_t)t;
                                         fw->rows_slot[used] = (int32_t)j;
                                         memcpy(fw->xe + used * D, fw->xb + (size_t)t * D, D * sizeof(float));
-                                        if (xq)
-                                                memcpy(fw->xq_e + used * DB, xq + (size_t)t * DB, DB * sizeof(BlockQ8K));
+                                        for (int a = 0; a < QUANT_ACT_COUNT_; a++) {
+                                                const size_t row = DB * quant_act_block_bytes((QuantAct)a);
+                                                if (xq.q[a])
+                                                        memcpy((char *)fw->xq_e[a] + used * row, (const char *)xq.q[a] + t * row, row);
+                                        }
                                         used++;
                                 }
         }
         if (count > 0)
-                moe_group_run(fw, L, il, ids, base, n, count, used, xq);
+                moe_group_run(fw, L, il, ids, base, n, count, used, &xq);
         for (uint32_t t = 0; t < T; t++) {
                 float *x = fw->x + (size_t)t * D;
                 for (size_t i = 0; i < D; i++) {
@@ -648,12 +698,13 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 /* attention block: xb = norm(x); q,k,v projections; RoPE; attend; x += wo att */
                 for (uint32_t t = 0; t < T; t++)
                         rmsnorm(fw->xb + t * D, fw->x + t * D, L->attn_norm, (int64_t)D, c->rms_eps);
-                const BlockQ8K *xq = quantize_input(fw, fw->xq_in, fw->xb, T, D);
+                const Matrix *qkv_w[3] = { &L->wq, &L->wk, &L->wv };
+                const ActQ xq = quantize_input(fw, fw->xq_in, fw->xb, T, D, qkv_w, 3);
                 ProductJob qkv;
                 product_job_init(&qkv, fw, -1);
-                product_job_add(&qkv, &L->wq, NULL, fw->xb, xq, T, fw->q, NULL, NULL);
-                product_job_add(&qkv, &L->wk, NULL, fw->xb, xq, T, fw->k, NULL, NULL);
-                product_job_add(&qkv, &L->wv, NULL, fw->xb, xq, T, fw->v, NULL, NULL);
+                product_job_add(&qkv, &L->wq, NULL, fw->xb, xq, T, fw->q, NULL, NULL, QUANT_ACT_Q8K);
+                product_job_add(&qkv, &L->wk, NULL, fw->xb, xq, T, fw->k, NULL, NULL, QUANT_ACT_Q8K);
+                product_job_add(&qkv, &L->wv, NULL, fw->xb, xq, T, fw->v, NULL, NULL, QUANT_ACT_Q8K);
                 product_job_run(&qkv);
                 for (uint32_t t = 0; t < T; t++) {
                         rope(fw->q + t * Q, c->n_head, c->head_dim, fw->row_pos[t], fw->inv_freq);
@@ -668,7 +719,7 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 else
                         pool_run(fw->pool, attention_part, &aj);
                 kv_store(fw, items, il, T);
-                matmul_par(fw, &L->wo, fw->att, quantize_input(fw, fw->xq_in, fw->att, T, Q), T, fw->xb);
+                matmul_par(fw, &L->wo, fw->att, T, fw->xb);
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->xb[i];
 
@@ -693,7 +744,7 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         if (n_out == 0)
                 return 0;
         const size_t V = c->n_vocab;
-        matmul_par(fw, &m->output, fw->xb, quantize_input(fw, fw->xq_in, fw->xb, n_out, D), n_out, fw->logits);
+        matmul_par(fw, &m->output, fw->xb, n_out, fw->logits);
         for (uint32_t o = 0; o < n_out; o++) {
                 const uint32_t row = fw->logit_rows[o], i = fw->row_item[row];
                 float *dst = items[i].mode == FORWARD_LOGITS_ALL

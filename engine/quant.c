@@ -169,8 +169,7 @@ static void dequant_q2_k(const void *restrict vx, float *restrict y, int64_t n) 
         }
 }
 
-/* Unpack the 16 six-bit Q3_K scales (stored in 12 bytes) into signed values. */
-static void q3_k_scales(const uint8_t packed[12], int8_t out[16]) {
+void quant_q3_k_scales(const uint8_t packed[12], int8_t out[16]) {
         for (int j = 0; j < 16; j++) {
                 const int lo = j < 8 ? (packed[j] & 0x0f) : (packed[j - 8] >> 4);
                 const int hi = (packed[8 + (j % 4)] >> (2 * (j / 4))) & 3;
@@ -186,7 +185,7 @@ static void dequant_q3_k(const void *restrict vx, float *restrict y, int64_t n) 
                 int8_t scales[16];
                 uint8_t m = 1;
                 int is = 0;
-                q3_k_scales(x[b].scales, scales);
+                quant_q3_k_scales(x[b].scales, scales);
                 for (int half = 0; half < 2; half++, q += 32) {
                         for (int shift = 0; shift < 8; shift += 2, m <<= 1) {
                                 for (int g = 0; g < 2; g++) {

@@ -194,6 +194,9 @@ int quant_simd_cpu_has(QuantIsa isa);
 /* The portable dot_f32 (8 float accumulators), in quant.c. */
 float quant_dot_f32_scalar(const float *a, const float *b, int64_t n);
 
+/* The 16 six-bit Q3_K scales (stored in 12 bytes) as signed values (-32..31). */
+void quant_q3_k_scales(const uint8_t packed[12], int8_t out[16]);
+
 float fp16_to_fp32(ggml_half h);
 ggml_half fp32_to_fp16(float f);
 float bf16_to_fp32(uint16_t h);
