@@ -24,7 +24,7 @@
 #include "session.h"
 
 enum { BOPT_PP = 2000, BOPT_TG, BOPT_REPEAT, BOPT_CHUNK, BOPT_NO_PER_TOKEN, BOPT_PER_TOKEN_REPEAT,
-       BOPT_SEED, BOPT_CTX, BOPT_KV_BUDGET, BOPT_BUDGET, BOPT_INT8, BOPT_HUGEPAGES };
+       BOPT_SEED, BOPT_CTX, BOPT_KV_BUDGET, BOPT_BUDGET, BOPT_INT8, BOPT_EXACT, BOPT_HUGEPAGES };
 
 #define BENCH_MAX_REPEAT 100
 
@@ -155,6 +155,7 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                 { "kv-budget", required_argument, NULL, BOPT_KV_BUDGET },
                 { "budget", required_argument, NULL, BOPT_BUDGET },
                 { "int8", no_argument, NULL, BOPT_INT8 },
+                { "exact", no_argument, NULL, BOPT_EXACT },
                 { "hugepages", required_argument, NULL, BOPT_HUGEPAGES },
                 { "help", no_argument, NULL, 'h' },
                 { 0 },
@@ -200,8 +201,11 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                                 return EXIT_USAGE;
                         }
                         break;
-                case BOPT_INT8:
+                case BOPT_INT8: /* the default */
                         o->int8 = 1;
+                        break;
+                case BOPT_EXACT:
+                        o->int8 = 0;
                         break;
                 case BOPT_HUGEPAGES:
                         if (strcmp(optarg, "auto") != 0 && strcmp(optarg, "off") != 0) {
@@ -259,7 +263,8 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                                "  --seed N               seed of the random prompt (default 1)\n"
                                "  --ctx N                positions the session keeps (default: the model's)\n"
                                "  --kv-budget BYTES      most bytes of KV cache (default 4 GiB)\n"
-                               "  --int8                 8-bit activations for quantized weights (mixd's int8 = 1)\n"
+                               "  --exact                float activations everywhere (mixd's exact = 1); the\n"
+                               "                         default quantizes activations to 8 bits, as mixd does\n"
                                "  --hugepages auto|off   auto (default, as mixd): re-read a model mostly mapped\n"
                                "                         with 4 KiB pages so it maps with 2 MiB pages\n",
                                FORWARD_MAX_CHUNK);
@@ -288,7 +293,7 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
 int cmd_bench(int argc, char **argv) {
         BenchOpts o = { .pp = 512, .tg = 128, .repeat = 3, .per_token_repeat = 0, .threads = 0,
                         .chunk = FORWARD_MAX_CHUNK, .per_token = 1, .seed = 1, .kv_budget = KV_DEFAULT_BUDGET,
-                        .hugepages = 1 };
+                        .hugepages = 1, .int8 = 1 };
         int ex = parse_opts(argc, argv, &o);
         if (ex)
                 return ex < 0 ? EXIT_OK : ex;

@@ -49,8 +49,9 @@ static const Setting settings[] = {
           "positions a full-attention session keeps before rolling (0 = model context)" },
         { "idle-timeout", SET_UINT, U(idle_timeout), 1, 1 << 30, "seconds before an idle session is dropped" },
         { "request-timeout", SET_UINT, U(request_timeout), 1, 1 << 30, "seconds one request may run" },
-        { "int8", SET_UINT, U(int8), 0, 1,
-          "1: 8-bit activations for quantized weights (about 2.5x faster decode, ~1e-2 relative error)" },
+        { "exact", SET_UINT, U(exact), 0, 1,
+          "1: float activations everywhere, the exact reference path (2-3x slower); 0: 8-bit activations" },
+        { "int8", SET_UINT, U(int8), 0, 1, "deprecated: 'int8 = 0' is 'exact = 1' (8-bit activations are the default)" },
         { "socket-mode", SET_OCTAL, U(socket_mode), 0, 0777, "permissions of a socket mixd creates (octal)" },
 };
 #undef U
@@ -70,6 +71,7 @@ void config_defaults(Config *c) {
         c->idle_timeout = DAEMON_IDLE_SESSION_TIMEOUT_S;
         c->request_timeout = DAEMON_REQUEST_TIMEOUT_S;
         c->socket_mode = 0660;
+        c->int8 = 1;
 }
 
 void config_free(Config *c) {
@@ -238,8 +240,11 @@ int config_parse_args(Config *c, int argc, char **argv, char *err, size_t errlen
                         snprintf(err, errlen, "unknown option '%s' (see --help)", a);
                         return -EINVAL;
                 }
+                const int is_switch = s->type == SET_UINT && s->min == 0 && s->max == 1;
                 if (eq) {
                         value = eq + 1;
+                } else if (is_switch && (i + 1 >= argc || !strncmp(argv[i + 1], "--", 2))) {
+                        value = "1"; /* a bare on/off option: --exact */
                 } else if (i + 1 < argc) {
                         value = argv[++i];
                 } else {

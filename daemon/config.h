@@ -21,7 +21,8 @@ typedef struct Config {
         uint64_t idle_timeout;       /* seconds */
         uint64_t request_timeout;    /* seconds */
         uint64_t socket_mode;        /* permission bits of a socket we create (octal in text) */
-        uint64_t int8;               /* 1: 8-bit activations for quantized weights */
+        uint64_t exact;              /* 1: float activations everywhere (the exact path) */
+        uint64_t int8;               /* deprecated: 0 means exact = 1 */
         char *hugepages;             /* "auto" or "off": re-read the model for 2 MiB pages at load */
 } Config;
 

@@ -233,7 +233,8 @@ static int engine_start(Server *srv) {
                         log_info("NUMA node %u: %llu MiB of experts, %u thread(s)", n,
                                  (unsigned long long)(srv->numa.node_bytes[n] >> 20), srv->numa.node_threads[n]);
         }
-        r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots, &srv->numa, cfg->int8 != 0);
+        r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots, &srv->numa,
+                        cfg->int8 != 0 && cfg->exact == 0);
         if (r < 0)
                 log_error("cannot start the engine with %llu threads: %s", (unsigned long long)cfg->threads,
                           strerror(-r));

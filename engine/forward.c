@@ -43,6 +43,10 @@ struct Forward {
         float *moe;               /* [T][k][D] per-choice expert outputs before the weighted sum */
         float *logits;            /* [T][V] for callers (forward_logits_buffer) and the head */
         uint32_t *logit_rows;     /* [T] rows whose logits are wanted */
+        uint8_t *row_exact;       /* [T] 1: the row runs on the float path whatever int8 says (FORWARD_EXACT_POSITIONS) */
+        uint8_t *xe_exact;        /* [T*k] the same for the rows gathered for experts */
+        uint8_t *out_exact;       /* [T] the same for the rows of the output head */
+        bool any_exact;           /* some row_exact is set in this step */
         /* per thread */
         float **row_tmp;          /* [threads][max(D, FF, H*hd, V)] dequantized weight row */
         float **scores;           /* [threads][group][max_slots + T] one KV head's attention weights */
@@ -110,6 +114,9 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         fw->moe = alloc64(T * K * D * sizeof(float));
         fw->logits = alloc64(T * c->n_vocab * sizeof(float));
         fw->logit_rows = alloc64(T * sizeof(uint32_t));
+        fw->row_exact = alloc64(T);
+        fw->xe_exact = alloc64(T * K);
+        fw->out_exact = alloc64(T);
         const size_t widest_blocks = ((D > Q ? D : Q) + QK_K - 1) / QK_K, d_blocks = (D + QK_K - 1) / QK_K,
                      ff_blocks = (FF + QK_K - 1) / QK_K;
         int ok = 1;
@@ -125,7 +132,8 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         fw->scores = calloc(fw->n_threads, sizeof(float *));
         ok = ok && fw->inv_freq && fw->row_item && fw->row_pos && fw->item_row0 && fw->x && fw->xb && fw->q && fw->k &&
                  fw->v && fw->att && fw->router && fw->sel && fw->sel_w && fw->rows && fw->rows_slot && fw->xe &&
-                 fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp && fw->scores && fw->xq_h;
+                 fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp && fw->scores && fw->xq_h && fw->row_exact && fw->xe_exact &&
+                 fw->out_exact;
         for (unsigned t = 0; ok && t < fw->n_threads; t++) {
                 fw->row_tmp[t] = alloc64(widest * sizeof(float));
                 fw->scores[t] = alloc64((size_t)group * ((size_t)max_slots + T) * sizeof(float));
@@ -174,6 +182,9 @@ Forward *forward_free(Forward *fw) {
         free(fw->moe);
         free(fw->logits);
         free(fw->logit_rows);
+        free(fw->row_exact);
+        free(fw->xe_exact);
+        free(fw->out_exact);
         for (int a = 0; a < QUANT_ACT_COUNT_; a++) {
                 free(fw->xq_in[a]);
                 free(fw->xq_moe[a]);
@@ -219,6 +230,7 @@ typedef struct Product {
         const Matrix *w_up;       /* NULL, or [rows][cols] the up half of a SwiGLU pair */
         const float *x;           /* [T][cols] */
         ActQ xq;                  /* [T][cols/256] blocks: x quantized; a matrix whose format is missing runs on the float path */
+        const uint8_t *exact;     /* NULL, or [T]: 1 where token t runs on the float path anyway */
         int64_t T;
         float *out;               /* [T][rows] */
         float *up;                /* with w_up: [T][rows] scratch for W_up x */
@@ -243,22 +255,26 @@ typedef struct ProductJob {
 
 /* Rows [r0, r1) of W x into out, on this thread: on the int8 path when x was quantized in
  * W's activation format. */
-static void product_rows(Forward *fw, unsigned thread, const Matrix *w, const float *x, const ActQ *xq, int64_t T,
-                         float *out, unsigned long r0, unsigned long r1) {
+static void product_rows(Forward *fw, unsigned thread, const Matrix *w, const float *x, const ActQ *xq,
+                         const uint8_t *exact, int64_t T, float *out, unsigned long r0, unsigned long r1) {
         const QuantInt8Kernels *k = quant_int8(w->type);
         if (k && xq->q[k->act]) {
                 k->dot_rows(w->data + r0 * w->row_bytes, w->row_bytes, (int64_t)(r1 - r0), xq->q[k->act],
                             (int64_t)(w->cols / QK_K), T, out + r0, (int64_t)w->rows, (int64_t)w->cols);
+                for (int64_t t = 0; exact && t < T; t++) /* computed twice: rare (one row per sequence) */
+                        if (exact[t])
+                                matmul_rows(w, x + (uint64_t)t * w->cols, 1, out + (uint64_t)t * w->rows, (int64_t)w->rows,
+                                            r0, r1, fw->row_tmp[thread]);
                 return;
         }
         matmul_rows(w, x, T, out, (int64_t)w->rows, r0, r1, fw->row_tmp[thread]);
 }
 
 static void product_chunk(Forward *fw, unsigned thread, const Product *p, unsigned long r0, unsigned long r1) {
-        product_rows(fw, thread, p->w, p->x, &p->xq, p->T, p->out, r0, r1);
+        product_rows(fw, thread, p->w, p->x, &p->xq, p->exact, p->T, p->out, r0, r1);
         if (!p->w_up)
                 return;
-        product_rows(fw, thread, p->w_up, p->x, &p->xq, p->T, p->up, r0, r1);
+        product_rows(fw, thread, p->w_up, p->x, &p->xq, p->exact, p->T, p->up, r0, r1);
         const uint64_t rows = p->w->rows;
         for (int64_t t = 0; t < p->T; t++) {
                 float *h = p->out + (uint64_t)t * rows;
@@ -335,9 +351,10 @@ static void product_job_init(ProductJob *j, Forward *fw, int node) {
  * group of at most PRODUCTS_MAX). Each matrix takes the int8 path when xq holds x in its
  * activation format; hq (SwiGLU pairs only, in format hq_act) is dropped unless the rows
  * are whole 256-blocks. */
-static void product_job_add(ProductJob *j, const Matrix *w, const Matrix *w_up, const float *x, ActQ xq, int64_t T,
-                            float *out, float *up, void *hq, QuantAct hq_act) {
-        j->p[j->n++] = (Product){ w, w_up, x, xq, T, out, up, hq && w->rows % QK_K == 0 ? hq : NULL, hq_act, 0, 0 };
+static void product_job_add(ProductJob *j, const Matrix *w, const Matrix *w_up, const float *x, ActQ xq,
+                            const uint8_t *exact, int64_t T, float *out, float *up, void *hq, QuantAct hq_act) {
+        j->p[j->n++] = (Product){ w, w_up, x, xq, j->fw->any_exact ? exact : NULL, T, out, up,
+                                  hq && w->rows % QK_K == 0 ? hq : NULL, hq_act, 0, 0 };
 }
 
 /* Cuts the list in chunks of about equal bytes and runs it (on the calling thread alone
@@ -377,10 +394,10 @@ static void product_job_run(ProductJob *j) {
 
 /* out[t][r] = W[r] . x[t] over the pool, x quantized first (into the xq_in buffers) when W
  * takes the int8 path. */
-static void matmul_par(Forward *fw, const Matrix *w, const float *x, int64_t T, float *out) {
+static void matmul_par(Forward *fw, const Matrix *w, const float *x, const uint8_t *exact, int64_t T, float *out) {
         ProductJob j;
         product_job_init(&j, fw, -1);
-        product_job_add(&j, w, NULL, x, quantize_input(fw, fw->xq_in, x, T, w->cols, &w, 1), T, out, NULL, NULL,
+        product_job_add(&j, w, NULL, x, quantize_input(fw, fw->xq_in, x, T, w->cols, &w, 1), exact, T, out, NULL, NULL,
                         QUANT_ACT_Q8K);
         product_job_run(&j);
 }
@@ -545,7 +562,8 @@ static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const u
                 for (int a = 0; a < QUANT_ACT_COUNT_; a++)
                         if (xq->q[a])
                                 xg.q[a] = (const char *)xq->q[a] + base[g] * DB * quant_act_block_bytes((QuantAct)a);
-                product_job_add(&up, &L->gate[e], &L->up[e], fw->xe + base[g] * D, xg, n[g], fw->gate + base[g] * FF,
+                product_job_add(&up, &L->gate[e], &L->up[e], fw->xe + base[g] * D, xg, fw->xe_exact + base[g], n[g],
+                                fw->gate + base[g] * FF,
                                 fw->up + base[g] * FF, hact >= 0 ? (char *)fw->xq_h + base[g] * hb : NULL,
                                 hact >= 0 ? (QuantAct)hact : QUANT_ACT_Q8K);
         }
@@ -555,8 +573,8 @@ static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const u
                 ActQ hq = { { NULL } };
                 if (up.p[g].hq)
                         hq.q[hact] = up.p[g].hq;
-                product_job_add(&down, &L->down[e], NULL, fw->gate + base[g] * FF, hq, n[g], fw->eout + base[g] * D, NULL,
-                                NULL, QUANT_ACT_Q8K);
+                product_job_add(&down, &L->down[e], NULL, fw->gate + base[g] * FF, hq, fw->xe_exact + base[g], n[g],
+                                fw->eout + base[g] * D, NULL, NULL, QUANT_ACT_Q8K);
         }
         product_job_run(&down);
 }
@@ -589,6 +607,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         if (c->n_expert == 0) {
                 const uint32_t id = 0, base = 0, n = T;
                 memcpy(fw->xe, fw->xb, T * D * sizeof(float));
+                memcpy(fw->xe_exact, fw->row_exact, T);
                 experts_run(fw, L, il, &id, &base, &n, 1, &xq);
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->eout[i];
@@ -596,7 +615,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         }
 
         const uint32_t E = c->n_expert, K = c->n_expert_used;
-        matmul_par(fw, &L->router, fw->xb, T, fw->router);
+        matmul_par(fw, &L->router, fw->xb, fw->row_exact, T, fw->router);
         route(fw, il, T);
 
         const unsigned max_group = fw->numa ? 1 : PRODUCTS_MAX;
@@ -623,6 +642,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
                                 if (fw->sel[t * K + j] == (int32_t)e) {
                                         fw->rows[used] = (int32_t)t;
                                         fw->rows_slot[used] = (int32_t)j;
+                                        fw->xe_exact[used] = fw->row_exact[t];
                                         memcpy(fw->xe + used * D, fw->xb + (size_t)t * D, D * sizeof(float));
                                         for (int a = 0; a < QUANT_ACT_COUNT_; a++) {
                                                 const size_t row = DB * quant_act_block_bytes((QuantAct)a);
@@ -651,6 +671,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
 static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         const ModelConfig *c = &fw->m->cfg;
         uint32_t T = 0;
+        fw->any_exact = false;
         if (n_items == 0 || n_items > fw->max_rows)
                 return -EINVAL;
         for (uint32_t i = 0; i < n_items; i++) {
@@ -669,6 +690,8 @@ static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                                 return -EINVAL;
                         fw->row_item[T] = i;
                         fw->row_pos[T] = kv->n_pos + t;
+                        fw->row_exact[T] = fw->int8 && fw->row_pos[T] < FORWARD_EXACT_POSITIONS;
+                        fw->any_exact |= fw->row_exact[T];
                         T++;
                 }
         }
@@ -702,9 +725,9 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 const ActQ xq = quantize_input(fw, fw->xq_in, fw->xb, T, D, qkv_w, 3);
                 ProductJob qkv;
                 product_job_init(&qkv, fw, -1);
-                product_job_add(&qkv, &L->wq, NULL, fw->xb, xq, T, fw->q, NULL, NULL, QUANT_ACT_Q8K);
-                product_job_add(&qkv, &L->wk, NULL, fw->xb, xq, T, fw->k, NULL, NULL, QUANT_ACT_Q8K);
-                product_job_add(&qkv, &L->wv, NULL, fw->xb, xq, T, fw->v, NULL, NULL, QUANT_ACT_Q8K);
+                product_job_add(&qkv, &L->wq, NULL, fw->xb, xq, fw->row_exact, T, fw->q, NULL, NULL, QUANT_ACT_Q8K);
+                product_job_add(&qkv, &L->wk, NULL, fw->xb, xq, fw->row_exact, T, fw->k, NULL, NULL, QUANT_ACT_Q8K);
+                product_job_add(&qkv, &L->wv, NULL, fw->xb, xq, fw->row_exact, T, fw->v, NULL, NULL, QUANT_ACT_Q8K);
                 product_job_run(&qkv);
                 for (uint32_t t = 0; t < T; t++) {
                         rope(fw->q + t * Q, c->n_head, c->head_dim, fw->row_pos[t], fw->inv_freq);
@@ -719,7 +742,7 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 else
                         pool_run(fw->pool, attention_part, &aj);
                 kv_store(fw, items, il, T);
-                matmul_par(fw, &L->wo, fw->att, T, fw->xb);
+                matmul_par(fw, &L->wo, fw->att, fw->row_exact, T, fw->xb);
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->xb[i];
 
@@ -738,13 +761,14 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 const int last = row + 1 == fw->item_row0[i] + items[i].n_tokens;
                 if (items[i].mode == FORWARD_LOGITS_ALL || (items[i].mode == FORWARD_LOGITS_LAST && last)) {
                         rmsnorm(fw->xb + n_out * D, fw->x + row * D, m->output_norm, (int64_t)D, c->rms_eps);
+                        fw->out_exact[n_out] = fw->row_exact[row];
                         fw->logit_rows[n_out++] = row;
                 }
         }
         if (n_out == 0)
                 return 0;
         const size_t V = c->n_vocab;
-        matmul_par(fw, &m->output, fw->xb, n_out, fw->logits);
+        matmul_par(fw, &m->output, fw->xb, fw->out_exact, n_out, fw->logits);
         for (uint32_t o = 0; o < n_out; o++) {
                 const uint32_t row = fw->logit_rows[o], i = fw->row_item[row];
                 float *dst = items[i].mode == FORWARD_LOGITS_ALL
