@@ -21,6 +21,7 @@
 #include "model.h"
 #include "ops.h"
 #include "pool.h"
+#include "quant_int8.h"
 #include "session.h"
 
 enum { BOPT_PP = 2000, BOPT_TG, BOPT_REPEAT, BOPT_CHUNK, BOPT_NO_PER_TOKEN, BOPT_PER_TOKEN_REPEAT,
@@ -438,8 +439,8 @@ int cmd_bench(int argc, char **argv) {
         (void)hugepage_mapped_bytes(m->file->base, m->file->size, &huge_bytes);
         printf(",\"model_bytes\":%llu,\"model_huge_page_bytes\":%llu,\"model_reread_s\":%.3f",
                (unsigned long long)huge.file_bytes, (unsigned long long)huge_bytes, huge.seconds);
-        printf(",\"threads\":%u,\"dot_kernel\":\"%s\",\"budget_s\":%.1f,\"elapsed_s\":%.3f", threads, ops_kernel_name(),
-               o.budget, now_s() - start);
+        printf(",\"threads\":%u,\"dot_kernel\":\"%s\",\"int8_kernel\":\"%s\",\"budget_s\":%.1f,\"elapsed_s\":%.3f", threads,
+               ops_kernel_name(), quant_int8_isa_name(quant_int8(GGML_TYPE_Q4_K)->isa), o.budget, now_s() - start);
         printf(",\"load_s\":%.6f,\"kv_slots\":%u,\"kv_bytes\":%llu,\"chunk\":%u", load_s, s->kv->n_slots,
                (unsigned long long)session_kv_bytes(s), forward_max_chunk(fw, s->kv));
         printf(",\"pp_tokens\":%lld,\"pp_runs\":%d,\"pp_s\":%.6f,\"pp_tok_s\":%.4f", (long long)o.pp, n_pp, pp_med,

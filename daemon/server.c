@@ -18,6 +18,7 @@
 #include "hugepage.h"
 #include "log.h"
 #include "persist.h"
+#include "quant_int8.h"
 #include "session.h"
 
 uint64_t now_ms(void) {
@@ -288,6 +289,11 @@ static int load_model(const char *path, bool huge_pages, Model **ret) {
         const ModelConfig *mc = &(*ret)->cfg;
         log_info("model: %u layers, hidden %u, %u experts (top-%u), window %u, vocab %u", mc->n_layer, mc->n_embd,
                  mc->n_expert, mc->n_expert_used, mc->sliding_window, mc->n_vocab);
+        int isa_cap;
+        if (quant_isa_env(&isa_cap) < 0)
+                log_warning("MIXD_ISA='%s' is not one of scalar, avx2, avx512, avx512vnni: ignored", getenv("MIXD_ISA"));
+        log_info("kernels: float %s, 8-bit %s", quant_isa_name(quant_best_isa()),
+                 quant_int8_isa_name(quant_int8(GGML_TYPE_Q4_K)->isa));
         return 0;
 }
 

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 float fp16_to_fp32(ggml_half h) {
@@ -361,11 +362,27 @@ static DequantFn dequant_for(uint32_t type, QuantIsa isa) {
         return f ? f : traits[type].dequant_ref;
 }
 
+int quant_isa_env(int *ret_level) {
+        static const char *const names[] = { "scalar", "avx2", "avx512", "avx512vnni" };
+        const char *e = getenv("MIXD_ISA");
+        *ret_level = 3;
+        if (!e || !*e)
+                return 0;
+        for (int i = 0; i < 4; i++)
+                if (!strcmp(e, names[i])) {
+                        *ret_level = i;
+                        return 1;
+                }
+        return -EINVAL;
+}
+
 static void select_kernels(void) {
+        int cap;
+        quant_isa_env(&cap); /* avx512vnni (3) caps the float kernels at avx512 */
         isa_ok[QUANT_ISA_SCALAR] = 1;
         for (int i = QUANT_ISA_SCALAR + 1; i < QUANT_ISA_COUNT_; i++) {
                 isa_ok[i] = quant_simd_cpu_has((QuantIsa)i);
-                if (isa_ok[i])
+                if (isa_ok[i] && i <= cap)
                         best_isa = (QuantIsa)i;
         }
         for (uint32_t t = 0; t < GGML_TYPE_COUNT_; t++) {

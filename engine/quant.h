@@ -169,8 +169,14 @@ typedef enum QuantIsa {
         QUANT_ISA_COUNT_,
 } QuantIsa;
 
-/* The best instruction set this CPU (and this build) supports; decided once. */
+/* The best instruction set this CPU (and this build) supports, decided once; the
+ * environment variable MIXD_ISA (scalar, avx2, avx512, avx512vnni) caps it, so tests and
+ * benchmarks can run every variant on one CPU (quant_isa_env()). */
 QuantIsa quant_best_isa(void);
+/* MIXD_ISA as a level, 0 scalar .. 3 avx512vnni, into *ret_level: 1 when it is set, 0 when
+ * it is not (*ret_level = 3), -EINVAL for a name not in the list (ignored by the kernels'
+ * choice; the caller may say so). */
+int quant_isa_env(int *ret_level);
 /* Whether this CPU and build can run kernels of isa. */
 int quant_isa_supported(QuantIsa isa);
 const char *quant_isa_name(QuantIsa isa);

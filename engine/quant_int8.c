@@ -964,9 +964,11 @@ static void int8_select(void) {
         }
         /* The best variant of the family quant_best_isa() chose. */
         const QuantIsa best = quant_best_isa();
+        int cap;
+        quant_isa_env(&cap); /* MIXD_ISA=avx512: the plain AVX-512 variants even with VNNI */
         QuantInt8Isa isa = QUANT_INT8_SCALAR;
         if (best == QUANT_ISA_AVX512)
-                isa = int8_ok[QUANT_INT8_AVX512_VNNI] ? QUANT_INT8_AVX512_VNNI : QUANT_INT8_AVX512;
+                isa = int8_ok[QUANT_INT8_AVX512_VNNI] && cap >= 3 ? QUANT_INT8_AVX512_VNNI : QUANT_INT8_AVX512;
         else if (best == QUANT_ISA_AVX2)
                 isa = QUANT_INT8_AVX2;
         if (!int8_ok[isa])

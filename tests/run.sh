@@ -53,6 +53,9 @@ for t in "$ASAN"/tests/test_*; do
         run "unit $(basename "$t")" "$t"
 done
 
+# 1b. the forward pass on the portable scalar kernels (MIXD_ISA caps the instruction set)
+[ -x "$ASAN/tests/test_forward" ] && run "unit test_forward, MIXD_ISA=scalar" env MIXD_ISA=scalar "$ASAN/tests/test_forward"
+
 # 2. command-line contract (exit codes, streams, determinism)
 run "cli contract" bash tests/cli/test_cli.sh "$ASAN/mixctl"
 run "daemon end-to-end" "$PYTHON" tests/daemon/test_daemon.py "$ASAN/mixd" "$ASAN/mixctl" --quick
@@ -78,6 +81,7 @@ if have_fixtures; then
                 run "golden logits $q" "$PYTHON" tests/python/check_golden.py "$ASAN/mixctl" "$FIXTURES" "$q"
                 run "golden logits $q, exact" "$PYTHON" tests/python/check_golden.py "$REL/mixctl" "$FIXTURES" "$q" --extra=--exact
         done
+        run "golden logits q4_k_m, MIXD_ISA=scalar" env MIXD_ISA=scalar "$PYTHON" tests/python/check_golden.py "$REL/mixctl" "$FIXTURES" q4_k_m
         run "golden logits past the window" "$PYTHON" tests/python/check_golden.py "$ASAN/mixctl" "$FIXTURES" long
         run "golden logits past the window, exact" "$PYTHON" tests/python/check_golden.py "$REL/mixctl" "$FIXTURES" long --extra=--exact
         run "greedy continuations f16" "$PYTHON" tests/python/check_greedy.py "$ASAN/mixctl" "$FIXTURES"
