@@ -23,6 +23,7 @@ typedef struct Config {
         uint64_t socket_mode;        /* permission bits of a socket we create (octal in text) */
         uint64_t int8;               /* 1: 8-bit activations for quantized weights */
         char *hugepages;             /* "auto" or "off": re-read the model for 2 MiB pages at load */
+        char *kv_type;               /* "f16", "q8_0" or "f32": KV cache storage (NULL: f16) */
 } Config;
 
 void config_defaults(Config *c);
