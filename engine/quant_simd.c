@@ -989,22 +989,22 @@ DEFINE_DOT_ROWS_AVX2(q6_k, BlockQ6_K, QK_K, Q6_K_BLOCK_AVX2)
  * in a KV cache, kv.h, so F16C's conversion is exact). Other head sizes decode the row into
  * a buffer and take dot_f32_avx2 / the plain loop. */
 
-#define KV_AXPY_KEYS 32 /* keys per tile of the value kernel: their rows stay in L1 */
+#define KV_AXPY_KEYS 16 /* keys per tile of the value kernel: their rows stay in L1 */
 
 /* Numbers 32c .. 32c+31 of a KV row of type T as four vectors. */
 AVX2_FMA INLINE void kv_chunk32_avx2(const uint8_t *row, uint32_t T, int64_t c, __m256 out[4]) {
         if (T == GGML_TYPE_F32) {
                 const float *f = (const float *)row + 32 * c;
-                for (int j = 0; j < 4; j++)
+                UNROLL for (int j = 0; j < 4; j++)
                         out[j] = _mm256_loadu_ps(f + 8 * j);
         } else if (T == GGML_TYPE_F16) {
                 const ggml_half *h = (const ggml_half *)row + 32 * c;
-                for (int j = 0; j < 4; j++)
+                UNROLL for (int j = 0; j < 4; j++)
                         out[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 8 * j)));
         } else {
                 const BlockQ8_0 *b = (const BlockQ8_0 *)row + c;
                 const __m256 d = _mm256_set1_ps(half_f16c(b->d));
-                for (int j = 0; j < 4; j++)
+                UNROLL for (int j = 0; j < 4; j++)
                         out[j] = _mm256_mul_ps(
                                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + 8 * j)))), d);
         }
@@ -1033,17 +1033,17 @@ AVX2_DQ INLINE void kv_chunk16_avx2(const uint8_t *row, uint32_t T, int64_t c, _
 AVX2_FMA INLINE void kv_dot_heads_avx2(const float *q, int64_t n, const uint8_t *kr, uint32_t T, float scale,
                                        float *out, int64_t out_ld, const int NH) {
         __m256 acc[2][4];
-        for (int h = 0; h < NH; h++)
-                for (int j = 0; j < 4; j++)
+        UNROLL for (int h = 0; h < NH; h++)
+                UNROLL for (int j = 0; j < 4; j++)
                         acc[h][j] = _mm256_setzero_ps();
         for (int64_t c = 0; c < n / 32; c++) {
                 __m256 kv[4];
                 kv_chunk32_avx2(kr, T, c, kv);
-                for (int h = 0; h < NH; h++)
-                        for (int j = 0; j < 4; j++)
+                UNROLL for (int h = 0; h < NH; h++)
+                        UNROLL for (int j = 0; j < 4; j++)
                                 acc[h][j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * n + 32 * c + 8 * j), kv[j], acc[h][j]);
         }
-        for (int h = 0; h < NH; h++)
+        UNROLL for (int h = 0; h < NH; h++)
                 out[h * out_ld] = hsum8(acc[h][0], acc[h][1], acc[h][2], acc[h][3]) * scale;
 }
 
@@ -1075,20 +1075,20 @@ AVX2_FMA INLINE void kv_dot_avx2(const float *q, uint32_t n_q, const void *k, si
 AVX2_DQ INLINE void kv_axpy_tile_avx2(float *out, int64_t n, const float *p, int64_t ld, const uint8_t *v,
                                       size_t v_stride, int64_t i0, int64_t i1, int64_t c, uint32_t T, const int NH) {
         __m256 acc[4][2];
-        for (int h = 0; h < NH; h++) {
+        UNROLL for (int h = 0; h < NH; h++) {
                 acc[h][0] = _mm256_loadu_ps(out + h * n + 16 * c);
                 acc[h][1] = _mm256_loadu_ps(out + h * n + 16 * c + 8);
         }
         for (int64_t i = i0; i < i1; i++) {
                 __m256 x[2];
                 kv_chunk16_avx2(v + (size_t)i * v_stride, T, c, x);
-                for (int h = 0; h < NH; h++) {
+                UNROLL for (int h = 0; h < NH; h++) {
                         const __m256 a = _mm256_broadcast_ss(p + h * ld + i);
                         acc[h][0] = _mm256_add_ps(acc[h][0], _mm256_mul_ps(a, x[0]));
                         acc[h][1] = _mm256_add_ps(acc[h][1], _mm256_mul_ps(a, x[1]));
                 }
         }
-        for (int h = 0; h < NH; h++) {
+        UNROLL for (int h = 0; h < NH; h++) {
                 _mm256_storeu_ps(out + h * n + 16 * c, acc[h][0]);
                 _mm256_storeu_ps(out + h * n + 16 * c + 8, acc[h][1]);
         }
