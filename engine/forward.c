@@ -1,7 +1,8 @@
 /* engine/forward.c — the transformer forward pass (HF Mixtral semantics), reading top to
- * bottom like the math. Matrix products and attention are split over the pool's threads by
- * output rows / (token, head) pairs, so the split never changes a result. One Forward per
- * caller thread; the Model is shared read-only. */
+ * bottom like the math. Matrix products are split over the pool's threads by output rows,
+ * attention by (token, KV head) pairs or, for few tokens, (token, KV head, key block)
+ * triples, so the split never changes a result. One Forward per caller thread; the Model is
+ * shared read-only. */
 #include "forward.h"
 
 #include <errno.h>
