@@ -11,8 +11,9 @@
 
 #include "daemon_limits.h"
 
-/* SET_AUTO_OFF: a string that must be "auto" or "off" */
-typedef enum { SET_STRING, SET_AUTO_OFF, SET_UINT, SET_BYTES, SET_OCTAL } SettingType;
+/* SET_AUTO_OFF: a string that must be "auto" or "off"; SET_KV_TYPE: one of KV_TYPE_CHOICES */
+typedef enum { SET_STRING, SET_AUTO_OFF, SET_KV_TYPE, SET_UINT, SET_BYTES, SET_OCTAL } SettingType;
+#define KV_TYPE_CHOICES "f16|q8_0|f32" /* engine/kv.h's names */
 
 typedef struct Setting {
         const char *name;
@@ -24,7 +25,20 @@ typedef struct Setting {
 
 /* the types held as a char * in Config */
 static bool holds_string(SettingType t) {
-        return t == SET_STRING || t == SET_AUTO_OFF;
+        return t == SET_STRING || t == SET_AUTO_OFF || t == SET_KV_TYPE;
+}
+
+/* Whether value is one of the '|'-separated words of choices. */
+static bool is_choice(const char *choices, const char *value) {
+        const size_t len = strlen(value);
+        for (const char *p = choices; *p;) {
+                const char *bar = strchr(p, '|');
+                const size_t n = bar ? (size_t)(bar - p) : strlen(p);
+                if (n == len && strncmp(p, value, n) == 0)
+                        return true;
+                p += n + (bar != NULL);
+        }
+        return false;
 }
 
 #define U(field) offsetof(Config, field)
@@ -52,6 +66,8 @@ static const Setting settings[] = {
         { "exact", SET_UINT, U(exact), 0, 1,
           "1: float activations everywhere, the exact reference path (2-3x slower); 0: 8-bit activations" },
         { "int8", SET_UINT, U(int8), 0, 1, "deprecated: 'int8 = 0' is 'exact = 1' (8-bit activations are the default)" },
+        { "kv-type", SET_KV_TYPE, U(kv_type), 0, 0,
+          "KV cache numbers: f16 (default), q8_0 (about half the bytes of f16) or f32" },
         { "socket-mode", SET_OCTAL, U(socket_mode), 0, 0777, "permissions of a socket mixd creates (octal)" },
 };
 #undef U
@@ -136,6 +152,10 @@ static int apply(Config *c, const Setting *s, const char *value, char *err, size
                 snprintf(err, errlen, "%s: '%s' is neither auto nor off", s->name, value);
                 return -EINVAL;
         }
+        if (s->type == SET_KV_TYPE && !is_choice(KV_TYPE_CHOICES, value)) {
+                snprintf(err, errlen, "%s: '%s' is not one of %s", s->name, value, KV_TYPE_CHOICES);
+                return -EINVAL;
+        }
         if (holds_string(s->type)) {
                 char *dup = strdup(value);
                 if (!dup)
@@ -207,7 +227,8 @@ void config_usage(FILE *out) {
         for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++) {
                 const Setting *s = &settings[i];
                 char arg[64];
-                snprintf(arg, sizeof(arg), "--%s %s", s->name, holds_string(s->type) ? "VALUE" : "N");
+                snprintf(arg, sizeof(arg), "--%s %s", s->name,
+                         s->type == SET_KV_TYPE ? KV_TYPE_CHOICES : holds_string(s->type) ? "VALUE" : "N");
                 fprintf(out, "  %-26s %s\n", arg, s->help);
         }
         fputs("  -h, --help                 this text\n  --version                  print the version\n"

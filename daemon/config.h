@@ -24,6 +24,7 @@ typedef struct Config {
         uint64_t exact;              /* 1: float activations everywhere (the exact path) */
         uint64_t int8;               /* deprecated: 0 means exact = 1 */
         char *hugepages;             /* "auto" or "off": re-read the model for 2 MiB pages at load */
+        char *kv_type;               /* "f16", "q8_0" or "f32": KV cache storage (NULL: f16) */
 } Config;
 
 void config_defaults(Config *c);

@@ -197,15 +197,25 @@ static void on_signal(uv_signal_t *h, int signum) {
  * scheduler. */
 static int engine_start(Server *srv) {
         Config *cfg = srv->cfg;
-        uint32_t slots;
-        int r = session_slots(srv->m, (uint32_t)cfg->session_capacity, cfg->kv_budget, &slots);
+        uint32_t slots, kv_type = KV_TYPE_DEFAULT;
+        if (cfg->kv_type && kv_type_parse(cfg->kv_type, &kv_type) < 0) {
+                log_error("kv-type '%s' is not f16, q8_0 or f32", cfg->kv_type);
+                return -EINVAL;
+        }
+        int r = session_slots(srv->m, (uint32_t)cfg->session_capacity, cfg->kv_budget, kv_type, &slots);
+        if (r == -EINVAL) {
+                log_error("kv-type %s needs a head size that is a multiple of 32; this model's is %u",
+                          kv_type_name(kv_type), srv->m->cfg.head_dim);
+                return r;
+        }
         if (r < 0) {
                 log_error("the KV budget of %llu bytes cannot hold one session of this model",
                           (unsigned long long)cfg->kv_budget);
                 return r;
         }
         SessionLimits lim = { .kv_budget = cfg->kv_budget, .max_sessions = cfg->max_sessions,
-                              .max_per_uid = cfg->max_sessions_per_uid, .capacity = (uint32_t)cfg->session_capacity };
+                              .max_per_uid = cfg->max_sessions_per_uid, .capacity = (uint32_t)cfg->session_capacity,
+                              .kv_type = kv_type };
         srv->sessions.m = srv->m;
         srv->sessions.lim = lim;
         guard_arm(srv->m->file->base, srv->m->file->size);
@@ -517,9 +527,9 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
                 goto out_loop;
         }
         sd_notifyf(0, "READY=1\nSTATUS=serving %s", cfg->model);
-        log_notice("ready in %llu ms: %llu compute thread(s), KV budget %llu MiB",
+        log_notice("ready in %llu ms: %llu compute thread(s), KV budget %llu MiB (%s)",
                    (unsigned long long)(now_ms() - srv->start_ms), (unsigned long long)cfg->threads,
-                   (unsigned long long)(cfg->kv_budget >> 20));
+                   (unsigned long long)(cfg->kv_budget >> 20), kv_type_name(srv->sessions.lim.kv_type));
         uv_run(srv->loop, UV_RUN_DEFAULT);
         r = 0;
 out_loop:

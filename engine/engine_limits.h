@@ -44,6 +44,14 @@
                                                 near-tie flipped there moves the whole sequence
                                                 (Q3_K_M fixture: 82% -> 98% of positions agree
                                                 with the oracles). One float row per sequence. */
+#define ATTN_KEY_BLOCK          256          /* positions per attention key block: a query's keys are
+                                                scored and summed block by block (blocks start at
+                                                multiples of this position), and a decoded row's
+                                                blocks go to several threads */
+#define ATTN_SPLIT_MAX_ITEMS    1024         /* (row, KV head, key block) items of one split
+                                                attention pass: its partial sums' scratch holds
+                                                this many x query heads per KV head x head dim
+                                                floats (2 MiB for Mixtral); more stays unsplit */
 #define MOE_GROUP_ROWS          64           /* expert rows (token x choice) run in one pool pass:
                                                 32 decoding sessions at top-2; a prefill batch runs
                                                 its experts in several groups, so its scratch pages

@@ -1,7 +1,8 @@
 /* engine/forward.c — the transformer forward pass (HF Mixtral semantics), reading top to
- * bottom like the math. Matrix products and attention are split over the pool's threads by
- * output rows / (token, head) pairs, so the split never changes a result. One Forward per
- * caller thread; the Model is shared read-only. */
+ * bottom like the math. Matrix products are split over the pool's threads by output rows,
+ * attention by (token, KV head) pairs or, for few tokens, (token, KV head, key block)
+ * triples, so the split never changes a result. One Forward per caller thread; the Model is
+ * shared read-only. */
 #include "forward.h"
 
 #include <errno.h>
@@ -14,6 +15,16 @@
 #include "ops.h"
 #include "quant.h"
 #include "quant_int8.h"
+
+/* One thread's attention scratch: [group][ATTN_KEY_BLOCK] scores, a key block's (m, s, o)
+ * and a (row, KV head)'s running fold (see attention below). */
+typedef struct AttnScratch {
+        float *scores;
+        float *m, *o;             /* [group], [group][hd] */
+        double *s;                /* [group] */
+        float *row_m;             /* [group] the running fold of a (row, KV head) */
+        double *row_s;            /* [group] */
+} AttnScratch;
 
 struct Forward {
         const Model *m;
@@ -30,6 +41,8 @@ struct Forward {
         float *q;                 /* [T][H*hd] */
         float *k;                 /* [T][KV*hd] this batch's keys */
         float *v;                 /* [T][KV*hd] this batch's values */
+        uint8_t *kc, *vc;         /* [T][kc_row bytes] the same in the row's cache type: [KV][row bytes] */
+        size_t kc_row;            /* KV*hd floats' bytes: room for a row in any KV type */
         float *att;               /* [T][H*hd] attention output */
         float *router;            /* [T][E] router probabilities */
         int32_t *sel;             /* [T][k] chosen experts, ascending ids */
@@ -49,11 +62,18 @@ struct Forward {
         bool any_exact;           /* some row_exact is set in this step */
         /* per thread */
         float **row_tmp;          /* [threads][max(D, FF, H*hd, V)] dequantized weight row */
-        float **scores;           /* [threads][group][max_slots + T] one KV head's attention weights */
+        AttnScratch *attn;        /* [threads] */
+        /* attention split over key blocks (few rows), NULL with one thread: per item */
+        float *part_m;            /* [ATTN_SPLIT_MAX_ITEMS][group] a block's largest scores */
+        double *part_s;           /* [ATTN_SPLIT_MAX_ITEMS][group] its sums of exponentials */
+        float *part_o;            /* [ATTN_SPLIT_MAX_ITEMS][group][hd] its weighted values */
+        unsigned long *split_item0; /* [T] each row's first item */
+        uint32_t *part_left;      /* [T][KV] blocks not done yet (atomic) */
         ForwardRouteFn route_fn;
         void *route_data;
         const NumaPlan *numa;     /* borrowed; NULL: any thread runs any expert */
         bool int8;                /* quantize activations to 8 bits for the weight types that allow it */
+        ForwardAttnSplit attn_split;
         /* The same inputs quantized, one buffer per activation format (QuantAct): */
         void *xq_in[QUANT_ACT_COUNT_];  /* [T][max(D, H*hd)/256] blocks: a product's input */
         void *xq_moe[QUANT_ACT_COUNT_]; /* [T][D/256] the feed-forward input */
@@ -101,6 +121,9 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         fw->q = alloc64(T * Q * sizeof(float));
         fw->k = alloc64(T * KV * sizeof(float));
         fw->v = alloc64(T * KV * sizeof(float));
+        fw->kc_row = KV * sizeof(float);
+        fw->kc = alloc64(T * fw->kc_row);
+        fw->vc = alloc64(T * fw->kc_row);
         fw->att = alloc64(T * Q * sizeof(float));
         fw->router = alloc64(T * E * sizeof(float));
         fw->sel = alloc64(T * K * sizeof(int32_t));
@@ -129,15 +152,30 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         }
         fw->xq_h = alloc64(T * ff_blocks * (sizeof(BlockQ8X) > sizeof(BlockQ8K) ? sizeof(BlockQ8X) : sizeof(BlockQ8K)));
         fw->row_tmp = calloc(fw->n_threads, sizeof(float *));
-        fw->scores = calloc(fw->n_threads, sizeof(float *));
+        fw->attn = calloc(fw->n_threads, sizeof(AttnScratch));
         ok = ok && fw->inv_freq && fw->row_item && fw->row_pos && fw->item_row0 && fw->x && fw->xb && fw->q && fw->k &&
-                 fw->v && fw->att && fw->router && fw->sel && fw->sel_w && fw->rows && fw->rows_slot && fw->xe &&
-                 fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp && fw->scores && fw->xq_h && fw->row_exact && fw->xe_exact &&
-                 fw->out_exact;
+             fw->v && fw->kc && fw->vc && fw->att && fw->router && fw->sel && fw->sel_w && fw->rows && fw->rows_slot &&
+             fw->xe && fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp &&
+             fw->attn && fw->xq_h && fw->row_exact && fw->xe_exact && fw->out_exact;
+        if (ok && fw->n_threads > 1) {
+                const size_t items = ATTN_SPLIT_MAX_ITEMS;
+                fw->part_m = alloc64(items * group * sizeof(float));
+                fw->part_s = alloc64(items * group * sizeof(double));
+                fw->part_o = alloc64(items * group * c->head_dim * sizeof(float));
+                fw->split_item0 = alloc64(T * sizeof(unsigned long));
+                fw->part_left = alloc64(T * c->n_head_kv * sizeof(uint32_t));
+                ok = fw->part_m && fw->part_s && fw->part_o && fw->split_item0 && fw->part_left;
+        }
         for (unsigned t = 0; ok && t < fw->n_threads; t++) {
+                AttnScratch *a = &fw->attn[t];
                 fw->row_tmp[t] = alloc64(widest * sizeof(float));
-                fw->scores[t] = alloc64((size_t)group * ((size_t)max_slots + T) * sizeof(float));
-                ok = fw->row_tmp[t] && fw->scores[t];
+                a->scores = alloc64(group * ATTN_KEY_BLOCK * sizeof(float));
+                a->o = alloc64(group * c->head_dim * sizeof(float));
+                a->m = alloc64(group * sizeof(float));
+                a->row_m = alloc64(group * sizeof(float));
+                a->s = alloc64(group * sizeof(double));
+                a->row_s = alloc64(group * sizeof(double));
+                ok = fw->row_tmp[t] && a->scores && a->o && a->m && a->row_m && a->s && a->row_s;
         }
         if (!ok) {
                 forward_free(fw);
@@ -155,11 +193,23 @@ Forward *forward_free(Forward *fw) {
         for (unsigned t = 0; t < fw->n_threads; t++) {
                 if (fw->row_tmp)
                         free(fw->row_tmp[t]);
-                if (fw->scores)
-                        free(fw->scores[t]);
+                if (fw->attn) {
+                        AttnScratch *a = &fw->attn[t];
+                        free(a->scores);
+                        free(a->o);
+                        free(a->m);
+                        free(a->row_m);
+                        free(a->s);
+                        free(a->row_s);
+                }
         }
         free(fw->row_tmp);
-        free(fw->scores);
+        free(fw->attn);
+        free(fw->part_m);
+        free(fw->part_s);
+        free(fw->part_o);
+        free(fw->split_item0);
+        free(fw->part_left);
         free(fw->inv_freq);
         free(fw->row_item);
         free(fw->row_pos);
@@ -169,6 +219,8 @@ Forward *forward_free(Forward *fw) {
         free(fw->q);
         free(fw->k);
         free(fw->v);
+        free(fw->kc);
+        free(fw->vc);
         free(fw->att);
         free(fw->router);
         free(fw->sel);
@@ -206,6 +258,10 @@ void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata) {
 
 void forward_set_int8(Forward *fw, bool on) {
         fw->int8 = on;
+}
+
+void forward_set_attn_split(Forward *fw, ForwardAttnSplit mode) {
+        fw->attn_split = mode;
 }
 
 float *forward_logits_buffer(Forward *fw) {
@@ -404,22 +460,38 @@ static void matmul_par(Forward *fw, const Matrix *w, const float *x, const uint8
 
 /* ------------------------------------------------------------------ attention */
 
+/* Attention is computed per key block: block b holds the positions [b * ATTN_KEY_BLOCK,
+ * (b + 1) * ATTN_KEY_BLOCK), so its bounds depend on positions alone. For each query head,
+ * a block gives its largest score m, the sum s of exp(score - m) and the values weighted by
+ * those exponentials, o; a (row, KV head)'s blocks are folded in ascending order (attn_fold)
+ * and divided by the total at the end. A block is computed the same way whichever thread
+ * takes it and whatever else is in the batch, and the fold's order is fixed, so splitting a
+ * row's blocks over threads (few rows: decode) or not (many rows: prefill) changes no bit. */
+
+/* Few rows: the work is cut into (row, KV head, key block) items when (row, KV head) pairs
+ * number fewer than this per thread. */
+#define ATTN_SPLIT_BELOW_PER_THREAD 8
+
 typedef struct AttnJob {
         Forward *fw;
         const ForwardItem *items;
         uint32_t il;
         uint32_t T;
+        bool split;               /* items are (row, KV head, key block), else (row, KV head) */
+        unsigned long n_work;     /* items */
+        unsigned long next;       /* atomic: the next item to take */
 } AttnJob;
 
-/* A run of consecutive positions whose key (value) rows lie `stride` floats apart: in the
- * item's cache (between ring wrap-arounds) or in this batch's scratch. */
+/* A run of consecutive positions whose key (value) rows lie `stride` bytes apart: in the
+ * item's cache (between ring wrap-arounds) or in this batch's scratch, in the cache's type. */
 typedef struct KeyRun {
-        const float *k, *v;
-        int64_t stride, n;
+        const uint8_t *k, *v;
+        size_t stride;
+        int64_t n;
 } KeyRun;
 
-/* Runs of one query's keys, at most: the sinks in the cache and in the batch; the window in
- * the cache up to the ring's wrap, after it, and in the batch. */
+/* Runs of one query's keys in one block, at most: the sinks in the cache and in the batch;
+ * the window in the cache up to the ring's wrap, after it, and in the batch. */
 #define KEY_RUNS_MAX 5
 
 /* The longest run from position p (< end) for KV head kvh of item i, layer il. */
@@ -427,9 +499,9 @@ static KeyRun key_run(const Forward *fw, const ForwardItem *it, uint32_t i, uint
                       int64_t end) {
         const KVCache *kv = it->kv;
         if (p >= kv->n_pos) {
-                const size_t off = (size_t)(fw->item_row0[i] + (uint32_t)(p - kv->n_pos)) * kv->kv_dim +
-                                   (size_t)kvh * kv->head_dim;
-                return (KeyRun){ fw->k + off, fw->v + off, (int64_t)kv->kv_dim, end - p };
+                const size_t off = (size_t)(fw->item_row0[i] + (uint32_t)(p - kv->n_pos)) * fw->kc_row +
+                                   (size_t)kvh * kv->row_bytes;
+                return (KeyRun){ fw->kc + off, fw->vc + off, fw->kc_row, end - p };
         }
         const uint32_t slot = kv_slot(kv, p);
         int64_t n = (end < kv->n_pos ? end : kv->n_pos) - p;
@@ -437,70 +509,226 @@ static KeyRun key_run(const Forward *fw, const ForwardItem *it, uint32_t i, uint
         if (n > to_edge)
                 n = to_edge;
         const size_t off = kv_offset(kv, il, kvh, slot);
-        return (KeyRun){ kv->k + off, kv->v + off, (int64_t)kv->head_dim, n };
+        return (KeyRun){ kv->k + off, kv->v + off, kv->row_bytes, n };
 }
 
-/* Causal attention of one row for the query heads sharing KV head kvh: keys in ascending
- * position order (the sinks [0, n_sink), then the window [ws, qpos]), whether they come from
- * the cache or the batch, so results never depend on chunking or batching. Each key and
- * value row is read once for the whole group; every head's scores, softmax and sums are
- * computed exactly as one head alone would; the values are prefetched while the keys are
- * scored (+2% decode tok/s at 1500 positions). scores: [group][n_keys] scratch. */
-static void attend_group(Forward *fw, const ForwardItem *items, uint32_t il, uint32_t r, uint32_t kvh,
-                         float *scores) {
-        const ModelConfig *c = &fw->m->cfg;
-        const uint32_t hd = c->head_dim, group = c->n_head / c->n_head_kv, i = fw->row_item[r];
-        const ForwardItem *it = &items[i];
-        const KVCache *kv = it->kv;
-        const float scale = 1.0f / sqrtf((float)hd);
+/* The keys of row r: the sinks [0, n_sink) and the window [ws, qpos], ascending, and the key
+ * blocks holding them: block 0 for the sinks (unless the window's first block is 0 too),
+ * then the window's blocks b_win, b_win + 1, ... */
+typedef struct RowKeys {
+        int64_t ranges[2][2];     /* [sinks, window][begin, end) */
+        int64_t b_win;            /* the window's first block */
+        uint32_t n_blocks;        /* blocks holding keys */
+        bool sink_block;          /* block 0 is there for the sinks alone */
+} RowKeys;
+
+static void row_keys(const Forward *fw, const ForwardItem *items, uint32_t r, RowKeys *ret) {
+        const KVCache *kv = items[fw->row_item[r]].kv;
         const int64_t qpos = fw->row_pos[r];
         const int64_t n_sink = qpos + 1 < (int64_t)kv->n_sink ? qpos + 1 : (int64_t)kv->n_sink;
         const int64_t ws = kv_window_start(kv, qpos); /* >= kv->n_sink >= n_sink */
-        const int64_t ranges[2][2] = { { 0, n_sink }, { ws, qpos + 1 } };
-        const int64_t n_keys = n_sink + (ws <= qpos ? qpos + 1 - ws : 0);
-        const float *q0 = fw->q + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
-        float *out0 = fw->att + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
+        const bool window = ws <= qpos;
+        *ret = (RowKeys){ .ranges = { { 0, n_sink }, { ws, window ? qpos + 1 : ws } },
+                          .b_win = window ? ws / ATTN_KEY_BLOCK : 0 };
+        ret->sink_block = n_sink > 0 && (!window || ret->b_win > 0);
+        ret->n_blocks = (window ? (uint32_t)(qpos / ATTN_KEY_BLOCK - ret->b_win + 1) : 0) + ret->sink_block;
+}
 
-        /* the keys' runs, found once for both passes */
+/* The j-th of a row's key blocks, ascending. */
+static int64_t row_block(const RowKeys *rk, uint32_t j) {
+        if (rk->sink_block)
+                return j == 0 ? 0 : rk->b_win + j - 1;
+        return rk->b_win + j;
+}
+
+/* Key block b of row r for the query heads sharing KV head kvh: m[g], s[g] and o[g][hd] as
+ * above. Keys in ascending position order (runs found once for both passes) whether they
+ * come from the cache or the batch; each key and value row is read once for the whole group
+ * and every head's numbers are computed exactly as one head alone would; the values are
+ * prefetched while the keys are scored (+2% decode tok/s at 1500 positions). */
+static void attend_block(const Forward *fw, const ForwardItem *items, uint32_t il, uint32_t r, uint32_t kvh,
+                         const RowKeys *rk, int64_t b, float *scores, float *m, double *s, float *o) {
+        const ModelConfig *c = &fw->m->cfg;
+        const uint32_t hd = c->head_dim, group = c->n_head / c->n_head_kv, i = fw->row_item[r];
+        const ForwardItem *it = &items[i];
+        const uint32_t type = it->kv->type;
+        const float scale = 1.0f / sqrtf((float)hd);
+        const float *q0 = fw->q + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
+        const int64_t lo = b * ATTN_KEY_BLOCK, hi = lo + ATTN_KEY_BLOCK;
+
         KeyRun runs[KEY_RUNS_MAX];
         int n_runs = 0;
-        for (int part = 0; part < 2; part++)
-                for (int64_t p = ranges[part][0]; p < ranges[part][1];) {
-                        runs[n_runs] = key_run(fw, it, i, il, kvh, p, ranges[part][1]);
+        for (int part = 0; part < 2; part++) {
+                const int64_t end = rk->ranges[part][1] < hi ? rk->ranges[part][1] : hi;
+                for (int64_t p = rk->ranges[part][0] > lo ? rk->ranges[part][0] : lo; p < end;) {
+                        runs[n_runs] = key_run(fw, it, i, il, kvh, p, end);
                         p += runs[n_runs++].n;
                 }
+        }
 
         int64_t n = 0; /* keys before run k */
         for (int k = 0; k < n_runs; k++) {
-                dot_f32_many(q0, group, runs[k].k, runs[k].stride, runs[k].n, runs[k].v, hd, scale, scores + n, n_keys);
+                attn_dot_many(type, q0, group, runs[k].k, runs[k].stride, runs[k].n, runs[k].v, hd, scale, scores + n,
+                              ATTN_KEY_BLOCK);
                 n += runs[k].n;
         }
-        for (uint32_t g = 0; g < group; g++)
-                softmax(scores + (size_t)g * n_keys, n_keys);
+        for (uint32_t g = 0; g < group; g++) {
+                float *sc = scores + (size_t)g * ATTN_KEY_BLOCK, max = sc[0];
+                for (int64_t j = 1; j < n; j++)
+                        if (sc[j] > max)
+                                max = sc[j];
+                double sum = 0.0;
+                for (int64_t j = 0; j < n; j++) {
+                        sc[j] = expf(sc[j] - max);
+                        sum += sc[j];
+                }
+                m[g] = max;
+                s[g] = sum;
+        }
 
-        memset(out0, 0, (size_t)group * hd * sizeof(float));
+        memset(o, 0, (size_t)group * hd * sizeof(float));
         n = 0;
         for (int k = 0; k < n_runs; k++) {
-                axpy_many(out0, group, scores + n, n_keys, runs[k].v, runs[k].stride, runs[k].n, hd);
+                attn_axpy_many(type, o, group, scores + n, ATTN_KEY_BLOCK, runs[k].v, runs[k].stride, runs[k].n, hd);
                 n += runs[k].n;
         }
+}
+
+/* Folds a block's (m, s, o) into a (row, KV head)'s running (M, S, O), blocks taken in
+ * ascending order (first: the row's first block). */
+static void attn_fold(uint32_t group, uint32_t hd, bool first, float *M, double *S, float *O, const float *m,
+                      const double *s, const float *o) {
+        if (first) {
+                memcpy(M, m, group * sizeof(float));
+                memcpy(S, s, group * sizeof(double));
+                memcpy(O, o, (size_t)group * hd * sizeof(float));
+                return;
+        }
+        for (uint32_t g = 0; g < group; g++) {
+                const float mx = M[g] > m[g] ? M[g] : m[g], a = expf(M[g] - mx), e = expf(m[g] - mx);
+                float *y = O + (size_t)g * hd;
+                const float *x = o + (size_t)g * hd;
+                S[g] = S[g] * a + s[g] * e;
+                M[g] = mx;
+                for (uint32_t j = 0; j < hd; j++)
+                        y[j] = y[j] * a + x[j] * e;
+        }
+}
+
+/* O[g] /= S[g]: the attention output. */
+static void attn_finish(uint32_t group, uint32_t hd, const double *S, float *O) {
+        for (uint32_t g = 0; g < group; g++) {
+                const float inv = (float)(1.0 / S[g]);
+                for (uint32_t j = 0; j < hd; j++)
+                        O[(size_t)g * hd + j] *= inv;
+        }
+}
+
+/* Causal attention of row r for the query heads sharing KV head kvh, all its blocks. */
+static void attend_row(const Forward *fw, const ForwardItem *items, uint32_t il, uint32_t r, uint32_t kvh,
+                       const AttnScratch *t) {
+        const ModelConfig *c = &fw->m->cfg;
+        const uint32_t hd = c->head_dim, group = c->n_head / c->n_head_kv;
+        float *out0 = fw->att + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
+        RowKeys rk;
+        row_keys(fw, items, r, &rk);
+        for (uint32_t j = 0; j < rk.n_blocks; j++) {
+                attend_block(fw, items, il, r, kvh, &rk, row_block(&rk, j), t->scores, t->m, t->s, t->o);
+                attn_fold(group, hd, j == 0, t->row_m, t->row_s, out0, t->m, t->s, t->o);
+        }
+        attn_finish(group, hd, t->row_s, out0);
+}
+
+/* Split item w: one block of one (row, KV head), kept in the partials; whoever finishes a
+ * (row, KV head)'s last block folds them all, in block order. */
+static void attend_split_item(Forward *fw, const ForwardItem *items, uint32_t il, uint32_t T, unsigned long w,
+                              const AttnScratch *t) {
+        const ModelConfig *c = &fw->m->cfg;
+        const uint32_t hd = c->head_dim, group = c->n_head / c->n_head_kv;
+        uint32_t r = 0;
+        while (r + 1 < T && fw->split_item0[r + 1] <= w)
+                r++;
+        RowKeys rk;
+        row_keys(fw, items, r, &rk);
+        const unsigned long local = w - fw->split_item0[r];
+        const uint32_t kvh = (uint32_t)(local / rk.n_blocks), j = (uint32_t)(local % rk.n_blocks);
+        attend_block(fw, items, il, r, kvh, &rk, row_block(&rk, j), t->scores, fw->part_m + w * group,
+                     fw->part_s + w * group, fw->part_o + w * group * hd);
+        if (__atomic_sub_fetch(&fw->part_left[(size_t)r * c->n_head_kv + kvh], 1, __ATOMIC_ACQ_REL) != 0)
+                return;
+        float *out0 = fw->att + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
+        const unsigned long w0 = fw->split_item0[r] + (unsigned long)kvh * rk.n_blocks;
+        for (uint32_t jj = 0; jj < rk.n_blocks; jj++)
+                attn_fold(group, hd, jj == 0, t->row_m, t->row_s, out0, fw->part_m + (w0 + jj) * group,
+                          fw->part_s + (w0 + jj) * group, fw->part_o + (w0 + jj) * group * hd);
+        attn_finish(group, hd, t->row_s, out0);
 }
 
 static void attention_part(void *ctx, unsigned thread, unsigned n_threads) {
         AttnJob *j = ctx;
-        const uint32_t HKV = j->fw->m->cfg.n_head_kv;
-        unsigned long b, e;
-        pool_share((unsigned long)j->T * HKV, thread, n_threads, &b, &e);
-        for (unsigned long w = b; w < e; w++)
-                attend_group(j->fw, j->items, j->il, (uint32_t)(w / HKV), (uint32_t)(w % HKV), j->fw->scores[thread]);
+        Forward *fw = j->fw;
+        const uint32_t HKV = fw->m->cfg.n_head_kv;
+        (void)n_threads;
+        for (;;) {
+                const unsigned long w = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+                if (w >= j->n_work)
+                        return;
+                if (j->split)
+                        attend_split_item(fw, j->items, j->il, j->T, w, &fw->attn[thread]);
+                else
+                        attend_row(fw, j->items, j->il, (uint32_t)(w / HKV), (uint32_t)(w % HKV), &fw->attn[thread]);
+        }
 }
 
-/* Store the batch's keys and values in their slots (after every query has read them). */
+/* Attention of every row of the batch into fw->att, on the pool unless the work is small. */
+static void attention(Forward *fw, const ForwardItem *items, uint32_t n_items, uint32_t il, uint32_t T) {
+        const ModelConfig *c = &fw->m->cfg;
+        const uint32_t HKV = c->n_head_kv;
+        AttnJob aj = { fw, items, il, T, false, (unsigned long)T * HKV, 0 };
+        uint64_t keys = 0; /* work estimate: keys attended, all rows */
+        for (uint32_t i = 0; i < n_items; i++)
+                keys += (uint64_t)items[i].n_tokens * (items[i].kv->n_pos + items[i].n_tokens);
+        if (fw->attn_split != FORWARD_ATTN_ALWAYS && keys * c->n_head * c->head_dim < PARALLEL_MIN_WORK) {
+                attention_part(&aj, 0, 1);
+                return;
+        }
+        const bool few = aj.n_work < (unsigned long)ATTN_SPLIT_BELOW_PER_THREAD * fw->n_threads;
+        if (fw->part_o && fw->attn_split != FORWARD_ATTN_NEVER && (few || fw->attn_split == FORWARD_ATTN_ALWAYS)) {
+                unsigned long n = 0;
+                for (uint32_t r = 0; r < T; r++) {
+                        RowKeys rk;
+                        row_keys(fw, items, r, &rk);
+                        fw->split_item0[r] = n;
+                        n += (unsigned long)HKV * rk.n_blocks;
+                        for (uint32_t h = 0; h < HKV; h++)
+                                fw->part_left[(size_t)r * HKV + h] = rk.n_blocks;
+                }
+                if ((n > aj.n_work || fw->attn_split == FORWARD_ATTN_ALWAYS) && n <= ATTN_SPLIT_MAX_ITEMS) {
+                        aj.split = true;
+                        aj.n_work = n;
+                }
+        }
+        pool_run(fw->pool, attention_part, &aj);
+}
+
+/* Each row's new keys and values in its cache's type (fw->kc, fw->vc), which attention
+ * reads: a key is the same number whether it comes from the batch or, later, the cache. */
+static void kv_encode_batch(Forward *fw, const ForwardItem *items, uint32_t T) {
+        const size_t KVD = (size_t)fw->m->cfg.n_head_kv * fw->m->cfg.head_dim;
+        for (uint32_t r = 0; r < T; r++) {
+                const uint32_t type = items[fw->row_item[r]].kv->type;
+                kv_encode(type, fw->k + r * KVD, KVD, fw->kc + r * fw->kc_row);
+                kv_encode(type, fw->v + r * KVD, KVD, fw->vc + r * fw->kc_row);
+        }
+}
+
+/* Store the batch's keys and values in their slots (after every query has read them: a
+ * chunk's later positions may take the slots of keys its earlier queries still read). */
 static void kv_store(const Forward *fw, const ForwardItem *items, uint32_t il, uint32_t T) {
         for (uint32_t r = 0; r < T; r++) {
                 const KVCache *kv = items[fw->row_item[r]].kv;
-                kv_rows_in(kv, kv->k, il, kv_slot(kv, fw->row_pos[r]), 1, fw->k + (size_t)r * kv->kv_dim);
-                kv_rows_in(kv, kv->v, il, kv_slot(kv, fw->row_pos[r]), 1, fw->v + (size_t)r * kv->kv_dim);
+                kv_rows_in(kv, kv->k, il, kv_slot(kv, fw->row_pos[r]), 1, fw->kc + r * fw->kc_row);
+                kv_rows_in(kv, kv->v, il, kv_slot(kv, fw->row_pos[r]), 1, fw->vc + r * fw->kc_row);
         }
 }
 
@@ -679,7 +907,7 @@ static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 const KVCache *kv = it->kv;
                 if (it->n_tokens == 0 || it->n_tokens > kv->n_roll || it->n_tokens > fw->max_rows - T ||
                     kv->n_slots > fw->max_slots || kv->n_layer != c->n_layer ||
-                    kv->n_head_kv != c->n_head_kv || kv->head_dim != c->head_dim)
+                    kv->n_head_kv != c->n_head_kv || kv->head_dim != c->head_dim || !kv_type_name(kv->type))
                         return -EINVAL;
                 for (uint32_t j = 0; j < i; j++)
                         if (items[j].kv == kv)
@@ -733,14 +961,8 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                         rope(fw->q + t * Q, c->n_head, c->head_dim, fw->row_pos[t], fw->inv_freq);
                         rope(fw->k + t * KVD, c->n_head_kv, c->head_dim, fw->row_pos[t], fw->inv_freq);
                 }
-                AttnJob aj = { fw, items, il, T };
-                uint64_t keys = 0; /* work estimate: keys attended, all rows */
-                for (uint32_t i = 0; i < n_items; i++)
-                        keys += (uint64_t)items[i].n_tokens * (items[i].kv->n_pos + items[i].n_tokens);
-                if (keys * Q < PARALLEL_MIN_WORK)
-                        attention_part(&aj, 0, 1);
-                else
-                        pool_run(fw->pool, attention_part, &aj);
+                kv_encode_batch(fw, items, T);
+                attention(fw, items, n_items, il, T);
                 kv_store(fw, items, il, T);
                 matmul_par(fw, &L->wo, fw->att, fw->row_exact, T, fw->xb);
                 for (size_t i = 0; i < T * D; i++)

@@ -220,9 +220,10 @@ def ensure_model(name, args, cdir):
 
 # ----------------------------------------------------------------------------- bytes per token
 
-def model_traffic(path, pp, tg):
+def model_traffic(path, pp, tg, kv_bytes_per_pos=None):
     """Bytes one decoded token reads, and the weights one prefill token multiplies by,
-    from the GGUF tensor table."""
+    from the GGUF tensor table; the KV cache's bytes per position as `mixctl bench` reports
+    them (kv_bytes_per_pos; None: F32 keys and values)."""
     r = g.GGUFReader(path)
     arch = r.get("general.architecture", "llama")
     n_layer = int(r.get(arch + ".block_count"))
@@ -265,7 +266,9 @@ def model_traffic(path, pp, tg):
             elems["experts"] += ne * frac
     # keys/values a decode token reads, averaged over the tg tokens (at most the window)
     avg_positions = sum(min(pp + i + 1, window or pp + tg) for i in range(tg)) / float(tg) if tg else pp
-    kv = n_layer * avg_positions * kv_dim * 4 * 2
+    if kv_bytes_per_pos is None:
+        kv_bytes_per_pos = n_layer * kv_dim * 4 * 2
+    kv = avg_positions * kv_bytes_per_pos
     weights = sum(parts.values())
     return {
         "n_layer": n_layer, "n_expert": n_expert, "n_expert_used": k, "kv_dim": kv_dim, "sliding_window": window,
@@ -274,6 +277,7 @@ def model_traffic(path, pp, tg):
         "bytes_per_token": int(weights + kv),
         "bytes_per_token_weights": int(weights),
         "bytes_per_token_kv": int(kv),
+        "kv_bytes_per_pos": int(kv_bytes_per_pos),
         "kv_avg_positions": avg_positions,
         "bytes_per_token_parts": {k2: int(v) for k2, v in parts.items()},
         # multiply-adds per prefill token: every matrix a token goes through; the output
@@ -597,7 +601,7 @@ def daemon_bench(mixd, model, traffic, budget_s, extra):
             win = traffic["sliding_window"]
             positions = sum(min(p + g2, win) if win else p + g2
                             for p, g2 in zip(lv["prompt_tokens"], lv["generated_per_session"]))
-            lv["kv_bytes_written"] = int(positions * traffic["n_layer"] * traffic["kv_dim"] * 8)
+            lv["kv_bytes_written"] = int(positions * traffic["kv_bytes_per_pos"])
             levels[str(n)] = lv
             log("daemon: %d session(s): %.2f tok/s aggregate (%d tokens in %.1f s), RssAnon peak %.0f MiB"
                 % (n, lv["aggregate_tok_s"], lv["generated"], lv["wall_s"], lv["rss_anon_peak_bytes"] / 2**20))
@@ -748,7 +752,6 @@ def main(argv):
         variants += [(name + "+int8", info, ["--int8"]) for name, info in models.items()]
     for name, info, flags in variants:
         path = info["path"]
-        tr = model_traffic(path, a.pp, a.tg)
         cmd = [mixctl, "bench", "-m", path, "--pp", str(a.pp), "--tg", str(a.tg), "--repeat", str(a.repeat),
                "--budget", str(a.model_budget)] + flags
         if a.threads:
@@ -761,6 +764,7 @@ def main(argv):
             failed = True
             continue
         b["model"] = rel(b["model"])
+        tr = model_traffic(path, a.pp, a.tg, b.get("kv_bytes_per_pos"))
         tg_rate = b.get("tg_tok_s") or 0
         roof = membw["all_threads"] * 1e9 / tr["bytes_per_token"]
         gflops = 2.0 * tr["prefill_weights_per_token"] * b["pp_tok_s"] / 1e9
