@@ -251,7 +251,7 @@ def tool_identity(path):
     """What identifies a llama.cpp tool build: the executable's contents and, for a build with
     shared libraries, name, size and mtime of the libraries next to it."""
     path = os.path.realpath(path)
-    ident = {"path": path, "sha256": file_identity(path)}
+    ident = {"path": rel(path), "sha256": file_identity(path)}
     libs = []
     d = os.path.dirname(path)
     for n in sorted(os.listdir(d)):
@@ -273,7 +273,8 @@ def ensure_quantized(qbin, cdir, n_layer, threads):
     out = {}
     for qtype in LLAMA_QUANT_TYPES:
         name = qtype.lower()
-        key = hashlib.sha256(json.dumps([MODEL_FORMAT, src_args, qtype, ident]).encode()).hexdigest()[:12]
+        key_ident = {k: v for k, v in ident.items() if k != "path"}  # the contents, wherever the binary is
+        key = hashlib.sha256(json.dumps([MODEL_FORMAT, src_args, qtype, key_ident]).encode()).hexdigest()[:12]
         path = os.path.join(cdir, "mixtral-8x7b-shapes-llama-%s-%s.gguf" % (name, key))
         info = {"quantizer": ident, "quant_type": qtype, "source_gen_args": src_args}
         if os.path.exists(path):
