@@ -723,6 +723,37 @@ def daemon_bench(mixd, model, traffic, budget_s, extra):
 
 # ----------------------------------------------------------------------------- the probe as a ceiling
 
+PROBE_KEYS = ("threads", "plain", "kernel", "buffer_mib", "passes", "huge_page_bytes", "elapsed_s", "thread_counts")
+
+
+def probe_summary(runs):
+    """The probe's figures from one or more membw runs of the same variants: each variant's best
+    pass over all of them (more passes can only bring the ceiling nearer the truth)."""
+    first = runs[0]
+    nc = len(first["thread_counts"])
+    variants = []
+    for i, v in enumerate(first["variants"]):
+        variants.append(dict(v, gbs=[max(r["variants"][i]["gbs"][c] for r in runs) for c in range(nc)]))
+    out = {k: first[k] for k in PROBE_KEYS}
+
+    def best(c):
+        return max(variants, key=lambda v: v["gbs"][c])
+    plain = next(v for v in variants if v["name"] == first["plain"])
+    out.update({"1_thread": best(0)["gbs"][0], "best_1_thread": best(0)["name"],
+                "all_threads": best(nc - 1)["gbs"][nc - 1], "best_all_threads": best(nc - 1)["name"],
+                "plain_1_thread": plain["gbs"][0], "plain_all_threads": plain["gbs"][nc - 1],
+                "probe_runs": len(runs), "all_threads_per_run": [r["all_threads"] for r in runs],
+                "variants": variants})
+    return out
+
+
+def recheck(c, probe):
+    """A probe_check again against another probe result."""
+    c["probe_gbs"] = probe["all_threads"]
+    c["ratio"] = round(c["implied_gbs"] / probe["all_threads"], 4)
+    c["exceeded"] = c["implied_gbs"] > probe["all_threads"]
+
+
 def probe_check(label, rates, bytes_per_token, probe):
     """Does any run imply more bytes/s than the bandwidth probe measured? rates: tokens/s of
     each run; bytes_per_token: what one token reads (model_traffic)."""
@@ -827,7 +858,7 @@ def llama_entry(t):
             "kv_elem_bytes": LLAMA_KV_BYTES.get(str(t.get("type_k", "f16")).lower(), 2.0),
             "type_k": t.get("type_k"), "type_v": t.get("type_v"), "flash_attn": t.get("flash_attn"),
             "threads": t.get("n_threads"), "n_batch": t.get("n_batch"), "n_ubatch": t.get("n_ubatch"),
-            "use_mmap": t.get("use_mmap")}
+            "use_mmap": t.get("use_mmap"), "load_mode": t.get("load_mode")}
 
 
 def llama_peer_round(lbin, name, path, threads, depths):
@@ -1142,12 +1173,10 @@ def main(argv):
             models[name] = {"path": path, "generated": made, "gen_args": args}
 
     # the bandwidth probe, with as many threads as the engine runs: the ceiling of every decode
-    membw = run_json([os.path.join(a.bench_bin, "membw"), "--mib", str(a.membw_mib), "--passes",
-                      str(a.membw_passes), "--threads", str(threads)], "memory bandwidth (every way of reading)")
-    rep["bandwidth_gbs"] = {k: membw[k] for k in (
-        "1_thread", "all_threads", "threads", "best_1_thread", "best_all_threads", "plain_1_thread",
-        "plain_all_threads", "plain", "kernel", "buffer_mib", "passes", "huge_page_bytes", "elapsed_s",
-        "thread_counts", "variants")}
+    membw_cmd = [os.path.join(a.bench_bin, "membw"), "--mib", str(a.membw_mib), "--passes", str(a.membw_passes),
+                 "--threads", str(threads)]
+    membw_runs = [run_json(membw_cmd, "memory bandwidth (every way of reading)")]
+    membw = rep["bandwidth_gbs"] = probe_summary(membw_runs)
     log("memory read: %.1f GB/s 1 thread (%s), %.1f GB/s %d threads (%s)"
         % (membw["1_thread"], membw["best_1_thread"], membw["all_threads"], membw["threads"],
            membw["best_all_threads"]))
@@ -1253,6 +1282,21 @@ def main(argv):
     # the probe is a ceiling: a run that reads faster than it means the probe (or the count of
     # bytes per token) is wrong, and every ratio to it with it
     bad = [c for c in checks if c["exceeded"]]
+    if bad:  # other work during the probe makes it low: measure it once more before failing
+        log("%d run(s) read faster than the probe measured: measuring it once more" % len(bad))
+        membw_runs.append(run_json(membw_cmd, "memory bandwidth, again"))
+        membw = rep["bandwidth_gbs"] = probe_summary(membw_runs)
+        for c in checks:
+            recheck(c, membw)
+        for x in rep["models"].values():
+            if x.get("roofline_tok_s"):
+                roof = membw["all_threads"] * 1e9 / x["bytes_per_token"]
+                x["roofline_tok_s"] = round(roof, 3)
+                x["roofline_ratio"] = round(x["tg128_tok_s"] / roof, 4)
+        notes.append("bandwidth probe measured twice, as a run exceeded the first figure (%s GB/s, %d threads); "
+                     "each variant's best of both kept" % (" then ".join("%.2f" % v for v in
+                                                                       membw["all_threads_per_run"]), threads))
+        bad = [c for c in checks if c["exceeded"]]
     rep["probe_check"] = {"probe_gbs": membw["all_threads"], "probe_variant": membw["best_all_threads"],
                           "threads": membw["threads"], "runs": checks, "exceeded": bool(bad)}
     rep["probe_exceeded"] = bool(bad)
