@@ -906,26 +906,27 @@ def peer_summary(mx, ll, tol):
 
 
 def peer_bench(a, models, mixctl, threads, flags, probe, checks, notes):
-    """mixd and llama-bench in alternation (per model: mixd, then llama-bench), a.peer_rounds rounds,
-    more (up to a.peer_max_rounds) while a side's figures spread by more than a.peer_tolerance."""
+    """mixd and llama-bench in alternation (per model: mixd, then llama-bench), a.peer_rounds rounds;
+    then, up to a.peer_max_rounds, more rounds of the models one of whose figures (either side,
+    any test) spreads over the rounds by more than a.peer_tolerance."""
     depths = a.peer_depths
     tests = ["pp%d" % PEER_PP] + ["tg%d@d%d" % (PEER_TG, d) for d in depths]
     rounds = {name: {"mixd": [], "llama": []} for name in models}
     errors, meta = {}, {}
+    todo = list(models)
     n = 0
-    while True:
+    while todo:
         n += 1
-        log("side by side: round %d" % n)
-        for name, info in models.items():
-            if name in errors:
-                continue
+        log("side by side: round %d (%s)" % (n, ", ".join(todo)))
+        for name in todo:
+            path = models[name]["path"]
             try:
-                m = mixd_peer_round(mixctl, name, info["path"], threads, flags, depths, a.peer_deep_repeat)
+                m = mixd_peer_round(mixctl, name, path, threads, flags, depths, a.peer_deep_repeat)
             except RuntimeError as e:
                 errors[name] = "mixd: %s" % e
                 continue
             try:
-                l, lm = llama_peer_round(a.llama_bench, name, info["path"], threads, depths)
+                l, lm = llama_peer_round(a.llama_bench, name, path, threads, depths)
             except RuntimeError as e:
                 errors[name] = "llama-bench: %s" % e
                 continue
@@ -935,29 +936,35 @@ def peer_bench(a, models, mixctl, threads, flags, probe, checks, notes):
             log("side by side: round %d, %s: %s" % (n, name, "; ".join(
                 "%s %.2f / %.2f = %.2fx" % (t, m[t]["tok_s"], l[t]["tok_s"], m[t]["tok_s"] / l[t]["tok_s"])
                 for t in tests if t in m and t in l and l[t]["tok_s"])))
+        todo = [name for name in todo if name not in errors]
         if n < a.peer_rounds:
             continue
-        spread = []
-        for name, r in rounds.items():
+        spread = {}
+        for name in todo:
             for side in ("mixd", "llama"):
                 for t in tests:
-                    v = [x[t]["tok_s"] for x in r[side] if t in x]
+                    v = [x[t]["tok_s"] for x in rounds[name][side] if t in x]
                     if len(v) > 1 and min(v) < (1 - a.peer_tolerance) * max(v):
-                        spread.append("%s %s %s" % (name, side, t))
-        if not spread or n >= a.peer_max_rounds or len(errors) == len(models):
-            if spread:
-                notes.append("side by side: still spread by more than %.0f%% after %d rounds (%s): noisy machine"
-                             % (100 * a.peer_tolerance, n, ", ".join(spread)))
+                        spread.setdefault(name, []).append("%s %s" % (side, t))
+        todo = [name for name in todo if name in spread]
+        if not todo:
+            break
+        what = "; ".join("%s: %s" % (k, ", ".join(v)) for k, v in spread.items())
+        if n >= a.peer_max_rounds:
+            notes.append("side by side: still spread by more than %.0f%% after %d rounds (%s): noisy machine"
+                         % (100 * a.peer_tolerance, n, what))
             break
         log("side by side: figures spread by more than %.0f%% (%s): one more round"
-            % (100 * a.peer_tolerance, ", ".join(spread)))
+            % (100 * a.peer_tolerance, what))
 
     out = {"llama_bench": tool_identity(a.llama_bench), "llama_build": meta, "threads": threads,
-           "mixd_flags": flags, "rounds": n, "tolerance": a.peer_tolerance, "depths": depths,
+           "mixd_flags": flags, "rounds": max(len(r["mixd"]) for r in rounds.values()),
+           "tolerance": a.peer_tolerance, "depths": depths,
            "llama_reps": LLAMA_REPS, "mixd_deep_repeat": a.peer_deep_repeat, "models": {}}
     for name, info in models.items():
         r = rounds[name]
-        x = {"path": rel(info["path"]), "rounds_mixd": r["mixd"], "rounds_llama": r["llama"], "tests": {}}
+        x = {"path": rel(info["path"]), "rounds": len(r["mixd"]), "rounds_mixd": r["mixd"],
+             "rounds_llama": r["llama"], "tests": {}}
         if name in errors:
             x["error"] = errors[name]
             notes.append("side by side, %s: %s" % (name, errors[name]))
