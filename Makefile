@@ -149,7 +149,9 @@ deb:
 # ---- benchmarks (docs/BENCH.md): `make bench`, or `make bench MODEL=file.gguf` for one model.
 # Prints one JSON object (stdout) and a table (stderr); generated bench models are cached in
 # $XDG_CACHE_HOME/mixd-bench (else ~/.cache/mixd-bench). BENCH_ARGS passes options to
-# tools/bench/bench.py (e.g. BENCH_ARGS="--repeat 5 --no-daemon").
+# tools/bench/bench.py (e.g. BENCH_ARGS="--repeat 5 --no-daemon"). Side by side with llama.cpp:
+# LLAMA_BENCH=/path/to/llama-bench (and LLAMA_QUANTIZE=/path/to/llama-quantize to bench files it
+# quantized), binaries the user built; nothing of llama.cpp is built or fetched here.
 BENCH_BIN := build/bench
 .PHONY: bench
 # Build output goes to stderr, so `make bench > report.json` keeps stdout pure JSON.
@@ -160,4 +162,6 @@ bench: deps
 	@$(CC) -std=gnu17 -O2 -Wall -Wextra -Werror -pthread -o $(BENCH_BIN)/membw tools/bench/membw.c >&2
 	@$(CC) -std=gnu17 -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/sgemm tools/bench/sgemm.c -lopenblas >&2
 	@$(PYTHON) tools/bench/bench.py --bin build/rel --bench-bin $(BENCH_BIN) \
-	  $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL)) $(BENCH_ARGS)
+	  $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL)) \
+	  $(if $(LLAMA_BENCH),--llama-bench $(LLAMA_BENCH)) $(if $(LLAMA_QUANTIZE),--llama-quantize $(LLAMA_QUANTIZE)) \
+	  $(BENCH_ARGS)

@@ -2,13 +2,18 @@
 """tools/bench/bench.py -- the driver behind `make bench` (see docs/BENCH.md).
 
 Measures, in one run, on this machine:
-  * memory read bandwidth, 1 thread and all online CPUs (tools/bench/membw.c);
+  * memory read bandwidth, 1 thread and the engine's threads, best of several ways of reading
+    (tools/bench/membw.c): the ceiling no decode run may exceed (checked; the run fails if one
+    does);
   * OpenBLAS sgemm GFLOP/s, M=N=K=2048, all threads (tools/bench/sgemm.c);
   * per bench model: in-process prefill pp512, decode tg128 and the per-token prefill
     baseline (`mixctl bench`), bytes read per decoded token from the GGUF tensor table,
     the bandwidth roofline and the prefill GFLOP/s;
   * through the daemon (first bench model): aggregate decode tokens/s with 1, 2, 4 and 8
-    concurrent sessions, peak RssAnon, KV bytes, time from exec to ready.
+    concurrent sessions, peak RssAnon, KV bytes, time from exec to ready;
+  * with --llama-bench: llama.cpp's llama-bench on the same files and thread count, rounds
+    alternating with mixd's, and the ratios (pp512, tg128 after 512 and 4096 positions);
+    with --llama-quantize the bench files are an F16 random model quantized by llama.cpp.
 
 Bench models are random-weight GGUF files with real Mixtral 8x7B matrix shapes and 2 layers
 (tools/gen_random_gguf.py), cached outside the repository in $XDG_CACHE_HOME/mixd-bench
@@ -43,6 +48,10 @@ import gguf_py as g  # noqa: E402
 # Bumped when the meaning of the generator parameters changes (invalidates cached models).
 MODEL_FORMAT = 1
 CONCURRENCY = (1, 2, 4, 8)
+# Default in-process time budget: MODEL_BUDGET_TOTAL seconds shared by the (model, numeric
+# path) runs, at most MODEL_BUDGET_MAX each (2 models x 2 paths: 260 s each).
+MODEL_BUDGET_TOTAL = 1040
+MODEL_BUDGET_MAX = 260
 
 T0 = time.monotonic()
 
@@ -218,12 +227,96 @@ def ensure_model(name, args, cdir):
     return path, True
 
 
+# llama.cpp quantizations the side-by-side mode makes with --llama-quantize (llama-quantize's
+# type names); the first is also the daemon's model, as q4_k_m is in the default set.
+LLAMA_QUANT_TYPES = ("Q4_K_M", "Q4_0", "Q5_K_M", "Q8_0", "Q3_K_M")
+
+
+def f16_model_spec(n_layer):
+    """Generator arguments of the F16 random model that llama-quantize starts from."""
+    return ["--preset", "mixtral-8x7b", "--n-layer", str(n_layer), "--seed", "0", "--type", "f16",
+            "--name", "mixd-bench-f16"]
+
+
+def file_identity(path):
+    """sha256 of a file's contents (hex, first 16 digits)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def tool_identity(path):
+    """What identifies a llama.cpp tool build: the executable's contents and, for a build with
+    shared libraries, name, size and mtime of the libraries next to it."""
+    path = os.path.realpath(path)
+    ident = {"path": rel(path), "sha256": file_identity(path)}
+    libs = []
+    d = os.path.dirname(path)
+    for n in sorted(os.listdir(d)):
+        if n.startswith("lib") and ".so" in n:
+            st = os.stat(os.path.join(d, n))
+            libs.append([n, st.st_size, int(st.st_mtime)])
+    if libs:
+        ident["libs"] = libs
+    return ident
+
+
+def ensure_quantized(qbin, cdir, n_layer, threads):
+    """name -> (path, made, info) of the F16 bench model quantized by llama-quantize into each
+    of LLAMA_QUANT_TYPES; cached like the generated models, keyed on the F16 model's generator
+    arguments, the type and the quantizer's identity."""
+    src_args = f16_model_spec(n_layer)
+    src, _ = ensure_model("f16", src_args, cdir)
+    ident = tool_identity(qbin)
+    out = {}
+    for qtype in LLAMA_QUANT_TYPES:
+        name = qtype.lower()
+        key_ident = {k: v for k, v in ident.items() if k != "path"}  # the contents, wherever the binary is
+        key = hashlib.sha256(json.dumps([MODEL_FORMAT, src_args, qtype, key_ident]).encode()).hexdigest()[:12]
+        path = os.path.join(cdir, "mixtral-8x7b-shapes-llama-%s-%s.gguf" % (name, key))
+        info = {"quantizer": ident, "quant_type": qtype, "source_gen_args": src_args}
+        if os.path.exists(path):
+            try:
+                g.GGUFReader(path)
+                log("%s: reusing %s" % (name, rel(path)))
+                out[name] = (path, False, info)
+                continue
+            except (ValueError, OSError) as e:
+                log("%s: cached file unreadable (%s); quantizing again" % (name, e))
+                os.unlink(path)
+        free = shutil.disk_usage(cdir).free
+        if free < os.path.getsize(src) + (256 << 20):  # no quantization is larger than F16
+            raise SystemExit("bench: quantizing %s needs up to %.1f GiB in %s, %.1f GiB free"
+                             % (name, os.path.getsize(src) / 2**30, rel(cdir), free / 2**30))
+        tmp = "%s.tmp-%d" % (path, os.getpid())
+        cmd = [qbin, src, tmp, qtype, str(threads)]
+        log("%s: llama-quantize %s -> %s (once; cached)" % (name, rel(src), rel(path)))
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            if p.returncode == 130 or p.returncode == -signal.SIGINT:
+                raise KeyboardInterrupt
+            if p.returncode != 0:
+                tail = "\n  ".join(p.stdout.decode(errors="replace").splitlines()[-15:])
+                raise SystemExit("bench: llama-quantize %s failed (exit %d):\n  %s" % (qtype, p.returncode, tail))
+            g.GGUFReader(tmp)
+            os.rename(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        log("%s: quantized in %.0f s" % (name, time.monotonic() - t0))
+        out[name] = (path, True, info)
+    return out
+
+
 # ----------------------------------------------------------------------------- bytes per token
 
-def model_traffic(path, pp, tg, kv_bytes_per_pos=None):
+def model_traffic(path, pp, tg, kv_elem_bytes=4.0):
     """Bytes one decoded token reads, and the weights one prefill token multiplies by,
-    from the GGUF tensor table; the KV cache's bytes per position as `mixctl bench` reports
-    them (kv_bytes_per_pos; None: F32 keys and values)."""
+    from the GGUF tensor table. kv_elem_bytes: bytes of one cached key or value element
+    (4: F32, as mixd keeps them; 2: F16, llama.cpp's default)."""
     r = g.GGUFReader(path)
     arch = r.get("general.architecture", "llama")
     n_layer = int(r.get(arch + ".block_count"))
@@ -266,9 +359,7 @@ def model_traffic(path, pp, tg, kv_bytes_per_pos=None):
             elems["experts"] += ne * frac
     # keys/values a decode token reads, averaged over the tg tokens (at most the window)
     avg_positions = sum(min(pp + i + 1, window or pp + tg) for i in range(tg)) / float(tg) if tg else pp
-    if kv_bytes_per_pos is None:
-        kv_bytes_per_pos = n_layer * kv_dim * 4 * 2
-    kv = avg_positions * kv_bytes_per_pos
+    kv = n_layer * avg_positions * kv_dim * kv_elem_bytes * 2
     weights = sum(parts.values())
     return {
         "n_layer": n_layer, "n_expert": n_expert, "n_expert_used": k, "kv_dim": kv_dim, "sliding_window": window,
@@ -277,8 +368,9 @@ def model_traffic(path, pp, tg, kv_bytes_per_pos=None):
         "bytes_per_token": int(weights + kv),
         "bytes_per_token_weights": int(weights),
         "bytes_per_token_kv": int(kv),
-        "kv_bytes_per_pos": int(kv_bytes_per_pos),
+        "kv_bytes_per_pos": int(n_layer * kv_dim * kv_elem_bytes * 2),
         "kv_avg_positions": avg_positions,
+        "kv_elem_bytes": kv_elem_bytes,
         "bytes_per_token_parts": {k2: int(v) for k2, v in parts.items()},
         # multiply-adds per prefill token: every matrix a token goes through; the output
         # head runs once per chunk (logits of the last token only), so it is amortized
@@ -630,6 +722,277 @@ def daemon_bench(mixd, model, traffic, budget_s, extra):
     return out
 
 
+# ----------------------------------------------------------------------------- the probe as a ceiling
+
+PROBE_KEYS = ("threads", "plain", "kernel", "buffer_mib", "passes", "huge_page_bytes", "elapsed_s", "thread_counts")
+
+
+def probe_summary(runs):
+    """The probe's figures from one or more membw runs of the same variants: each variant's best
+    pass over all of them (more passes can only bring the ceiling nearer the truth)."""
+    first = runs[0]
+    nc = len(first["thread_counts"])
+    variants = []
+    for i, v in enumerate(first["variants"]):
+        variants.append(dict(v, gbs=[max(r["variants"][i]["gbs"][c] for r in runs) for c in range(nc)]))
+    out = {k: first[k] for k in PROBE_KEYS}
+
+    def best(c):
+        return max(variants, key=lambda v: v["gbs"][c])
+    plain = next(v for v in variants if v["name"] == first["plain"])
+    out.update({"1_thread": best(0)["gbs"][0], "best_1_thread": best(0)["name"],
+                "all_threads": best(nc - 1)["gbs"][nc - 1], "best_all_threads": best(nc - 1)["name"],
+                "plain_1_thread": plain["gbs"][0], "plain_all_threads": plain["gbs"][nc - 1],
+                "probe_runs": len(runs), "all_threads_per_run": [r["all_threads"] for r in runs],
+                "variants": variants})
+    return out
+
+
+def recheck(c, probe):
+    """A probe_check again against another probe result."""
+    c["probe_gbs"] = probe["all_threads"]
+    c["ratio"] = round(c["implied_gbs"] / probe["all_threads"], 4)
+    c["exceeded"] = c["implied_gbs"] > probe["all_threads"]
+
+
+def probe_check(label, rates, bytes_per_token, probe):
+    """Does any run imply more bytes/s than the bandwidth probe measured? rates: tokens/s of
+    each run; bytes_per_token: what one token reads (model_traffic)."""
+    top = max(rates)
+    gbs = top * bytes_per_token / 1e9
+    return {"run": label, "max_run_tok_s": round(top, 4), "bytes_per_token": int(bytes_per_token),
+            "implied_gbs": round(gbs, 3), "probe_gbs": probe["all_threads"],
+            "ratio": round(gbs / probe["all_threads"], 4), "exceeded": gbs > probe["all_threads"]}
+
+
+def mixd_kv_elem_bytes(b):
+    """Bytes of one cached key/value element in mixd, from `mixctl bench`'s kv_bytes_per_pos
+    (keys and values of every layer; else kv_bytes over all slots); 4 (F32) when it cannot be
+    told."""
+    try:
+        kv_dim = b["n_embd"] // b["n_head"] * b["n_head_kv"]
+        if b.get("kv_bytes_per_pos"):
+            e = float(b["kv_bytes_per_pos"]) / (b["n_layer"] * kv_dim * 2)
+        else:
+            e = float(b["kv_bytes"]) / (b["kv_slots"] * b["n_layer"] * kv_dim * 2)
+        if 0.25 <= e <= 4.0:
+            return round(e, 4)
+    except (KeyError, TypeError, ZeroDivisionError):
+        pass
+    return 4.0
+
+
+def run_tg_rates(b):
+    """Decode tokens/s of every run of a `mixctl bench` result."""
+    return [b["tg_tokens"] / x for x in b.get("tg_s_runs", []) if x > 0]
+
+
+# ----------------------------------------------------------------------------- llama.cpp side by side
+
+PEER_PP = 512
+PEER_TG = 128
+LLAMA_REPS = 3
+# bytes of a cached key/value element for llama.cpp's cache types
+LLAMA_KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32.0, "q5_1": 24 / 32.0, "q5_0": 22 / 32.0,
+                  "q4_1": 20 / 32.0, "q4_0": 18 / 32.0, "iq4_nl": 18 / 32.0}
+
+
+def median(v):
+    s = sorted(v)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def mean_sd(v):
+    m = sum(v) / len(v)
+    sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+    return m, sd
+
+
+def run_quiet_json(cmd, what):
+    """Run a command that prints JSON on stdout; its stderr is shown only when it fails."""
+    log("%s: %s" % (what, " ".join(rel(c) if os.sep in c else c for c in cmd)))
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if p.returncode == 130 or p.returncode == -signal.SIGINT:
+        raise KeyboardInterrupt
+    if p.returncode != 0:
+        tail = p.stderr.decode(errors="replace").splitlines()[-12:]
+        raise RuntimeError("%s failed (exit %d): %s" % (what, p.returncode, " | ".join(tail)))
+    try:
+        return json.loads(p.stdout.decode())
+    except ValueError as e:
+        raise RuntimeError("%s: output is not JSON (%s)" % (what, e))
+
+
+def llama_bench_check(lbin):
+    """The llama-bench given: runnable, with -d/--n-depth (decode after a filled cache)."""
+    if not os.access(lbin, os.X_OK):
+        raise SystemExit("bench: --llama-bench %s is not an executable" % lbin)
+    p = subprocess.run([lbin, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    text = p.stdout.decode(errors="replace")
+    if "--n-depth" not in text:
+        raise SystemExit("bench: %s has no -d/--n-depth option (too old a llama-bench)" % lbin)
+
+
+def mixd_peer_round(mixctl, name, path, threads, flags, depths, deep_repeat):
+    """mixd's figures for one round: test -> {"tok_s", "samples", ...}."""
+    res = {}
+    base = [mixctl, "bench", "-m", path, "--no-per-token", "--threads", str(threads)] + flags
+    tg = PEER_TG if PEER_PP in depths else 0
+    b = run_json(base + ["--pp", str(PEER_PP), "--tg", str(tg), "--repeat", str(LLAMA_REPS)],
+                 "%s mixd pp%d%s" % (name, PEER_PP, " + tg%d" % tg if tg else ""))
+    res["pp%d" % PEER_PP] = {"tok_s": b["pp_tok_s"], "samples": [round(PEER_PP / x, 4) for x in b["pp_s_runs"]]}
+    runs = [(PEER_PP, b)] if tg else []
+    for d in depths:
+        if d == PEER_PP:
+            continue
+        bd = run_json(base + ["--pp", str(d), "--tg", str(PEER_TG), "--repeat", str(deep_repeat)],
+                      "%s mixd tg%d after %d positions" % (name, PEER_TG, d))
+        runs.append((d, bd))
+    for d, x in runs:
+        res["tg%d@d%d" % (PEER_TG, d)] = {"tok_s": x["tg_tok_s"], "samples": [round(r, 4) for r in run_tg_rates(x)],
+                                          "kv_elem_bytes": mixd_kv_elem_bytes(x), "dot_kernel": x.get("dot_kernel"),
+                                          "int8": x.get("int8"), "threads": x.get("threads")}
+    return res
+
+
+def llama_entry(t):
+    samples = [float(v) for v in t.get("samples_ts") or []]
+    return {"tok_s": round(median(samples), 4) if samples else float(t["avg_ts"]), "samples": samples,
+            "avg_ts": t.get("avg_ts"), "stddev_ts": t.get("stddev_ts"),
+            "kv_elem_bytes": LLAMA_KV_BYTES.get(str(t.get("type_k", "f16")).lower(), 2.0),
+            "type_k": t.get("type_k"), "type_v": t.get("type_v"), "flash_attn": t.get("flash_attn"),
+            "threads": t.get("n_threads"), "n_batch": t.get("n_batch"), "n_ubatch": t.get("n_ubatch"),
+            "use_mmap": t.get("use_mmap"), "load_mode": t.get("load_mode")}
+
+
+def llama_peer_round(lbin, name, path, threads, depths):
+    """llama-bench's figures for one round (same tests), and its build description."""
+    res, meta = {}, {}
+    common = [lbin, "-m", path, "-t", str(threads), "-r", str(LLAMA_REPS), "-o", "json"]
+    out = run_quiet_json(common + ["-p", str(PEER_PP), "-n", "0"], "%s llama-bench pp%d" % (name, PEER_PP))
+    out += run_quiet_json(common + ["-p", "0", "-n", str(PEER_TG), "-d", ",".join(str(d) for d in depths)],
+                          "%s llama-bench tg%d after %s positions" % (name, PEER_TG, "/".join(str(d) for d in depths)))
+    for t in out:
+        for k in ("build_commit", "build_number", "cpu_info", "backends", "model_type", "model_size"):
+            if k in t:
+                meta[k] = t[k]
+        if int(t.get("n_prompt", 0)) == PEER_PP and int(t.get("n_gen", 0)) == 0:
+            res["pp%d" % PEER_PP] = llama_entry(t)
+        elif int(t.get("n_prompt", 0)) == 0 and int(t.get("n_gen", 0)) == PEER_TG:
+            res["tg%d@d%d" % (PEER_TG, int(t.get("n_depth", 0)))] = llama_entry(t)
+    return res, meta
+
+
+def peer_summary(mx, ll, tol):
+    """One test of one model over the rounds: each side's figures, and mixd / llama.cpp."""
+    pairs = [(m, l) for m, l in zip(mx, ll) if m and l]
+    out = {"mixd_tok_s_rounds": [m["tok_s"] if m else None for m in mx],
+           "llama_tok_s_rounds": [l["tok_s"] if l else None for l in ll]}
+    if not pairs:
+        return out
+    mv = [m["tok_s"] for m, _ in pairs]
+    lv = [l["tok_s"] for _, l in pairs]
+    ratios = [a / b for a, b in zip(mv, lv)]
+    mm, msd = mean_sd(mv)
+    lm, lsd = mean_sd(lv)
+    rm, rsd = mean_sd(ratios)
+    out.update({
+        "mixd_tok_s_best": round(max(mv), 3), "mixd_tok_s_mean": round(mm, 3), "mixd_tok_s_sd": round(msd, 3),
+        "llama_tok_s_best": round(max(lv), 3), "llama_tok_s_mean": round(lm, 3), "llama_tok_s_sd": round(lsd, 3),
+        # noise on a shared machine only slows a run down: each side's best round is its figure
+        "ratio": round(max(mv) / max(lv), 4),
+        "ratio_rounds": [round(r, 4) for r in ratios], "ratio_mean": round(rm, 4), "ratio_sd": round(rsd, 4),
+        # rounds more than the tolerance below that side's best: noise, recorded, not counted
+        "mixd_off_rounds": [i + 1 for i, x in enumerate(mv) if x < (1 - tol) * max(mv)],
+        "llama_off_rounds": [i + 1 for i, x in enumerate(lv) if x < (1 - tol) * max(lv)],
+    })
+    return out
+
+
+def peer_bench(a, models, mixctl, threads, flags, probe, checks, notes):
+    """mixd and llama-bench in alternation (per model: mixd, then llama-bench), a.peer_rounds rounds;
+    then, up to a.peer_max_rounds, more rounds of the models one of whose figures (either side,
+    any test) spreads over the rounds by more than a.peer_tolerance."""
+    depths = a.peer_depths
+    tests = ["pp%d" % PEER_PP] + ["tg%d@d%d" % (PEER_TG, d) for d in depths]
+    rounds = {name: {"mixd": [], "llama": []} for name in models}
+    errors, meta = {}, {}
+    todo = list(models)
+    n = 0
+    while todo:
+        n += 1
+        log("side by side: round %d (%s)" % (n, ", ".join(todo)))
+        for name in todo:
+            path = models[name]["path"]
+            try:
+                m = mixd_peer_round(mixctl, name, path, threads, flags, depths, a.peer_deep_repeat)
+            except RuntimeError as e:
+                errors[name] = "mixd: %s" % e
+                continue
+            try:
+                l, lm = llama_peer_round(a.llama_bench, name, path, threads, depths)
+            except RuntimeError as e:
+                errors[name] = "llama-bench: %s" % e
+                continue
+            meta.update(lm)
+            rounds[name]["mixd"].append(m)
+            rounds[name]["llama"].append(l)
+            log("side by side: round %d, %s: %s" % (n, name, "; ".join(
+                "%s %.2f / %.2f = %.2fx" % (t, m[t]["tok_s"], l[t]["tok_s"], m[t]["tok_s"] / l[t]["tok_s"])
+                for t in tests if t in m and t in l and l[t]["tok_s"])))
+        todo = [name for name in todo if name not in errors]
+        if n < a.peer_rounds:
+            continue
+        spread = {}
+        for name in todo:
+            for side in ("mixd", "llama"):
+                for t in tests:
+                    v = [x[t]["tok_s"] for x in rounds[name][side] if t in x]
+                    if len(v) > 1 and min(v) < (1 - a.peer_tolerance) * max(v):
+                        spread.setdefault(name, []).append("%s %s" % (side, t))
+        todo = [name for name in todo if name in spread]
+        if not todo:
+            break
+        what = "; ".join("%s: %s" % (k, ", ".join(v)) for k, v in spread.items())
+        if n >= a.peer_max_rounds:
+            notes.append("side by side: still spread by more than %.0f%% after %d rounds (%s): noisy machine"
+                         % (100 * a.peer_tolerance, n, what))
+            break
+        log("side by side: figures spread by more than %.0f%% (%s): one more round"
+            % (100 * a.peer_tolerance, what))
+
+    out = {"llama_bench": tool_identity(a.llama_bench), "llama_build": meta, "threads": threads,
+           "mixd_flags": flags, "rounds": max(len(r["mixd"]) for r in rounds.values()),
+           "tolerance": a.peer_tolerance, "depths": depths,
+           "llama_reps": LLAMA_REPS, "mixd_deep_repeat": a.peer_deep_repeat, "models": {}}
+    for name, info in models.items():
+        r = rounds[name]
+        x = {"path": rel(info["path"]), "rounds": len(r["mixd"]), "rounds_mixd": r["mixd"],
+             "rounds_llama": r["llama"], "tests": {}}
+        if name in errors:
+            x["error"] = errors[name]
+            notes.append("side by side, %s: %s" % (name, errors[name]))
+        for t in tests:
+            x["tests"][t] = peer_summary([m.get(t) for m in r["mixd"]], [l.get(t) for l in r["llama"]],
+                                         a.peer_tolerance)
+        # the probe as a ceiling, for both programs' decode runs
+        for d in depths:
+            t = "tg%d@d%d" % (PEER_TG, d)
+            for side, runs in (("mixd", r["mixd"]), ("llama.cpp", r["llama"])):
+                for i, res in enumerate(runs):
+                    if t not in res or not res[t]["samples"]:
+                        continue
+                    tr = model_traffic(info["path"], d, PEER_TG, res[t]["kv_elem_bytes"])
+                    c = probe_check("%s %s %s round %d" % (name, side, t, i + 1), res[t]["samples"],
+                                    tr["bytes_per_token"], probe)
+                    checks.append(c)
+                    k = "implied_gbs_max_" + ("mixd" if side == "mixd" else "llama")
+                    x["tests"][t][k] = max(x["tests"][t].get(k, 0), c["implied_gbs"])
+        out["models"][name] = x
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 
 def fmt_bytes(b):
@@ -643,8 +1006,10 @@ def table(rep):
     lines.append("mixd bench: %s, %d CPUs (%s), load %s at start / %s at end"
                  % (m["cpu_model"], m["online_cpus"], m["simd_best"],
                     m["loadavg_start"][0], m["loadavg_end"][0]))
-    lines.append("memory read: %.1f GB/s 1 thread, %.1f GB/s %d threads; OpenBLAS sgemm %.1f GFLOP/s (%d threads)"
-                 % (bw["1_thread"], bw["all_threads"], bw["threads"], rep["sgemm_gflops"], rep["sgemm"]["threads"]))
+    lines.append("memory read, best of %d ways: %.1f GB/s 1 thread (%s), %.1f GB/s %d threads (%s); a plain loop "
+                 "%.1f / %.1f" % (len(bw["variants"]), bw["1_thread"], bw["best_1_thread"], bw["all_threads"],
+                                  bw["threads"], bw["best_all_threads"], bw["plain_1_thread"], bw["plain_all_threads"]))
+    lines.append("OpenBLAS sgemm %.1f GFLOP/s (%d threads)" % (rep["sgemm_gflops"], rep["sgemm"]["threads"]))
     hdr = ("model", "pp512 t/s", "per-tok t/s", "speedup", "tg128 t/s", "MB/token", "roofline t/s", "roofline %",
            "pp GFLOP/s", "vs sgemm")
     rows = []
@@ -665,6 +1030,42 @@ def table(rep):
     if any(x.get("bench", {}).get("tg_truncated") or x.get("bench", {}).get("pp_per_token_truncated")
            for x in rep["models"].values()):
         lines.append("  * timed over fewer tokens than the target to fit the time budget (see JSON)")
+    pe = rep.get("side_by_side")
+    if pe:
+        lb = pe["llama_build"]
+        lines.append("side by side with llama.cpp (build %s, %d threads, %d rounds alternating; t/s = each side's "
+                     "best round, ratio = their quotient; mean +- sd of the per-round ratios):"
+                     % (lb.get("build_commit", "?"), pe["threads"], pe["rounds"]))
+        hdr = ("model", "test", "mixd t/s", "llama t/s", "mixd/llama", "per round", "rounds (mixd / llama)")
+        rows = []
+        for name, x in pe["models"].items():
+            if "error" in x and not x["rounds_mixd"]:
+                rows.append((name, "error") + ("",) * (len(hdr) - 2))
+                continue
+            for t, y in x["tests"].items():
+                if "ratio" not in y:
+                    rows.append((name, t, "-", "-", "-", "-", ""))
+                    continue
+                rr = " ".join("%.1f/%.1f" % (m, l) for m, l in zip(y["mixd_tok_s_rounds"], y["llama_tok_s_rounds"])
+                              if m and l)
+                off = y["mixd_off_rounds"] + y["llama_off_rounds"]
+                rows.append((name, t, "%.2f" % y["mixd_tok_s_best"], "%.2f" % y["llama_tok_s_best"],
+                             "%.3f" % y["ratio"], "%.3f+-%.3f" % (y["ratio_mean"], y["ratio_sd"]),
+                             rr + (" (noisy)" if off else "")))
+        w = [max(len(str(r[i])) for r in [hdr] + rows) for i in range(len(hdr))]
+        for r in [hdr] + rows:
+            lines.append("  " + "  ".join(str(c).rjust(w[i]) if 1 < i < 6 else str(c).ljust(w[i])
+                                          for i, c in enumerate(r)).rstrip())
+    pc = rep.get("probe_check")
+    if pc:
+        bad = [c for c in pc["runs"] if c["exceeded"]]
+        top = max(pc["runs"], key=lambda c: c["ratio"]) if pc["runs"] else None
+        if top and not bad:
+            lines.append("probe check: no run beats the probe (highest: %s at %.1f GB/s, %.0f%% of %.1f GB/s)"
+                         % (top["run"], top["implied_gbs"], 100 * top["ratio"], top["probe_gbs"]))
+        for c in bad:
+            lines.append("FAILED probe check: %s implies %.1f GB/s (%.0f%% of the probe's %.1f GB/s)"
+                         % (c["run"], c["implied_gbs"], 100 * c["ratio"], c["probe_gbs"]))
     d = rep.get("daemon")
     if d and "error" in d:
         lines.append("daemon (%s): %s" % (d["model_name"], d["error"]))
@@ -683,6 +1084,16 @@ def table(rep):
 
 # ----------------------------------------------------------------------------- main
 
+def parse_depths(text):
+    try:
+        v = sorted(set(int(x) for x in text.split(",") if x.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError("a comma-separated list of positions, e.g. 512,4096")
+    if not v or v[0] < 1:
+        raise argparse.ArgumentTypeError("positions must be positive")
+    return v
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description="mixd benchmark driver (make bench)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "rel"), help="directory of mixctl and mixd")
@@ -694,14 +1105,46 @@ def main(argv):
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3, help="runs per in-process figure (median)")
     ap.add_argument("--threads", type=int, default=0, help="engine threads (default: online CPUs)")
-    ap.add_argument("--model-budget", type=float, default=260,
-                    help="seconds of in-process measurement per model (decode and the per-token baseline "
-                         "stop early past their share; 0 = no limit)")
+    ap.add_argument("--model-budget", type=float, default=None,
+                    help="seconds of in-process measurement per model and numeric path (decode and the "
+                         "per-token baseline stop early past their share; 0 = no limit; default: %d s shared "
+                         "by all, at most %d s each)" % (MODEL_BUDGET_TOTAL, MODEL_BUDGET_MAX))
     ap.add_argument("--daemon-budget", type=float, default=240, help="seconds for the daemon levels (0 = no limit)")
     ap.add_argument("--no-daemon", action="store_true")
+    ap.add_argument("--no-in-process", action="store_true",
+                    help="skip the in-process figures of every model (e.g. to run only the side by side)")
     ap.add_argument("--no-int8", action="store_true", help="skip the 8-bit-activation runs (and run the daemon exact)")
     ap.add_argument("--membw-mib", type=int, default=4096)
+    ap.add_argument("--membw-passes", type=int, default=5, help="passes of each way of reading (best kept)")
+    ap.add_argument("--llama-bench", metavar="PATH",
+                    help="a llama.cpp llama-bench: run it on the same files, alternating with mixd (make bench "
+                         "LLAMA_BENCH=PATH)")
+    ap.add_argument("--llama-quantize", metavar="PATH",
+                    help="a llama.cpp llama-quantize: the bench files are an F16 random model quantized by it "
+                         "into %s (make bench LLAMA_QUANTIZE=PATH)" % ", ".join(LLAMA_QUANT_TYPES))
+    ap.add_argument("--peer-rounds", type=int, default=2, help="side by side: rounds (at least 2)")
+    ap.add_argument("--peer-max-rounds", type=int, default=4,
+                    help="side by side: most rounds, while a side's figures spread by more than the tolerance")
+    ap.add_argument("--peer-tolerance", type=float, default=0.10,
+                    help="side by side: a round this far below a side's best is noise (default 0.10)")
+    ap.add_argument("--peer-depths", type=parse_depths, default=[512, 4096],
+                    help="side by side: positions in the cache before the tg%d decode (default 512,4096)" % PEER_TG)
+    ap.add_argument("--peer-deep-repeat", type=int, default=1,
+                    help="side by side: mixd runs per round of a decode after more than %d positions (each "
+                         "prefills them again)" % PEER_PP)
     a = ap.parse_args(argv)
+    if a.peer_rounds < 2:
+        ap.error("--peer-rounds must be at least 2")
+    a.peer_max_rounds = max(a.peer_max_rounds, a.peer_rounds)
+    if a.llama_bench:
+        a.llama_bench = os.path.abspath(a.llama_bench)
+        llama_bench_check(a.llama_bench)
+    if a.llama_quantize:
+        a.llama_quantize = os.path.abspath(a.llama_quantize)
+        if not os.access(a.llama_quantize, os.X_OK):
+            raise SystemExit("bench: --llama-quantize %s is not an executable" % a.llama_quantize)
+        if a.model:
+            raise SystemExit("bench: --llama-quantize makes the bench files; it does not go with --model")
 
     mixctl = os.path.join(a.bin, "mixctl")
     mixd = os.path.join(a.bin, "mixd")
@@ -717,12 +1160,13 @@ def main(argv):
 
     notes = []
     failed = False
-    rep = {"schema": 1, "git": git_describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    rep = {"schema": 2, "git": git_describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     rep["machine"] = machine_info()
     rep["machine"]["loadavg_start"] = loadavg()
     if rep["machine"]["loadavg_start"][0] > 0.5:
         notes.append("load average %.2f before measuring: other work shared the CPUs, figures are low and noisy"
                      % rep["machine"]["loadavg_start"][0])
+    threads = a.threads or rep["machine"]["online_cpus"]
 
     # models first (generation is long and noisy), then the quiet measurements
     models = {}
@@ -730,30 +1174,47 @@ def main(argv):
         for p in a.model:
             name = os.path.splitext(os.path.basename(p))[0]
             models[name] = {"path": p, "generated": False, "gen_args": None}
+    elif a.llama_quantize:
+        for name, (path, made, info) in ensure_quantized(a.llama_quantize, cache_dir(a.cache_dir), a.n_layer,
+                                                         threads).items():
+            models[name] = {"path": path, "generated": made, "gen_args": None, "llama_quantize": info}
     else:
         cdir = cache_dir(a.cache_dir)
         for name, args in bench_model_specs(a.n_layer).items():
             path, made = ensure_model(name, args, cdir)
             models[name] = {"path": path, "generated": made, "gen_args": args}
 
-    membw = run_json([os.path.join(a.bench_bin, "membw"), "--mib", str(a.membw_mib), "--passes", "5"],
-                     "memory bandwidth")
-    rep["bandwidth_gbs"] = {"1_thread": membw["1_thread"], "all_threads": membw["all_threads"],
-                            "threads": membw["threads"], "kernel": membw["kernel"],
-                            "buffer_mib": membw["buffer_mib"], "passes": membw["passes"]}
+    # the bandwidth probe, with as many threads as the engine runs: the ceiling of every decode
+    membw_cmd = [os.path.join(a.bench_bin, "membw"), "--mib", str(a.membw_mib), "--passes", str(a.membw_passes),
+                 "--threads", str(threads)]
+    membw_runs = [run_json(membw_cmd, "memory bandwidth (every way of reading)")]
+    membw = rep["bandwidth_gbs"] = probe_summary(membw_runs)
+    log("memory read: %.1f GB/s 1 thread (%s), %.1f GB/s %d threads (%s)"
+        % (membw["1_thread"], membw["best_1_thread"], membw["all_threads"], membw["threads"],
+           membw["best_all_threads"]))
+    if membw["huge_page_bytes"] >= 0 and membw["huge_page_bytes"] < 0.9 * (membw["buffer_mib"] << 20):
+        notes.append("bandwidth probe: only %.0f%% of its buffer in huge pages (transparent huge pages off?): "
+                     "its figure may be low" % (100.0 * membw["huge_page_bytes"] / (membw["buffer_mib"] << 20)))
     sg = run_json([os.path.join(a.bench_bin, "sgemm"), "--n", "2048", "--reps", "5"], "OpenBLAS sgemm")
     rep["sgemm_gflops"] = sg["gflops"]
     rep["sgemm"] = sg
+    checks = []
 
     rep["models"] = {}
     # every model twice: float activations (the default, exact) and 8-bit activations (--int8)
     variants = [(name, info, []) for name, info in models.items()]
     if not a.no_int8:
         variants += [(name + "+int8", info, ["--int8"]) for name, info in models.items()]
+    if a.no_in_process:
+        variants = []
+    budget = a.model_budget
+    if budget is None:
+        budget = round(min(MODEL_BUDGET_MAX, MODEL_BUDGET_TOTAL / max(len(variants), 1)), 1)
+    rep["model_budget_s"] = budget
     for name, info, flags in variants:
         path = info["path"]
         cmd = [mixctl, "bench", "-m", path, "--pp", str(a.pp), "--tg", str(a.tg), "--repeat", str(a.repeat),
-               "--budget", str(a.model_budget)] + flags
+               "--budget", str(budget)] + flags
         if a.threads:
             cmd += ["--threads", str(a.threads)]
         try:
@@ -764,7 +1225,7 @@ def main(argv):
             failed = True
             continue
         b["model"] = rel(b["model"])
-        tr = model_traffic(path, a.pp, a.tg, b.get("kv_bytes_per_pos"))
+        tr = model_traffic(path, a.pp, a.tg, mixd_kv_elem_bytes(b))
         tg_rate = b.get("tg_tok_s") or 0
         roof = membw["all_threads"] * 1e9 / tr["bytes_per_token"]
         gflops = 2.0 * tr["prefill_weights_per_token"] * b["pp_tok_s"] / 1e9
@@ -779,8 +1240,14 @@ def main(argv):
             "huge_page_share": (round(b["model_huge_page_bytes"] / b["model_bytes"], 4)
                                 if b.get("model_bytes") else None),
         }
+        if info.get("llama_quantize"):
+            x["llama_quantize"] = info["llama_quantize"]
         x.update(tr)
         x["bench"] = b
+        rates = run_tg_rates(b)
+        if rates:
+            x["probe_check"] = probe_check("%s tg%d" % (name, a.tg), rates, tr["bytes_per_token"], membw)
+            checks.append(x["probe_check"])
         if b.get("tg_truncated"):
             notes.append("%s: decode timed over %d of %d tokens (time budget)" % (name, b["tg_tokens"], b["tg_tokens_target"]))
         if x["huge_page_share"] is not None and x["huge_page_share"] < 0.9:
@@ -793,13 +1260,18 @@ def main(argv):
         log("%s: pp %.2f tok/s, tg %.2f tok/s, per-token %.2f tok/s; %.0f MB/token, roofline %.1f tok/s"
             % (name, b["pp_tok_s"], tg_rate, b.get("pp_per_token_tok_s") or 0, tr["bytes_per_token"] / 1e6, roof))
 
+    if a.llama_bench:
+        flags = [] if a.no_int8 else ["--int8"]  # llama.cpp multiplies 8-bit activations too
+        rep["side_by_side"] = peer_bench(a, models, mixctl, threads, flags, membw, checks, notes)
+
     name = next(iter(models))
-    if not a.no_daemon and "error" not in rep["models"][name]:
+    if not a.no_daemon and "error" not in rep["models"].get(name, {}):
         extra = ["--threads", str(a.threads)] if a.threads else []
         if not a.no_int8:
             extra += ["--int8", "1"]  # the daemon runs its fast configuration
+        traffic = rep["models"].get(name) or model_traffic(models[name]["path"], a.pp, a.tg)
         try:
-            d = daemon_bench(mixd, models[name]["path"], rep["models"][name], a.daemon_budget, extra)
+            d = daemon_bench(mixd, models[name]["path"], traffic, a.daemon_budget, extra)
         except (RuntimeError, OSError, SystemExit) as e:
             d = {"error": str(e), "levels": {}, "tokens_per_session": 64}
             notes.append("daemon: %s" % e)
@@ -819,6 +1291,34 @@ def main(argv):
                 notes.append("daemon: %d of the %s-session requests cancelled at the level's time limit"
                              % (lv["cancelled_at_limit"], k))
 
+    # the probe is a ceiling: a run that reads faster than it means the probe (or the count of
+    # bytes per token) is wrong, and every ratio to it with it
+    bad = [c for c in checks if c["exceeded"]]
+    if bad:  # other work during the probe makes it low: measure it once more before failing
+        log("%d run(s) read faster than the probe measured: measuring it once more" % len(bad))
+        membw_runs.append(run_json(membw_cmd, "memory bandwidth, again"))
+        membw = rep["bandwidth_gbs"] = probe_summary(membw_runs)
+        for c in checks:
+            recheck(c, membw)
+        for x in rep["models"].values():
+            if x.get("roofline_tok_s"):
+                roof = membw["all_threads"] * 1e9 / x["bytes_per_token"]
+                x["roofline_tok_s"] = round(roof, 3)
+                x["roofline_ratio"] = round(x["tg128_tok_s"] / roof, 4)
+        notes.append("bandwidth probe measured twice, as a run exceeded the first figure (%s GB/s, %d threads); "
+                     "each variant's best of both kept" % (" then ".join("%.2f" % v for v in
+                                                                       membw["all_threads_per_run"]), threads))
+        bad = [c for c in checks if c["exceeded"]]
+    rep["probe_check"] = {"probe_gbs": membw["all_threads"], "probe_variant": membw["best_all_threads"],
+                          "threads": membw["threads"], "runs": checks, "exceeded": bool(bad)}
+    rep["probe_exceeded"] = bool(bad)
+    for c in bad:
+        notes.append("PROBE EXCEEDED: %s implies %.2f GB/s (%.0f MB/token x %.2f tok/s), more than the bandwidth "
+                     "probe's %.2f GB/s: the probe is not a ceiling, or bytes per token are miscounted"
+                     % (c["run"], c["implied_gbs"], c["bytes_per_token"] / 1e6, c["max_run_tok_s"], c["probe_gbs"]))
+    if bad:
+        failed = True
+
     rep["machine"]["loadavg_end"] = loadavg()
     rep["elapsed_s"] = round(time.monotonic() - T0, 1)
     rep["notes"] = notes
@@ -836,6 +1336,11 @@ def main(argv):
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
     sys.stderr.write("\n" + tab + "\n")
+    if bad:
+        sys.stderr.write("\nbench: FAILED: %d run(s) read faster than the bandwidth probe allows (%.2f GB/s, %d "
+                         "threads); see probe_check in the JSON:\n  %s\n"
+                         % (len(bad), membw["all_threads"], membw["threads"],
+                            "\n  ".join("%s: %.2f GB/s" % (c["run"], c["implied_gbs"]) for c in bad)))
     return 1 if failed else 0
 
 
