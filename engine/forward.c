@@ -14,6 +14,7 @@
 #include "numa.h"
 #include "ops.h"
 #include "quant.h"
+#include "products.h"
 #include "quant_int8.h"
 
 /* One thread's attention scratch: [group][ATTN_KEY_BLOCK] scores, a key block's (m, s, o)
@@ -59,9 +60,7 @@ struct Forward {
         uint8_t *row_exact;       /* [T] 1: the row runs on the float path whatever int8 says (FORWARD_EXACT_POSITIONS) */
         uint8_t *xe_exact;        /* [T*k] the same for the rows gathered for experts */
         uint8_t *out_exact;       /* [T] the same for the rows of the output head */
-        bool any_exact;           /* some row_exact is set in this step */
         /* per thread */
-        float **row_tmp;          /* [threads][max(D, FF, H*hd, V)] dequantized weight row */
         AttnScratch *attn;        /* [threads] */
         /* attention split over key blocks (few rows), NULL with one thread: per item */
         float *part_m;            /* [ATTN_SPLIT_MAX_ITEMS][group] a block's largest scores */
@@ -71,8 +70,7 @@ struct Forward {
         uint32_t *part_left;      /* [T][KV] blocks not done yet (atomic) */
         ForwardRouteFn route_fn;
         void *route_data;
-        const NumaPlan *numa;     /* borrowed; NULL: any thread runs any expert */
-        bool int8;                /* quantize activations to 8 bits for the weight types that allow it */
+        ProductCtx pc;            /* the products' pool, NUMA plan, 8-bit switch, row scratch */
         ForwardAttnSplit attn_split;
         /* The same inputs quantized, one buffer per activation format (QuantAct): */
         void *xq_in[QUANT_ACT_COUNT_];  /* [T][max(D, H*hd)/256] blocks: a product's input */
@@ -80,12 +78,6 @@ struct Forward {
         void *xq_e[QUANT_ACT_COUNT_];   /* [T][D/256] rows gathered for one expert group */
         void *xq_h;                     /* [T][FF/256] silu(gate) * up, in the down matrix's format */
 };
-
-/* An input's quantized forms: q[act] in format act, NULL where not made (no matrix reading
- * this input needs it, or the float path). */
-typedef struct ActQ {
-        const void *q[QUANT_ACT_COUNT_];
-} ActQ;
 
 /* Scratch rows start on cache lines: the SIMD dot products run at full speed only on
  * 32/64-byte aligned data (their order, and so their results, never depend on it). */
@@ -109,6 +101,7 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
                 widest = Q;
         fw->m = m;
         fw->pool = pool;
+        fw->pc.pool = pool;
         fw->n_threads = pool_size(pool);
         fw->max_rows = max_rows;
         fw->max_slots = max_slots;
@@ -151,11 +144,11 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
                 ok = ok && fw->xq_in[a] && fw->xq_moe[a] && fw->xq_e[a];
         }
         fw->xq_h = alloc64(T * ff_blocks * (sizeof(BlockQ8X) > sizeof(BlockQ8K) ? sizeof(BlockQ8X) : sizeof(BlockQ8K)));
-        fw->row_tmp = calloc(fw->n_threads, sizeof(float *));
+        fw->pc.row_tmp = calloc(fw->n_threads, sizeof(float *));
         fw->attn = calloc(fw->n_threads, sizeof(AttnScratch));
         ok = ok && fw->inv_freq && fw->row_item && fw->row_pos && fw->item_row0 && fw->x && fw->xb && fw->q && fw->k &&
              fw->v && fw->kc && fw->vc && fw->att && fw->router && fw->sel && fw->sel_w && fw->rows && fw->rows_slot &&
-             fw->xe && fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp &&
+             fw->xe && fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->pc.row_tmp &&
              fw->attn && fw->xq_h && fw->row_exact && fw->xe_exact && fw->out_exact;
         if (ok && fw->n_threads > 1) {
                 const size_t items = ATTN_SPLIT_MAX_ITEMS;
@@ -168,14 +161,14 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         }
         for (unsigned t = 0; ok && t < fw->n_threads; t++) {
                 AttnScratch *a = &fw->attn[t];
-                fw->row_tmp[t] = alloc64(widest * sizeof(float));
+                fw->pc.row_tmp[t] = alloc64(widest * sizeof(float));
                 a->scores = alloc64(group * ATTN_KEY_BLOCK * sizeof(float));
                 a->o = alloc64(group * c->head_dim * sizeof(float));
                 a->m = alloc64(group * sizeof(float));
                 a->row_m = alloc64(group * sizeof(float));
                 a->s = alloc64(group * sizeof(double));
                 a->row_s = alloc64(group * sizeof(double));
-                ok = fw->row_tmp[t] && a->scores && a->o && a->m && a->row_m && a->s && a->row_s;
+                ok = fw->pc.row_tmp[t] && a->scores && a->o && a->m && a->row_m && a->s && a->row_s;
         }
         if (!ok) {
                 forward_free(fw);
@@ -191,8 +184,8 @@ Forward *forward_free(Forward *fw) {
         if (!fw)
                 return NULL;
         for (unsigned t = 0; t < fw->n_threads; t++) {
-                if (fw->row_tmp)
-                        free(fw->row_tmp[t]);
+                if (fw->pc.row_tmp)
+                        free(fw->pc.row_tmp[t]);
                 if (fw->attn) {
                         AttnScratch *a = &fw->attn[t];
                         free(a->scores);
@@ -203,7 +196,7 @@ Forward *forward_free(Forward *fw) {
                         free(a->row_s);
                 }
         }
-        free(fw->row_tmp);
+        free(fw->pc.row_tmp);
         free(fw->attn);
         free(fw->part_m);
         free(fw->part_s);
@@ -248,7 +241,7 @@ Forward *forward_free(Forward *fw) {
 }
 
 void forward_set_numa(Forward *fw, const NumaPlan *plan) {
-        fw->numa = plan && plan->n_nodes > 1 && plan->n_threads == fw->n_threads ? plan : NULL;
+        fw->pc.numa = plan && plan->n_nodes > 1 && plan->n_threads == fw->n_threads ? plan : NULL;
 }
 
 void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata) {
@@ -257,7 +250,7 @@ void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata) {
 }
 
 void forward_set_int8(Forward *fw, bool on) {
-        fw->int8 = on;
+        fw->pc.int8 = on;
 }
 
 void forward_set_attn_split(Forward *fw, ForwardAttnSplit mode) {
@@ -274,188 +267,6 @@ uint32_t forward_max_rows(const Forward *fw) {
 
 uint32_t forward_max_chunk(const Forward *fw, const KVCache *kv) {
         return fw->max_rows < kv->n_roll ? fw->max_rows : kv->n_roll;
-}
-
-/* ------------------------------------------------------------------ matrix products */
-
-/* One matrix product out[t][r] = W[r] . x[t], or with w_up a SwiGLU pair:
- * out[t][r] = silu(W[r] . x[t]) * (W_up[r] . x[t]), optionally quantized into hq as it is
- * made (each 256-block of a token's row needs only its own values). */
-typedef struct Product {
-        const Matrix *w;          /* [rows][cols] */
-        const Matrix *w_up;       /* NULL, or [rows][cols] the up half of a SwiGLU pair */
-        const float *x;           /* [T][cols] */
-        ActQ xq;                  /* [T][cols/256] blocks: x quantized; a matrix whose format is missing runs on the float path */
-        const uint8_t *exact;     /* NULL, or [T]: 1 where token t runs on the float path anyway */
-        int64_t T;
-        float *out;               /* [T][rows] */
-        float *up;                /* with w_up: [T][rows] scratch for W_up x */
-        void *hq;                 /* with w_up, or NULL: [T][rows/256] blocks of format hq_act, out quantized */
-        QuantAct hq_act;
-        unsigned long chunk_rows; /* rows per chunk */
-        unsigned long chunk_end;  /* one past this product's last chunk in the job's numbering */
-} Product;
-
-/* Products that run in one pool pass: their rows are cut in chunks that any thread takes,
- * first come first served, so the threads wait for each other once per list instead of
- * once per product, and a thread slowed by the machine does less. */
-#define PRODUCTS_MAX 16
-
-typedef struct ProductJob {
-        Forward *fw;
-        Product p[PRODUCTS_MAX];
-        unsigned n;
-        int node;                 /* >= 0: only the threads of this NUMA node take part */
-        unsigned long next_chunk; /* atomic */
-} ProductJob;
-
-/* Rows [r0, r1) of W x into out, on this thread: on the int8 path when x was quantized in
- * W's activation format. */
-static void product_rows(Forward *fw, unsigned thread, const Matrix *w, const float *x, const ActQ *xq,
-                         const uint8_t *exact, int64_t T, float *out, unsigned long r0, unsigned long r1) {
-        const QuantInt8Kernels *k = quant_int8(w->type);
-        if (k && xq->q[k->act]) {
-                k->dot_rows(w->data + r0 * w->row_bytes, w->row_bytes, (int64_t)(r1 - r0), xq->q[k->act],
-                            (int64_t)(w->cols / QK_K), T, out + r0, (int64_t)w->rows, (int64_t)w->cols);
-                for (int64_t t = 0; exact && t < T; t++) /* computed twice: rare (one row per sequence) */
-                        if (exact[t])
-                                matmul_rows(w, x + (uint64_t)t * w->cols, 1, out + (uint64_t)t * w->rows, (int64_t)w->rows,
-                                            r0, r1, fw->row_tmp[thread]);
-                return;
-        }
-        matmul_rows(w, x, T, out, (int64_t)w->rows, r0, r1, fw->row_tmp[thread]);
-}
-
-static void product_chunk(Forward *fw, unsigned thread, const Product *p, unsigned long r0, unsigned long r1) {
-        product_rows(fw, thread, p->w, p->x, &p->xq, p->exact, p->T, p->out, r0, r1);
-        if (!p->w_up)
-                return;
-        product_rows(fw, thread, p->w_up, p->x, &p->xq, p->exact, p->T, p->up, r0, r1);
-        const uint64_t rows = p->w->rows;
-        for (int64_t t = 0; t < p->T; t++) {
-                float *h = p->out + (uint64_t)t * rows;
-                const float *u = p->up + (uint64_t)t * rows;
-                for (unsigned long r = r0; r < r1; r++)
-                        h[r] = silu(h[r]) * u[r];
-                if (p->hq) /* r0 and r1 are whole 256-blocks (product_job_run's chunks) */
-                        quantize_row_act(p->hq_act, h + r0,
-                                         (char *)p->hq + ((uint64_t)t * (rows / QK_K) + r0 / QK_K) * quant_act_block_bytes(p->hq_act),
-                                         (int64_t)(r1 - r0));
-        }
-}
-
-static void product_part(void *ctx, unsigned thread, unsigned n_threads) {
-        ProductJob *j = ctx;
-        (void)n_threads;
-        if (j->node >= 0 && j->fw->numa->thread_node[thread] != j->node)
-                return;
-        const unsigned long n_chunks = j->p[j->n - 1].chunk_end;
-        unsigned k = 0;
-        for (;;) {
-                const unsigned long c = __atomic_fetch_add(&j->next_chunk, 1, __ATOMIC_RELAXED);
-                if (c >= n_chunks)
-                        return;
-                while (c >= j->p[k].chunk_end) /* chunks are taken in increasing order */
-                        k++;
-                const Product *p = &j->p[k];
-                const unsigned long first = k ? j->p[k - 1].chunk_end : 0, r0 = (c - first) * p->chunk_rows;
-                const unsigned long r1 = r0 + p->chunk_rows < p->w->rows ? r0 + p->chunk_rows : p->w->rows;
-                product_chunk(j->fw, thread, p, r0, r1);
-        }
-}
-
-/* The activation format in which W's int8 kernels take their input, or -1: W runs on the
- * float path (the path is off, W's type has no int8 kernel, or its rows are not whole
- * 256-blocks). */
-static int act_of(const Forward *fw, const Matrix *w) {
-        const QuantInt8Kernels *k = fw->int8 && w && w->cols % QK_K == 0 ? quant_int8(w->type) : NULL;
-        return k ? (int)k->act : -1;
-}
-
-/* x [T][cols] quantized into dst[act] in each format that one of the matrices w[0..n-1]
- * (NULLs skipped) reads it in. */
-static ActQ quantize_input(const Forward *fw, void *const dst[QUANT_ACT_COUNT_], const float *x, int64_t T, uint64_t cols,
-                           const Matrix *const *w, unsigned n) {
-        ActQ q = { { NULL } };
-        for (unsigned i = 0; i < n; i++) {
-                const int a = act_of(fw, w[i]);
-                if (a < 0 || q.q[a])
-                        continue;
-                const size_t row = cols / QK_K * quant_act_block_bytes((QuantAct)a);
-                for (int64_t t = 0; t < T; t++)
-                        quantize_row_act((QuantAct)a, x + (size_t)t * cols, (char *)dst[a] + (size_t)t * row, (int64_t)cols);
-                q.q[a] = dst[a];
-        }
-        return q;
-}
-
-/* Below this many multiply-adds a product runs on the calling thread: waking the pool
- * costs more than it saves (and a loaded machine makes every barrier expensive). */
-#define PARALLEL_MIN_WORK (1u << 20)
-
-/* Without NUMA placement a list's rows go in about this many chunks per thread. */
-#define MATMUL_CHUNKS_PER_THREAD 4
-
-static void product_job_init(ProductJob *j, Forward *fw, int node) {
-        j->fw = fw;
-        j->n = 0;
-        j->node = node >= 0 && fw->numa && fw->numa->node_threads[node] > 0 ? node : -1;
-        j->next_chunk = 0;
-}
-
-/* Adds a product (callers add at most PRODUCTS_MAX to a job: Q/K/V, or one per expert of a
- * group of at most PRODUCTS_MAX). Each matrix takes the int8 path when xq holds x in its
- * activation format; hq (SwiGLU pairs only, in format hq_act) is dropped unless the rows
- * are whole 256-blocks. */
-static void product_job_add(ProductJob *j, const Matrix *w, const Matrix *w_up, const float *x, ActQ xq,
-                            const uint8_t *exact, int64_t T, float *out, float *up, void *hq, QuantAct hq_act) {
-        j->p[j->n++] = (Product){ w, w_up, x, xq, j->fw->any_exact ? exact : NULL, T, out, up,
-                                  hq && w->rows % QK_K == 0 ? hq : NULL, hq_act, 0, 0 };
-}
-
-/* Cuts the list in chunks of about equal bytes and runs it (on the calling thread alone
- * when it is small). */
-static void product_job_run(ProductJob *j) {
-        Forward *fw = j->fw;
-        if (j->n == 0)
-                return;
-        uint64_t bytes = 0, work = 0;
-        for (unsigned k = 0; k < j->n; k++) {
-                const Product *p = &j->p[k];
-                const uint64_t n_mat = p->w_up ? 2 : 1;
-                bytes += n_mat * p->w->rows * p->w->row_bytes;
-                work += n_mat * p->w->rows * p->w->cols * (uint64_t)p->T;
-        }
-        const bool alone = work < PARALLEL_MIN_WORK;
-        const unsigned threads = alone ? 1 : j->node >= 0 ? fw->numa->node_threads[j->node] : pool_size(fw->pool);
-        const uint64_t chunk_bytes = bytes / ((uint64_t)threads * MATMUL_CHUNKS_PER_THREAD) + 1;
-        unsigned long end = 0;
-        for (unsigned k = 0; k < j->n; k++) {
-                Product *p = &j->p[k];
-                const unsigned long align = p->hq ? QK_K : 4; /* whole 256-blocks / 4-row groups */
-                const uint64_t row_bytes = (p->w_up ? 2 : 1) * p->w->row_bytes;
-                unsigned long rows = (unsigned long)((chunk_bytes + row_bytes - 1) / row_bytes);
-                rows = (rows + align - 1) / align * align;
-                p->chunk_rows = rows;
-                end += (unsigned long)((p->w->rows + rows - 1) / rows);
-                p->chunk_end = end;
-        }
-        if (alone) {
-                j->node = -1;
-                product_part(j, 0, 1);
-        } else {
-                pool_run(fw->pool, product_part, j);
-        }
-}
-
-/* out[t][r] = W[r] . x[t] over the pool, x quantized first (into the xq_in buffers) when W
- * takes the int8 path. */
-static void matmul_par(Forward *fw, const Matrix *w, const float *x, const uint8_t *exact, int64_t T, float *out) {
-        ProductJob j;
-        product_job_init(&j, fw, -1);
-        product_job_add(&j, w, NULL, x, quantize_input(fw, fw->xq_in, x, T, w->cols, &w, 1), exact, T, out, NULL, NULL,
-                        QUANT_ACT_Q8K);
-        product_job_run(&j);
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -776,14 +587,14 @@ static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const u
                         const uint32_t *n, unsigned count, const ActQ *xq) {
         const ModelConfig *c = &fw->m->cfg;
         const size_t D = c->n_embd, FF = c->n_ff, DB = D / QK_K, FB = FF / QK_K;
-        const int hact = act_of(fw, &L->down[ids[0]]); /* the experts of a layer share one type */
+        const int hact = product_act(&fw->pc, &L->down[ids[0]]); /* the experts of a layer share one type */
         const size_t hb = FB * quant_act_block_bytes(hact < 0 ? QUANT_ACT_Q8K : (QuantAct)hact);
         int node = -1;
-        if (fw->numa && c->n_expert && count == 1)
-                node = fw->numa->expert_node[(size_t)il * fw->numa->n_expert + ids[0]];
+        if (fw->pc.numa && c->n_expert && count == 1)
+                node = fw->pc.numa->expert_node[(size_t)il * fw->pc.numa->n_expert + ids[0]];
         ProductJob up, down;
-        product_job_init(&up, fw, node);
-        product_job_init(&down, fw, node);
+        product_job_init(&up, &fw->pc, node);
+        product_job_init(&down, &fw->pc, node);
         for (unsigned g = 0; g < count; g++) {
                 const uint32_t e = ids[g];
                 ActQ xg = { { NULL } };
@@ -830,7 +641,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         const size_t D = c->n_embd;
 
         const Matrix *readers[2] = { &L->gate[0], &L->up[0] }; /* the experts of a layer share their types */
-        const ActQ xq = quantize_input(fw, fw->xq_moe, fw->xb, T, D, readers, 2);
+        const ActQ xq = product_quantize(&fw->pc, fw->xq_moe, fw->xb, T, D, readers, 2);
         const size_t DB = D / QK_K;
         if (c->n_expert == 0) {
                 const uint32_t id = 0, base = 0, n = T;
@@ -843,10 +654,10 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         }
 
         const uint32_t E = c->n_expert, K = c->n_expert_used;
-        matmul_par(fw, &L->router, fw->xb, fw->row_exact, T, fw->router);
+        product_matmul(&fw->pc, fw->xq_in, &L->router, fw->xb, fw->row_exact, T, fw->router);
         route(fw, il, T);
 
-        const unsigned max_group = fw->numa ? 1 : PRODUCTS_MAX;
+        const unsigned max_group = fw->pc.numa ? 1 : PRODUCTS_MAX;
         const uint32_t group_rows = fw->max_rows < MOE_GROUP_ROWS ? fw->max_rows : MOE_GROUP_ROWS;
         uint32_t rows_of[MODEL_MAX_EXPERTS] = { 0 }; /* rows routed to each expert */
         for (uint32_t i = 0; i < T * K; i++)
@@ -899,7 +710,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
 static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         const ModelConfig *c = &fw->m->cfg;
         uint32_t T = 0;
-        fw->any_exact = false;
+        fw->pc.any_exact = false;
         if (n_items == 0 || n_items > fw->max_rows)
                 return -EINVAL;
         for (uint32_t i = 0; i < n_items; i++) {
@@ -918,8 +729,8 @@ static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                                 return -EINVAL;
                         fw->row_item[T] = i;
                         fw->row_pos[T] = kv->n_pos + t;
-                        fw->row_exact[T] = fw->int8 && fw->row_pos[T] < FORWARD_EXACT_POSITIONS;
-                        fw->any_exact |= fw->row_exact[T];
+                        fw->row_exact[T] = fw->pc.int8 && fw->row_pos[T] < FORWARD_EXACT_POSITIONS;
+                        fw->pc.any_exact |= fw->row_exact[T];
                         T++;
                 }
         }
@@ -950,9 +761,9 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 for (uint32_t t = 0; t < T; t++)
                         rmsnorm(fw->xb + t * D, fw->x + t * D, L->attn_norm, (int64_t)D, c->rms_eps);
                 const Matrix *qkv_w[3] = { &L->wq, &L->wk, &L->wv };
-                const ActQ xq = quantize_input(fw, fw->xq_in, fw->xb, T, D, qkv_w, 3);
+                const ActQ xq = product_quantize(&fw->pc, fw->xq_in, fw->xb, T, D, qkv_w, 3);
                 ProductJob qkv;
-                product_job_init(&qkv, fw, -1);
+                product_job_init(&qkv, &fw->pc, -1);
                 product_job_add(&qkv, &L->wq, NULL, fw->xb, xq, fw->row_exact, T, fw->q, NULL, NULL, QUANT_ACT_Q8K);
                 product_job_add(&qkv, &L->wk, NULL, fw->xb, xq, fw->row_exact, T, fw->k, NULL, NULL, QUANT_ACT_Q8K);
                 product_job_add(&qkv, &L->wv, NULL, fw->xb, xq, fw->row_exact, T, fw->v, NULL, NULL, QUANT_ACT_Q8K);
@@ -964,7 +775,7 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 kv_encode_batch(fw, items, T);
                 attention(fw, items, n_items, il, T);
                 kv_store(fw, items, il, T);
-                matmul_par(fw, &L->wo, fw->att, fw->row_exact, T, fw->xb);
+                product_matmul(&fw->pc, fw->xq_in, &L->wo, fw->att, fw->row_exact, T, fw->xb);
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->xb[i];
 
@@ -990,7 +801,7 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         if (n_out == 0)
                 return 0;
         const size_t V = c->n_vocab;
-        matmul_par(fw, &m->output, fw->xb, fw->out_exact, n_out, fw->logits);
+        product_matmul(&fw->pc, fw->xq_in, &m->output, fw->xb, fw->out_exact, n_out, fw->logits);
         for (uint32_t o = 0; o < n_out; o++) {
                 const uint32_t row = fw->logit_rows[o], i = fw->row_item[row];
                 float *dst = items[i].mode == FORWARD_LOGITS_ALL
