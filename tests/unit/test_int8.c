@@ -317,6 +317,45 @@ static void test_quantize(void **state) {
         print_message("ok   quantize_row_q8k: d = max/127, nearest q in [-127, 127], bsums, zero blocks, deterministic\n");
 }
 
+/* quantize_row_q8x: each 32 activations quantized on their own, exactly as a Q8_K block of
+ * those 32 values padded with zeros would be (same d, q and bsums), whatever the other
+ * blocks hold; an all-zero 32 gets d = 0 and zero quants. */
+static void test_quantize_q8x(void **state) {
+        uint64_t seed = 0x713878;
+        const int64_t n = 1024;
+        float *x = xmalloc((size_t)n * sizeof(float)), pad[QK_K];
+        BlockQ8X *y = xmalloc((size_t)(n / QK_K) * sizeof(BlockQ8X));
+        BlockQ8K k;
+        for (int rep = 0; rep < 32; rep++) {
+                float mag = 1.0f;
+                for (int64_t i = 0; i < n; i++) { /* a magnitude per 32 over 2^40 */
+                        if (i % 32 == 0)
+                                mag = (float)ldexp(1.0, (int)(rng_next(&seed) % 40) - 20);
+                        x[i] = mag * rng_normal(&seed);
+                }
+                if (rep % 4 == 1)
+                        memset(x + 64, 0, 32 * sizeof(float));
+                if (rep % 4 == 2)
+                        x[300] = NAN;
+                quantize_row_q8x(x, y, n);
+                for (int64_t j = 0; j < n / 32; j++) {
+                        memset(pad, 0, sizeof(pad));
+                        memcpy(pad, x + 32 * j, 32 * sizeof(float));
+                        quantize_row_q8k(pad, &k, QK_K);
+                        const BlockQ8X *b = &y[j / 8];
+                        const int o = (int)(j % 8);
+                        if (float_bits(b->d[o]) != float_bits(k.d))
+                                fail_msg("rep %d block %lld: d %.9g, want %.9g", rep, (long long)j, b->d[o], k.d);
+                        assert_memory_equal(b->qs + 32 * o, k.qs, 32);
+                        assert_int_equal(b->bsums[2 * o], k.bsums[0]);
+                        assert_int_equal(b->bsums[2 * o + 1], k.bsums[1]);
+                }
+        }
+        free(x);
+        free(y);
+        print_message("ok   quantize_row_q8x: each 32 scaled on its own, as Q8_K would, zero and NaN blocks\n");
+}
+
 /* ---------------------------------------------------------------------------------------
  * Every variant against the scalar reference, bit for bit. */
 
@@ -529,6 +568,7 @@ int main(void) {
                 cmocka_unit_test(test_selection),
                 cmocka_unit_test(test_half),
                 cmocka_unit_test(test_quantize),
+                cmocka_unit_test(test_quantize_q8x),
                 cmocka_unit_test(test_variants_exact),
                 cmocka_unit_test(test_variants_large),
                 cmocka_unit_test(test_accuracy),
