@@ -1217,6 +1217,35 @@ ATTR INLINE void FN(q2k_tile)(const BlockQ2_K *w, const BlockQ8K *x, int64_t xs,
         FN(k45_tile)((const uint8_t *)w, sizeof(BlockQ2_K), KQ_Q2K, x, xs, TT, acc, nb);
 }
 
+/* ---- Signed scales per group of 16 (Q6_K on 256-bit vectors, Q3_K): W[c] (chunk c: weights
+ * 32c .., groups 2c and 2c + 1) the unsigned quants; SC[c] their scales as int16, 8 lanes
+ * each (vpmaddubsw's int16 lanes 0..7 are group 2c, 8..15 group 2c + 1); S16 all 16 scales. */
+typedef struct FN(G16) {
+        __m256i W[8], SC[8], S16;
+} FN(G16);
+
+/* SC and S16 from the 16 signed scales. */
+ATTR INLINE void FN(g16_scales)(__m128i sc8, FN(G16) *d) {
+        _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++) {
+                const __m128i idx = _mm_or_si128(_mm_set1_epi8((char)(2 * c)),
+                                                 _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+                d->SC[c] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, idx));
+        }
+        d->S16 = _mm256_cvtepi8_epi16(sc8);
+}
+
+/* isum spread over 8 lanes: sum sc q x - (sum sc bsums) << off_shift (the quants' offset:
+ * 32 = 1 << 5 for Q6_K, 4 = 1 << 2 for Q3_K) */
+ATTR INLINE __m256i FN(g16_item)(const FN(G16) *d, const BlockQ8K *xb, int off_shift) {
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+        _Pragma("GCC unroll 4") for (int c = 0; c < 8; c += 2) {
+                s0 = FN(madd_acc256)(s0, _mm256_maddubs_epi16(d->W[c], load256(xb->qs + 32 * c)), d->SC[c]);
+                s1 = FN(madd_acc256)(s1, _mm256_maddubs_epi16(d->W[c + 1], load256(xb->qs + 32 * c + 32)), d->SC[c + 1]);
+        }
+        const __m256i ms = _mm256_madd_epi16(load256(xb->bsums), d->S16);
+        return _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_slli_epi32(ms, off_shift));
+}
+
 #if W512
 /* acc + sum over pairs of p (int16) * s (int16), as int32 lanes */
 ATTR INLINE __m512i FN(madd_acc512)(__m512i acc, __m512i p, __m512i s) {
@@ -1309,9 +1338,7 @@ ATTR INLINE __m256i FN(q8_0_item)(const FN(Q80) *d, const BlockQ8X *xb) {
 
 /* ---- Q6_K, 256-bit: per half h, four ymm of quants 0..63: W[4h + p] = weights 128h + 32p ..,
  * groups 8h + 2p and 8h + 2p + 1; SC[4h + p] their scales as int16, 8 lanes each. */
-typedef struct FN(Q6) {
-        __m256i W[8], SC[8], S16;
-} FN(Q6);
+typedef FN(G16) FN(Q6);
 
 ATTR INLINE void FN(q6k_decode)(const BlockQ6_K *blk, FN(Q6) *d) {
         const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
@@ -1324,24 +1351,12 @@ ATTR INLINE void FN(q6k_decode)(const BlockQ6_K *blk, FN(Q6) *d) {
                 d->W[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                                   _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
         }
-        const __m128i sc8 = _mm_loadu_si128((const __m128i *)blk->scales);
-        _Pragma("GCC unroll 8") for (int p = 0; p < 8; p++) {
-                const __m128i idx = _mm_or_si128(_mm_set1_epi8((char)(2 * p)),
-                                                 _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
-                d->SC[p] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, idx));
-        }
-        d->S16 = _mm256_cvtepi8_epi16(sc8);
+        FN(g16_scales)(_mm_loadu_si128((const __m128i *)blk->scales), d);
 }
 
 /* isum spread over 8 lanes: sum sc q x - 32 sum sc bsums */
 ATTR INLINE __m256i FN(q6k_item)(const FN(Q6) *d, const BlockQ8K *xb) {
-        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-        _Pragma("GCC unroll 4") for (int p = 0; p < 8; p += 2) {
-                s0 = FN(madd_acc256)(s0, _mm256_maddubs_epi16(d->W[p], load256(xb->qs + 32 * p)), d->SC[p]);
-                s1 = FN(madd_acc256)(s1, _mm256_maddubs_epi16(d->W[p + 1], load256(xb->qs + 32 * p + 32)), d->SC[p + 1]);
-        }
-        const __m256i ms = _mm256_madd_epi16(load256(xb->bsums), d->S16);
-        return _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_slli_epi32(ms, 5));
+        return FN(g16_item)(d, xb, 5);
 }
 
 #endif /* W512 */
@@ -1419,12 +1434,9 @@ ATTR INLINE void FN(q5_1_tile)(const BlockQ5_1 *w, const BlockQ8X *x, int64_t xs
         LEG_TILE_BODY(FN(L8), FN(q5_1_decode), FN(leg_item), 1);
 }
 
-/* ---- Q3_K, 256-bit for every instruction set: W[c] (chunk c = 4h + j: weights 128h + 32j
- * .., groups 2c and 2c + 1) the unsigned u = q2 + 4 hbit (0..7); SC[c] their signed scales
- * as int16, 8 lanes each; S16 all 16 scales. */
-typedef struct FN(Q3) {
-        __m256i W[8], SC[8], S16;
-} FN(Q3);
+/* ---- Q3_K, 256-bit for every instruction set, in the G16 layout: W[c] (c = 4h + j: weights
+ * 128h + 32j ..) the unsigned u = q2 + 4 hbit (0..7). */
+typedef FN(G16) FN(Q3);
 
 ATTR INLINE void FN(q3k_decode)(const BlockQ3_K *blk, FN(Q3) *d) {
         const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
@@ -1439,24 +1451,12 @@ ATTR INLINE void FN(q3k_decode)(const BlockQ3_K *blk, FN(Q3) *d) {
         }
         int8_t sc[16];
         quant_q3_k_scales(blk->scales, sc);
-        const __m128i sc8 = _mm_loadu_si128((const __m128i *)sc);
-        _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++) {
-                const __m128i idx = _mm_or_si128(_mm_set1_epi8((char)(2 * c)),
-                                                 _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
-                d->SC[c] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, idx));
-        }
-        d->S16 = _mm256_cvtepi8_epi16(sc8);
+        FN(g16_scales)(_mm_loadu_si128((const __m128i *)sc), d);
 }
 
 /* isum spread over 8 lanes: sum sc u x - 4 sum sc bsums */
 ATTR INLINE __m256i FN(q3k_item)(const FN(Q3) *d, const BlockQ8K *xb) {
-        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-        _Pragma("GCC unroll 4") for (int c = 0; c < 8; c += 2) {
-                s0 = FN(madd_acc256)(s0, _mm256_maddubs_epi16(d->W[c], load256(xb->qs + 32 * c)), d->SC[c]);
-                s1 = FN(madd_acc256)(s1, _mm256_maddubs_epi16(d->W[c + 1], load256(xb->qs + 32 * c + 32)), d->SC[c + 1]);
-        }
-        const __m256i ms = _mm256_madd_epi16(load256(xb->bsums), d->S16);
-        return _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_slli_epi32(ms, 2));
+        return FN(g16_item)(d, xb, 2);
 }
 
 ATTR INLINE void FN(q3k_tile)(const BlockQ3_K *w, const BlockQ8K *x, int64_t xs, int TT, float *acc, int64_t nb) {
