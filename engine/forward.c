@@ -59,6 +59,7 @@ struct Forward {
         /* per thread */
         float **row_tmp;          /* [threads][max(D, FF, H*hd, V)] dequantized weight row */
         AttnScratch *attn;        /* [threads] */
+        ForwardAttnSplit attn_split;
         /* attention split over key blocks (few rows), NULL with one thread: per item */
         float *part_m;            /* [ATTN_SPLIT_MAX_ITEMS][group] a block's largest scores */
         double *part_s;           /* [ATTN_SPLIT_MAX_ITEMS][group] its sums of exponentials */
@@ -69,7 +70,6 @@ struct Forward {
         void *route_data;
         const NumaPlan *numa;     /* borrowed; NULL: any thread runs any expert */
         bool int8;                /* quantize activations to 8 bits for the weight types that allow it */
-        ForwardAttnSplit attn_split;
         BlockQ8K *xq_in;          /* [T][max(D, H*hd)/256] a product's input, quantized */
         BlockQ8K *xq_moe;         /* [T][D/256] the feed-forward input, quantized */
         BlockQ8K *xq_e;           /* [T][D/256] rows gathered for one expert */
@@ -236,10 +236,6 @@ void forward_set_int8(Forward *fw, bool on) {
         fw->int8 = on;
 }
 
-void forward_set_attn_split(Forward *fw, ForwardAttnSplit mode) {
-        fw->attn_split = mode;
-}
-
 float *forward_logits_buffer(Forward *fw) {
         return fw->logits;
 }
@@ -250,6 +246,10 @@ uint32_t forward_max_rows(const Forward *fw) {
 
 uint32_t forward_max_chunk(const Forward *fw, const KVCache *kv) {
         return fw->max_rows < kv->n_roll ? fw->max_rows : kv->n_roll;
+}
+
+void forward_set_attn_split(Forward *fw, ForwardAttnSplit mode) {
+        fw->attn_split = mode;
 }
 
 /* ------------------------------------------------------------------ matrix products */
