@@ -55,6 +55,8 @@ static const Setting settings[] = {
           "directory for sessions saved at stop and restored at start (default $STATE_DIRECTORY; 'none': not kept)" },
         { "threads", SET_UINT, U(threads), 1, DAEMON_MAX_THREADS, "worker threads (default: online CPUs)" },
         { "kv-budget", SET_BYTES, U(kv_budget), 1 << 20, 1ull << 46, "bytes of KV cache for all sessions (K/M/G suffixes)" },
+        { "kv-type", SET_KV_TYPE, U(kv_type), 0, 0,
+          "KV cache numbers: f16 (default), q8_0 (about half the bytes of f16) or f32" },
         { "max-sessions", SET_UINT, U(max_sessions), 1, 1 << 20, "named sessions, all users" },
         { "max-sessions-per-uid", SET_UINT, U(max_sessions_per_uid), 1, 1 << 20, "named sessions per user" },
         { "max-connections", SET_UINT, U(max_connections), 1, 1 << 16, "open client connections" },
@@ -66,8 +68,6 @@ static const Setting settings[] = {
         { "exact", SET_UINT, U(exact), 0, 1,
           "1: float activations everywhere, the exact reference path (2-3x slower); 0: 8-bit activations" },
         { "int8", SET_UINT, U(int8), 0, 1, "deprecated: 'int8 = 0' is 'exact = 1' (8-bit activations are the default)" },
-        { "kv-type", SET_KV_TYPE, U(kv_type), 0, 0,
-          "KV cache numbers: f16 (default), q8_0 (about half the bytes of f16) or f32" },
         { "socket-mode", SET_OCTAL, U(socket_mode), 0, 0777, "permissions of a socket mixd creates (octal)" },
 };
 #undef U

@@ -13,6 +13,7 @@ typedef struct Config {
         char *state_dir;             /* where sessions are saved at stop (default $STATE_DIRECTORY) */
         uint64_t threads;            /* worker threads */
         uint64_t kv_budget;          /* bytes of KV cache, all sessions */
+        char *kv_type;               /* "f16", "q8_0" or "f32": KV cache storage (NULL: f16) */
         uint64_t max_sessions;       /* named sessions, all users */
         uint64_t max_sessions_per_uid;
         uint64_t max_connections;
@@ -24,7 +25,6 @@ typedef struct Config {
         uint64_t exact;              /* 1: float activations everywhere (the exact path) */
         uint64_t int8;               /* deprecated: 0 means exact = 1 */
         char *hugepages;             /* "auto" or "off": re-read the model for 2 MiB pages at load */
-        char *kv_type;               /* "f16", "q8_0" or "f32": KV cache storage (NULL: f16) */
 } Config;
 
 void config_defaults(Config *c);

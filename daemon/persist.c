@@ -205,7 +205,7 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
         const ModelConfig *c = &t->m->cfg;
         uint32_t file_row_bytes;
         if (kv_row_bytes(file_type, c->head_dim, &file_row_bytes) < 0) {
-                *why = "unknown KV type";
+                *why = "unknown KV type, or one this model's head size cannot take";
                 goto out;
         }
         h.id[sizeof(h.id) - 1] = '\0';

@@ -62,6 +62,7 @@ struct Forward {
         uint8_t *out_exact;       /* [T] the same for the rows of the output head */
         /* per thread */
         AttnScratch *attn;        /* [threads] */
+        ForwardAttnSplit attn_split;
         /* attention split over key blocks (few rows), NULL with one thread: per item */
         float *part_m;            /* [ATTN_SPLIT_MAX_ITEMS][group] a block's largest scores */
         double *part_s;           /* [ATTN_SPLIT_MAX_ITEMS][group] its sums of exponentials */
@@ -71,7 +72,6 @@ struct Forward {
         ForwardRouteFn route_fn;
         void *route_data;
         ProductCtx pc;            /* the products' pool, NUMA plan, 8-bit switch, row scratch */
-        ForwardAttnSplit attn_split;
         /* The same inputs quantized, one buffer per activation format (QuantAct): */
         void *xq_in[QUANT_ACT_COUNT_];  /* [T][max(D, H*hd)/256] blocks: a product's input */
         void *xq_moe[QUANT_ACT_COUNT_]; /* [T][D/256] the feed-forward input */
@@ -253,10 +253,6 @@ void forward_set_int8(Forward *fw, bool on) {
         fw->pc.int8 = on;
 }
 
-void forward_set_attn_split(Forward *fw, ForwardAttnSplit mode) {
-        fw->attn_split = mode;
-}
-
 float *forward_logits_buffer(Forward *fw) {
         return fw->logits;
 }
@@ -267,6 +263,10 @@ uint32_t forward_max_rows(const Forward *fw) {
 
 uint32_t forward_max_chunk(const Forward *fw, const KVCache *kv) {
         return fw->max_rows < kv->n_roll ? fw->max_rows : kv->n_roll;
+}
+
+void forward_set_attn_split(Forward *fw, ForwardAttnSplit mode) {
+        fw->attn_split = mode;
 }
 
 /* ------------------------------------------------------------------ attention */
