@@ -704,6 +704,49 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         }
 }
 
+/* ------------------------------------------------------------------ the blocks of a layer */
+
+/* Attention block of layer il over the batch's T rows: xb = norm(x); q, k, v = Wq, Wk, Wv xb
+ * (one product list); RoPE on q and k; each row attends to its keys (cache + this batch);
+ * the batch's keys and values go to their slots; x += Wo att.
+ * Shapes: x, xb [T][D]; q, att [T][H][hd]; k, v [T][KV][hd]. */
+static void attention_block(Forward *fw, const ForwardItem *items, uint32_t n_items, uint32_t il, uint32_t T) {
+        const ModelConfig *c = &fw->m->cfg;
+        const LayerWeights *L = &fw->m->layers[il];
+        const size_t D = c->n_embd, Q = (size_t)c->n_head * c->head_dim, KVD = (size_t)c->n_head_kv * c->head_dim;
+        for (uint32_t t = 0; t < T; t++)
+                rmsnorm(fw->xb + t * D, fw->x + t * D, L->attn_norm, (int64_t)D, c->rms_eps);
+        const Matrix *qkv_w[3] = { &L->wq, &L->wk, &L->wv };
+        const ActQ xq = product_quantize(&fw->pc, fw->xq_in, fw->xb, T, D, qkv_w, 3);
+        ProductJob qkv;
+        product_job_init(&qkv, &fw->pc, -1);
+        product_job_add(&qkv, &L->wq, NULL, fw->xb, xq, fw->row_exact, T, fw->q, NULL, NULL, QUANT_ACT_Q8K);
+        product_job_add(&qkv, &L->wk, NULL, fw->xb, xq, fw->row_exact, T, fw->k, NULL, NULL, QUANT_ACT_Q8K);
+        product_job_add(&qkv, &L->wv, NULL, fw->xb, xq, fw->row_exact, T, fw->v, NULL, NULL, QUANT_ACT_Q8K);
+        product_job_run(&qkv);
+        for (uint32_t t = 0; t < T; t++) {
+                rope(fw->q + t * Q, c->n_head, c->head_dim, fw->row_pos[t], fw->inv_freq);
+                rope(fw->k + t * KVD, c->n_head_kv, c->head_dim, fw->row_pos[t], fw->inv_freq);
+        }
+        kv_encode_batch(fw, items, T);
+        attention(fw, items, n_items, il, T);
+        kv_store(fw, items, il, T);
+        product_matmul(&fw->pc, fw->xq_in, &L->wo, fw->att, fw->row_exact, T, fw->xb);
+        for (size_t i = 0; i < T * D; i++)
+                fw->x[i] += fw->xb[i];
+}
+
+/* Feed-forward block of layer il: xb = norm(x); x += sum over the row's k experts of
+ * w_e expert_e(xb). Shapes: x, xb [T][D]. */
+static void moe_block(Forward *fw, uint32_t il, uint32_t T) {
+        const ModelConfig *c = &fw->m->cfg;
+        const LayerWeights *L = &fw->m->layers[il];
+        const size_t D = c->n_embd;
+        for (uint32_t t = 0; t < T; t++)
+                rmsnorm(fw->xb + t * D, fw->x + t * D, L->ffn_norm, (int64_t)D, c->rms_eps);
+        moe(fw, L, il, T);
+}
+
 /* ------------------------------------------------------------------ the step */
 
 /* Lay out the batch's rows; -EINVAL if it does not fit. Returns the row count. */
@@ -740,7 +783,7 @@ static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
 int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         const Model *m = fw->m;
         const ModelConfig *c = &m->cfg;
-        const size_t D = c->n_embd, Q = (size_t)c->n_head * c->head_dim, KVD = (size_t)c->n_head_kv * c->head_dim;
+        const size_t D = c->n_embd;
         const int r = layout(fw, items, n_items);
         if (r < 0)
                 return r;
@@ -755,34 +798,8 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         }
 
         for (uint32_t il = 0; il < c->n_layer; il++) {
-                const LayerWeights *L = &m->layers[il];
-
-                /* attention block: xb = norm(x); q,k,v projections; RoPE; attend; x += wo att */
-                for (uint32_t t = 0; t < T; t++)
-                        rmsnorm(fw->xb + t * D, fw->x + t * D, L->attn_norm, (int64_t)D, c->rms_eps);
-                const Matrix *qkv_w[3] = { &L->wq, &L->wk, &L->wv };
-                const ActQ xq = product_quantize(&fw->pc, fw->xq_in, fw->xb, T, D, qkv_w, 3);
-                ProductJob qkv;
-                product_job_init(&qkv, &fw->pc, -1);
-                product_job_add(&qkv, &L->wq, NULL, fw->xb, xq, fw->row_exact, T, fw->q, NULL, NULL, QUANT_ACT_Q8K);
-                product_job_add(&qkv, &L->wk, NULL, fw->xb, xq, fw->row_exact, T, fw->k, NULL, NULL, QUANT_ACT_Q8K);
-                product_job_add(&qkv, &L->wv, NULL, fw->xb, xq, fw->row_exact, T, fw->v, NULL, NULL, QUANT_ACT_Q8K);
-                product_job_run(&qkv);
-                for (uint32_t t = 0; t < T; t++) {
-                        rope(fw->q + t * Q, c->n_head, c->head_dim, fw->row_pos[t], fw->inv_freq);
-                        rope(fw->k + t * KVD, c->n_head_kv, c->head_dim, fw->row_pos[t], fw->inv_freq);
-                }
-                kv_encode_batch(fw, items, T);
-                attention(fw, items, n_items, il, T);
-                kv_store(fw, items, il, T);
-                product_matmul(&fw->pc, fw->xq_in, &L->wo, fw->att, fw->row_exact, T, fw->xb);
-                for (size_t i = 0; i < T * D; i++)
-                        fw->x[i] += fw->xb[i];
-
-                /* feed-forward block: xb = norm(x); x += sum_k w_k expert_k(xb) */
-                for (uint32_t t = 0; t < T; t++)
-                        rmsnorm(fw->xb + t * D, fw->x + t * D, L->ffn_norm, (int64_t)D, c->rms_eps);
-                moe(fw, L, il, T);
+                attention_block(fw, items, n_items, il, T);
+                moe_block(fw, il, T);
         }
         for (uint32_t i = 0; i < n_items; i++)
                 items[i].kv->n_pos += items[i].n_tokens;
