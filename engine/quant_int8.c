@@ -333,6 +333,12 @@ static float dot_q5_1_scalar(const void *restrict w, const void *restrict x, int
         return dot_leg_ref(GGML_TYPE_Q5_1, sizeof(BlockQ5_1), w, x, n);
 }
 
+/* The 2-bit quant of weight i (0..255) of a Q2_K / Q3_K super-block's qs (as ggml lays them
+ * out: byte 32 (i / 128) + i % 32, bits 2 ((i % 128) / 32)). */
+static inline int k2_quant(const uint8_t *qs, int i) {
+        return (qs[32 * (i / 128) + i % 32] >> (2 * ((i % 128) / 32))) & 3;
+}
+
 /* Q2_K: 16 groups of 16; group g = weights 16g .., q = (qs[32 (g / 8) + l] >> 2 ((g / 2) % 4)) & 3
  * (l < 32 the weight's place in its 32); isum = sum_g sc_g S_g, msum = sum_g m_g X_g (sc, m
  * the low and high nibbles of scales[g]), combined as Q4_K's. */
@@ -344,10 +350,8 @@ static float dot_q2k_scalar(const void *restrict vw, const void *restrict vx, in
                 int32_t isum = 0, msum = 0;
                 for (int g = 0; g < 16; g++) {
                         int32_t s = 0;
-                        for (int i = 16 * g; i < 16 * g + 16; i++) {
-                                const int half = i / 128, j = (i % 128) / 32, l = i % 32;
-                                s += ((w[b].qs[32 * half + l] >> (2 * j)) & 3) * x[b].qs[i];
-                        }
+                        for (int i = 16 * g; i < 16 * g + 16; i++)
+                                s += k2_quant(w[b].qs, i) * x[b].qs[i];
                         isum += (w[b].scales[g] & 15) * s;
                         msum += (w[b].scales[g] >> 4) * x[b].bsums[g];
                 }
@@ -369,11 +373,8 @@ static float dot_q3k_scalar(const void *restrict vw, const void *restrict vx, in
                 int32_t raw = 0, msum = 0;
                 for (int g = 0; g < 16; g++) {
                         int32_t s = 0;
-                        for (int i = 16 * g; i < 16 * g + 16; i++) {
-                                const int half = i / 128, j = (i % 128) / 32, l = i % 32;
-                                const int u = ((w[b].qs[32 * half + l] >> (2 * j)) & 3) + 4 * ((w[b].hmask[l] >> (4 * half + j)) & 1);
-                                s += u * x[b].qs[i];
-                        }
+                        for (int i = 16 * g; i < 16 * g + 16; i++) /* the high bit: bit (i / 32) of hmask[i % 32] */
+                                s += (k2_quant(w[b].qs, i) + 4 * ((w[b].hmask[i % 32] >> (i / 32)) & 1)) * x[b].qs[i];
                         raw += sc[g] * s;
                         msum += sc[g] * x[b].bsums[g];
                 }
