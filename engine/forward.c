@@ -383,19 +383,8 @@ static void attend_block(const Forward *fw, const ForwardItem *items, uint32_t i
                               ATTN_KEY_BLOCK);
                 n += runs[k].n;
         }
-        for (uint32_t g = 0; g < group; g++) {
-                float *sc = scores + (size_t)g * ATTN_KEY_BLOCK, max = sc[0];
-                for (int64_t j = 1; j < n; j++)
-                        if (sc[j] > max)
-                                max = sc[j];
-                double sum = 0.0;
-                for (int64_t j = 0; j < n; j++) {
-                        sc[j] = expf(sc[j] - max);
-                        sum += sc[j];
-                }
-                m[g] = max;
-                s[g] = sum;
-        }
+        for (uint32_t g = 0; g < group; g++)
+                s[g] = exp_shifted(scores + (size_t)g * ATTN_KEY_BLOCK, n, &m[g]);
 
         memset(o, 0, (size_t)group * hd * sizeof(float));
         n = 0;

@@ -207,7 +207,7 @@ double log_softmax_at(const float *logits, uint32_t n, int32_t index) {
         return (double)logits[index] - max - log(sum);
 }
 
-void softmax(float *x, int64_t n) {
+double exp_shifted(float *x, int64_t n, float *ret_max) {
         float max = x[0];
         for (int64_t i = 1; i < n; i++)
                 if (x[i] > max)
@@ -217,6 +217,13 @@ void softmax(float *x, int64_t n) {
                 x[i] = expf(x[i] - max);
                 sum += x[i];
         }
+        *ret_max = max;
+        return sum;
+}
+
+void softmax(float *x, int64_t n) {
+        float max;
+        const double sum = exp_shifted(x, n, &max);
         const float inv = (float)(1.0 / sum);
         for (int64_t i = 0; i < n; i++)
                 x[i] *= inv;

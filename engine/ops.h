@@ -42,6 +42,9 @@ void attn_axpy_many(uint32_t type, float *out, uint32_t n_q, const float *p, int
 void rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
 /* log softmax(logits)[index], computed in double. */
 double log_softmax_at(const float *logits, uint32_t n, int32_t index);
+/* x[i] = expf(x[i] - max) in place over n >= 1 values; returns their sum (in double) and the
+ * max in *ret_max: softmax without the division, for softmaxes merged block by block. */
+double exp_shifted(float *x, int64_t n, float *ret_max);
 /* In-place softmax over n values. */
 void softmax(float *x, int64_t n);
 /* Rotate adjacent pairs (x[2i], x[2i+1]) of each of n_heads heads by pos * inv_freq[i]. */
