@@ -354,7 +354,7 @@ static void kv_dot_scalar(const float *q, uint32_t n_q, const void *k, size_t k_
         }
 }
 
-static void kv_axpy_scalar(float *out, uint32_t n_q, const float *p, int64_t ld, const void *v, size_t v_stride,
+void quant_kv_axpy_scalar(float *out, uint32_t n_q, const float *p, int64_t ld, const void *v, size_t v_stride,
                            int64_t n_k, int64_t n, uint32_t type) {
         float row[MODEL_MAX_HEAD_DIM];
         for (int64_t i = 0; i < n_k; i++) {
@@ -377,7 +377,7 @@ static void kv_axpy_scalar(float *out, uint32_t n_q, const float *p, int64_t ld,
         }                                                                                            \
         static void kv_axpy_##suffix##_scalar(float *out, uint32_t n_q, const float *p, int64_t ld, const void *v, \
                                               size_t v_stride, int64_t n_k, int64_t n) {             \
-                kv_axpy_scalar(out, n_q, p, ld, v, v_stride, n_k, n, T);                             \
+                quant_kv_axpy_scalar(out, n_q, p, ld, v, v_stride, n_k, n, T);                             \
         }
 
 DEFINE_KV_SCALAR(f32, GGML_TYPE_F32)

@@ -220,6 +220,11 @@ KVAxpyFn quant_simd_kv_axpy(uint32_t type, QuantIsa isa);
 int quant_simd_cpu_has(QuantIsa isa);
 /* The portable dot_f32 (8 float accumulators), in quant.c. */
 float quant_dot_f32_scalar(const float *a, const float *b, int64_t n);
+/* The portable KV value sums, in quant.c (also the SIMD variants' fallback for head sizes
+ * their register kernels do not cover): per key i, each row decoded (kv_decode), then
+ * out[g][j] += p[g * ld + i] * row[j], a multiply and an add per number, key after key. */
+void quant_kv_axpy_scalar(float *out, uint32_t n_q, const float *p, int64_t ld, const void *v, size_t v_stride,
+                          int64_t n_k, int64_t n, uint32_t type);
 
 /* The 16 six-bit Q3_K scales (stored in 12 bytes) as signed values (-32..31). */
 void quant_q3_k_scales(const uint8_t packed[12], int8_t out[16]);

@@ -89,21 +89,6 @@ INLINE size_t kv_row_size(uint32_t T, int64_t n) {
         return T == GGML_TYPE_F32 ? (size_t)n * 4 : T == GGML_TYPE_F16 ? (size_t)n * 2 : (size_t)n / QK8_0 * sizeof(BlockQ8_0);
 }
 
-/* Values for head sizes the register kernels do not cover: each row decoded, then a multiply
- * and an add per number, key after key. */
-static void kv_axpy_rows_plain(float *out, uint32_t n_q, const float *p, int64_t ld, const void *v, size_t v_stride,
-                               int64_t n_k, int64_t n, uint32_t T) {
-        float row[MODEL_MAX_HEAD_DIM];
-        for (int64_t i = 0; i < n_k; i++) {
-                kv_decode(T, (const uint8_t *)v + (size_t)i * v_stride, (size_t)n, row);
-                for (uint32_t g = 0; g < n_q; g++) {
-                        float *y = out + (size_t)g * n;
-                        const float a = p[g * ld + i];
-                        for (int64_t j = 0; j < n; j++)
-                                y[j] = y[j] + a * row[j];
-                }
-        }
-}
 
 
 /* =======================================================================================
@@ -658,7 +643,7 @@ AVX512 INLINE void kv_axpy_nv_avx512(float *out, uint32_t n_q, const float *p, i
                 case 64: kv_axpy_nv_avx512(out, n_q, p, ld, v, v_stride, n_k, T, 4); return;         \
                 case 32: kv_axpy_nv_avx512(out, n_q, p, ld, v, v_stride, n_k, T, 2); return;         \
                 }                                                                                    \
-                kv_axpy_rows_plain(out, n_q, p, ld, v, v_stride, n_k, n, T);                         \
+                quant_kv_axpy_scalar(out, n_q, p, ld, v, v_stride, n_k, n, T);                         \
         }
 
 DEFINE_KV_AVX512(f32, GGML_TYPE_F32)
@@ -1097,7 +1082,7 @@ AVX2_DQ INLINE void kv_axpy_tile_avx2(float *out, int64_t n, const float *p, int
 AVX2_DQ INLINE void kv_axpy_avx2(float *out, uint32_t n_q, const float *p, int64_t ld, const void *v, size_t v_stride,
                                  int64_t n_k, int64_t n, const uint32_t T) {
         if (n % 16 != 0) {
-                kv_axpy_rows_plain(out, n_q, p, ld, v, v_stride, n_k, n, T);
+                quant_kv_axpy_scalar(out, n_q, p, ld, v, v_stride, n_k, n, T);
                 return;
         }
         for (int64_t i0 = 0; i0 < n_k; i0 += KV_AXPY_KEYS) {
