@@ -723,7 +723,8 @@ def daemon_bench(mixd, model, traffic, budget_s, extra):
 
 # ----------------------------------------------------------------------------- the probe as a ceiling
 
-PROBE_KEYS = ("threads", "plain", "kernel", "buffer_mib", "passes", "huge_page_bytes", "elapsed_s", "thread_counts")
+PROBE_KEYS = ("threads", "plain", "kernel", "buffer_mib", "passes", "extra_passes", "finalists", "huge_page_bytes",
+              "elapsed_s", "thread_counts")
 
 
 def probe_summary(runs):
