@@ -85,7 +85,7 @@ run: deps
 test: deps
 	$(MAKE) MODE=asan all unit
 	$(MAKE) MODE=tsan all build/tsan/tests/test_pool
-	$(MAKE) MODE=rel all
+	$(MAKE) MODE=rel all build/rel/tests/test_forward
 	FIXTURES=$(FIXTURES) PYTHON=$(PYTHON) bash tests/run.sh
 
 fuzz:

@@ -21,10 +21,11 @@
 #include "model.h"
 #include "ops.h"
 #include "pool.h"
+#include "quant_int8.h"
 #include "session.h"
 
 enum { BOPT_PP = 2000, BOPT_TG, BOPT_REPEAT, BOPT_CHUNK, BOPT_NO_PER_TOKEN, BOPT_PER_TOKEN_REPEAT,
-       BOPT_SEED, BOPT_CTX, BOPT_KV_BUDGET, BOPT_BUDGET, BOPT_INT8, BOPT_HUGEPAGES };
+       BOPT_SEED, BOPT_CTX, BOPT_KV_BUDGET, BOPT_BUDGET, BOPT_INT8, BOPT_EXACT, BOPT_HUGEPAGES, BOPT_KV_TYPE };
 
 #define BENCH_MAX_REPEAT 100
 
@@ -38,6 +39,7 @@ typedef struct BenchOpts {
         uint64_t seed;
         uint32_t capacity;
         uint64_t kv_budget;
+        uint32_t kv_type;            /* KV cache storage type (kv.h) */
 } BenchOpts;
 
 static double now_s(void) {
@@ -155,7 +157,9 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                 { "kv-budget", required_argument, NULL, BOPT_KV_BUDGET },
                 { "budget", required_argument, NULL, BOPT_BUDGET },
                 { "int8", no_argument, NULL, BOPT_INT8 },
+                { "exact", no_argument, NULL, BOPT_EXACT },
                 { "hugepages", required_argument, NULL, BOPT_HUGEPAGES },
+                { "kv-type", required_argument, NULL, BOPT_KV_TYPE },
                 { "help", no_argument, NULL, 'h' },
                 { 0 },
         };
@@ -200,8 +204,11 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                                 return EXIT_USAGE;
                         }
                         break;
-                case BOPT_INT8:
+                case BOPT_INT8: /* the default */
                         o->int8 = 1;
+                        break;
+                case BOPT_EXACT:
+                        o->int8 = 0;
                         break;
                 case BOPT_HUGEPAGES:
                         if (strcmp(optarg, "auto") != 0 && strcmp(optarg, "off") != 0) {
@@ -232,6 +239,12 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                                 return EXIT_USAGE;
                         }
                         break;
+                case BOPT_KV_TYPE:
+                        if (kv_type_parse(optarg, &o->kv_type) < 0) {
+                                cli_error("--kv-type must be f16, q8_0 or f32");
+                                return EXIT_USAGE;
+                        }
+                        break;
                 case BOPT_BUDGET: {
                         float f;
                         if (cli_parse_float(optarg, 0, 1e6, &f) < 0) {
@@ -259,7 +272,9 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
                                "  --seed N               seed of the random prompt (default 1)\n"
                                "  --ctx N                positions the session keeps (default: the model's)\n"
                                "  --kv-budget BYTES      most bytes of KV cache (default 4 GiB)\n"
-                               "  --int8                 8-bit activations for quantized weights (mixd's int8 = 1)\n"
+                               "  --exact                float activations everywhere (mixd's exact = 1); the\n"
+                               "                         default quantizes activations to 8 bits, as mixd does\n"
+                               "  --kv-type TYPE         KV cache numbers: f16 (default, as mixd), q8_0 or f32\n"
                                "  --hugepages auto|off   auto (default, as mixd): re-read a model mostly mapped\n"
                                "                         with 4 KiB pages so it maps with 2 MiB pages\n",
                                FORWARD_MAX_CHUNK);
@@ -288,7 +303,7 @@ static int parse_opts(int argc, char **argv, BenchOpts *o) {
 int cmd_bench(int argc, char **argv) {
         BenchOpts o = { .pp = 512, .tg = 128, .repeat = 3, .per_token_repeat = 0, .threads = 0,
                         .chunk = FORWARD_MAX_CHUNK, .per_token = 1, .seed = 1, .kv_budget = KV_DEFAULT_BUDGET,
-                        .hugepages = 1 };
+                        .hugepages = 1, .int8 = 1, .kv_type = KV_TYPE_DEFAULT };
         int ex = parse_opts(argc, argv, &o);
         if (ex)
                 return ex < 0 ? EXIT_OK : ex;
@@ -329,7 +344,7 @@ int cmd_bench(int argc, char **argv) {
                 const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
                 o.threads = cpus > 0 ? cpus : 1;
         }
-        r = session_new(m, o.capacity, o.kv_budget, &s);
+        r = session_new(m, o.capacity, o.kv_budget, o.kv_type, &s);
         if (r == 0)
                 r = pool_new((unsigned)o.threads, &pool);
         if (r == 0)
@@ -337,7 +352,10 @@ int cmd_bench(int argc, char **argv) {
         if (r == 0 && o.per_token)
                 r = forward_new(m, 1, s->kv->n_slots, pool, &fw1);
         if (r < 0) {
-                cli_error("cannot create a session: %s", r == -E2BIG ? "KV budget too small for this model" : strerror(-r));
+                cli_error("cannot create a session: %s",
+                          r == -E2BIG    ? "KV budget too small for this model"
+                          : r == -EINVAL ? "this KV type does not fit the model's head size"
+                                         : strerror(-r));
                 ex = EXIT_RUNTIME;
                 goto out;
         }
@@ -433,9 +451,13 @@ int cmd_bench(int argc, char **argv) {
         (void)hugepage_mapped_bytes(m->file->base, m->file->size, &huge_bytes);
         printf(",\"model_bytes\":%llu,\"model_huge_page_bytes\":%llu,\"model_reread_s\":%.3f",
                (unsigned long long)huge.file_bytes, (unsigned long long)huge_bytes, huge.seconds);
-        printf(",\"threads\":%u,\"dot_kernel\":\"%s\",\"budget_s\":%.1f,\"elapsed_s\":%.3f", threads, ops_kernel_name(),
-               o.budget, now_s() - start);
-        printf(",\"load_s\":%.6f,\"kv_slots\":%u,\"kv_bytes\":%llu,\"chunk\":%u", load_s, s->kv->n_slots,
+        printf(",\"threads\":%u,\"dot_kernel\":\"%s\",\"int8_kernel\":\"%s\",\"budget_s\":%.1f,\"elapsed_s\":%.3f", threads,
+               ops_kernel_name(), quant_int8_isa_name(quant_int8(GGML_TYPE_Q4_K)->isa), o.budget, now_s() - start);
+        uint64_t per_pos = 0;
+        (void)session_kv_bytes_per_pos(m, s->kv->type, &per_pos);
+        printf(",\"load_s\":%.6f,\"kv_type\":\"%s\",\"kv_bytes_per_pos\":%llu,\"kv_slots\":%u,\"kv_bytes\":%llu,"
+               "\"chunk\":%u",
+               load_s, kv_type_name(s->kv->type), (unsigned long long)per_pos, s->kv->n_slots,
                (unsigned long long)session_kv_bytes(s), forward_max_chunk(fw, s->kv));
         printf(",\"pp_tokens\":%lld,\"pp_runs\":%d,\"pp_s\":%.6f,\"pp_tok_s\":%.4f", (long long)o.pp, n_pp, pp_med,
                (double)o.pp / pp_med);

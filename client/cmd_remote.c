@@ -340,8 +340,11 @@ static void print_status(const Reply *rep) {
         printf("requests         %llu active, %llu queued\n", (unsigned long long)get_u(rep, "active_requests"),
                (unsigned long long)get_u(rep, "queue"));
         printf("connections      %llu\n", (unsigned long long)get_u(rep, "connections"));
-        printf("KV cache         %.1f MiB of %.1f MiB\n", get_u(rep, "kv_bytes_used") / 1048576.0,
-               get_u(rep, "kv_budget") / 1048576.0);
+        ProtoStr kv_type = { "?", 1 };
+        proto_obj_str(proto_map_get(&rep->root, "kv_type"), &kv_type);
+        printf("KV cache         %.1f MiB of %.1f MiB (%.*s, %llu bytes per position)\n",
+               get_u(rep, "kv_bytes_used") / 1048576.0, get_u(rep, "kv_budget") / 1048576.0, (int)kv_type.len,
+               kv_type.ptr, (unsigned long long)get_u(rep, "kv_bytes_per_pos"));
         printf("tokens/s         %.1f (generated so far: %llu)\n", get_d(rep, "tokens_per_s"),
                (unsigned long long)get_u(rep, "tokens_generated"));
         printf("compute threads  %llu\n", (unsigned long long)get_u(rep, "threads"));

@@ -11,8 +11,9 @@
 
 #include "daemon_limits.h"
 
-/* SET_AUTO_OFF: a string that must be "auto" or "off" */
-typedef enum { SET_STRING, SET_AUTO_OFF, SET_UINT, SET_BYTES, SET_OCTAL } SettingType;
+/* SET_AUTO_OFF: a string that must be "auto" or "off"; SET_KV_TYPE: one of KV_TYPE_CHOICES */
+typedef enum { SET_STRING, SET_AUTO_OFF, SET_KV_TYPE, SET_UINT, SET_BYTES, SET_OCTAL } SettingType;
+#define KV_TYPE_CHOICES "f16|q8_0|f32" /* engine/kv.h's names */
 
 typedef struct Setting {
         const char *name;
@@ -24,7 +25,20 @@ typedef struct Setting {
 
 /* the types held as a char * in Config */
 static bool holds_string(SettingType t) {
-        return t == SET_STRING || t == SET_AUTO_OFF;
+        return t == SET_STRING || t == SET_AUTO_OFF || t == SET_KV_TYPE;
+}
+
+/* Whether value is one of the '|'-separated words of choices. */
+static bool is_choice(const char *choices, const char *value) {
+        const size_t len = strlen(value);
+        for (const char *p = choices; *p;) {
+                const char *bar = strchr(p, '|');
+                const size_t n = bar ? (size_t)(bar - p) : strlen(p);
+                if (n == len && strncmp(p, value, n) == 0)
+                        return true;
+                p += n + (bar != NULL);
+        }
+        return false;
 }
 
 #define U(field) offsetof(Config, field)
@@ -41,6 +55,8 @@ static const Setting settings[] = {
           "directory for sessions saved at stop and restored at start (default $STATE_DIRECTORY; 'none': not kept)" },
         { "threads", SET_UINT, U(threads), 1, DAEMON_MAX_THREADS, "worker threads (default: online CPUs)" },
         { "kv-budget", SET_BYTES, U(kv_budget), 1 << 20, 1ull << 46, "bytes of KV cache for all sessions (K/M/G suffixes)" },
+        { "kv-type", SET_KV_TYPE, U(kv_type), 0, 0,
+          "KV cache numbers: f16 (default), q8_0 (about half the bytes of f16) or f32" },
         { "max-sessions", SET_UINT, U(max_sessions), 1, 1 << 20, "named sessions, all users" },
         { "max-sessions-per-uid", SET_UINT, U(max_sessions_per_uid), 1, 1 << 20, "named sessions per user" },
         { "max-connections", SET_UINT, U(max_connections), 1, 1 << 16, "open client connections" },
@@ -49,8 +65,9 @@ static const Setting settings[] = {
           "positions a full-attention session keeps before rolling (0 = model context)" },
         { "idle-timeout", SET_UINT, U(idle_timeout), 1, 1 << 30, "seconds before an idle session is dropped" },
         { "request-timeout", SET_UINT, U(request_timeout), 1, 1 << 30, "seconds one request may run" },
-        { "int8", SET_UINT, U(int8), 0, 1,
-          "1: 8-bit activations for quantized weights (about 2.5x faster decode, ~1e-2 relative error)" },
+        { "exact", SET_UINT, U(exact), 0, 1,
+          "1: float activations everywhere, the exact reference path (2-3x slower); 0: 8-bit activations" },
+        { "int8", SET_UINT, U(int8), 0, 1, "deprecated: 'int8 = 0' is 'exact = 1' (8-bit activations are the default)" },
         { "socket-mode", SET_OCTAL, U(socket_mode), 0, 0777, "permissions of a socket mixd creates (octal)" },
 };
 #undef U
@@ -70,6 +87,7 @@ void config_defaults(Config *c) {
         c->idle_timeout = DAEMON_IDLE_SESSION_TIMEOUT_S;
         c->request_timeout = DAEMON_REQUEST_TIMEOUT_S;
         c->socket_mode = 0660;
+        c->int8 = 1;
 }
 
 void config_free(Config *c) {
@@ -132,6 +150,10 @@ static int apply(Config *c, const Setting *s, const char *value, char *err, size
         void *field = (char *)c + s->offset;
         if (s->type == SET_AUTO_OFF && strcmp(value, "auto") != 0 && strcmp(value, "off") != 0) {
                 snprintf(err, errlen, "%s: '%s' is neither auto nor off", s->name, value);
+                return -EINVAL;
+        }
+        if (s->type == SET_KV_TYPE && !is_choice(KV_TYPE_CHOICES, value)) {
+                snprintf(err, errlen, "%s: '%s' is not one of %s", s->name, value, KV_TYPE_CHOICES);
                 return -EINVAL;
         }
         if (holds_string(s->type)) {
@@ -205,7 +227,8 @@ void config_usage(FILE *out) {
         for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++) {
                 const Setting *s = &settings[i];
                 char arg[64];
-                snprintf(arg, sizeof(arg), "--%s %s", s->name, holds_string(s->type) ? "VALUE" : "N");
+                snprintf(arg, sizeof(arg), "--%s %s", s->name,
+                         s->type == SET_KV_TYPE ? KV_TYPE_CHOICES : holds_string(s->type) ? "VALUE" : "N");
                 fprintf(out, "  %-26s %s\n", arg, s->help);
         }
         fputs("  -h, --help                 this text\n  --version                  print the version\n"
@@ -238,8 +261,11 @@ int config_parse_args(Config *c, int argc, char **argv, char *err, size_t errlen
                         snprintf(err, errlen, "unknown option '%s' (see --help)", a);
                         return -EINVAL;
                 }
+                const int is_switch = s->type == SET_UINT && s->min == 0 && s->max == 1;
                 if (eq) {
                         value = eq + 1;
+                } else if (is_switch && (i + 1 >= argc || !strncmp(argv[i + 1], "--", 2))) {
+                        value = "1"; /* a bare on/off option: --exact */
                 } else if (i + 1 < argc) {
                         value = argv[++i];
                 } else {

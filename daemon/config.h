@@ -13,6 +13,7 @@ typedef struct Config {
         char *state_dir;             /* where sessions are saved at stop (default $STATE_DIRECTORY) */
         uint64_t threads;            /* worker threads */
         uint64_t kv_budget;          /* bytes of KV cache, all sessions */
+        char *kv_type;               /* "f16", "q8_0" or "f32": KV cache storage (NULL: f16) */
         uint64_t max_sessions;       /* named sessions, all users */
         uint64_t max_sessions_per_uid;
         uint64_t max_connections;
@@ -21,7 +22,8 @@ typedef struct Config {
         uint64_t idle_timeout;       /* seconds */
         uint64_t request_timeout;    /* seconds */
         uint64_t socket_mode;        /* permission bits of a socket we create (octal in text) */
-        uint64_t int8;               /* 1: 8-bit activations for quantized weights */
+        uint64_t exact;              /* 1: float activations everywhere (the exact path) */
+        uint64_t int8;               /* deprecated: 0 means exact = 1 */
         char *hugepages;             /* "auto" or "off": re-read the model for 2 MiB pages at load */
 } Config;
 

@@ -63,7 +63,9 @@ static void op_status(Conn *c, const Request *req) {
         proto_out_init(&o);
         uint64_t huge = 0;
         (void)hugepage_mapped_bytes(srv->m->file->base, srv->m->file->size, &huge); /* 0 when unknown */
-        proto_out_ok(&o, req->id, 15);
+        uint64_t per_pos = 0;
+        (void)session_kv_bytes_per_pos(srv->m, srv->sessions.lim.kv_type, &per_pos);
+        proto_out_ok(&o, req->id, 17);
         proto_out_kv_str(&o, "model", srv->cfg->model);
         proto_out_kv_uint(&o, "model_bytes", srv->m->file->size);
         proto_out_kv_uint(&o, "model_huge_page_bytes", huge);
@@ -73,6 +75,8 @@ static void op_status(Conn *c, const Request *req) {
         proto_out_kv_uint(&o, "connections", srv->n_conns);
         proto_out_kv_uint(&o, "kv_bytes_used", srv->sessions.kv_used);
         proto_out_kv_uint(&o, "kv_budget", srv->sessions.lim.kv_budget);
+        proto_out_kv_str(&o, "kv_type", kv_type_name(srv->sessions.lim.kv_type));
+        proto_out_kv_uint(&o, "kv_bytes_per_pos", per_pos);
         proto_out_kv_uint(&o, "sessions_evicted", srv->sessions.n_evicted_total);
         proto_out_kv_double(&o, "tokens_per_s", srv->tokens_per_s);
         proto_out_kv_uint(&o, "tokens_generated", srv->tokens_generated);

@@ -1,7 +1,12 @@
 /* daemon/persist.c — session state files (see persist.h). Layout, little-endian:
- *   "MIXDSES\0" | u32 version | u32 reserved | u64 model id | char id[24] | u32 uid |
+ *   "MIXDSES\0" | u32 version | u32 kv type | u64 model id | char id[24] | u32 uid |
  *   u32 n_layer, kv_dim, n_sink, n_roll, n_vocab | i64 n_pos | u64 slots written |
- *   K [n_layer][slots][kv_dim] f32 | V (same) | last logits [n_vocab] f32 | u64 FNV-1a of all before
+ *   K [n_layer][slots][kv_dim] in the kv type | V (same) | last logits [n_vocab] f32 |
+ *   u64 FNV-1a of all before
+ * The kv type is a ggml type id (engine/kv.h: F32 0, F16 1, Q8_0 8; a slot's kv_dim numbers
+ * are its heads side by side, for Q8_0 kv_dim / 32 blocks). Version 1 files had 0 there
+ * (reserved) and F32 numbers: they are read as F32. A file whose type is not the daemon's
+ * kv-type is converted as it is read (its numbers decoded, then rounded to the daemon's type).
  */
 #include "persist.h"
 
@@ -17,7 +22,7 @@
 #include "log.h"
 
 #define STATE_MAGIC "MIXDSES"
-#define STATE_VERSION 1u
+#define STATE_VERSION 2u    /* 2: the kv type field; 1: F32 only, still read */
 #define STATE_PREFIX "session-"
 #define STATE_SUFFIX ".state"
 #define PERSIST_ROWS 256u /* cache slots converted per write or read (the cache keeps heads apart) */
@@ -25,7 +30,7 @@
 typedef struct StateHeader {
         char magic[8];
         uint32_t version;
-        uint32_t reserved;
+        uint32_t kv_type;    /* version >= 2; version 1: reserved, F32 */
         uint64_t model_id;
         char id[24];
         uint32_t uid;
@@ -76,7 +81,8 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
         const Session *s = ds->s;
         const KVCache *kv = s->kv;
         char path[4096], tmp[4096];
-        StateHeader h = { .magic = STATE_MAGIC, .version = STATE_VERSION, .model_id = model_id, .uid = ds->uid,
+        StateHeader h = { .magic = STATE_MAGIC, .version = STATE_VERSION, .kv_type = kv->type, .model_id = model_id,
+                          .uid = ds->uid,
                           .n_layer = kv->n_layer, .kv_dim = kv->kv_dim, .n_sink = kv->n_sink, .n_roll = kv->n_roll,
                           .n_vocab = s->m->cfg.n_vocab, .n_pos = kv->n_pos };
         h.slots = (uint64_t)kv->n_pos < kv->n_slots ? (uint64_t)kv->n_pos : kv->n_slots;
@@ -84,7 +90,8 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
         snprintf(path, sizeof(path), "%s/" STATE_PREFIX "%s" STATE_SUFFIX, dir, ds->id);
         snprintf(tmp, sizeof(tmp), "%s/.tmp-%s", dir, ds->id);
 
-        float *rows = malloc((size_t)PERSIST_ROWS * kv->kv_dim * sizeof(float));
+        const size_t slot_bytes = (size_t)kv->n_head_kv * kv->row_bytes;
+        uint8_t *rows = malloc(PERSIST_ROWS * slot_bytes);
         if (!rows)
                 return -ENOMEM;
         int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -95,12 +102,12 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
         uint64_t hash = FNV_OFFSET;
         int r = write_all(fd, &h, sizeof(h), &hash);
         for (int which = 0; which < 2 && r == 0; which++) {
-                const float *base = which ? kv->v : kv->k;
+                const uint8_t *base = which ? kv->v : kv->k;
                 for (uint32_t l = 0; l < kv->n_layer && r == 0; l++)
                         for (uint32_t s0 = 0; s0 < h.slots && r == 0; s0 += PERSIST_ROWS) {
                                 const uint32_t n = h.slots - s0 < PERSIST_ROWS ? (uint32_t)(h.slots - s0) : PERSIST_ROWS;
                                 kv_rows_out(kv, base, l, s0, n, rows);
-                                r = write_all(fd, rows, (size_t)n * kv->kv_dim * sizeof(float), &hash);
+                                r = write_all(fd, rows, (size_t)n * slot_bytes, &hash);
                         }
         }
         free(rows);
@@ -169,7 +176,8 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
         StateHeader h;
         uint64_t hash = FNV_OFFSET, sum;
         DSession *ds = NULL;
-        float *rows = NULL;
+        uint8_t *rows = NULL, *file_rows = NULL;
+        float *numbers = NULL;
         unsigned evicted;
         int r, fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
@@ -185,15 +193,21 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                 *why = "not a session state file";
                 goto out;
         }
-        if (h.version != STATE_VERSION) {
+        if (h.version != STATE_VERSION && h.version != 1) {
                 *why = "written by another version";
                 goto out;
         }
+        const uint32_t file_type = h.version == 1 ? GGML_TYPE_F32 : h.kv_type;
         if (h.model_id != model_id) {
                 *why = "saved with another model file";
                 goto out;
         }
         const ModelConfig *c = &t->m->cfg;
+        uint32_t file_row_bytes;
+        if (kv_row_bytes(file_type, c->head_dim, &file_row_bytes) < 0) {
+                *why = "unknown KV type, or one this model's head size cannot take";
+                goto out;
+        }
         h.id[sizeof(h.id) - 1] = '\0';
         if (strlen(h.id) != SESSION_ID_LEN || strncmp(h.id, "s-", 2) != 0 || h.n_layer != c->n_layer ||
             h.kv_dim != c->n_head_kv * c->head_dim || h.n_vocab != c->n_vocab || h.n_pos < 0) {
@@ -213,20 +227,34 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                 *why = "cache geometry differs from this daemon's settings";
                 goto out;
         }
-        rows = malloc((size_t)PERSIST_ROWS * kv->kv_dim * sizeof(float));
-        if (!rows) {
+        /* rows in the cache's type; with another type in the file, its rows and their numbers */
+        const bool convert = file_type != kv->type;
+        const size_t file_slot_bytes = (size_t)kv->n_head_kv * file_row_bytes;
+        rows = malloc(PERSIST_ROWS * (size_t)kv->n_head_kv * kv->row_bytes);
+        if (convert) {
+                file_rows = malloc(PERSIST_ROWS * file_slot_bytes);
+                numbers = malloc((size_t)PERSIST_ROWS * kv->kv_dim * sizeof(float));
+        }
+        if (!rows || (convert && (!file_rows || !numbers))) {
                 r = -ENOMEM;
                 *why = "out of memory";
                 goto out;
         }
         for (int which = 0; which < 2; which++) {
-                float *base = which ? kv->v : kv->k;
+                uint8_t *base = which ? kv->v : kv->k;
                 for (uint32_t l = 0; l < kv->n_layer; l++)
                         for (uint32_t s0 = 0; s0 < h.slots; s0 += PERSIST_ROWS) {
                                 const uint32_t n = h.slots - s0 < PERSIST_ROWS ? (uint32_t)(h.slots - s0) : PERSIST_ROWS;
-                                if ((r = read_all(fd, rows, (size_t)n * kv->kv_dim * sizeof(float), &hash)) < 0) {
+                                const size_t count = (size_t)n * kv->kv_dim;
+                                if ((r = read_all(fd, convert ? file_rows : rows, n * file_slot_bytes, &hash)) < 0) {
                                         *why = "truncated";
                                         goto out;
+                                }
+                                if (convert) {
+                                        kv_decode(file_type, file_rows, count, numbers);
+                                        kv_encode(kv->type, numbers, count, rows);
+                                } else {
+                                        kv_sanitize(kv->type, rows, count);
                                 }
                                 kv_rows_in(kv, base, l, s0, n, rows);
                         }
@@ -244,9 +272,14 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
         }
         kv->n_pos = h.n_pos;
         memcpy(ds->id, h.id, sizeof(ds->id));
+        if (convert)
+                log_info("session %s: KV cache converted from %s to %s as it was restored", ds->id,
+                         kv_type_name(file_type), kv_type_name(kv->type));
         r = 0;
 out:
         free(rows);
+        free(file_rows);
+        free(numbers);
         if (r < 0 && ds)
                 sessions_close(t, ds);
         close(fd);

@@ -18,6 +18,7 @@
 #include "hugepage.h"
 #include "log.h"
 #include "persist.h"
+#include "quant_int8.h"
 #include "session.h"
 
 uint64_t now_ms(void) {
@@ -196,15 +197,25 @@ static void on_signal(uv_signal_t *h, int signum) {
  * scheduler. */
 static int engine_start(Server *srv) {
         Config *cfg = srv->cfg;
-        uint32_t slots;
-        int r = session_slots(srv->m, (uint32_t)cfg->session_capacity, cfg->kv_budget, &slots);
+        uint32_t slots, kv_type = KV_TYPE_DEFAULT;
+        if (cfg->kv_type && kv_type_parse(cfg->kv_type, &kv_type) < 0) {
+                log_error("kv-type '%s' is not f16, q8_0 or f32", cfg->kv_type);
+                return -EINVAL;
+        }
+        int r = session_slots(srv->m, (uint32_t)cfg->session_capacity, cfg->kv_budget, kv_type, &slots);
+        if (r == -EINVAL) {
+                log_error("kv-type %s needs a head size that is a multiple of 32; this model's is %u",
+                          kv_type_name(kv_type), srv->m->cfg.head_dim);
+                return r;
+        }
         if (r < 0) {
                 log_error("the KV budget of %llu bytes cannot hold one session of this model",
                           (unsigned long long)cfg->kv_budget);
                 return r;
         }
         SessionLimits lim = { .kv_budget = cfg->kv_budget, .max_sessions = cfg->max_sessions,
-                              .max_per_uid = cfg->max_sessions_per_uid, .capacity = (uint32_t)cfg->session_capacity };
+                              .max_per_uid = cfg->max_sessions_per_uid, .capacity = (uint32_t)cfg->session_capacity,
+                              .kv_type = kv_type };
         srv->sessions.m = srv->m;
         srv->sessions.lim = lim;
         guard_arm(srv->m->file->base, srv->m->file->size);
@@ -233,7 +244,8 @@ static int engine_start(Server *srv) {
                         log_info("NUMA node %u: %llu MiB of experts, %u thread(s)", n,
                                  (unsigned long long)(srv->numa.node_bytes[n] >> 20), srv->numa.node_threads[n]);
         }
-        r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots, &srv->numa, cfg->int8 != 0);
+        r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots, &srv->numa,
+                        cfg->int8 != 0 && cfg->exact == 0);
         if (r < 0)
                 log_error("cannot start the engine with %llu threads: %s", (unsigned long long)cfg->threads,
                           strerror(-r));
@@ -287,6 +299,11 @@ static int load_model(const char *path, bool huge_pages, Model **ret) {
         const ModelConfig *mc = &(*ret)->cfg;
         log_info("model: %u layers, hidden %u, %u experts (top-%u), window %u, vocab %u", mc->n_layer, mc->n_embd,
                  mc->n_expert, mc->n_expert_used, mc->sliding_window, mc->n_vocab);
+        int isa_cap;
+        if (quant_isa_env(&isa_cap) < 0)
+                log_warning("MIXD_ISA='%s' is not one of scalar, avx2, avx512, avx512vnni: ignored", getenv("MIXD_ISA"));
+        log_info("kernels: float %s, 8-bit %s", quant_isa_name(quant_best_isa()),
+                 quant_int8_isa_name(quant_int8(GGML_TYPE_Q4_K)->isa));
         return 0;
 }
 
@@ -510,9 +527,9 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
                 goto out_loop;
         }
         sd_notifyf(0, "READY=1\nSTATUS=serving %s", cfg->model);
-        log_notice("ready in %llu ms: %llu compute thread(s), KV budget %llu MiB",
+        log_notice("ready in %llu ms: %llu compute thread(s), KV budget %llu MiB (%s)",
                    (unsigned long long)(now_ms() - srv->start_ms), (unsigned long long)cfg->threads,
-                   (unsigned long long)(cfg->kv_budget >> 20));
+                   (unsigned long long)(cfg->kv_budget >> 20), kv_type_name(srv->sessions.lim.kv_type));
         uv_run(srv->loop, UV_RUN_DEFAULT);
         r = 0;
 out_loop:

@@ -108,10 +108,10 @@ int sessions_open(SessionTable *t, uid_t uid, bool ephemeral, uint64_t now_ms, D
                 if (t->n_named >= t->lim.max_sessions || mine >= t->lim.max_per_uid)
                         return -EUSERS;
         }
-        r = session_slots(t->m, t->lim.capacity, t->lim.kv_budget, &slots);
+        r = session_slots(t->m, t->lim.capacity, t->lim.kv_budget, t->lim.kv_type, &slots);
         if (r < 0)
                 return r;
-        r = kv_cache_bytes(t->m->cfg.n_layer, t->m->cfg.n_head_kv * t->m->cfg.head_dim, slots, &need);
+        r = kv_cache_bytes(t->lim.kv_type, t->m->cfg.n_layer, t->m->cfg.n_head_kv, t->m->cfg.head_dim, slots, &need);
         if (r < 0)
                 return r;
         while (t->kv_used + need > t->lim.kv_budget) {
@@ -128,7 +128,7 @@ int sessions_open(SessionTable *t, uid_t uid, bool ephemeral, uint64_t now_ms, D
         DSession *ds = calloc(1, sizeof(*ds));
         if (!ds)
                 return -ENOMEM;
-        r = session_new(t->m, t->lim.capacity, t->lim.kv_budget, &ds->s);
+        r = session_new(t->m, t->lim.capacity, t->lim.kv_budget, t->lim.kv_type, &ds->s);
         if (r < 0) {
                 free(ds);
                 return r;

@@ -30,6 +30,7 @@ typedef struct SessionLimits {
         uint64_t max_sessions;       /* named sessions */
         uint64_t max_per_uid;        /* named sessions per uid */
         uint32_t capacity;           /* positions per full-attention session (0 = model context) */
+        uint32_t kv_type;            /* KV cache storage type of every session (engine/kv.h) */
 } SessionLimits;
 
 typedef struct SessionTable {

@@ -37,6 +37,21 @@
 #define KV_ATTENTION_SINKS      4            /* positions kept forever when a full-attention cache rolls */
 #define KV_DEFAULT_BUDGET       (4ull << 30) /* bytes of KV one in-process session may take by default */
 #define FORWARD_MAX_CHUNK       512          /* tokens per forward call (prefill chunk) */
+#define FORWARD_EXACT_POSITIONS 1            /* positions below this run on the float (exact) path
+                                                even with 8-bit activations: every later token
+                                                attends to them (the attention sink), so their
+                                                rounding reaches every position, and a router
+                                                near-tie flipped there moves the whole sequence
+                                                (Q3_K_M fixture: 82% -> 98% of positions agree
+                                                with the oracles). One float row per sequence. */
+#define ATTN_KEY_BLOCK          256          /* positions per attention key block: a query's keys are
+                                                scored and summed block by block (blocks start at
+                                                multiples of this position), and a decoded row's
+                                                blocks go to several threads */
+#define ATTN_SPLIT_MAX_ITEMS    1024         /* (row, KV head, key block) items of one split
+                                                attention pass: its partial sums' scratch holds
+                                                this many x query heads per KV head x head dim
+                                                floats (2 MiB for Mixtral); more stays unsplit */
 #define MOE_GROUP_ROWS          64           /* expert rows (token x choice) run in one pool pass:
                                                 32 decoding sessions at top-2; a prefill batch runs
                                                 its experts in several groups, so its scratch pages

@@ -1,7 +1,8 @@
 /* engine/forward.c — the transformer forward pass (HF Mixtral semantics), reading top to
- * bottom like the math. Matrix products and attention are split over the pool's threads by
- * output rows / (token, head) pairs, so the split never changes a result. One Forward per
- * caller thread; the Model is shared read-only. */
+ * bottom like the math. Matrix products are split over the pool's threads by output rows,
+ * attention by (token, KV head) pairs or, for few tokens, (token, KV head, key block)
+ * triples, so the split never changes a result. One Forward per caller thread; the Model is
+ * shared read-only. */
 #include "forward.h"
 
 #include <errno.h>
@@ -13,7 +14,18 @@
 #include "numa.h"
 #include "ops.h"
 #include "quant.h"
+#include "products.h"
 #include "quant_int8.h"
+
+/* One thread's attention scratch: [group][ATTN_KEY_BLOCK] scores, a key block's (m, s, o)
+ * and a (row, KV head)'s running fold (see attention below). */
+typedef struct AttnScratch {
+        float *scores;
+        float *m, *o;             /* [group], [group][hd] */
+        double *s;                /* [group] */
+        float *row_m;             /* [group] the running fold of a (row, KV head) */
+        double *row_s;            /* [group] */
+} AttnScratch;
 
 struct Forward {
         const Model *m;
@@ -30,6 +42,8 @@ struct Forward {
         float *q;                 /* [T][H*hd] */
         float *k;                 /* [T][KV*hd] this batch's keys */
         float *v;                 /* [T][KV*hd] this batch's values */
+        uint8_t *kc, *vc;         /* [T][kc_row bytes] the same in the row's cache type: [KV][row bytes] */
+        size_t kc_row;            /* KV*hd floats' bytes: room for a row in any KV type */
         float *att;               /* [T][H*hd] attention output */
         float *router;            /* [T][E] router probabilities */
         int32_t *sel;             /* [T][k] chosen experts, ascending ids */
@@ -43,17 +57,26 @@ struct Forward {
         float *moe;               /* [T][k][D] per-choice expert outputs before the weighted sum */
         float *logits;            /* [T][V] for callers (forward_logits_buffer) and the head */
         uint32_t *logit_rows;     /* [T] rows whose logits are wanted */
+        uint8_t *row_exact;       /* [T] 1: the row runs on the float path whatever int8 says (FORWARD_EXACT_POSITIONS) */
+        uint8_t *xe_exact;        /* [T*k] the same for the rows gathered for experts */
+        uint8_t *out_exact;       /* [T] the same for the rows of the output head */
         /* per thread */
-        float **row_tmp;          /* [threads][max(D, FF, H*hd, V)] dequantized weight row */
-        float **scores;           /* [threads][group][max_slots + T] one KV head's attention weights */
+        AttnScratch *attn;        /* [threads] */
+        ForwardAttnSplit attn_split;
+        /* attention split over key blocks (few rows), NULL with one thread: per item */
+        float *part_m;            /* [ATTN_SPLIT_MAX_ITEMS][group] a block's largest scores */
+        double *part_s;           /* [ATTN_SPLIT_MAX_ITEMS][group] its sums of exponentials */
+        float *part_o;            /* [ATTN_SPLIT_MAX_ITEMS][group][hd] its weighted values */
+        unsigned long *split_item0; /* [T] each row's first item */
+        uint32_t *part_left;      /* [T][KV] blocks not done yet (atomic) */
         ForwardRouteFn route_fn;
         void *route_data;
-        const NumaPlan *numa;     /* borrowed; NULL: any thread runs any expert */
-        bool int8;                /* quantize activations to 8 bits for the weight types that allow it */
-        BlockQ8K *xq_in;          /* [T][max(D, H*hd)/256] a product's input, quantized */
-        BlockQ8K *xq_moe;         /* [T][D/256] the feed-forward input, quantized */
-        BlockQ8K *xq_e;           /* [T][D/256] rows gathered for one expert */
-        BlockQ8K *xq_h;           /* [T][FF/256] silu(gate) * up, quantized */
+        ProductCtx pc;            /* the products' pool, NUMA plan, 8-bit switch, row scratch */
+        /* The same inputs quantized, one buffer per activation format (QuantAct): */
+        void *xq_in[QUANT_ACT_COUNT_];  /* [T][max(D, H*hd)/256] blocks: a product's input */
+        void *xq_moe[QUANT_ACT_COUNT_]; /* [T][D/256] the feed-forward input */
+        void *xq_e[QUANT_ACT_COUNT_];   /* [T][D/256] rows gathered for one expert group */
+        void *xq_h;                     /* [T][FF/256] silu(gate) * up, in the down matrix's format */
 };
 
 /* Scratch rows start on cache lines: the SIMD dot products run at full speed only on
@@ -78,6 +101,7 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
                 widest = Q;
         fw->m = m;
         fw->pool = pool;
+        fw->pc.pool = pool;
         fw->n_threads = pool_size(pool);
         fw->max_rows = max_rows;
         fw->max_slots = max_slots;
@@ -90,6 +114,9 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         fw->q = alloc64(T * Q * sizeof(float));
         fw->k = alloc64(T * KV * sizeof(float));
         fw->v = alloc64(T * KV * sizeof(float));
+        fw->kc_row = KV * sizeof(float);
+        fw->kc = alloc64(T * fw->kc_row);
+        fw->vc = alloc64(T * fw->kc_row);
         fw->att = alloc64(T * Q * sizeof(float));
         fw->router = alloc64(T * E * sizeof(float));
         fw->sel = alloc64(T * K * sizeof(int32_t));
@@ -103,22 +130,45 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         fw->moe = alloc64(T * K * D * sizeof(float));
         fw->logits = alloc64(T * c->n_vocab * sizeof(float));
         fw->logit_rows = alloc64(T * sizeof(uint32_t));
+        fw->row_exact = alloc64(T);
+        fw->xe_exact = alloc64(T * K);
+        fw->out_exact = alloc64(T);
         const size_t widest_blocks = ((D > Q ? D : Q) + QK_K - 1) / QK_K, d_blocks = (D + QK_K - 1) / QK_K,
                      ff_blocks = (FF + QK_K - 1) / QK_K;
-        fw->xq_in = alloc64(T * widest_blocks * sizeof(BlockQ8K));
-        fw->xq_moe = alloc64(T * d_blocks * sizeof(BlockQ8K));
-        fw->xq_e = alloc64(T * d_blocks * sizeof(BlockQ8K));
-        fw->xq_h = alloc64(T * ff_blocks * sizeof(BlockQ8K));
-        fw->row_tmp = calloc(fw->n_threads, sizeof(float *));
-        fw->scores = calloc(fw->n_threads, sizeof(float *));
-        int ok = fw->inv_freq && fw->row_item && fw->row_pos && fw->item_row0 && fw->x && fw->xb && fw->q && fw->k &&
-                 fw->v && fw->att && fw->router && fw->sel && fw->sel_w && fw->rows && fw->rows_slot && fw->xe &&
-                 fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->row_tmp && fw->scores && fw->xq_in && fw->xq_moe &&
-                 fw->xq_e && fw->xq_h;
+        int ok = 1;
+        for (int a = 0; a < QUANT_ACT_COUNT_; a++) {
+                const size_t bb = quant_act_block_bytes((QuantAct)a);
+                fw->xq_in[a] = alloc64(T * widest_blocks * bb);
+                fw->xq_moe[a] = alloc64(T * d_blocks * bb);
+                fw->xq_e[a] = alloc64(T * d_blocks * bb);
+                ok = ok && fw->xq_in[a] && fw->xq_moe[a] && fw->xq_e[a];
+        }
+        fw->xq_h = alloc64(T * ff_blocks * (sizeof(BlockQ8X) > sizeof(BlockQ8K) ? sizeof(BlockQ8X) : sizeof(BlockQ8K)));
+        fw->pc.row_tmp = calloc(fw->n_threads, sizeof(float *));
+        fw->attn = calloc(fw->n_threads, sizeof(AttnScratch));
+        ok = ok && fw->inv_freq && fw->row_item && fw->row_pos && fw->item_row0 && fw->x && fw->xb && fw->q && fw->k &&
+             fw->v && fw->kc && fw->vc && fw->att && fw->router && fw->sel && fw->sel_w && fw->rows && fw->rows_slot &&
+             fw->xe && fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->pc.row_tmp &&
+             fw->attn && fw->xq_h && fw->row_exact && fw->xe_exact && fw->out_exact;
+        if (ok && fw->n_threads > 1) {
+                const size_t items = ATTN_SPLIT_MAX_ITEMS;
+                fw->part_m = alloc64(items * group * sizeof(float));
+                fw->part_s = alloc64(items * group * sizeof(double));
+                fw->part_o = alloc64(items * group * c->head_dim * sizeof(float));
+                fw->split_item0 = alloc64(T * sizeof(unsigned long));
+                fw->part_left = alloc64(T * c->n_head_kv * sizeof(uint32_t));
+                ok = fw->part_m && fw->part_s && fw->part_o && fw->split_item0 && fw->part_left;
+        }
         for (unsigned t = 0; ok && t < fw->n_threads; t++) {
-                fw->row_tmp[t] = alloc64(widest * sizeof(float));
-                fw->scores[t] = alloc64((size_t)group * ((size_t)max_slots + T) * sizeof(float));
-                ok = fw->row_tmp[t] && fw->scores[t];
+                AttnScratch *a = &fw->attn[t];
+                fw->pc.row_tmp[t] = alloc64(widest * sizeof(float));
+                a->scores = alloc64(group * ATTN_KEY_BLOCK * sizeof(float));
+                a->o = alloc64(group * c->head_dim * sizeof(float));
+                a->m = alloc64(group * sizeof(float));
+                a->row_m = alloc64(group * sizeof(float));
+                a->s = alloc64(group * sizeof(double));
+                a->row_s = alloc64(group * sizeof(double));
+                ok = fw->pc.row_tmp[t] && a->scores && a->o && a->m && a->row_m && a->s && a->row_s;
         }
         if (!ok) {
                 forward_free(fw);
@@ -134,13 +184,25 @@ Forward *forward_free(Forward *fw) {
         if (!fw)
                 return NULL;
         for (unsigned t = 0; t < fw->n_threads; t++) {
-                if (fw->row_tmp)
-                        free(fw->row_tmp[t]);
-                if (fw->scores)
-                        free(fw->scores[t]);
+                if (fw->pc.row_tmp)
+                        free(fw->pc.row_tmp[t]);
+                if (fw->attn) {
+                        AttnScratch *a = &fw->attn[t];
+                        free(a->scores);
+                        free(a->o);
+                        free(a->m);
+                        free(a->row_m);
+                        free(a->s);
+                        free(a->row_s);
+                }
         }
-        free(fw->row_tmp);
-        free(fw->scores);
+        free(fw->pc.row_tmp);
+        free(fw->attn);
+        free(fw->part_m);
+        free(fw->part_s);
+        free(fw->part_o);
+        free(fw->split_item0);
+        free(fw->part_left);
         free(fw->inv_freq);
         free(fw->row_item);
         free(fw->row_pos);
@@ -150,6 +212,8 @@ Forward *forward_free(Forward *fw) {
         free(fw->q);
         free(fw->k);
         free(fw->v);
+        free(fw->kc);
+        free(fw->vc);
         free(fw->att);
         free(fw->router);
         free(fw->sel);
@@ -163,16 +227,21 @@ Forward *forward_free(Forward *fw) {
         free(fw->moe);
         free(fw->logits);
         free(fw->logit_rows);
-        free(fw->xq_in);
-        free(fw->xq_moe);
-        free(fw->xq_e);
+        free(fw->row_exact);
+        free(fw->xe_exact);
+        free(fw->out_exact);
+        for (int a = 0; a < QUANT_ACT_COUNT_; a++) {
+                free(fw->xq_in[a]);
+                free(fw->xq_moe[a]);
+                free(fw->xq_e[a]);
+        }
         free(fw->xq_h);
         free(fw);
         return NULL;
 }
 
 void forward_set_numa(Forward *fw, const NumaPlan *plan) {
-        fw->numa = plan && plan->n_nodes > 1 && plan->n_threads == fw->n_threads ? plan : NULL;
+        fw->pc.numa = plan && plan->n_nodes > 1 && plan->n_threads == fw->n_threads ? plan : NULL;
 }
 
 void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata) {
@@ -181,7 +250,7 @@ void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata) {
 }
 
 void forward_set_int8(Forward *fw, bool on) {
-        fw->int8 = on;
+        fw->pc.int8 = on;
 }
 
 float *forward_logits_buffer(Forward *fw) {
@@ -196,181 +265,44 @@ uint32_t forward_max_chunk(const Forward *fw, const KVCache *kv) {
         return fw->max_rows < kv->n_roll ? fw->max_rows : kv->n_roll;
 }
 
-/* ------------------------------------------------------------------ matrix products */
-
-/* One matrix product out[t][r] = W[r] . x[t], or with w_up a SwiGLU pair:
- * out[t][r] = silu(W[r] . x[t]) * (W_up[r] . x[t]), optionally quantized into hq as it is
- * made (each 256-block of a token's row needs only its own values). */
-typedef struct Product {
-        const Matrix *w;          /* [rows][cols] */
-        const Matrix *w_up;       /* NULL, or [rows][cols] the up half of a SwiGLU pair */
-        const float *x;           /* [T][cols] */
-        const BlockQ8K *xq;       /* [T][cols/256] the same, quantized, for W; NULL: W on the float path */
-        const BlockQ8K *xq_up;    /* the same for W_up (its type may lack an int8 kernel when W's has one) */
-        int64_t T;
-        float *out;               /* [T][rows] */
-        float *up;                /* with w_up: [T][rows] scratch for W_up x */
-        BlockQ8K *hq;             /* with w_up, or NULL: [T][rows/256] out quantized */
-        unsigned long chunk_rows; /* rows per chunk */
-        unsigned long chunk_end;  /* one past this product's last chunk in the job's numbering */
-} Product;
-
-/* Products that run in one pool pass: their rows are cut in chunks that any thread takes,
- * first come first served, so the threads wait for each other once per list instead of
- * once per product, and a thread slowed by the machine does less. */
-#define PRODUCTS_MAX 16
-
-typedef struct ProductJob {
-        Forward *fw;
-        Product p[PRODUCTS_MAX];
-        unsigned n;
-        int node;                 /* >= 0: only the threads of this NUMA node take part */
-        unsigned long next_chunk; /* atomic */
-} ProductJob;
-
-/* Rows [r0, r1) of W x into out, on this thread. */
-static void product_rows(Forward *fw, unsigned thread, const Matrix *w, const float *x, const BlockQ8K *xq, int64_t T,
-                         float *out, unsigned long r0, unsigned long r1) {
-        if (xq) {
-                quant_int8(w->type)->dot_rows(w->data + r0 * w->row_bytes, w->row_bytes, (int64_t)(r1 - r0), xq,
-                                              (int64_t)(w->cols / QK_K), T, out + r0, (int64_t)w->rows,
-                                              (int64_t)w->cols);
-                return;
-        }
-        matmul_rows(w, x, T, out, (int64_t)w->rows, r0, r1, fw->row_tmp[thread]);
-}
-
-static void product_chunk(Forward *fw, unsigned thread, const Product *p, unsigned long r0, unsigned long r1) {
-        product_rows(fw, thread, p->w, p->x, p->xq, p->T, p->out, r0, r1);
-        if (!p->w_up)
-                return;
-        product_rows(fw, thread, p->w_up, p->x, p->xq_up, p->T, p->up, r0, r1);
-        const uint64_t rows = p->w->rows;
-        for (int64_t t = 0; t < p->T; t++) {
-                float *h = p->out + (uint64_t)t * rows;
-                const float *u = p->up + (uint64_t)t * rows;
-                for (unsigned long r = r0; r < r1; r++)
-                        h[r] = silu(h[r]) * u[r];
-                if (p->hq) /* r0 and r1 are whole 256-blocks (product_job_run's chunks) */
-                        quantize_row_q8k(h + r0, p->hq + (uint64_t)t * (rows / QK_K) + r0 / QK_K, (int64_t)(r1 - r0));
-        }
-}
-
-static void product_part(void *ctx, unsigned thread, unsigned n_threads) {
-        ProductJob *j = ctx;
-        (void)n_threads;
-        if (j->node >= 0 && j->fw->numa->thread_node[thread] != j->node)
-                return;
-        const unsigned long n_chunks = j->p[j->n - 1].chunk_end;
-        unsigned k = 0;
-        for (;;) {
-                const unsigned long c = __atomic_fetch_add(&j->next_chunk, 1, __ATOMIC_RELAXED);
-                if (c >= n_chunks)
-                        return;
-                while (c >= j->p[k].chunk_end) /* chunks are taken in increasing order */
-                        k++;
-                const Product *p = &j->p[k];
-                const unsigned long first = k ? j->p[k - 1].chunk_end : 0, r0 = (c - first) * p->chunk_rows;
-                const unsigned long r1 = r0 + p->chunk_rows < p->w->rows ? r0 + p->chunk_rows : p->w->rows;
-                product_chunk(j->fw, thread, p, r0, r1);
-        }
-}
-
-/* x [T][cols] quantized into dst for the int8 path, or NULL when that path is off or cols
- * is not a whole number of 256-blocks. */
-static const BlockQ8K *quantize_input(const Forward *fw, BlockQ8K *dst, const float *x, int64_t T, uint64_t cols) {
-        if (!fw->int8 || cols % QK_K != 0)
-                return NULL;
-        for (int64_t t = 0; t < T; t++)
-                quantize_row_q8k(x + (size_t)t * cols, dst + (size_t)t * (cols / QK_K), (int64_t)cols);
-        return dst;
-}
-
-/* Below this many multiply-adds a product runs on the calling thread: waking the pool
- * costs more than it saves (and a loaded machine makes every barrier expensive). */
-#define PARALLEL_MIN_WORK (1u << 20)
-
-/* Without NUMA placement a list's rows go in about this many chunks per thread. */
-#define MATMUL_CHUNKS_PER_THREAD 4
-
-static void product_job_init(ProductJob *j, Forward *fw, int node) {
-        j->fw = fw;
-        j->n = 0;
-        j->node = node >= 0 && fw->numa && fw->numa->node_threads[node] > 0 ? node : -1;
-        j->next_chunk = 0;
-}
-
-/* Adds a product (callers add at most PRODUCTS_MAX to a job: Q/K/V, or one per expert of a
- * group of at most PRODUCTS_MAX). Each matrix takes the int8 path when xq is given and its
- * type has one; hq (SwiGLU pairs only) is dropped unless the rows are whole 256-blocks. */
-static void product_job_add(ProductJob *j, const Matrix *w, const Matrix *w_up, const float *x, const BlockQ8K *xq,
-                            int64_t T, float *out, float *up, BlockQ8K *hq) {
-        const BlockQ8K *xq_w = xq && quant_int8(w->type) ? xq : NULL;
-        const BlockQ8K *xq_up = xq && w_up && quant_int8(w_up->type) ? xq : NULL;
-        j->p[j->n++] = (Product){ w, w_up, x, xq_w, xq_up, T, out, up, hq && w->rows % QK_K == 0 ? hq : NULL, 0, 0 };
-}
-
-/* Cuts the list in chunks of about equal bytes and runs it (on the calling thread alone
- * when it is small). */
-static void product_job_run(ProductJob *j) {
-        Forward *fw = j->fw;
-        if (j->n == 0)
-                return;
-        uint64_t bytes = 0, work = 0;
-        for (unsigned k = 0; k < j->n; k++) {
-                const Product *p = &j->p[k];
-                const uint64_t n_mat = p->w_up ? 2 : 1;
-                bytes += n_mat * p->w->rows * p->w->row_bytes;
-                work += n_mat * p->w->rows * p->w->cols * (uint64_t)p->T;
-        }
-        const bool alone = work < PARALLEL_MIN_WORK;
-        const unsigned threads = alone ? 1 : j->node >= 0 ? fw->numa->node_threads[j->node] : pool_size(fw->pool);
-        const uint64_t chunk_bytes = bytes / ((uint64_t)threads * MATMUL_CHUNKS_PER_THREAD) + 1;
-        unsigned long end = 0;
-        for (unsigned k = 0; k < j->n; k++) {
-                Product *p = &j->p[k];
-                const unsigned long align = p->hq ? QK_K : 4; /* whole 256-blocks / 4-row groups */
-                const uint64_t row_bytes = (p->w_up ? 2 : 1) * p->w->row_bytes;
-                unsigned long rows = (unsigned long)((chunk_bytes + row_bytes - 1) / row_bytes);
-                rows = (rows + align - 1) / align * align;
-                p->chunk_rows = rows;
-                end += (unsigned long)((p->w->rows + rows - 1) / rows);
-                p->chunk_end = end;
-        }
-        if (alone) {
-                j->node = -1;
-                product_part(j, 0, 1);
-        } else {
-                pool_run(fw->pool, product_part, j);
-        }
-}
-
-/* out[t][r] = W[r] . x[t] over the pool. */
-static void matmul_par(Forward *fw, const Matrix *w, const float *x, const BlockQ8K *xq, int64_t T, float *out) {
-        ProductJob j;
-        product_job_init(&j, fw, -1);
-        product_job_add(&j, w, NULL, x, xq, T, out, NULL, NULL);
-        product_job_run(&j);
+void forward_set_attn_split(Forward *fw, ForwardAttnSplit mode) {
+        fw->attn_split = mode;
 }
 
 /* ------------------------------------------------------------------ attention */
+
+/* Attention is computed per key block: block b holds the positions [b * ATTN_KEY_BLOCK,
+ * (b + 1) * ATTN_KEY_BLOCK), so its bounds depend on positions alone. For each query head,
+ * a block gives its largest score m, the sum s of exp(score - m) and the values weighted by
+ * those exponentials, o; a (row, KV head)'s blocks are folded in ascending order (attn_fold)
+ * and divided by the total at the end. A block is computed the same way whichever thread
+ * takes it and whatever else is in the batch, and the fold's order is fixed, so splitting a
+ * row's blocks over threads (few rows: decode) or not (many rows: prefill) changes no bit. */
+
+/* Few rows: the work is cut into (row, KV head, key block) items when (row, KV head) pairs
+ * number fewer than this per thread. */
+#define ATTN_SPLIT_BELOW_PER_THREAD 8
 
 typedef struct AttnJob {
         Forward *fw;
         const ForwardItem *items;
         uint32_t il;
         uint32_t T;
+        bool split;               /* items are (row, KV head, key block), else (row, KV head) */
+        unsigned long n_work;     /* items */
+        unsigned long next;       /* atomic: the next item to take */
 } AttnJob;
 
-/* A run of consecutive positions whose key (value) rows lie `stride` floats apart: in the
- * item's cache (between ring wrap-arounds) or in this batch's scratch. */
+/* A run of consecutive positions whose key (value) rows lie `stride` bytes apart: in the
+ * item's cache (between ring wrap-arounds) or in this batch's scratch, in the cache's type. */
 typedef struct KeyRun {
-        const float *k, *v;
-        int64_t stride, n;
+        const uint8_t *k, *v;
+        size_t stride;
+        int64_t n;
 } KeyRun;
 
-/* Runs of one query's keys, at most: the sinks in the cache and in the batch; the window in
- * the cache up to the ring's wrap, after it, and in the batch. */
+/* Runs of one query's keys in one block, at most: the sinks in the cache and in the batch;
+ * the window in the cache up to the ring's wrap, after it, and in the batch. */
 #define KEY_RUNS_MAX 5
 
 /* The longest run from position p (< end) for KV head kvh of item i, layer il. */
@@ -378,9 +310,9 @@ static KeyRun key_run(const Forward *fw, const ForwardItem *it, uint32_t i, uint
                       int64_t end) {
         const KVCache *kv = it->kv;
         if (p >= kv->n_pos) {
-                const size_t off = (size_t)(fw->item_row0[i] + (uint32_t)(p - kv->n_pos)) * kv->kv_dim +
-                                   (size_t)kvh * kv->head_dim;
-                return (KeyRun){ fw->k + off, fw->v + off, (int64_t)kv->kv_dim, end - p };
+                const size_t off = (size_t)(fw->item_row0[i] + (uint32_t)(p - kv->n_pos)) * fw->kc_row +
+                                   (size_t)kvh * kv->row_bytes;
+                return (KeyRun){ fw->kc + off, fw->vc + off, fw->kc_row, end - p };
         }
         const uint32_t slot = kv_slot(kv, p);
         int64_t n = (end < kv->n_pos ? end : kv->n_pos) - p;
@@ -388,70 +320,226 @@ static KeyRun key_run(const Forward *fw, const ForwardItem *it, uint32_t i, uint
         if (n > to_edge)
                 n = to_edge;
         const size_t off = kv_offset(kv, il, kvh, slot);
-        return (KeyRun){ kv->k + off, kv->v + off, (int64_t)kv->head_dim, n };
+        return (KeyRun){ kv->k + off, kv->v + off, kv->row_bytes, n };
 }
 
-/* Causal attention of one row for the query heads sharing KV head kvh: keys in ascending
- * position order (the sinks [0, n_sink), then the window [ws, qpos]), whether they come from
- * the cache or the batch, so results never depend on chunking or batching. Each key and
- * value row is read once for the whole group; every head's scores, softmax and sums are
- * computed exactly as one head alone would; the values are prefetched while the keys are
- * scored (+2% decode tok/s at 1500 positions). scores: [group][n_keys] scratch. */
-static void attend_group(Forward *fw, const ForwardItem *items, uint32_t il, uint32_t r, uint32_t kvh,
-                         float *scores) {
-        const ModelConfig *c = &fw->m->cfg;
-        const uint32_t hd = c->head_dim, group = c->n_head / c->n_head_kv, i = fw->row_item[r];
-        const ForwardItem *it = &items[i];
-        const KVCache *kv = it->kv;
-        const float scale = 1.0f / sqrtf((float)hd);
+/* The keys of row r: the sinks [0, n_sink) and the window [ws, qpos], ascending, and the key
+ * blocks holding them: block 0 for the sinks (unless the window's first block is 0 too),
+ * then the window's blocks b_win, b_win + 1, ... */
+typedef struct RowKeys {
+        int64_t ranges[2][2];     /* [sinks, window][begin, end) */
+        int64_t b_win;            /* the window's first block */
+        uint32_t n_blocks;        /* blocks holding keys */
+        bool sink_block;          /* block 0 is there for the sinks alone */
+} RowKeys;
+
+static void row_keys(const Forward *fw, const ForwardItem *items, uint32_t r, RowKeys *ret) {
+        const KVCache *kv = items[fw->row_item[r]].kv;
         const int64_t qpos = fw->row_pos[r];
         const int64_t n_sink = qpos + 1 < (int64_t)kv->n_sink ? qpos + 1 : (int64_t)kv->n_sink;
         const int64_t ws = kv_window_start(kv, qpos); /* >= kv->n_sink >= n_sink */
-        const int64_t ranges[2][2] = { { 0, n_sink }, { ws, qpos + 1 } };
-        const int64_t n_keys = n_sink + (ws <= qpos ? qpos + 1 - ws : 0);
-        const float *q0 = fw->q + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
-        float *out0 = fw->att + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
+        const bool window = ws <= qpos;
+        *ret = (RowKeys){ .ranges = { { 0, n_sink }, { ws, window ? qpos + 1 : ws } },
+                          .b_win = window ? ws / ATTN_KEY_BLOCK : 0 };
+        ret->sink_block = n_sink > 0 && (!window || ret->b_win > 0);
+        ret->n_blocks = (window ? (uint32_t)(qpos / ATTN_KEY_BLOCK - ret->b_win + 1) : 0) + ret->sink_block;
+}
 
-        /* the keys' runs, found once for both passes */
+/* The j-th of a row's key blocks, ascending. */
+static int64_t row_block(const RowKeys *rk, uint32_t j) {
+        if (rk->sink_block)
+                return j == 0 ? 0 : rk->b_win + j - 1;
+        return rk->b_win + j;
+}
+
+/* Key block b of row r for the query heads sharing KV head kvh: m[g], s[g] and o[g][hd] as
+ * above. Keys in ascending position order (runs found once for both passes) whether they
+ * come from the cache or the batch; each key and value row is read once for the whole group
+ * and every head's numbers are computed exactly as one head alone would; the values are
+ * prefetched while the keys are scored (+2% decode tok/s at 1500 positions). */
+static void attend_block(const Forward *fw, const ForwardItem *items, uint32_t il, uint32_t r, uint32_t kvh,
+                         const RowKeys *rk, int64_t b, float *scores, float *m, double *s, float *o) {
+        const ModelConfig *c = &fw->m->cfg;
+        const uint32_t hd = c->head_dim, group = c->n_head / c->n_head_kv, i = fw->row_item[r];
+        const ForwardItem *it = &items[i];
+        const uint32_t type = it->kv->type;
+        const float scale = 1.0f / sqrtf((float)hd);
+        const float *q0 = fw->q + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
+        const int64_t lo = b * ATTN_KEY_BLOCK, hi = lo + ATTN_KEY_BLOCK;
+
         KeyRun runs[KEY_RUNS_MAX];
         int n_runs = 0;
-        for (int part = 0; part < 2; part++)
-                for (int64_t p = ranges[part][0]; p < ranges[part][1];) {
-                        runs[n_runs] = key_run(fw, it, i, il, kvh, p, ranges[part][1]);
+        for (int part = 0; part < 2; part++) {
+                const int64_t end = rk->ranges[part][1] < hi ? rk->ranges[part][1] : hi;
+                for (int64_t p = rk->ranges[part][0] > lo ? rk->ranges[part][0] : lo; p < end;) {
+                        runs[n_runs] = key_run(fw, it, i, il, kvh, p, end);
                         p += runs[n_runs++].n;
                 }
+        }
 
         int64_t n = 0; /* keys before run k */
         for (int k = 0; k < n_runs; k++) {
-                dot_f32_many(q0, group, runs[k].k, runs[k].stride, runs[k].n, runs[k].v, hd, scale, scores + n, n_keys);
+                attn_dot_many(type, q0, group, runs[k].k, runs[k].stride, runs[k].n, runs[k].v, hd, scale, scores + n,
+                              ATTN_KEY_BLOCK);
                 n += runs[k].n;
         }
-        for (uint32_t g = 0; g < group; g++)
-                softmax(scores + (size_t)g * n_keys, n_keys);
+        for (uint32_t g = 0; g < group; g++) {
+                float *sc = scores + (size_t)g * ATTN_KEY_BLOCK, max = sc[0];
+                for (int64_t j = 1; j < n; j++)
+                        if (sc[j] > max)
+                                max = sc[j];
+                double sum = 0.0;
+                for (int64_t j = 0; j < n; j++) {
+                        sc[j] = expf(sc[j] - max);
+                        sum += sc[j];
+                }
+                m[g] = max;
+                s[g] = sum;
+        }
 
-        memset(out0, 0, (size_t)group * hd * sizeof(float));
+        memset(o, 0, (size_t)group * hd * sizeof(float));
         n = 0;
         for (int k = 0; k < n_runs; k++) {
-                axpy_many(out0, group, scores + n, n_keys, runs[k].v, runs[k].stride, runs[k].n, hd);
+                attn_axpy_many(type, o, group, scores + n, ATTN_KEY_BLOCK, runs[k].v, runs[k].stride, runs[k].n, hd);
                 n += runs[k].n;
         }
+}
+
+/* Folds a block's (m, s, o) into a (row, KV head)'s running (M, S, O), blocks taken in
+ * ascending order (first: the row's first block). */
+static void attn_fold(uint32_t group, uint32_t hd, bool first, float *M, double *S, float *O, const float *m,
+                      const double *s, const float *o) {
+        if (first) {
+                memcpy(M, m, group * sizeof(float));
+                memcpy(S, s, group * sizeof(double));
+                memcpy(O, o, (size_t)group * hd * sizeof(float));
+                return;
+        }
+        for (uint32_t g = 0; g < group; g++) {
+                const float mx = M[g] > m[g] ? M[g] : m[g], a = expf(M[g] - mx), e = expf(m[g] - mx);
+                float *y = O + (size_t)g * hd;
+                const float *x = o + (size_t)g * hd;
+                S[g] = S[g] * a + s[g] * e;
+                M[g] = mx;
+                for (uint32_t j = 0; j < hd; j++)
+                        y[j] = y[j] * a + x[j] * e;
+        }
+}
+
+/* O[g] /= S[g]: the attention output. */
+static void attn_finish(uint32_t group, uint32_t hd, const double *S, float *O) {
+        for (uint32_t g = 0; g < group; g++) {
+                const float inv = (float)(1.0 / S[g]);
+                for (uint32_t j = 0; j < hd; j++)
+                        O[(size_t)g * hd + j] *= inv;
+        }
+}
+
+/* Causal attention of row r for the query heads sharing KV head kvh, all its blocks. */
+static void attend_row(const Forward *fw, const ForwardItem *items, uint32_t il, uint32_t r, uint32_t kvh,
+                       const AttnScratch *t) {
+        const ModelConfig *c = &fw->m->cfg;
+        const uint32_t hd = c->head_dim, group = c->n_head / c->n_head_kv;
+        float *out0 = fw->att + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
+        RowKeys rk;
+        row_keys(fw, items, r, &rk);
+        for (uint32_t j = 0; j < rk.n_blocks; j++) {
+                attend_block(fw, items, il, r, kvh, &rk, row_block(&rk, j), t->scores, t->m, t->s, t->o);
+                attn_fold(group, hd, j == 0, t->row_m, t->row_s, out0, t->m, t->s, t->o);
+        }
+        attn_finish(group, hd, t->row_s, out0);
+}
+
+/* Split item w: one block of one (row, KV head), kept in the partials; whoever finishes a
+ * (row, KV head)'s last block folds them all, in block order. */
+static void attend_split_item(Forward *fw, const ForwardItem *items, uint32_t il, uint32_t T, unsigned long w,
+                              const AttnScratch *t) {
+        const ModelConfig *c = &fw->m->cfg;
+        const uint32_t hd = c->head_dim, group = c->n_head / c->n_head_kv;
+        uint32_t r = 0;
+        while (r + 1 < T && fw->split_item0[r + 1] <= w)
+                r++;
+        RowKeys rk;
+        row_keys(fw, items, r, &rk);
+        const unsigned long local = w - fw->split_item0[r];
+        const uint32_t kvh = (uint32_t)(local / rk.n_blocks), j = (uint32_t)(local % rk.n_blocks);
+        attend_block(fw, items, il, r, kvh, &rk, row_block(&rk, j), t->scores, fw->part_m + w * group,
+                     fw->part_s + w * group, fw->part_o + w * group * hd);
+        if (__atomic_sub_fetch(&fw->part_left[(size_t)r * c->n_head_kv + kvh], 1, __ATOMIC_ACQ_REL) != 0)
+                return;
+        float *out0 = fw->att + ((size_t)r * c->n_head + (size_t)kvh * group) * hd;
+        const unsigned long w0 = fw->split_item0[r] + (unsigned long)kvh * rk.n_blocks;
+        for (uint32_t jj = 0; jj < rk.n_blocks; jj++)
+                attn_fold(group, hd, jj == 0, t->row_m, t->row_s, out0, fw->part_m + (w0 + jj) * group,
+                          fw->part_s + (w0 + jj) * group, fw->part_o + (w0 + jj) * group * hd);
+        attn_finish(group, hd, t->row_s, out0);
 }
 
 static void attention_part(void *ctx, unsigned thread, unsigned n_threads) {
         AttnJob *j = ctx;
-        const uint32_t HKV = j->fw->m->cfg.n_head_kv;
-        unsigned long b, e;
-        pool_share((unsigned long)j->T * HKV, thread, n_threads, &b, &e);
-        for (unsigned long w = b; w < e; w++)
-                attend_group(j->fw, j->items, j->il, (uint32_t)(w / HKV), (uint32_t)(w % HKV), j->fw->scores[thread]);
+        Forward *fw = j->fw;
+        const uint32_t HKV = fw->m->cfg.n_head_kv;
+        (void)n_threads;
+        for (;;) {
+                const unsigned long w = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+                if (w >= j->n_work)
+                        return;
+                if (j->split)
+                        attend_split_item(fw, j->items, j->il, j->T, w, &fw->attn[thread]);
+                else
+                        attend_row(fw, j->items, j->il, (uint32_t)(w / HKV), (uint32_t)(w % HKV), &fw->attn[thread]);
+        }
 }
 
-/* Store the batch's keys and values in their slots (after every query has read them). */
+/* Attention of every row of the batch into fw->att, on the pool unless the work is small. */
+static void attention(Forward *fw, const ForwardItem *items, uint32_t n_items, uint32_t il, uint32_t T) {
+        const ModelConfig *c = &fw->m->cfg;
+        const uint32_t HKV = c->n_head_kv;
+        AttnJob aj = { fw, items, il, T, false, (unsigned long)T * HKV, 0 };
+        uint64_t keys = 0; /* work estimate: keys attended, all rows */
+        for (uint32_t i = 0; i < n_items; i++)
+                keys += (uint64_t)items[i].n_tokens * (items[i].kv->n_pos + items[i].n_tokens);
+        if (fw->attn_split != FORWARD_ATTN_ALWAYS && keys * c->n_head * c->head_dim < PARALLEL_MIN_WORK) {
+                attention_part(&aj, 0, 1);
+                return;
+        }
+        const bool few = aj.n_work < (unsigned long)ATTN_SPLIT_BELOW_PER_THREAD * fw->n_threads;
+        if (fw->part_o && fw->attn_split != FORWARD_ATTN_NEVER && (few || fw->attn_split == FORWARD_ATTN_ALWAYS)) {
+                unsigned long n = 0;
+                for (uint32_t r = 0; r < T; r++) {
+                        RowKeys rk;
+                        row_keys(fw, items, r, &rk);
+                        fw->split_item0[r] = n;
+                        n += (unsigned long)HKV * rk.n_blocks;
+                        for (uint32_t h = 0; h < HKV; h++)
+                                fw->part_left[(size_t)r * HKV + h] = rk.n_blocks;
+                }
+                if ((n > aj.n_work || fw->attn_split == FORWARD_ATTN_ALWAYS) && n <= ATTN_SPLIT_MAX_ITEMS) {
+                        aj.split = true;
+                        aj.n_work = n;
+                }
+        }
+        pool_run(fw->pool, attention_part, &aj);
+}
+
+/* Each row's new keys and values in its cache's type (fw->kc, fw->vc), which attention
+ * reads: a key is the same number whether it comes from the batch or, later, the cache. */
+static void kv_encode_batch(Forward *fw, const ForwardItem *items, uint32_t T) {
+        const size_t KVD = (size_t)fw->m->cfg.n_head_kv * fw->m->cfg.head_dim;
+        for (uint32_t r = 0; r < T; r++) {
+                const uint32_t type = items[fw->row_item[r]].kv->type;
+                kv_encode(type, fw->k + r * KVD, KVD, fw->kc + r * fw->kc_row);
+                kv_encode(type, fw->v + r * KVD, KVD, fw->vc + r * fw->kc_row);
+        }
+}
+
+/* Store the batch's keys and values in their slots (after every query has read them: a
+ * chunk's later positions may take the slots of keys its earlier queries still read). */
 static void kv_store(const Forward *fw, const ForwardItem *items, uint32_t il, uint32_t T) {
         for (uint32_t r = 0; r < T; r++) {
                 const KVCache *kv = items[fw->row_item[r]].kv;
-                kv_rows_in(kv, kv->k, il, kv_slot(kv, fw->row_pos[r]), 1, fw->k + (size_t)r * kv->kv_dim);
-                kv_rows_in(kv, kv->v, il, kv_slot(kv, fw->row_pos[r]), 1, fw->v + (size_t)r * kv->kv_dim);
+                kv_rows_in(kv, kv->k, il, kv_slot(kv, fw->row_pos[r]), 1, fw->kc + r * fw->kc_row);
+                kv_rows_in(kv, kv->v, il, kv_slot(kv, fw->row_pos[r]), 1, fw->vc + r * fw->kc_row);
         }
 }
 
@@ -496,25 +584,36 @@ static void route(Forward *fw, uint32_t il, uint32_t T) {
  * group, the first also quantizing silu(gate x) * up x for the second. With a NUMA plan the
  * group is one expert, run on the threads of the node holding it. */
 static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const uint32_t *ids, const uint32_t *base,
-                        const uint32_t *n, unsigned count, const BlockQ8K *xq) {
+                        const uint32_t *n, unsigned count, const ActQ *xq) {
         const ModelConfig *c = &fw->m->cfg;
         const size_t D = c->n_embd, FF = c->n_ff, DB = D / QK_K, FB = FF / QK_K;
+        const int hact = product_act(&fw->pc, &L->down[ids[0]]); /* the experts of a layer share one type */
+        const size_t hb = FB * quant_act_block_bytes(hact < 0 ? QUANT_ACT_Q8K : (QuantAct)hact);
         int node = -1;
-        if (fw->numa && c->n_expert && count == 1)
-                node = fw->numa->expert_node[(size_t)il * fw->numa->n_expert + ids[0]];
+        if (fw->pc.numa && c->n_expert && count == 1)
+                node = fw->pc.numa->expert_node[(size_t)il * fw->pc.numa->n_expert + ids[0]];
         ProductJob up, down;
-        product_job_init(&up, fw, node);
-        product_job_init(&down, fw, node);
+        product_job_init(&up, &fw->pc, node);
+        product_job_init(&down, &fw->pc, node);
         for (unsigned g = 0; g < count; g++) {
                 const uint32_t e = ids[g];
-                product_job_add(&up, &L->gate[e], &L->up[e], fw->xe + base[g] * D, xq ? xq + base[g] * DB : NULL, n[g],
-                                fw->gate + base[g] * FF, fw->up + base[g] * FF, fw->int8 ? fw->xq_h + base[g] * FB : NULL);
+                ActQ xg = { { NULL } };
+                for (int a = 0; a < QUANT_ACT_COUNT_; a++)
+                        if (xq->q[a])
+                                xg.q[a] = (const char *)xq->q[a] + base[g] * DB * quant_act_block_bytes((QuantAct)a);
+                product_job_add(&up, &L->gate[e], &L->up[e], fw->xe + base[g] * D, xg, fw->xe_exact + base[g], n[g],
+                                fw->gate + base[g] * FF,
+                                fw->up + base[g] * FF, hact >= 0 ? (char *)fw->xq_h + base[g] * hb : NULL,
+                                hact >= 0 ? (QuantAct)hact : QUANT_ACT_Q8K);
         }
         product_job_run(&up);
         for (unsigned g = 0; g < count; g++) {
                 const uint32_t e = ids[g];
-                product_job_add(&down, &L->down[e], NULL, fw->gate + base[g] * FF, up.p[g].hq, n[g],
-                                fw->eout + base[g] * D, NULL, NULL);
+                ActQ hq = { { NULL } };
+                if (up.p[g].hq)
+                        hq.q[hact] = up.p[g].hq;
+                product_job_add(&down, &L->down[e], NULL, fw->gate + base[g] * FF, hq, fw->xe_exact + base[g], n[g],
+                                fw->eout + base[g] * D, NULL, NULL, QUANT_ACT_Q8K);
         }
         product_job_run(&down);
 }
@@ -522,9 +621,13 @@ static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const u
 /* Runs a gathered group (experts_run) and puts each of its `used` output rows at its
  * (token, choice) place in fw->moe. */
 static void moe_group_run(Forward *fw, const LayerWeights *L, uint32_t il, const uint32_t *ids, const uint32_t *base,
-                          const uint32_t *n, unsigned count, uint32_t used, const BlockQ8K *xq) {
+                          const uint32_t *n, unsigned count, uint32_t used, const ActQ *xq) {
         const size_t D = fw->m->cfg.n_embd, K = fw->m->cfg.n_expert_used;
-        experts_run(fw, L, il, ids, base, n, count, xq ? fw->xq_e : NULL);
+        ActQ xe = { { NULL } };
+        for (int a = 0; a < QUANT_ACT_COUNT_; a++)
+                if (xq->q[a])
+                        xe.q[a] = fw->xq_e[a];
+        experts_run(fw, L, il, ids, base, n, count, &xe);
         for (uint32_t i = 0; i < used; i++)
                 memcpy(fw->moe + ((size_t)fw->rows[i] * K + fw->rows_slot[i]) * D, fw->eout + i * D, D * sizeof(float));
 }
@@ -537,22 +640,24 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         const ModelConfig *c = &fw->m->cfg;
         const size_t D = c->n_embd;
 
-        const BlockQ8K *xq = quantize_input(fw, fw->xq_moe, fw->xb, T, D);
+        const Matrix *readers[2] = { &L->gate[0], &L->up[0] }; /* the experts of a layer share their types */
+        const ActQ xq = product_quantize(&fw->pc, fw->xq_moe, fw->xb, T, D, readers, 2);
         const size_t DB = D / QK_K;
         if (c->n_expert == 0) {
                 const uint32_t id = 0, base = 0, n = T;
                 memcpy(fw->xe, fw->xb, T * D * sizeof(float));
-                experts_run(fw, L, il, &id, &base, &n, 1, xq);
+                memcpy(fw->xe_exact, fw->row_exact, T);
+                experts_run(fw, L, il, &id, &base, &n, 1, &xq);
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->eout[i];
                 return;
         }
 
         const uint32_t E = c->n_expert, K = c->n_expert_used;
-        matmul_par(fw, &L->router, fw->xb, xq, T, fw->router);
+        product_matmul(&fw->pc, fw->xq_in, &L->router, fw->xb, fw->row_exact, T, fw->router);
         route(fw, il, T);
 
-        const unsigned max_group = fw->numa ? 1 : PRODUCTS_MAX;
+        const unsigned max_group = fw->pc.numa ? 1 : PRODUCTS_MAX;
         const uint32_t group_rows = fw->max_rows < MOE_GROUP_ROWS ? fw->max_rows : MOE_GROUP_ROWS;
         uint32_t rows_of[MODEL_MAX_EXPERTS] = { 0 }; /* rows routed to each expert */
         for (uint32_t i = 0; i < T * K; i++)
@@ -564,7 +669,7 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
                 if (rows_of[e] == 0)
                         continue;
                 if (count == max_group || (count > 0 && used + rows_of[e] > group_rows)) {
-                        moe_group_run(fw, L, il, ids, base, n, count, used, xq);
+                        moe_group_run(fw, L, il, ids, base, n, count, used, &xq);
                         count = 0;
                         used = 0;
                 }
@@ -576,14 +681,18 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
                                 if (fw->sel[t * K + j] == (int32_t)e) {
                                         fw->rows[used] = (int32_t)t;
                                         fw->rows_slot[used] = (int32_t)j;
+                                        fw->xe_exact[used] = fw->row_exact[t];
                                         memcpy(fw->xe + used * D, fw->xb + (size_t)t * D, D * sizeof(float));
-                                        if (xq)
-                                                memcpy(fw->xq_e + used * DB, xq + (size_t)t * DB, DB * sizeof(BlockQ8K));
+                                        for (int a = 0; a < QUANT_ACT_COUNT_; a++) {
+                                                const size_t row = DB * quant_act_block_bytes((QuantAct)a);
+                                                if (xq.q[a])
+                                                        memcpy((char *)fw->xq_e[a] + used * row, (const char *)xq.q[a] + t * row, row);
+                                        }
                                         used++;
                                 }
         }
         if (count > 0)
-                moe_group_run(fw, L, il, ids, base, n, count, used, xq);
+                moe_group_run(fw, L, il, ids, base, n, count, used, &xq);
         for (uint32_t t = 0; t < T; t++) {
                 float *x = fw->x + (size_t)t * D;
                 for (size_t i = 0; i < D; i++) {
@@ -595,12 +704,56 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         }
 }
 
+/* ------------------------------------------------------------------ the blocks of a layer */
+
+/* Attention block of layer il over the batch's T rows: xb = norm(x); q, k, v = Wq, Wk, Wv xb
+ * (one product list); RoPE on q and k; each row attends to its keys (cache + this batch);
+ * the batch's keys and values go to their slots; x += Wo att.
+ * Shapes: x, xb [T][D]; q, att [T][H][hd]; k, v [T][KV][hd]. */
+static void attention_block(Forward *fw, const ForwardItem *items, uint32_t n_items, uint32_t il, uint32_t T) {
+        const ModelConfig *c = &fw->m->cfg;
+        const LayerWeights *L = &fw->m->layers[il];
+        const size_t D = c->n_embd, Q = (size_t)c->n_head * c->head_dim, KVD = (size_t)c->n_head_kv * c->head_dim;
+        for (uint32_t t = 0; t < T; t++)
+                rmsnorm(fw->xb + t * D, fw->x + t * D, L->attn_norm, (int64_t)D, c->rms_eps);
+        const Matrix *qkv_w[3] = { &L->wq, &L->wk, &L->wv };
+        const ActQ xq = product_quantize(&fw->pc, fw->xq_in, fw->xb, T, D, qkv_w, 3);
+        ProductJob qkv;
+        product_job_init(&qkv, &fw->pc, -1);
+        product_job_add(&qkv, &L->wq, NULL, fw->xb, xq, fw->row_exact, T, fw->q, NULL, NULL, QUANT_ACT_Q8K);
+        product_job_add(&qkv, &L->wk, NULL, fw->xb, xq, fw->row_exact, T, fw->k, NULL, NULL, QUANT_ACT_Q8K);
+        product_job_add(&qkv, &L->wv, NULL, fw->xb, xq, fw->row_exact, T, fw->v, NULL, NULL, QUANT_ACT_Q8K);
+        product_job_run(&qkv);
+        for (uint32_t t = 0; t < T; t++) {
+                rope(fw->q + t * Q, c->n_head, c->head_dim, fw->row_pos[t], fw->inv_freq);
+                rope(fw->k + t * KVD, c->n_head_kv, c->head_dim, fw->row_pos[t], fw->inv_freq);
+        }
+        kv_encode_batch(fw, items, T);
+        attention(fw, items, n_items, il, T);
+        kv_store(fw, items, il, T);
+        product_matmul(&fw->pc, fw->xq_in, &L->wo, fw->att, fw->row_exact, T, fw->xb);
+        for (size_t i = 0; i < T * D; i++)
+                fw->x[i] += fw->xb[i];
+}
+
+/* Feed-forward block of layer il: xb = norm(x); x += sum over the row's k experts of
+ * w_e expert_e(xb). Shapes: x, xb [T][D]. */
+static void moe_block(Forward *fw, uint32_t il, uint32_t T) {
+        const ModelConfig *c = &fw->m->cfg;
+        const LayerWeights *L = &fw->m->layers[il];
+        const size_t D = c->n_embd;
+        for (uint32_t t = 0; t < T; t++)
+                rmsnorm(fw->xb + t * D, fw->x + t * D, L->ffn_norm, (int64_t)D, c->rms_eps);
+        moe(fw, L, il, T);
+}
+
 /* ------------------------------------------------------------------ the step */
 
 /* Lay out the batch's rows; -EINVAL if it does not fit. Returns the row count. */
 static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         const ModelConfig *c = &fw->m->cfg;
         uint32_t T = 0;
+        fw->pc.any_exact = false;
         if (n_items == 0 || n_items > fw->max_rows)
                 return -EINVAL;
         for (uint32_t i = 0; i < n_items; i++) {
@@ -608,7 +761,7 @@ static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 const KVCache *kv = it->kv;
                 if (it->n_tokens == 0 || it->n_tokens > kv->n_roll || it->n_tokens > fw->max_rows - T ||
                     kv->n_slots > fw->max_slots || kv->n_layer != c->n_layer ||
-                    kv->n_head_kv != c->n_head_kv || kv->head_dim != c->head_dim)
+                    kv->n_head_kv != c->n_head_kv || kv->head_dim != c->head_dim || !kv_type_name(kv->type))
                         return -EINVAL;
                 for (uint32_t j = 0; j < i; j++)
                         if (items[j].kv == kv)
@@ -619,6 +772,8 @@ static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                                 return -EINVAL;
                         fw->row_item[T] = i;
                         fw->row_pos[T] = kv->n_pos + t;
+                        fw->row_exact[T] = fw->pc.int8 && fw->row_pos[T] < FORWARD_EXACT_POSITIONS;
+                        fw->pc.any_exact |= fw->row_exact[T];
                         T++;
                 }
         }
@@ -628,7 +783,7 @@ static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
 int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         const Model *m = fw->m;
         const ModelConfig *c = &m->cfg;
-        const size_t D = c->n_embd, Q = (size_t)c->n_head * c->head_dim, KVD = (size_t)c->n_head_kv * c->head_dim;
+        const size_t D = c->n_embd;
         const int r = layout(fw, items, n_items);
         if (r < 0)
                 return r;
@@ -643,39 +798,8 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         }
 
         for (uint32_t il = 0; il < c->n_layer; il++) {
-                const LayerWeights *L = &m->layers[il];
-
-                /* attention block: xb = norm(x); q,k,v projections; RoPE; attend; x += wo att */
-                for (uint32_t t = 0; t < T; t++)
-                        rmsnorm(fw->xb + t * D, fw->x + t * D, L->attn_norm, (int64_t)D, c->rms_eps);
-                const BlockQ8K *xq = quantize_input(fw, fw->xq_in, fw->xb, T, D);
-                ProductJob qkv;
-                product_job_init(&qkv, fw, -1);
-                product_job_add(&qkv, &L->wq, NULL, fw->xb, xq, T, fw->q, NULL, NULL);
-                product_job_add(&qkv, &L->wk, NULL, fw->xb, xq, T, fw->k, NULL, NULL);
-                product_job_add(&qkv, &L->wv, NULL, fw->xb, xq, T, fw->v, NULL, NULL);
-                product_job_run(&qkv);
-                for (uint32_t t = 0; t < T; t++) {
-                        rope(fw->q + t * Q, c->n_head, c->head_dim, fw->row_pos[t], fw->inv_freq);
-                        rope(fw->k + t * KVD, c->n_head_kv, c->head_dim, fw->row_pos[t], fw->inv_freq);
-                }
-                AttnJob aj = { fw, items, il, T };
-                uint64_t keys = 0; /* work estimate: keys attended, all rows */
-                for (uint32_t i = 0; i < n_items; i++)
-                        keys += (uint64_t)items[i].n_tokens * (items[i].kv->n_pos + items[i].n_tokens);
-                if (keys * Q < PARALLEL_MIN_WORK)
-                        attention_part(&aj, 0, 1);
-                else
-                        pool_run(fw->pool, attention_part, &aj);
-                kv_store(fw, items, il, T);
-                matmul_par(fw, &L->wo, fw->att, quantize_input(fw, fw->xq_in, fw->att, T, Q), T, fw->xb);
-                for (size_t i = 0; i < T * D; i++)
-                        fw->x[i] += fw->xb[i];
-
-                /* feed-forward block: xb = norm(x); x += sum_k w_k expert_k(xb) */
-                for (uint32_t t = 0; t < T; t++)
-                        rmsnorm(fw->xb + t * D, fw->x + t * D, L->ffn_norm, (int64_t)D, c->rms_eps);
-                moe(fw, L, il, T);
+                attention_block(fw, items, n_items, il, T);
+                moe_block(fw, il, T);
         }
         for (uint32_t i = 0; i < n_items; i++)
                 items[i].kv->n_pos += items[i].n_tokens;
@@ -687,13 +811,14 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
                 const int last = row + 1 == fw->item_row0[i] + items[i].n_tokens;
                 if (items[i].mode == FORWARD_LOGITS_ALL || (items[i].mode == FORWARD_LOGITS_LAST && last)) {
                         rmsnorm(fw->xb + n_out * D, fw->x + row * D, m->output_norm, (int64_t)D, c->rms_eps);
+                        fw->out_exact[n_out] = fw->row_exact[row];
                         fw->logit_rows[n_out++] = row;
                 }
         }
         if (n_out == 0)
                 return 0;
         const size_t V = c->n_vocab;
-        matmul_par(fw, &m->output, fw->xb, quantize_input(fw, fw->xq_in, fw->xb, n_out, D), n_out, fw->logits);
+        product_matmul(&fw->pc, fw->xq_in, &m->output, fw->xb, fw->out_exact, n_out, fw->logits);
         for (uint32_t o = 0; o < n_out; o++) {
                 const uint32_t row = fw->logit_rows[o], i = fw->row_item[row];
                 float *dst = items[i].mode == FORWARD_LOGITS_ALL

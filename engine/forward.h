@@ -60,3 +60,13 @@ uint32_t forward_max_chunk(const Forward *fw, const KVCache *kv);
 uint32_t forward_max_rows(const Forward *fw);
 /* Scratch for the logits of a whole chunk: [max_rows][V]. */
 float *forward_logits_buffer(Forward *fw);
+
+/* How attention's work is cut over the pool's threads: FORWARD_ATTN_AUTO (the default)
+ * splits the keys of few rows over threads by key blocks; ALWAYS and NEVER force it either
+ * way (for tests: the results are the same bits whichever is chosen). */
+typedef enum ForwardAttnSplit {
+        FORWARD_ATTN_AUTO = 0,
+        FORWARD_ATTN_ALWAYS = 1,
+        FORWARD_ATTN_NEVER = 2,
+} ForwardAttnSplit;
+void forward_set_attn_split(Forward *fw, ForwardAttnSplit mode);

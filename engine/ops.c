@@ -44,6 +44,35 @@ void dot_f32_many(const float *q, uint32_t n_q, const float *k, int64_t k_stride
                         scores[g * ld + i] = dot_f32(q + (size_t)g * n, k + i * k_stride, n) * scale;
 }
 
+/* The attention kernels of each KV type, chosen once (F32, F16, Q8_0 by ggml id). */
+#define KV_TYPE_SLOTS (GGML_TYPE_Q8_0 + 1)
+static KVDotFn kv_dot_impl[KV_TYPE_SLOTS];
+static KVAxpyFn kv_axpy_impl[KV_TYPE_SLOTS];
+
+static void kv_kernels_init(uint32_t type) {
+        /* Benign race: every thread stores the same pointers (the dot kernel last: it says "done"). */
+        const QuantIsa isa = quant_best_isa();
+        __atomic_store_n(&kv_axpy_impl[type], quant_kv_axpy_variant(type, isa), __ATOMIC_RELEASE);
+        __atomic_store_n(&kv_dot_impl[type], quant_kv_dot_variant(type, isa), __ATOMIC_RELEASE);
+}
+
+void attn_dot_many(uint32_t type, const float *q, uint32_t n_q, const void *k, size_t k_stride, int64_t n_k,
+                   const void *prefetch, int64_t n, float scale, float *scores, int64_t ld) {
+        KVDotFn f = __atomic_load_n(&kv_dot_impl[type], __ATOMIC_ACQUIRE);
+        if (!f) {
+                kv_kernels_init(type);
+                f = __atomic_load_n(&kv_dot_impl[type], __ATOMIC_ACQUIRE);
+        }
+        f(q, n_q, k, k_stride, n_k, prefetch, n, scale, scores, ld);
+}
+
+void attn_axpy_many(uint32_t type, float *out, uint32_t n_q, const float *p, int64_t ld, const void *v,
+                    size_t v_stride, int64_t n_k, int64_t n) {
+        if (!__atomic_load_n(&kv_dot_impl[type], __ATOMIC_ACQUIRE))
+                kv_kernels_init(type);
+        __atomic_load_n(&kv_axpy_impl[type], __ATOMIC_ACQUIRE)(out, n_q, p, ld, v, v_stride, n_k, n);
+}
+
 const char *ops_kernel_name(void) {
         return quant_isa_name(quant_best_isa());
 }

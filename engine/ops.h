@@ -1,6 +1,7 @@
 /* engine/ops.h — the leaf math of the forward pass: dot products, matrix products over
  * quantized weights, RMSNorm, softmax, RoPE, SiLU. Pure functions; any thread. */
 #pragma once
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model.h"
@@ -30,6 +31,13 @@ void dot_f32_many(const float *q, uint32_t n_q, const float *k, int64_t k_stride
                   int64_t n, float scale, float *scores, int64_t ld);
 void axpy_many(float *out, uint32_t n_q, const float *p, int64_t ld, const float *v, int64_t v_stride, int64_t n_k,
                int64_t n);
+/* The same two halves over KV cache rows stored as `type` (kv.h: GGML_TYPE_F32, F16 or
+ * Q8_0), strides in bytes: each row decoded exactly, then as dot_f32_many / axpy_many (see
+ * quant.h KVDotFn / KVAxpyFn; the kernels of quant_best_isa()). */
+void attn_dot_many(uint32_t type, const float *q, uint32_t n_q, const void *k, size_t k_stride, int64_t n_k,
+                   const void *prefetch, int64_t n, float scale, float *scores, int64_t ld);
+void attn_axpy_many(uint32_t type, float *out, uint32_t n_q, const float *p, int64_t ld, const void *v,
+                    size_t v_stride, int64_t n_k, int64_t n);
 /* out = x / sqrt(mean(x^2) + eps) * weight, length n (out may alias x). */
 void rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
 /* log softmax(logits)[index], computed in double. */

@@ -1,5 +1,6 @@
 /* engine/quant.c — scalar reference dequantization and dot kernels for every supported
- * ggml type, the traits table and the choice of kernels for this CPU (made once, at the
+ * ggml type and for attention over KV cache rows (F32, F16, Q8_0), the traits table and the
+ * choice of kernels for this CPU (made once, at the
  * first quant_traits() or quant_best_isa() call, under pthread_once). Dequantization
  * reproduces ggml's float operation order exactly (built with -ffp-contract=off so no
  * multiply-add is fused). SIMD twins live in quant_simd.c. Any thread. */
@@ -7,7 +8,11 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "engine_limits.h"
+#include "kv.h"
 
 float fp16_to_fp32(ggml_half h) {
         uint32_t sign = (uint32_t)(h & 0x8000) << 16;
@@ -169,8 +174,7 @@ static void dequant_q2_k(const void *restrict vx, float *restrict y, int64_t n) 
         }
 }
 
-/* Unpack the 16 six-bit Q3_K scales (stored in 12 bytes) into signed values. */
-static void q3_k_scales(const uint8_t packed[12], int8_t out[16]) {
+void quant_q3_k_scales(const uint8_t packed[12], int8_t out[16]) {
         for (int j = 0; j < 16; j++) {
                 const int lo = j < 8 ? (packed[j] & 0x0f) : (packed[j - 8] >> 4);
                 const int hi = (packed[8 + (j % 4)] >> (2 * (j / 4))) & 3;
@@ -186,7 +190,7 @@ static void dequant_q3_k(const void *restrict vx, float *restrict y, int64_t n) 
                 int8_t scales[16];
                 uint8_t m = 1;
                 int is = 0;
-                q3_k_scales(x[b].scales, scales);
+                quant_q3_k_scales(x[b].scales, scales);
                 for (int half = 0; half < 2; half++, q += 32) {
                         for (int shift = 0; shift < 8; shift += 2, m <<= 1) {
                                 for (int g = 0; g < 2; g++) {
@@ -336,6 +340,50 @@ float quant_dot_f32_scalar(const float *a, const float *b, int64_t n) {
         return s;
 }
 
+/* ---- attention over KV rows (quant.h KVDotFn / KVAxpyFn): the portable references ----
+ * Each row is decoded exactly (kv_decode); a key's score is the portable dot_f32 of the
+ * query and the row times the scale; a value row is added as y + p * x per number. */
+
+static void kv_dot_scalar(const float *q, uint32_t n_q, const void *k, size_t k_stride, int64_t n_k, int64_t n,
+                          float scale, float *out, int64_t out_ld, uint32_t type) {
+        float row[MODEL_MAX_HEAD_DIM];
+        for (int64_t i = 0; i < n_k; i++) {
+                kv_decode(type, (const uint8_t *)k + (size_t)i * k_stride, (size_t)n, row);
+                for (uint32_t g = 0; g < n_q; g++)
+                        out[g * out_ld + i] = quant_dot_f32_scalar(q + (size_t)g * n, row, n) * scale;
+        }
+}
+
+static void kv_axpy_scalar(float *out, uint32_t n_q, const float *p, int64_t ld, const void *v, size_t v_stride,
+                           int64_t n_k, int64_t n, uint32_t type) {
+        float row[MODEL_MAX_HEAD_DIM];
+        for (int64_t i = 0; i < n_k; i++) {
+                kv_decode(type, (const uint8_t *)v + (size_t)i * v_stride, (size_t)n, row);
+                for (uint32_t g = 0; g < n_q; g++) {
+                        float *y = out + (size_t)g * n;
+                        const float a = p[g * ld + i];
+                        for (int64_t j = 0; j < n; j++)
+                                y[j] += a * row[j];
+                }
+        }
+}
+
+#define DEFINE_KV_SCALAR(suffix, T)                                                                  \
+        static void kv_dot_##suffix##_scalar(const float *q, uint32_t n_q, const void *k, size_t k_stride, \
+                                             int64_t n_k, const void *prefetch, int64_t n, float scale, float *out, \
+                                             int64_t out_ld) {                                      \
+                (void)prefetch;                                                                      \
+                kv_dot_scalar(q, n_q, k, k_stride, n_k, n, scale, out, out_ld, T);                   \
+        }                                                                                            \
+        static void kv_axpy_##suffix##_scalar(float *out, uint32_t n_q, const float *p, int64_t ld, const void *v, \
+                                              size_t v_stride, int64_t n_k, int64_t n) {             \
+                kv_axpy_scalar(out, n_q, p, ld, v, v_stride, n_k, n, T);                             \
+        }
+
+DEFINE_KV_SCALAR(f32, GGML_TYPE_F32)
+DEFINE_KV_SCALAR(f16, GGML_TYPE_F16)
+DEFINE_KV_SCALAR(q8_0, GGML_TYPE_Q8_0)
+
 /* dequant and dot_rows start as the scalar reference / NULL and are filled in by select_kernels(). */
 static QuantTraits traits[GGML_TYPE_COUNT_] = {
         [GGML_TYPE_F32]  = { "F32",  1,     4,                  dequant_f32,  vec_dot_f32,  dequant_f32,  NULL },
@@ -362,11 +410,27 @@ static DequantFn dequant_for(uint32_t type, QuantIsa isa) {
         return f ? f : traits[type].dequant_ref;
 }
 
+int quant_isa_env(int *ret_level) {
+        static const char *const names[] = { "scalar", "avx2", "avx512", "avx512vnni" };
+        const char *e = getenv("MIXD_ISA");
+        *ret_level = 3;
+        if (!e || !*e)
+                return 0;
+        for (int i = 0; i < 4; i++)
+                if (!strcmp(e, names[i])) {
+                        *ret_level = i;
+                        return 1;
+                }
+        return -EINVAL;
+}
+
 static void select_kernels(void) {
+        int cap;
+        quant_isa_env(&cap); /* avx512vnni (3) caps the float kernels at avx512 */
         isa_ok[QUANT_ISA_SCALAR] = 1;
         for (int i = QUANT_ISA_SCALAR + 1; i < QUANT_ISA_COUNT_; i++) {
                 isa_ok[i] = quant_simd_cpu_has((QuantIsa)i);
-                if (isa_ok[i])
+                if (isa_ok[i] && i <= cap)
                         best_isa = (QuantIsa)i;
         }
         for (uint32_t t = 0; t < GGML_TYPE_COUNT_; t++) {
@@ -412,6 +476,32 @@ DotF32Fn quant_dot_f32_variant(QuantIsa isa) {
         if (!quant_isa_supported(isa))
                 return NULL;
         return isa == QUANT_ISA_SCALAR ? quant_dot_f32_scalar : quant_simd_dot_f32(isa);
+}
+
+KVDotFn quant_kv_dot_variant(uint32_t type, QuantIsa isa) {
+        if (!quant_isa_supported(isa))
+                return NULL;
+        if (isa != QUANT_ISA_SCALAR)
+                return quant_simd_kv_dot(type, isa);
+        switch (type) {
+        case GGML_TYPE_F32: return kv_dot_f32_scalar;
+        case GGML_TYPE_F16: return kv_dot_f16_scalar;
+        case GGML_TYPE_Q8_0: return kv_dot_q8_0_scalar;
+        default: return NULL;
+        }
+}
+
+KVAxpyFn quant_kv_axpy_variant(uint32_t type, QuantIsa isa) {
+        if (!quant_isa_supported(isa))
+                return NULL;
+        if (isa != QUANT_ISA_SCALAR)
+                return quant_simd_kv_axpy(type, isa);
+        switch (type) {
+        case GGML_TYPE_F32: return kv_axpy_f32_scalar;
+        case GGML_TYPE_F16: return kv_axpy_f16_scalar;
+        case GGML_TYPE_Q8_0: return kv_axpy_q8_0_scalar;
+        default: return NULL;
+        }
 }
 
 const QuantTraits *quant_traits(uint32_t type) {

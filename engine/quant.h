@@ -139,6 +139,20 @@ typedef float (*DotF32Fn)(const float *a, const float *b, int64_t n);
 typedef void (*DotManyFn)(const float *q, uint32_t n_q, const float *k, int64_t k_stride, int64_t n_k,
                           const float *prefetch, int64_t n, float scale, float *out, int64_t out_ld);
 
+/* Attention over KV cache rows stored as a KV type (kv.h: F32, F16 or Q8_0), strides in
+ * bytes, each row decoded exactly (kv_decode) on the way:
+ * KVDotFn:  out[g * out_ld + i] = dot_f32(q + g * n, decode(k + i * k_stride), n) * scale for
+ *           g < n_q, i < n_k, bit for bit with the dot_f32 of the same instruction set; the
+ *           rows at prefetch (laid out as k's) are brought into L2 on the way (may be NULL);
+ * KVAxpyFn: out + g * n gets y[j] = y[j] + p[g * ld + i] * decode(v + i * v_stride)[j] (a
+ *           multiply then an add) for i = 0, 1, ... in that order: the same bits on every
+ *           instruction set.
+ * Each row is read once for all n_q heads where the kernel can; n: the head size. */
+typedef void (*KVDotFn)(const float *q, uint32_t n_q, const void *k, size_t k_stride, int64_t n_k,
+                        const void *prefetch, int64_t n, float scale, float *out, int64_t out_ld);
+typedef void (*KVAxpyFn)(float *out, uint32_t n_q, const float *p, int64_t ld, const void *v, size_t v_stride,
+                         int64_t n_k, int64_t n);
+
 typedef struct QuantTraits {
         const char *name;
         uint32_t block_size;   /* weights per block */
@@ -169,8 +183,14 @@ typedef enum QuantIsa {
         QUANT_ISA_COUNT_,
 } QuantIsa;
 
-/* The best instruction set this CPU (and this build) supports; decided once. */
+/* The best instruction set this CPU (and this build) supports, decided once; the
+ * environment variable MIXD_ISA (scalar, avx2, avx512, avx512vnni) caps it, so tests and
+ * benchmarks can run every variant on one CPU (quant_isa_env()). */
 QuantIsa quant_best_isa(void);
+/* MIXD_ISA as a level, 0 scalar .. 3 avx512vnni, into *ret_level: 1 when it is set, 0 when
+ * it is not (*ret_level = 3), -EINVAL for a name not in the list (ignored by the kernels'
+ * choice; the caller may say so). */
+int quant_isa_env(int *ret_level);
 /* Whether this CPU and build can run kernels of isa. */
 int quant_isa_supported(QuantIsa isa);
 const char *quant_isa_name(QuantIsa isa);
@@ -183,16 +203,26 @@ DotRowsFn quant_dot_rows_variant(uint32_t type, QuantIsa isa);
 /* dot_f32 of isa (the scalar one is the portable reference); NULL if the CPU cannot run it. */
 DotF32Fn quant_dot_f32_variant(QuantIsa isa);
 
+/* The attention kernels of a KV type (GGML_TYPE_F32, F16, Q8_0) for isa (the scalar ones are
+ * the portable references); NULL for another type or an isa the CPU cannot run. */
+KVDotFn quant_kv_dot_variant(uint32_t type, QuantIsa isa);
+KVAxpyFn quant_kv_axpy_variant(uint32_t type, QuantIsa isa);
+
 /* Implemented in quant_simd.c, for quant.c: the SIMD kernels of isa, NULL where none. */
 DequantFn quant_simd_dequant(uint32_t type, QuantIsa isa);
 DotRowsFn quant_simd_dot_rows(uint32_t type, QuantIsa isa);
 DotF32Fn quant_simd_dot_f32(QuantIsa isa);
 /* The DotManyFn in exactly quant_simd_dot_f32(isa)'s order; NULL where there is none. */
 DotManyFn quant_simd_dot_f32_many(QuantIsa isa);
+KVDotFn quant_simd_kv_dot(uint32_t type, QuantIsa isa);
+KVAxpyFn quant_simd_kv_axpy(uint32_t type, QuantIsa isa);
 /* Whether the CPU has what quant_simd.c's kernels of isa need (0 on other architectures). */
 int quant_simd_cpu_has(QuantIsa isa);
 /* The portable dot_f32 (8 float accumulators), in quant.c. */
 float quant_dot_f32_scalar(const float *a, const float *b, int64_t n);
+
+/* The 16 six-bit Q3_K scales (stored in 12 bytes) as signed values (-32..31). */
+void quant_q3_k_scales(const uint8_t packed[12], int8_t out[16]);
 
 float fp16_to_fp32(ggml_half h);
 ggml_half fp32_to_fp16(float f);

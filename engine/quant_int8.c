@@ -44,19 +44,19 @@
 /* ---------------------------------------------------------------------------------------
  * Activation quantization. */
 
-/* The largest |x[i]| of a block; NaNs are ignored. */
-static float block_amax(const float *x) {
+/* The largest |x[i]| of n floats (n a multiple of 4); NaNs are ignored. */
+static float block_amax(const float *x, int n) {
 #if defined(__x86_64__) /* SSE2: the same maximum, 4 lanes at a time */
         const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
         __m128 m = _mm_setzero_ps();
-        for (int i = 0; i < QK_K; i += 4)
+        for (int i = 0; i < n; i += 4)
                 m = _mm_max_ps(_mm_and_ps(_mm_loadu_ps(x + i), abs_mask), m); /* a NaN lane keeps m */
         m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
         return _mm_cvtss_f32(m);
 #else
         float amax = 0.0f;
-        for (int i = 0; i < QK_K; i++) {
+        for (int i = 0; i < n; i++) {
                 const float a = fabsf(x[i]);
                 if (a > amax)
                         amax = a;
@@ -75,55 +75,75 @@ static inline int round_q8(float v) {
 }
 #endif
 
-/* qs and bsums of a block with scale d != 0: q = round_q8(clamp(x / d)), NaN -> 0. */
-static void block_quantize(const float *x, float d, BlockQ8K *y) {
+/* qs and bsums of a group of 16 with scale d: q = round_q8(clamp(x / d)), NaN -> 0; all 0
+ * when d is 0 (an all-zero group, or one so small that its scale underflows). */
+static void group_quantize(const float *x, float d, int8_t *qs, int16_t *bsum) {
+        if (d == 0.0f) {
+                memset(qs, 0, 16);
+                *bsum = 0;
+                return;
+        }
 #if defined(__x86_64__) /* SSE2, lane by lane the same operations as the scalar loop */
         const __m128 vd = _mm_set1_ps(d), hi = _mm_set1_ps(127.0f), lo = _mm_set1_ps(-127.0f);
         const __m128 half = _mm_set1_ps(0.5f), mhalf = _mm_set1_ps(-0.5f);
-        for (int g = 0; g < QK_K / 16; g++) {
-                __m128i q4[4];
-                for (int k = 0; k < 4; k++) {
-                        const __m128 v0 = _mm_div_ps(_mm_loadu_ps(x + 16 * g + 4 * k), vd);
-                        const __m128 ok = _mm_cmpord_ps(v0, v0);               /* not NaN */
-                        const __m128 v = _mm_max_ps(_mm_min_ps(v0, hi), lo);   /* NaN lanes: masked below */
-                        __m128i q = _mm_cvttps_epi32(v);
-                        const __m128 frac = _mm_sub_ps(v, _mm_cvtepi32_ps(q));
-                        q = _mm_sub_epi32(q, _mm_castps_si128(_mm_cmpge_ps(frac, half)));  /* + 1 */
-                        q = _mm_add_epi32(q, _mm_castps_si128(_mm_cmple_ps(frac, mhalf))); /* - 1 */
-                        q4[k] = _mm_and_si128(q, _mm_castps_si128(ok));
-                }
-                const __m128i q16 = _mm_packs_epi16(_mm_packs_epi32(q4[0], q4[1]), _mm_packs_epi32(q4[2], q4[3]));
-                _mm_storeu_si128((__m128i *)(y->qs + 16 * g), q16);
-                /* sum of the 16 signed bytes: psadbw of the bytes + 128, minus 16 * 128 */
-                const __m128i sad = _mm_sad_epu8(_mm_xor_si128(q16, _mm_set1_epi8((char)0x80)), _mm_setzero_si128());
-                y->bsums[g] = (int16_t)(_mm_cvtsi128_si32(sad) + _mm_cvtsi128_si32(_mm_srli_si128(sad, 8)) - 16 * 128);
+        __m128i q4[4];
+        for (int k = 0; k < 4; k++) {
+                const __m128 v0 = _mm_div_ps(_mm_loadu_ps(x + 4 * k), vd);
+                const __m128 ok = _mm_cmpord_ps(v0, v0);               /* not NaN */
+                const __m128 v = _mm_max_ps(_mm_min_ps(v0, hi), lo);   /* NaN lanes: masked below */
+                __m128i q = _mm_cvttps_epi32(v);
+                const __m128 frac = _mm_sub_ps(v, _mm_cvtepi32_ps(q));
+                q = _mm_sub_epi32(q, _mm_castps_si128(_mm_cmpge_ps(frac, half)));  /* + 1 */
+                q = _mm_add_epi32(q, _mm_castps_si128(_mm_cmple_ps(frac, mhalf))); /* - 1 */
+                q4[k] = _mm_and_si128(q, _mm_castps_si128(ok));
         }
+        const __m128i q16 = _mm_packs_epi16(_mm_packs_epi32(q4[0], q4[1]), _mm_packs_epi32(q4[2], q4[3]));
+        _mm_storeu_si128((__m128i *)qs, q16);
+        /* sum of the 16 signed bytes: psadbw of the bytes + 128, minus 16 * 128 */
+        const __m128i sad = _mm_sad_epu8(_mm_xor_si128(q16, _mm_set1_epi8((char)0x80)), _mm_setzero_si128());
+        *bsum = (int16_t)(_mm_cvtsi128_si32(sad) + _mm_cvtsi128_si32(_mm_srli_si128(sad, 8)) - 16 * 128);
 #else
-        for (int g = 0; g < QK_K / 16; g++) {
-                int s = 0;
-                for (int i = 16 * g; i < 16 * g + 16; i++) {
-                        float v = x[i] / d;
-                        v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-                        const int q = v == v ? round_q8(v) : 0; /* NaN: 0 */
-                        y->qs[i] = (int8_t)q;
-                        s += q;
-                }
-                y->bsums[g] = (int16_t)s;
+        int s = 0;
+        for (int i = 0; i < 16; i++) {
+                float v = x[i] / d;
+                v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+                const int q = v == v ? round_q8(v) : 0; /* NaN: 0 */
+                qs[i] = (int8_t)q;
+                s += q;
         }
+        *bsum = (int16_t)s;
 #endif
 }
 
 void quantize_row_q8k(const float *restrict x, BlockQ8K *restrict y, int64_t n) {
         for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
-                const float d = block_amax(x) / 127.0f;
+                const float d = block_amax(x, QK_K) / 127.0f;
                 y[b].d = d;
-                if (d == 0.0f) { /* all zero (or so small that the scale underflows) */
-                        memset(y[b].qs, 0, sizeof(y[b].qs));
-                        memset(y[b].bsums, 0, sizeof(y[b].bsums));
-                        continue;
-                }
-                block_quantize(x, d, &y[b]);
+                for (int g = 0; g < QK_K / 16; g++)
+                        group_quantize(x + 16 * g, d, y[b].qs + 16 * g, &y[b].bsums[g]);
         }
+}
+
+void quantize_row_q8x(const float *restrict x, BlockQ8X *restrict y, int64_t n) {
+        for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+                for (int j = 0; j < 8; j++) {
+                        const float d = block_amax(x + 32 * j, 32) / 127.0f;
+                        y[b].d[j] = d;
+                        group_quantize(x + 32 * j, d, y[b].qs + 32 * j, &y[b].bsums[2 * j]);
+                        group_quantize(x + 32 * j + 16, d, y[b].qs + 32 * j + 16, &y[b].bsums[2 * j + 1]);
+                }
+        }
+}
+
+void quantize_row_act(QuantAct act, const float *restrict x, void *restrict dst, int64_t n) {
+        if (act == QUANT_ACT_Q8X)
+                quantize_row_q8x(x, dst, n);
+        else
+                quantize_row_q8k(x, dst, n);
+}
+
+size_t quant_act_block_bytes(QuantAct act) {
+        return act == QUANT_ACT_Q8X ? sizeof(BlockQ8X) : sizeof(BlockQ8K);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -142,12 +162,18 @@ INLINE float term_q6k(float xd, float wd, int32_t isum) {
         return (xd * wd) * (float)isum;
 }
 
-/* Q8_0: the 8 blocks of 32 of the super-block: s[i] = sum q x over block i, wd[i] its scale. */
-INLINE float term_q8_0(float xd, const float wd[8], const int32_t s[8]) {
+/* The legacy types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), per 256 weights = 8 blocks of 32:
+ * s[i] = sum q x over block i (q the block's signed integer weights: q - 8 for Q4_0, ...),
+ * wd[i] its scale, xd[i] the activation block's; Q4_1 / Q5_1 (wm != NULL) add their minimum
+ * wm[i] times xs[i] = sum x over the block. */
+INLINE float term_leg(const float wd[8], const float xd[8], const int32_t s[8], const float *wm, const int32_t *xs) {
         float p[8];
-        for (int i = 0; i < 8; i++)
-                p[i] = wd[i] * (float)s[i];
-        return xd * (((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7])));
+        for (int i = 0; i < 8; i++) {
+                p[i] = (wd[i] * xd[i]) * (float)s[i];
+                if (wm)
+                        p[i] = p[i] + (wm[i] * xd[i]) * (float)xs[i];
+        }
+        return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -188,7 +214,8 @@ static void k45_sums_ref(const uint8_t *scales, const uint8_t *qs, const uint8_t
         *ret_msum = msum;
 }
 
-static float dot_q4k_scalar(const void *restrict vw, const BlockQ8K *restrict x, int64_t n) {
+static float dot_q4k_scalar(const void *restrict vw, const void *restrict vx, int64_t n) {
+        const BlockQ8K *x = vx;
         const BlockQ4_K *w = vw;
         float acc = 0.0f;
         for (int64_t b = 0; b < n / QK_K; b++) {
@@ -199,7 +226,8 @@ static float dot_q4k_scalar(const void *restrict vw, const BlockQ8K *restrict x,
         return acc;
 }
 
-static float dot_q5k_scalar(const void *restrict vw, const BlockQ8K *restrict x, int64_t n) {
+static float dot_q5k_scalar(const void *restrict vw, const void *restrict vx, int64_t n) {
+        const BlockQ8K *x = vx;
         const BlockQ5_K *w = vw;
         float acc = 0.0f;
         for (int64_t b = 0; b < n / QK_K; b++) {
@@ -212,7 +240,8 @@ static float dot_q5k_scalar(const void *restrict vw, const BlockQ8K *restrict x,
 
 /* Q6_K: isum = sum_g sc_g sum_{i in g} q_i x_i - 32 sum_g sc_g bsums_g with q_i = 0..63 (the
  * same integer as sum sc (q - 32) x, bsums matching qs). */
-static float dot_q6k_scalar(const void *restrict vw, const BlockQ8K *restrict x, int64_t n) {
+static float dot_q6k_scalar(const void *restrict vw, const void *restrict vx, int64_t n) {
+        const BlockQ8K *x = vx;
         const BlockQ6_K *w = vw;
         float acc = 0.0f;
         for (int64_t b = 0; b < n / QK_K; b++) {
@@ -239,35 +268,138 @@ static float dot_q6k_scalar(const void *restrict vw, const BlockQ8K *restrict x,
         return acc;
 }
 
-static float dot_q8_0_scalar(const void *restrict vw, const BlockQ8K *restrict x, int64_t n) {
-        const BlockQ8_0 *w = vw;
+/* The 32 integer weights of legacy block blk of type (as ggml's dequantizers read them, the
+ * offset taken out for Q4_0 / Q5_0), its scale and (Q4_1 / Q5_1) its minimum. */
+static void leg_block_ref(uint32_t type, const uint8_t *blk, int32_t q[32], float *ret_d, float *ret_m) {
+        ggml_half d, m = 0;
+        memcpy(&d, blk, 2);
+        uint32_t qh = 0;
+        const uint8_t *qs;
+        int off = 0;
+        switch (type) {
+        case GGML_TYPE_Q8_0:
+                for (int l = 0; l < 32; l++)
+                        q[l] = ((const BlockQ8_0 *)blk)->qs[l];
+                *ret_d = quant_int8_half(d);
+                *ret_m = 0.0f;
+                return;
+        case GGML_TYPE_Q4_0: qs = ((const BlockQ4_0 *)blk)->qs; off = 8; break;
+        case GGML_TYPE_Q4_1: qs = ((const BlockQ4_1 *)blk)->qs; memcpy(&m, blk + 2, 2); break;
+        case GGML_TYPE_Q5_0: qs = ((const BlockQ5_0 *)blk)->qs; memcpy(&qh, blk + 2, 4); off = 16; break;
+        default: /* Q5_1 */  qs = ((const BlockQ5_1 *)blk)->qs; memcpy(&m, blk + 2, 2); memcpy(&qh, blk + 4, 4); break;
+        }
+        for (int l = 0; l < 16; l++) {
+                q[l] = (int32_t)((qs[l] & 15) | (((qh >> l) & 1) << 4)) - off;
+                q[l + 16] = (int32_t)((qs[l] >> 4) | (((qh >> (l + 16)) & 1) << 4)) - off;
+        }
+        *ret_d = quant_int8_half(d);
+        *ret_m = quant_int8_half(m);
+}
+
+static float dot_leg_ref(uint32_t type, size_t bsz, const void *restrict vw, const void *restrict vx, int64_t n) {
+        const uint8_t *w = vw;
+        const BlockQ8X *x = vx;
+        const int has_m = type == GGML_TYPE_Q4_1 || type == GGML_TYPE_Q5_1;
         float acc = 0.0f;
         for (int64_t b = 0; b < n / QK_K; b++) {
-                int32_t s[8];
-                float wd[8];
+                int32_t s[8], xs[8];
+                float wd[8], wm[8];
                 for (int i = 0; i < 8; i++) {
-                        const BlockQ8_0 *blk = &w[8 * b + i];
+                        int32_t q[32];
+                        leg_block_ref(type, w + (size_t)(8 * b + i) * bsz, q, &wd[i], &wm[i]);
                         s[i] = 0;
                         for (int l = 0; l < 32; l++)
-                                s[i] += blk->qs[l] * x[b].qs[32 * i + l];
-                        wd[i] = quant_int8_half(blk->d);
+                                s[i] += q[l] * x[b].qs[32 * i + l];
+                        xs[i] = x[b].bsums[2 * i] + x[b].bsums[2 * i + 1];
                 }
-                acc = acc + term_q8_0(x[b].d, wd, s);
+                acc = acc + term_leg(wd, x[b].d, s, has_m ? wm : NULL, xs);
         }
         return acc;
 }
 
-#define DEFINE_ROWS_SCALAR(name, dot)                                                                         \
-        static void name(const void *restrict w, size_t rb, int64_t R, const BlockQ8K *restrict x, int64_t xs, \
+static float dot_q8_0_scalar(const void *restrict w, const void *restrict x, int64_t n) {
+        return dot_leg_ref(GGML_TYPE_Q8_0, sizeof(BlockQ8_0), w, x, n);
+}
+static float dot_q4_0_scalar(const void *restrict w, const void *restrict x, int64_t n) {
+        return dot_leg_ref(GGML_TYPE_Q4_0, sizeof(BlockQ4_0), w, x, n);
+}
+static float dot_q4_1_scalar(const void *restrict w, const void *restrict x, int64_t n) {
+        return dot_leg_ref(GGML_TYPE_Q4_1, sizeof(BlockQ4_1), w, x, n);
+}
+static float dot_q5_0_scalar(const void *restrict w, const void *restrict x, int64_t n) {
+        return dot_leg_ref(GGML_TYPE_Q5_0, sizeof(BlockQ5_0), w, x, n);
+}
+static float dot_q5_1_scalar(const void *restrict w, const void *restrict x, int64_t n) {
+        return dot_leg_ref(GGML_TYPE_Q5_1, sizeof(BlockQ5_1), w, x, n);
+}
+
+/* Q2_K: 16 groups of 16; group g = weights 16g .., q = (qs[32 (g / 8) + l] >> 2 ((g / 2) % 4)) & 3
+ * (l < 32 the weight's place in its 32); isum = sum_g sc_g S_g, msum = sum_g m_g X_g (sc, m
+ * the low and high nibbles of scales[g]), combined as Q4_K's. */
+static float dot_q2k_scalar(const void *restrict vw, const void *restrict vx, int64_t n) {
+        const BlockQ2_K *w = vw;
+        const BlockQ8K *x = vx;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < n / QK_K; b++) {
+                int32_t isum = 0, msum = 0;
+                for (int g = 0; g < 16; g++) {
+                        int32_t s = 0;
+                        for (int i = 16 * g; i < 16 * g + 16; i++) {
+                                const int half = i / 128, j = (i % 128) / 32, l = i % 32;
+                                s += ((w[b].qs[32 * half + l] >> (2 * j)) & 3) * x[b].qs[i];
+                        }
+                        isum += (w[b].scales[g] & 15) * s;
+                        msum += (w[b].scales[g] >> 4) * x[b].bsums[g];
+                }
+                acc = acc + term_k4(x[b].d, quant_int8_half(w[b].d), quant_int8_half(w[b].dmin), isum, msum);
+        }
+        return acc;
+}
+
+/* Q3_K: q = u - 4 with u = ((qs[32 (i / 128) + l] >> 2 j) & 3) + 4 (bit 4 (i / 128) + j of
+ * hmask[l]) in 0..7 (j = (i % 128) / 32, l = i % 32); isum = sum_g sc_g sum (u x) -
+ * 4 sum_g sc_g X_g (the same integer as sum sc q x), combined as Q6_K's. */
+static float dot_q3k_scalar(const void *restrict vw, const void *restrict vx, int64_t n) {
+        const BlockQ3_K *w = vw;
+        const BlockQ8K *x = vx;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < n / QK_K; b++) {
+                int8_t sc[16];
+                quant_q3_k_scales(w[b].scales, sc);
+                int32_t raw = 0, msum = 0;
+                for (int g = 0; g < 16; g++) {
+                        int32_t s = 0;
+                        for (int i = 16 * g; i < 16 * g + 16; i++) {
+                                const int half = i / 128, j = (i % 128) / 32, l = i % 32;
+                                const int u = ((w[b].qs[32 * half + l] >> (2 * j)) & 3) + 4 * ((w[b].hmask[l] >> (4 * half + j)) & 1);
+                                s += u * x[b].qs[i];
+                        }
+                        raw += sc[g] * s;
+                        msum += sc[g] * x[b].bsums[g];
+                }
+                acc = acc + term_q6k(x[b].d, quant_int8_half(w[b].d), raw - 4 * msum);
+        }
+        return acc;
+}
+
+#define DEFINE_ROWS_SCALAR(name, dot, XT)                                                                     \
+        static void name(const void *restrict w, size_t rb, int64_t R, const void *restrict xv, int64_t xs,   \
                          int64_t T, float *restrict out, int64_t os, int64_t n) {                             \
+                const XT *x = xv;                                                                             \
                 for (int64_t r = 0; r < R; r++)                                                               \
                         for (int64_t t = 0; t < T; t++)                                                       \
                                 out[t * os + r] = dot((const uint8_t *)w + (size_t)r * rb, x + t * xs, n);    \
         }
-DEFINE_ROWS_SCALAR(rows_q4k_scalar, dot_q4k_scalar)
-DEFINE_ROWS_SCALAR(rows_q5k_scalar, dot_q5k_scalar)
-DEFINE_ROWS_SCALAR(rows_q6k_scalar, dot_q6k_scalar)
-DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
+DEFINE_ROWS_SCALAR(rows_q2k_scalar, dot_q2k_scalar, BlockQ8K)
+DEFINE_ROWS_SCALAR(rows_q3k_scalar, dot_q3k_scalar, BlockQ8K)
+DEFINE_ROWS_SCALAR(rows_q4k_scalar, dot_q4k_scalar, BlockQ8K)
+DEFINE_ROWS_SCALAR(rows_q5k_scalar, dot_q5k_scalar, BlockQ8K)
+DEFINE_ROWS_SCALAR(rows_q6k_scalar, dot_q6k_scalar, BlockQ8K)
+DEFINE_ROWS_SCALAR(rows_q4_0_scalar, dot_q4_0_scalar, BlockQ8X)
+DEFINE_ROWS_SCALAR(rows_q4_1_scalar, dot_q4_1_scalar, BlockQ8X)
+DEFINE_ROWS_SCALAR(rows_q5_0_scalar, dot_q5_0_scalar, BlockQ8X)
+DEFINE_ROWS_SCALAR(rows_q5_1_scalar, dot_q5_1_scalar, BlockQ8X)
+DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar, BlockQ8X)
 
 /* ---------------------------------------------------------------------------------------
  * Tiling shared by the SIMD variants. A tile function TILE(wrow, x, xs, tt, acc, nb) runs one
@@ -307,9 +439,10 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
                 }                                                                                             \
         } while (0)
 
-#define DEFINE_DOT_ROWS(name, dotname, ATTR, BLOCK_T, TILE)                                                   \
-        ATTR static void name(const void *restrict w, size_t rb, int64_t R, const BlockQ8K *restrict x,       \
+#define DEFINE_DOT_ROWS(name, dotname, ATTR, BLOCK_T, XT, TILE)                                               \
+        ATTR static void name(const void *restrict w, size_t rb, int64_t R, const void *restrict xv,          \
                               int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {            \
+                const XT *x = xv;                                                                             \
                 const int64_t nb = n / QK_K;                                                                  \
                 if (T <= TILE_T) { /* one tile: no activation tile to keep in L2 */                          \
                         DOT_ROWS_FEW(BLOCK_T, TILE);                                                          \
@@ -333,9 +466,9 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
                         }                                                                                     \
                 }                                                                                             \
         }                                                                                                     \
-        ATTR static float dotname(const void *restrict w, const BlockQ8K *restrict x, int64_t n) {            \
+        ATTR static float dotname(const void *restrict w, const void *restrict x, int64_t n) {                \
                 float acc[1];                                                                                 \
-                TILE((const BLOCK_T *)w, x, 0, 1, acc, n / QK_K);                                             \
+                TILE((const BLOCK_T *)w, (const XT *)x, 0, 1, acc, n / QK_K);                                 \
                 return acc[0];                                                                                \
         }
 
@@ -379,9 +512,10 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
 /* T = 1 by DOT_ROWS_FEW; up to TILE_T4 tokens in 4-row groups from the four quarters of
  * the rows (DOT_ROWS4_QUARTERS); more in 4-row groups of consecutive rows, row blocks as
  * DEFINE_DOT_ROWS (prefill: the activation tiles are reused from L2 across a block). */
-#define DEFINE_DOT_ROWS4(name, dotname, ATTR, BLOCK_T, TILE, TILE4)                                           \
-        ATTR static void name(const void *restrict w, size_t rb, int64_t R, const BlockQ8K *restrict x,       \
+#define DEFINE_DOT_ROWS4(name, dotname, ATTR, BLOCK_T, XT, TILE, TILE4)                                       \
+        ATTR static void name(const void *restrict w, size_t rb, int64_t R, const void *restrict xv,          \
                               int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {            \
+                const XT *x = xv;                                                                             \
                 const int64_t nb = n / QK_K;                                                                  \
                 if (T == 1) {                                                                                 \
                         DOT_ROWS_FEW(BLOCK_T, TILE);                                                          \
@@ -403,9 +537,9 @@ DEFINE_ROWS_SCALAR(rows_q8_0_scalar, dot_q8_0_scalar)
                         }                                                                                     \
                 }                                                                                             \
         }                                                                                                     \
-        ATTR static float dotname(const void *restrict w, const BlockQ8K *restrict x, int64_t n) {            \
+        ATTR static float dotname(const void *restrict w, const void *restrict x, int64_t n) {                \
                 float acc[1];                                                                                 \
-                TILE((const BLOCK_T *)w, x, 0, 1, acc, n / QK_K);                                             \
+                TILE((const BLOCK_T *)w, (const XT *)x, 0, 1, acc, n / QK_K);                                 \
                 return acc[0];                                                                                \
         }
 
@@ -480,20 +614,34 @@ T_AVX2 INLINE __m128 terms_q6k(const __m256i A[4], __m128 X4, __m128 W4) {
         return _mm_mul_ps(_mm_mul_ps(X4, W4), _mm_cvtepi32_ps(s));
 }
 
-/* term_q8_0 of 4 items: S[i] the 8 block sums of item i, W8[i] their scales. The halving
- * adds pair exactly as term_q8_0: ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)). */
-T_AVX2 INLINE __m128 terms_q8_0(const __m256i S[4], const __m256 W8[4], __m128 X4) {
+/* term_leg of 4 items: S[i] the 8 block sums of item i, W8[i] / X8[i] the weight and
+ * activation scales of its blocks; with M8 (Q4_1 / Q5_1) also M8[i] its minimums and XS[i]
+ * its sums of x. The halving adds pair exactly as term_leg: ((p0 + p1) + (p2 + p3)) +
+ * ((p4 + p5) + (p6 + p7)). */
+T_AVX2 INLINE __m128 terms_leg(const __m256i S[4], const __m256 W8[4], const __m256 X8[4], const __m256 *M8,
+                               const __m256i *XS) {
         __m256 P[4];
-        for (int i = 0; i < 4; i++)
-                P[i] = _mm256_mul_ps(W8[i], _mm256_cvtepi32_ps(S[i]));
+        for (int i = 0; i < 4; i++) {
+                P[i] = _mm256_mul_ps(_mm256_mul_ps(W8[i], X8[i]), _mm256_cvtepi32_ps(S[i]));
+                if (M8)
+                        P[i] = _mm256_add_ps(P[i], _mm256_mul_ps(_mm256_mul_ps(M8[i], X8[i]), _mm256_cvtepi32_ps(XS[i])));
+        }
         const __m256 g = _mm256_hadd_ps(_mm256_hadd_ps(P[0], P[1]), _mm256_hadd_ps(P[2], P[3]));
-        return _mm_mul_ps(X4, _mm_add_ps(_mm256_castps256_ps128(g), _mm256_extractf128_ps(g, 1)));
+        return _mm_add_ps(_mm256_castps256_ps128(g), _mm256_extractf128_ps(g, 1));
 }
 
-/* The 8 fp16 scales of 8 consecutive Q8_0 blocks as floats. */
-T_AVX2 INLINE __m256 q8_0_scales(const BlockQ8_0 *blk) {
-        return halves8(_mm_setr_epi16((short)blk[0].d, (short)blk[1].d, (short)blk[2].d, (short)blk[3].d,
-                                      (short)blk[4].d, (short)blk[5].d, (short)blk[6].d, (short)blk[7].d));
+/* The fp16 at byte off of each of the 8 consecutive legacy blocks (bsz bytes each) at blk, as
+ * floats: their scales d (off 0) or minimums m (off 2, Q4_1 / Q5_1). */
+T_AVX2 INLINE __m256 leg_halves8(const void *blk, size_t bsz, size_t off) {
+        uint16_t h[8];
+        for (int i = 0; i < 8; i++)
+                memcpy(&h[i], (const uint8_t *)blk + (size_t)i * bsz + off, 2);
+        return halves8(_mm_loadu_si128((const __m128i *)h));
+}
+
+/* The sums of x over the 8 blocks of 32 of an activation block (from its bsums). */
+T_AVX2 INLINE __m256i xsums8(const BlockQ8X *x) {
+        return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x->bsums), _mm256_set1_epi16(1));
 }
 
 /* d | dmin << 16 of a Q4_K / Q5_K block (the two halves at its start). */
@@ -501,6 +649,14 @@ INLINE uint32_t k4_dm(const void *blk) {
         uint32_t v;
         memcpy(&v, blk, 4);
         return v;
+}
+
+/* The K4 layout's kinds: Q4_K, Q5_K (4-bit quants + a 5th bit), Q2_K. */
+enum { KQ_Q4K = 0, KQ_Q5K = 1, KQ_Q2K = 2 };
+
+/* d | dmin << 16 of a block of the kind */
+INLINE uint32_t kq_dm(const uint8_t *blk, int kind) {
+        return k4_dm(kind == KQ_Q2K ? blk + offsetof(BlockQ2_K, d) : blk);
 }
 
 /* Bytes [sc0 .. sc7, m0 .. m7] of a Q4_K / Q5_K block's 12 scale bytes (the values of
@@ -589,28 +745,36 @@ T_AVX2 INLINE __m256i shift16(__m256i v, int s) {
                         acc[t] = f_[t];                                                                       \
         } while (0)
 
-/* The Q8_0 tile, likewise: ITEM gives the 8 block sums of a super-block (8 x 32 weights). */
-#define Q8_0_TILE_BODY(DEC_T, DECODE, ITEM)                                                                   \
+/* The legacy tile (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), likewise on BlockQ8X activations: DECODE
+ * decodes a super-block (8 blocks of 32), ITEM gives its 8 block sums with one activation
+ * block; HAS_M: the type has a minimum (Q4_1 / Q5_1). */
+#define LEG_TILE_BODY(DEC_T, DECODE, ITEM, HAS_M)                                                             \
         do {                                                                                                  \
                 const __m256i z_ = _mm256_setzero_si256();                                                    \
+                const __m256 zf_ = _mm256_setzero_ps();                                                       \
                 if (TT == 1) {                                                                                \
                         float a_ = 0.0f;                                                                      \
                         for (int64_t b0 = 0; b0 < nb; b0 += 4) {                                              \
                                 const int k = nb - b0 < 4 ? (int)(nb - b0) : 4;                               \
                                 prefetch_ahead(w + 8 * b0, 32 * sizeof(*w));                                  \
-                                __m256i S[4];                                                                 \
-                                __m256 W8[4];                                                                 \
+                                __m256i S[4], XS[4];                                                          \
+                                __m256 W8[4], M8[4], X8[4];                                                   \
                                 _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) {                         \
-                                        S[i] = z_;                                                            \
-                                        W8[i] = _mm256_setzero_ps();                                          \
+                                        S[i] = XS[i] = z_;                                                    \
+                                        W8[i] = M8[i] = X8[i] = zf_;                                          \
                                         if (i < k) {                                                          \
                                                 DEC_T d;                                                      \
                                                 DECODE(&w[8 * (b0 + i)], &d);                                 \
                                                 S[i] = ITEM(&d, x + b0 + i);                                  \
-                                                W8[i] = q8_0_scales(&w[8 * (b0 + i)]);                        \
+                                                W8[i] = leg_halves8(&w[8 * (b0 + i)], sizeof(*w), 0);                     \
+                                                X8[i] = _mm256_loadu_ps(x[b0 + i].d);                         \
+                                                if (HAS_M) {                                                  \
+                                                        M8[i] = leg_halves8(&w[8 * (b0 + i)], sizeof(*w), 2);         \
+                                                        XS[i] = xsums8(x + b0 + i);                           \
+                                                }                                                             \
                                         }                                                                     \
                                 }                                                                             \
-                                a_ = add_terms(a_, terms_q8_0(S, W8, xd4(x + b0, 1, k)), k);                  \
+                                a_ = add_terms(a_, terms_leg(S, W8, X8, HAS_M ? M8 : NULL, XS), k);           \
                         }                                                                                     \
                         acc[0] = a_;                                                                          \
                         break;                                                                                \
@@ -619,14 +783,25 @@ T_AVX2 INLINE __m256i shift16(__m256i v, int s) {
                 for (int64_t b = 0; b < nb; b++) {                                                            \
                         DEC_T d;                                                                              \
                         DECODE(&w[8 * b], &d);                                                                \
-                        const __m256 W = q8_0_scales(&w[8 * b]);                                              \
-                        const __m256 W8[4] = { W, W, W, W };                                                  \
+                        const __m256 W = leg_halves8(&w[8 * b], sizeof(*w), 0);                                           \
+                        const __m256 M = HAS_M ? leg_halves8(&w[8 * b], sizeof(*w), 2) : zf_;                         \
+                        const __m256 W8[4] = { W, W, W, W }, M8[4] = { M, M, M, M };                          \
                         for (int g = 0; g < TT; g += 4) {                                                     \
                                 const int k = TT - g < 4 ? TT - g : 4;                                        \
-                                __m256i S[4];                                                                 \
-                                _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)                           \
-                                        S[i] = i < k ? ITEM(&d, x + (g + i) * xs + b) : z_;                   \
-                                acc4[g / 4] = _mm_add_ps(acc4[g / 4], terms_q8_0(S, W8, xd4(x + g * xs + b, xs, k))); \
+                                __m256i S[4], XS[4];                                                          \
+                                __m256 X8[4];                                                                 \
+                                _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) {                         \
+                                        S[i] = XS[i] = z_;                                                    \
+                                        X8[i] = zf_;                                                          \
+                                        if (i < k) {                                                          \
+                                                const BlockQ8X *xb_ = x + (g + i) * xs + b;                   \
+                                                S[i] = ITEM(&d, xb_);                                         \
+                                                X8[i] = _mm256_loadu_ps(xb_->d);                              \
+                                                if (HAS_M)                                                    \
+                                                        XS[i] = xsums8(xb_);                                  \
+                                        }                                                                     \
+                                }                                                                             \
+                                acc4[g / 4] = _mm_add_ps(acc4[g / 4], terms_leg(S, W8, X8, HAS_M ? M8 : NULL, XS)); \
                         }                                                                                     \
                 }                                                                                             \
                 float f_[TILE_T];                                                                             \
@@ -728,10 +903,16 @@ T_512 INLINE __m512 halves_per_row(__m128i h, int odd) {
  * Tables and the choice of variant. */
 
 static QuantInt8Kernels kernels[] = {
-        { "Q4_K", GGML_TYPE_Q4_K, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
-        { "Q5_K", GGML_TYPE_Q5_K, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
-        { "Q6_K", GGML_TYPE_Q6_K, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
-        { "Q8_0", GGML_TYPE_Q8_0, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q4_0", GGML_TYPE_Q4_0, QUANT_ACT_Q8X, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q4_1", GGML_TYPE_Q4_1, QUANT_ACT_Q8X, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q5_0", GGML_TYPE_Q5_0, QUANT_ACT_Q8X, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q5_1", GGML_TYPE_Q5_1, QUANT_ACT_Q8X, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q8_0", GGML_TYPE_Q8_0, QUANT_ACT_Q8X, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q2_K", GGML_TYPE_Q2_K, QUANT_ACT_Q8K, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q3_K", GGML_TYPE_Q3_K, QUANT_ACT_Q8K, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q4_K", GGML_TYPE_Q4_K, QUANT_ACT_Q8K, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q5_K", GGML_TYPE_Q5_K, QUANT_ACT_Q8K, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
+        { "Q6_K", GGML_TYPE_Q6_K, QUANT_ACT_Q8K, QUANT_INT8_SCALAR, NULL, NULL, { NULL }, { NULL } },
 };
 #define N_KERNELS (sizeof(kernels) / sizeof(kernels[0]))
 
@@ -767,6 +948,12 @@ static void int8_select(void) {
         int8_set(k, QUANT_INT8_SCALAR, dot_##T##_scalar, rows_##T##_scalar);           \
         break;
 #endif
+                case GGML_TYPE_Q4_0: SET_ALL(q4_0)
+                case GGML_TYPE_Q4_1: SET_ALL(q4_1)
+                case GGML_TYPE_Q5_0: SET_ALL(q5_0)
+                case GGML_TYPE_Q5_1: SET_ALL(q5_1)
+                case GGML_TYPE_Q2_K: SET_ALL(q2k)
+                case GGML_TYPE_Q3_K: SET_ALL(q3k)
                 case GGML_TYPE_Q4_K: SET_ALL(q4k)
                 case GGML_TYPE_Q5_K: SET_ALL(q5k)
                 case GGML_TYPE_Q6_K: SET_ALL(q6k)
@@ -777,9 +964,11 @@ static void int8_select(void) {
         }
         /* The best variant of the family quant_best_isa() chose. */
         const QuantIsa best = quant_best_isa();
+        int cap;
+        quant_isa_env(&cap); /* MIXD_ISA=avx512: the plain AVX-512 variants even with VNNI */
         QuantInt8Isa isa = QUANT_INT8_SCALAR;
         if (best == QUANT_ISA_AVX512)
-                isa = int8_ok[QUANT_INT8_AVX512_VNNI] ? QUANT_INT8_AVX512_VNNI : QUANT_INT8_AVX512;
+                isa = int8_ok[QUANT_INT8_AVX512_VNNI] && cap >= 3 ? QUANT_INT8_AVX512_VNNI : QUANT_INT8_AVX512;
         else if (best == QUANT_ISA_AVX2)
                 isa = QUANT_INT8_AVX2;
         if (!int8_ok[isa])
@@ -898,12 +1087,49 @@ ATTR INLINE void FN(k4_item)(const FN(K4) *d, const BlockQ8K *xb, __m256i *ret_a
         *ret_m = _mm256_madd_epi16(load256(xb->bsums), d->MP);
 }
 
-/* Q4_K / Q5_K (has_qh) rows: block b at w + b * bsz, its qs at qs_off. T = 1: 4 super-blocks
+/* ---- Q2_K into the same layout: W[c] (chunk c = 4h + j: weights 128h + 32j .., groups 2c
+ * and 2c + 1) the quants 0..3; SC as k4_decode's but one scale per 16 lanes' half (the
+ * int16 lanes 0..7 of vpmaddubsw's result are group 2c, 8..15 group 2c + 1); MP the 16 mins
+ * as int16, against bsums[0..15]. */
+ATTR INLINE void FN(q2k_decode)(const BlockQ2_K *blk, FN(K4) *d) {
+        const __m256i m3 = _mm256_set1_epi8(3);
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+                const __m256i q = load256(blk->qs + 32 * h);
+                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)
+                        d->W[4 * h + j] = _mm256_and_si256(shift16(q, -2 * j), m3);
+        }
+        const __m128i sv = _mm_loadu_si128((const __m128i *)blk->scales), m4 = _mm_set1_epi8(0x0f);
+        const __m256i bsc = _mm256_broadcastsi128_si256(_mm_and_si128(sv, m4));
+        d->MP = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sv, 4), m4));
+#if VNNI /* SC[p] per k4_item's vpackssdw layout: [sc 4p x 4, sc 4p+2 x 4 | sc 4p+1 x 4, sc 4p+3 x 4] */
+        _Pragma("GCC unroll 4") for (int p = 0; p < 4; p++) {
+                const short a = (short)(0x8000 | (4 * p)), b = (short)(0x8000 | (4 * p + 1)),
+                            c = (short)(0x8000 | (4 * p + 2)), e = (short)(0x8000 | (4 * p + 3));
+                d->SC[p] = _mm256_shuffle_epi8(bsc, _mm256_setr_epi16(a, a, a, a, c, c, c, c, b, b, b, b, e, e, e, e));
+        }
+#else
+        _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++) {
+                const short a = (short)(0x8000 | (2 * c)), b = (short)(0x8000 | (2 * c + 1));
+                d->SC[c] = _mm256_shuffle_epi8(bsc, _mm256_setr_epi16(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b));
+        }
+#endif
+}
+
+ATTR INLINE void FN(kq_decode)(const uint8_t *blk, int kind, FN(K4) *d) {
+        if (kind == KQ_Q2K)
+                FN(q2k_decode)((const BlockQ2_K *)blk, d);
+        else if (kind == KQ_Q5K)
+                FN(k4_decode)(blk + 4, blk + offsetof(BlockQ5_K, qs), blk + offsetof(BlockQ5_K, qh), d);
+        else
+                FN(k4_decode)(blk + 4, blk + offsetof(BlockQ4_K, qs), NULL, d);
+}
+
+/* Q4_K / Q5_K / Q2_K (kind) rows: block b at w + b * bsz. T = 1: 4 super-blocks
  * per terms_k4(); up to FEW_TOKENS the same per token, the 4 decoded once (decoding into an
  * array made T = 1 itself 17% slower from L2: 20.1-20.8 against 24.8 GB/s, so T = 1 keeps
  * its own loop); else one super-block, 4 tokens per terms_k4() (a lane per token). */
-ATTR INLINE void FN(k45_tile)(const uint8_t *w, size_t bsz, size_t qs_off, int has_qh, const BlockQ8K *x, int64_t xs,
-                              int TT, float *acc, int64_t nb) {
+ATTR INLINE void FN(k45_tile)(const uint8_t *w, size_t bsz, int kind, const BlockQ8K *x, int64_t xs, int TT, float *acc,
+                              int64_t nb) {
         const __m256i z = _mm256_setzero_si256();
         if (TT == 1) {
                 float a = 0.0f;
@@ -917,9 +1143,9 @@ ATTR INLINE void FN(k45_tile)(const uint8_t *w, size_t bsz, size_t qs_off, int h
                                 if (i < k) {
                                         const uint8_t *blk = w + (size_t)(b0 + i) * bsz;
                                         FN(K4) d;
-                                        FN(k4_decode)(blk + 4, blk + qs_off, has_qh ? blk + 16 : NULL, &d);
+                                        FN(kq_decode)(blk, kind, &d);
                                         FN(k4_item)(&d, x + b0 + i, &A[i], &M[i]);
-                                        dm[i] = k4_dm(blk);
+                                        dm[i] = kq_dm(blk, kind);
                                 }
                         }
                         const __m256 Wv = halves8(_mm_setr_epi32((int)dm[0], (int)dm[1], (int)dm[2], (int)dm[3]));
@@ -937,8 +1163,8 @@ ATTR INLINE void FN(k45_tile)(const uint8_t *w, size_t bsz, size_t qs_off, int h
                         prefetch_ahead(w + (size_t)b0 * bsz, 4 * bsz);
                         for (int i = 0; i < k; i++) {
                                 const uint8_t *blk = w + (size_t)(b0 + i) * bsz;
-                                FN(k4_decode)(blk + 4, blk + qs_off, has_qh ? blk + 16 : NULL, &d[i]);
-                                dm[i] = k4_dm(blk);
+                                FN(kq_decode)(blk, kind, &d[i]);
+                                dm[i] = kq_dm(blk, kind);
                         }
                         const __m256 Wv = halves8(_mm_setr_epi32((int)dm[0], (int)dm[1], (int)dm[2], (int)dm[3]));
                         for (int t = 0; t < TT; t++) {
@@ -959,8 +1185,8 @@ ATTR INLINE void FN(k45_tile)(const uint8_t *w, size_t bsz, size_t qs_off, int h
         for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *blk = w + (size_t)b * bsz;
                 FN(K4) d;
-                FN(k4_decode)(blk + 4, blk + qs_off, has_qh ? blk + 16 : NULL, &d);
-                const __m256 Wv = halves8(_mm_set1_epi32((int)k4_dm(blk)));
+                FN(kq_decode)(blk, kind, &d);
+                const __m256 Wv = halves8(_mm_set1_epi32((int)kq_dm(blk, kind)));
                 for (int g = 0; g < TT; g += 4) {
                         const int k = TT - g < 4 ? TT - g : 4;
                         __m256i A[4], M[4];
@@ -980,11 +1206,44 @@ ATTR INLINE void FN(k45_tile)(const uint8_t *w, size_t bsz, size_t qs_off, int h
 }
 
 ATTR INLINE void FN(q4k_tile)(const BlockQ4_K *w, const BlockQ8K *x, int64_t xs, int TT, float *acc, int64_t nb) {
-        FN(k45_tile)((const uint8_t *)w, sizeof(BlockQ4_K), offsetof(BlockQ4_K, qs), 0, x, xs, TT, acc, nb);
+        FN(k45_tile)((const uint8_t *)w, sizeof(BlockQ4_K), KQ_Q4K, x, xs, TT, acc, nb);
 }
 
 ATTR INLINE void FN(q5k_tile)(const BlockQ5_K *w, const BlockQ8K *x, int64_t xs, int TT, float *acc, int64_t nb) {
-        FN(k45_tile)((const uint8_t *)w, sizeof(BlockQ5_K), offsetof(BlockQ5_K, qs), 1, x, xs, TT, acc, nb);
+        FN(k45_tile)((const uint8_t *)w, sizeof(BlockQ5_K), KQ_Q5K, x, xs, TT, acc, nb);
+}
+
+ATTR INLINE void FN(q2k_tile)(const BlockQ2_K *w, const BlockQ8K *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        FN(k45_tile)((const uint8_t *)w, sizeof(BlockQ2_K), KQ_Q2K, x, xs, TT, acc, nb);
+}
+
+/* ---- Signed scales per group of 16 (Q6_K on 256-bit vectors, Q3_K): W[c] (chunk c: weights
+ * 32c .., groups 2c and 2c + 1) the unsigned quants; SC[c] their scales as int16, 8 lanes
+ * each (vpmaddubsw's int16 lanes 0..7 are group 2c, 8..15 group 2c + 1); S16 all 16 scales. */
+typedef struct FN(G16) {
+        __m256i W[8], SC[8], S16;
+} FN(G16);
+
+/* SC and S16 from the 16 signed scales. */
+ATTR INLINE void FN(g16_scales)(__m128i sc8, FN(G16) *d) {
+        _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++) {
+                const __m128i idx = _mm_or_si128(_mm_set1_epi8((char)(2 * c)),
+                                                 _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+                d->SC[c] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, idx));
+        }
+        d->S16 = _mm256_cvtepi8_epi16(sc8);
+}
+
+/* isum spread over 8 lanes: sum sc q x - (sum sc bsums) << off_shift (the quants' offset:
+ * 32 = 1 << 5 for Q6_K, 4 = 1 << 2 for Q3_K) */
+ATTR INLINE __m256i FN(g16_item)(const FN(G16) *d, const BlockQ8K *xb, int off_shift) {
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+        _Pragma("GCC unroll 4") for (int c = 0; c < 8; c += 2) {
+                s0 = FN(madd_acc256)(s0, _mm256_maddubs_epi16(d->W[c], load256(xb->qs + 32 * c)), d->SC[c]);
+                s1 = FN(madd_acc256)(s1, _mm256_maddubs_epi16(d->W[c + 1], load256(xb->qs + 32 * c + 32)), d->SC[c + 1]);
+        }
+        const __m256i ms = _mm256_madd_epi16(load256(xb->bsums), d->S16);
+        return _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_slli_epi32(ms, off_shift));
 }
 
 #if W512
@@ -1055,7 +1314,7 @@ ATTR INLINE void FN(q8_0_decode)(const BlockQ8_0 *blk, FN(Q80) *d) {
 }
 
 /* the 8 block sums in order */
-ATTR INLINE __m256i FN(q8_0_item)(const FN(Q80) *d, const BlockQ8K *xb) {
+ATTR INLINE __m256i FN(q8_0_item)(const FN(Q80) *d, const BlockQ8X *xb) {
         __m512i R[4];
         _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
                 const __m512i a = _mm512_loadu_si512(xb->qs + 64 * k);
@@ -1075,13 +1334,11 @@ ATTR INLINE __m256i FN(q8_0_item)(const FN(Q80) *d, const BlockQ8K *xb) {
 #endif
 }
 
-#else /* 256-bit Q6_K and Q8_0 */
+#else /* 256-bit Q6_K */
 
 /* ---- Q6_K, 256-bit: per half h, four ymm of quants 0..63: W[4h + p] = weights 128h + 32p ..,
  * groups 8h + 2p and 8h + 2p + 1; SC[4h + p] their scales as int16, 8 lanes each. */
-typedef struct FN(Q6) {
-        __m256i W[8], SC[8], S16;
-} FN(Q6);
+typedef FN(G16) FN(Q6);
 
 ATTR INLINE void FN(q6k_decode)(const BlockQ6_K *blk, FN(Q6) *d) {
         const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
@@ -1094,40 +1351,58 @@ ATTR INLINE void FN(q6k_decode)(const BlockQ6_K *blk, FN(Q6) *d) {
                 d->W[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                                   _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
         }
-        const __m128i sc8 = _mm_loadu_si128((const __m128i *)blk->scales);
-        _Pragma("GCC unroll 8") for (int p = 0; p < 8; p++) {
-                const __m128i idx = _mm_or_si128(_mm_set1_epi8((char)(2 * p)),
-                                                 _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
-                d->SC[p] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, idx));
-        }
-        d->S16 = _mm256_cvtepi8_epi16(sc8);
+        FN(g16_scales)(_mm_loadu_si128((const __m128i *)blk->scales), d);
 }
 
 /* isum spread over 8 lanes: sum sc q x - 32 sum sc bsums */
 ATTR INLINE __m256i FN(q6k_item)(const FN(Q6) *d, const BlockQ8K *xb) {
-        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-        _Pragma("GCC unroll 4") for (int p = 0; p < 8; p += 2) {
-                s0 = FN(madd_acc256)(s0, _mm256_maddubs_epi16(d->W[p], load256(xb->qs + 32 * p)), d->SC[p]);
-                s1 = FN(madd_acc256)(s1, _mm256_maddubs_epi16(d->W[p + 1], load256(xb->qs + 32 * p + 32)), d->SC[p + 1]);
-        }
-        const __m256i ms = _mm256_madd_epi16(load256(xb->bsums), d->S16);
-        return _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_slli_epi32(ms, 5));
+        return FN(g16_item)(d, xb, 5);
 }
 
-/* ---- Q8_0, 256-bit: signed x signed as |w| x (x with w's sign, vpsignb), one ymm per block;
- * the 8 block sums in order by a transposing hadd tree. */
-typedef struct FN(Q80) {
-        __m256i W[8], U[8]; /* w, |w| */
-} FN(Q80);
+#endif /* W512 */
 
-ATTR INLINE void FN(q8_0_decode)(const BlockQ8_0 *blk, FN(Q80) *d) {
+/* ---- The legacy types, 256-bit for every instruction set: W[i] = the 32 signed integer
+ * weights of block i (q - 8 for Q4_0, q - 16 for Q5_0, q for Q4_1 / Q5_1 / Q8_0), U[i] =
+ * |W[i]|; signed x signed as |w| x (x with w's sign, vpsignb): exact, |x| <= 127. */
+typedef struct FN(L8) {
+        __m256i W[8], U[8];
+} FN(L8);
+
+/* The 32 weights of a 4-bit block (qs: 16 bytes, low nibbles first), plus 16 where bit l
+ * of qh (Q5_0 / Q5_1) is set, minus off. */
+ATTR INLINE __m256i FN(leg_nibbles)(const uint8_t *qs, const uint8_t *qh, int off) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)qs), m4 = _mm_set1_epi8(0x0f);
+        __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
+        if (qh) { /* byte l takes byte l / 8 of qh, then its bit l % 8 */
+                uint32_t h;
+                memcpy(&h, qh, 4);
+                const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h),
+                                                           _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+                const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
+                const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+                q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+        }
+        return off ? _mm256_sub_epi8(q, _mm256_set1_epi8((char)off)) : q;
+}
+
+/* Decodes the 8 blocks (bsz bytes each) of a legacy super-block. */
+ATTR INLINE void FN(leg_decode)(const uint8_t *blk, uint32_t type, size_t bsz, FN(L8) *d) {
         _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
-                d->W[i] = load256(blk[i].qs);
+                const uint8_t *b = blk + (size_t)i * bsz;
+                switch (type) {
+                case GGML_TYPE_Q8_0: d->W[i] = load256(b + 2); break;
+                case GGML_TYPE_Q4_0: d->W[i] = FN(leg_nibbles)(b + 2, NULL, 8); break;
+                case GGML_TYPE_Q4_1: d->W[i] = FN(leg_nibbles)(b + 4, NULL, 0); break;
+                case GGML_TYPE_Q5_0: d->W[i] = FN(leg_nibbles)(b + 6, b + 2, 16); break;
+                default:             d->W[i] = FN(leg_nibbles)(b + 8, b + 4, 0); break; /* Q5_1 */
+                }
                 d->U[i] = _mm256_sign_epi8(d->W[i], d->W[i]);
         }
 }
 
-ATTR INLINE __m256i FN(q8_0_item)(const FN(Q80) *d, const BlockQ8K *xb) {
+/* The 8 block sums of a decoded super-block with one activation block, in order. */
+ATTR INLINE __m256i FN(leg_item)(const FN(L8) *d, const BlockQ8X *xb) {
         const __m256i ones = _mm256_set1_epi16(1);
         __m256i R[8];
         _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
@@ -1137,15 +1412,72 @@ ATTR INLINE __m256i FN(q8_0_item)(const FN(Q80) *d, const BlockQ8K *xb) {
         return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
 }
 
-#endif /* W512 */
+#define LEG_DECODER(NAME, BLK, TYPE)                                                                          \
+        ATTR INLINE void FN(NAME)(const BLK *blk, FN(L8) *d) {                                                \
+                FN(leg_decode)((const uint8_t *)blk, TYPE, sizeof(BLK), d);                                   \
+        }
+LEG_DECODER(q4_0_decode, BlockQ4_0, GGML_TYPE_Q4_0)
+LEG_DECODER(q4_1_decode, BlockQ4_1, GGML_TYPE_Q4_1)
+LEG_DECODER(q5_0_decode, BlockQ5_0, GGML_TYPE_Q5_0)
+LEG_DECODER(q5_1_decode, BlockQ5_1, GGML_TYPE_Q5_1)
+
+ATTR INLINE void FN(q4_0_tile)(const BlockQ4_0 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        LEG_TILE_BODY(FN(L8), FN(q4_0_decode), FN(leg_item), 0);
+}
+ATTR INLINE void FN(q4_1_tile)(const BlockQ4_1 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        LEG_TILE_BODY(FN(L8), FN(q4_1_decode), FN(leg_item), 1);
+}
+ATTR INLINE void FN(q5_0_tile)(const BlockQ5_0 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        LEG_TILE_BODY(FN(L8), FN(q5_0_decode), FN(leg_item), 0);
+}
+ATTR INLINE void FN(q5_1_tile)(const BlockQ5_1 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        LEG_TILE_BODY(FN(L8), FN(q5_1_decode), FN(leg_item), 1);
+}
+
+/* ---- Q3_K, 256-bit for every instruction set, in the G16 layout: W[c] (c = 4h + j: weights
+ * 128h + 32j ..) the unsigned u = q2 + 4 hbit (0..7). */
+typedef FN(G16) FN(Q3);
+
+ATTR INLINE void FN(q3k_decode)(const BlockQ3_K *blk, FN(Q3) *d) {
+        const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+        const __m256i hm = load256(blk->hmask);
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+                const __m256i q = load256(blk->qs + 32 * h);
+                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {
+                        const __m256i lo = _mm256_and_si256(shift16(q, -2 * j), m3);
+                        const __m256i hb = _mm256_and_si256(shift16(hm, -(4 * h + j)), one);
+                        d->W[4 * h + j] = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));
+                }
+        }
+        int8_t sc[16];
+        quant_q3_k_scales(blk->scales, sc);
+        FN(g16_scales)(_mm_loadu_si128((const __m128i *)sc), d);
+}
+
+/* isum spread over 8 lanes: sum sc u x - 4 sum sc bsums */
+ATTR INLINE __m256i FN(q3k_item)(const FN(Q3) *d, const BlockQ8K *xb) {
+        return FN(g16_item)(d, xb, 2);
+}
+
+ATTR INLINE void FN(q3k_tile)(const BlockQ3_K *w, const BlockQ8K *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        Q6K_TILE_BODY(FN(Q3), FN(q3k_decode), FN(q3k_item));
+}
 
 ATTR INLINE void FN(q6k_tile)(const BlockQ6_K *w, const BlockQ8K *x, int64_t xs, int TT, float *acc, int64_t nb) {
         Q6K_TILE_BODY(FN(Q6), FN(q6k_decode), FN(q6k_item));
 }
 
-ATTR INLINE void FN(q8_0_tile)(const BlockQ8_0 *w, const BlockQ8K *x, int64_t xs, int TT, float *acc, int64_t nb) {
-        Q8_0_TILE_BODY(FN(Q80), FN(q8_0_decode), FN(q8_0_item));
+#if W512
+ATTR INLINE void FN(q8_0_tile)(const BlockQ8_0 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        LEG_TILE_BODY(FN(Q80), FN(q8_0_decode), FN(q8_0_item), 0);
 }
+#else
+LEG_DECODER(q8_0_decode, BlockQ8_0, GGML_TYPE_Q8_0)
+ATTR INLINE void FN(q8_0_tile)(const BlockQ8_0 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
+        LEG_TILE_BODY(FN(L8), FN(q8_0_decode), FN(leg_item), 0);
+}
+#endif
+#undef LEG_DECODER
 
 #if W512
 /* =======================================================================================
@@ -1415,7 +1747,7 @@ ATTR INLINE void FN(q80x4_decode)(const uint8_t *const blk[4], FN(Q80x4) *d) {
 }
 
 /* Token xb, block i: 4 partial sums of (row r) in lane r */
-ATTR INLINE __m512i FN(q80x4_block)(const FN(Q80x4) *d, const BlockQ8K *xb, int i) {
+ATTR INLINE __m512i FN(q80x4_block)(const FN(Q80x4) *d, const BlockQ8X *xb, int i) {
         const __m512i a0 = bcast128(xb->qs + 32 * i), a1 = bcast128(xb->qs + 32 * i + 16);
 #if VNNI
         return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), d->W[2 * i], a0), d->W[2 * i + 1], a1);
@@ -1427,7 +1759,7 @@ ATTR INLINE __m512i FN(q80x4_block)(const FN(Q80x4) *d, const BlockQ8K *xb, int 
 #endif
 }
 
-ATTR INLINE void FN(q8_0_tile4)(const uint8_t *const w[4], const BlockQ8K *x, int64_t xs, int TT, float *out, int64_t nb) {
+ATTR INLINE void FN(q8_0_tile4)(const uint8_t *const w[4], const BlockQ8X *x, int64_t xs, int TT, float *out, int64_t nb) {
         __m512 acc[TILE_T4 / 4];
         for (int g = 0; g < TILE_T4 / 4; g++)
                 acc[g] = _mm512_setzero_ps();
@@ -1438,7 +1770,7 @@ ATTR INLINE void FN(q8_0_tile4)(const uint8_t *const w[4], const BlockQ8K *x, in
                 FN(q80x4_decode)(blk, &d);
                 for (int g = 0; g < TT; g += 4) {
                         const int k = TT - g < 4 ? TT - g : 4;
-                        const BlockQ8K *xt[4];
+                        const BlockQ8X *xt[4];
                         for (int t = 0; t < 4; t++)
                                 xt[t] = x + (g + (t < k ? t : 0)) * xs + b;
 #if VNNI /* XS: sum x over block i of token t at lane 8t + i (t < 2) / 8 (t - 2) + i (t >= 2) */
@@ -1458,29 +1790,37 @@ ATTR INLINE void FN(q8_0_tile4)(const uint8_t *const w[4], const BlockQ8K *x, in
                                                                      _mm512_set1_epi32(i));
                                 S = _mm512_sub_epi32(S, _mm512_slli_epi32(_mm512_permutex2var_epi32(XS01, idx, XS23), 7));
 #endif
-                                P[i] = _mm512_mul_ps(d.WD[i], _mm512_cvtepi32_ps(S));
+                                /* token t's scale of block i in lanes 4r + t */
+                                const __m512 XD = _mm512_broadcast_f32x4(_mm_setr_ps(xt[0]->d[i], xt[1]->d[i], xt[2]->d[i], xt[3]->d[i]));
+                                P[i] = _mm512_mul_ps(_mm512_mul_ps(d.WD[i], XD), _mm512_cvtepi32_ps(S));
                         }
-                        /* term_q8_0: xd * (((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7))) */
+                        /* term_leg: ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)) */
                         const __m512 sum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(P[0], P[1]), _mm512_add_ps(P[2], P[3])),
                                                          _mm512_add_ps(_mm512_add_ps(P[4], P[5]), _mm512_add_ps(P[6], P[7])));
-                        const __m512 X = _mm512_broadcast_f32x4(xd4(x + g * xs + b, xs, k));
-                        acc[g / 4] = _mm512_add_ps(acc[g / 4], _mm512_mul_ps(X, sum));
+                        acc[g / 4] = _mm512_add_ps(acc[g / 4], sum);
                 }
         }
         for (int g = 0; g < TT; g += 4)
                 _mm512_store_ps(out + 4 * g, acc[g / 4]);
 }
 
-DEFINE_DOT_ROWS4(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, FN(q4k_tile), FN(q4k_tile4))
-DEFINE_DOT_ROWS4(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, FN(q5k_tile), FN(q5k_tile4))
-DEFINE_DOT_ROWS4(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, FN(q6k_tile), FN(q6k_tile4))
-DEFINE_DOT_ROWS4(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, FN(q8_0_tile), FN(q8_0_tile4))
+DEFINE_DOT_ROWS4(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, BlockQ8K, FN(q4k_tile), FN(q4k_tile4))
+DEFINE_DOT_ROWS4(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, BlockQ8K, FN(q5k_tile), FN(q5k_tile4))
+DEFINE_DOT_ROWS4(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, BlockQ8K, FN(q6k_tile), FN(q6k_tile4))
+DEFINE_DOT_ROWS4(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, BlockQ8X, FN(q8_0_tile), FN(q8_0_tile4))
 #else
-DEFINE_DOT_ROWS(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, FN(q4k_tile))
-DEFINE_DOT_ROWS(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, FN(q5k_tile))
-DEFINE_DOT_ROWS(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, FN(q6k_tile))
-DEFINE_DOT_ROWS(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, FN(q8_0_tile))
+DEFINE_DOT_ROWS(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, BlockQ8K, FN(q4k_tile))
+DEFINE_DOT_ROWS(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, BlockQ8K, FN(q5k_tile))
+DEFINE_DOT_ROWS(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, BlockQ8K, FN(q6k_tile))
+DEFINE_DOT_ROWS(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, BlockQ8X, FN(q8_0_tile))
 #endif
+/* The types whose kernels are 256-bit in every variant (one row at a time, any T). */
+DEFINE_DOT_ROWS(FN(rows_q2k), FN(dot_q2k), ATTR, BlockQ2_K, BlockQ8K, FN(q2k_tile))
+DEFINE_DOT_ROWS(FN(rows_q3k), FN(dot_q3k), ATTR, BlockQ3_K, BlockQ8K, FN(q3k_tile))
+DEFINE_DOT_ROWS(FN(rows_q4_0), FN(dot_q4_0), ATTR, BlockQ4_0, BlockQ8X, FN(q4_0_tile))
+DEFINE_DOT_ROWS(FN(rows_q4_1), FN(dot_q4_1), ATTR, BlockQ4_1, BlockQ8X, FN(q4_1_tile))
+DEFINE_DOT_ROWS(FN(rows_q5_0), FN(dot_q5_0), ATTR, BlockQ5_0, BlockQ8X, FN(q5_0_tile))
+DEFINE_DOT_ROWS(FN(rows_q5_1), FN(dot_q5_1), ATTR, BlockQ5_1, BlockQ8X, FN(q5_1_tile))
 
 #undef FN
 #undef QI8_CAT

@@ -1,7 +1,15 @@
 /* engine/quant_int8.h — the int8 matrix-product path (as llama.cpp's): activations are
- * quantized once per token to 8-bit blocks (BlockQ8K), then each weight row is dotted with
- * them in integer arithmetic, so the kernels are bound by memory bandwidth rather than by
- * float arithmetic. Weight types with an int8 path: Q4_K, Q5_K, Q6_K, Q8_0.
+ * quantized once per token to 8-bit blocks, then each weight row is dotted with them in
+ * integer arithmetic, so the kernels are bound by memory bandwidth rather than by float
+ * arithmetic. Every quantized weight type has an int8 path, paired with the activation
+ * format that keeps it as accurate as ggml's pairing or better:
+ *   K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): BlockQ8K, one float scale per 256 activations
+ *     (ggml's Q8_K);
+ *   legacy 32-wide types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): BlockQ8X, one float scale per 32
+ *     activations (ggml pairs them with Q8_0 / Q8_1, whose scales are fp16).
+ * A 256-wide scale is not enough for the legacy types: one outlier (the first token's
+ * hidden state has a few) flattens the other 255 values, and Q8_0 attn_k / attn_v then lose
+ * more than llama.cpp does (the fixture's BOS logits moved by 1.5 against 0.06).
  *
  * Every kernel exists as a scalar reference, AVX2, AVX-512 (vpmaddubsw) and AVX-512 VNNI
  * variant; all give exactly the same float bits. Per 256-weight super-block each variant
@@ -29,22 +37,45 @@ typedef struct BlockQ8K {
 static_assert(sizeof(BlockQ8K) == 292, "Q8_K block size");
 static_assert(offsetof(BlockQ8K, bsums) == 260, "Q8_K layout");
 
+/* 256 activations in 8 blocks of 32, each with its own scale: x[i] ~= d[i / 32] * qs[i];
+ * bsums as BlockQ8K's. The legacy types' activation format. */
+typedef struct BlockQ8X {
+        float d[8];           /* scale of activations 32j .. 32j + 31: their max |x| / 127 */
+        int8_t qs[QK_K];      /* quants, -127..127 */
+        int16_t bsums[QK_K / 16];
+} BlockQ8X;
+static_assert(sizeof(BlockQ8X) == 320, "Q8_X block size");
+static_assert(offsetof(BlockQ8X, qs) == 32 && offsetof(BlockQ8X, bsums) == 288, "Q8_X layout");
+
+/* The activation formats. */
+typedef enum QuantAct {
+        QUANT_ACT_Q8K = 0, /* BlockQ8K */
+        QUANT_ACT_Q8X,     /* BlockQ8X */
+        QUANT_ACT_COUNT_,
+} QuantAct;
+
 /* Quantize n floats (n a multiple of 256) into n / 256 blocks: per block d = max|x| / 127
  * (when that is 0 every quant is 0), q = x / d rounded to nearest (halves away from zero),
  * clamped to [-127, 127]. Deterministic (no dependence on the rounding mode or the CPU).
  * Inputs should be finite; a NaN quantizes to 0 and an infinite max gives d = inf. */
 void quantize_row_q8k(const float *restrict x, BlockQ8K *restrict y, int64_t n);
+/* The same with a scale per 32 floats (BlockQ8X). */
+void quantize_row_q8x(const float *restrict x, BlockQ8X *restrict y, int64_t n);
+/* n floats into n / 256 blocks of format act (dst: BlockQ8K or BlockQ8X). */
+void quantize_row_act(QuantAct act, const float *restrict x, void *restrict dst, int64_t n);
+/* Bytes of one activation block of format act (covering 256 activations). */
+size_t quant_act_block_bytes(QuantAct act);
 
 /* Dot product of one weight row (n weights of the type, n a multiple of 256) with one
- * quantized activation row of n / 256 blocks. */
-typedef float (*Int8DotFn)(const void *restrict w, const BlockQ8K *restrict x, int64_t n);
+ * quantized activation row of n / 256 blocks of the type's activation format. */
+typedef float (*Int8DotFn)(const void *restrict w, const void *restrict x, int64_t n);
 
 /* R weight rows (row_bytes apart, n weights each) times T activation rows (x_stride_blocks
- * blocks apart, n / 256 blocks each): out[t * out_stride + r] = dot(row r, token t) for
- * r < R, t < T, each bit-identical to the single dot whatever R and T (the kernels work on
- * tiles of rows x up to 8 tokens so a row is decoded once per tile). Weights need 2-byte
- * alignment, activations 4-byte; nothing more. */
-typedef void (*Int8DotRowsFn)(const void *restrict w, size_t row_bytes, int64_t R, const BlockQ8K *restrict x,
+ * blocks of the type's format apart, n / 256 blocks each): out[t * out_stride + r] =
+ * dot(row r, token t) for r < R, t < T, each bit-identical to the single dot whatever R and
+ * T (the kernels work on tiles of rows x up to 8 tokens so a row is decoded once per tile).
+ * Weights need 2-byte alignment, activations 4-byte; nothing more. */
+typedef void (*Int8DotRowsFn)(const void *restrict w, size_t row_bytes, int64_t R, const void *restrict x,
                               int64_t x_stride_blocks, int64_t T, float *restrict out, int64_t out_stride, int64_t n);
 
 /* Kernel variants. */
@@ -59,6 +90,7 @@ typedef enum QuantInt8Isa {
 typedef struct QuantInt8Kernels {
         const char *name;        /* the weight type's name ("Q4_K") */
         uint32_t type;           /* its ggml type id */
+        QuantAct act;            /* the activation format its kernels take */
         QuantInt8Isa isa;        /* the variant chosen for this CPU: the best of quant_best_isa()'s family */
         Int8DotFn dot;           /* that variant's kernels */
         Int8DotRowsFn dot_rows;
@@ -70,7 +102,8 @@ typedef struct QuantInt8Kernels {
 /* The int8 kernels of a weight type, NULL for types without an int8 path. The first call
  * chooses the variants (thread-safe); every later call returns the same table. */
 const QuantInt8Kernels *quant_int8(uint32_t ggml_type);
-/* Whether this CPU and build can run the variants of isa. */
+/* Whether this CPU and build can run the variants of isa (MIXD_ISA lowers it: see
+ * quant_best_isa()). */
 int quant_int8_isa_supported(QuantInt8Isa isa);
 const char *quant_int8_isa_name(QuantInt8Isa isa);
 

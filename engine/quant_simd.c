@@ -1,6 +1,7 @@
 /* engine/quant_simd.c — x86-64 SIMD twins of quant.c's kernels: AVX2 and AVX-512
  * dequantizers that give exactly the scalar reference's floats, the SIMD dot_f32 kernels,
- * and fused dequantize+dot kernels that accumulate in exactly dot_f32's order. Each kernel
+ * fused dequantize+dot kernels that accumulate in exactly dot_f32's order, and the
+ * attention kernels over KV cache rows (F32, F16, Q8_0; quant.h KVDotFn). Each kernel
  * carries a target attribute (the build itself is plain x86-64); quant.c picks the set
  * once at run time. Other architectures compile this file to "no kernels". Any thread.
  *
@@ -20,10 +21,15 @@
  * - Dot products (dot_f32 and the fused kernels) use one fixed order, described at
  *   DOT_ORDER below for each instruction set. The fused kernels work on tiles of up to
  *   2 weight rows x 4 tokens, but every (row, token) pair has its own 4 accumulators fed
- *   in exactly that order, so neither the tile shape nor the batch size changes a bit. */
+ *   in exactly that order, so neither the tile shape nor the batch size changes a bit.
+ * - Attention over KV rows: a key's score is dot_f32 of the same instruction set on the
+ *   row decoded exactly; a value row is added as y + p * x per number, key after key. */
 #include "quant.h"
 
 #include <string.h>
+
+#include "engine_limits.h"
+#include "kv.h"
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -74,6 +80,31 @@ INLINE void k4_unpack(const uint8_t s[K_SCALE_SIZE], uint32_t ret_words[4]) {
         ret_words[2] = b & 0x3f3f3f3fu;                                      /* m 0..3 */
         ret_words[3] = ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u);  /* m 4..7 */
 }
+
+/* ---------------------------------------------------------------------------------------
+ * Attention over KV rows: what every instruction set's kernels share. */
+
+/* Bytes of a KV row of n numbers of type T (kv.h). */
+INLINE size_t kv_row_size(uint32_t T, int64_t n) {
+        return T == GGML_TYPE_F32 ? (size_t)n * 4 : T == GGML_TYPE_F16 ? (size_t)n * 2 : (size_t)n / QK8_0 * sizeof(BlockQ8_0);
+}
+
+/* Values for head sizes the register kernels do not cover: each row decoded, then a multiply
+ * and an add per number, key after key. */
+static void kv_axpy_rows_plain(float *out, uint32_t n_q, const float *p, int64_t ld, const void *v, size_t v_stride,
+                               int64_t n_k, int64_t n, uint32_t T) {
+        float row[MODEL_MAX_HEAD_DIM];
+        for (int64_t i = 0; i < n_k; i++) {
+                kv_decode(T, (const uint8_t *)v + (size_t)i * v_stride, (size_t)n, row);
+                for (uint32_t g = 0; g < n_q; g++) {
+                        float *y = out + (size_t)g * n;
+                        const float a = p[g * ld + i];
+                        for (int64_t j = 0; j < n; j++)
+                                y[j] = y[j] + a * row[j];
+                }
+        }
+}
+
 
 /* =======================================================================================
  * AVX-512
@@ -538,6 +569,103 @@ DEFINE_DOT_ROWS_AVX512(q4_k, BlockQ4_K, QK_K, Q4_K_DEC_512)
 DEFINE_DOT_ROWS_AVX512(q5_k, BlockQ5_K, QK_K, Q5_K_DEC_512)
 DEFINE_DOT_ROWS_AVX512(q6_k, BlockQ6_K, QK_K, Q6_K_DEC_512)
 
+/* ---- attention over KV rows (quant.h KVDotFn / KVAxpyFn) ----
+ * A row of head size n = 16 * NV is held in NV registers for all the query heads; its
+ * numbers decode exactly (no signalling-NaN half is ever in a KV cache, kv.h, so F16C's
+ * conversion is exact), and each (query, key) pair keeps DOT_ORDER; values get a multiply
+ * then an add per number, key after key. Other head sizes decode the row into a buffer and
+ * take dot_f32_avx512 / the plain loop. */
+
+/* Numbers 16v .. 16v+15 of a KV row of type T. */
+AVX512 INLINE __m512 kv_vec16_avx512(const uint8_t *row, uint32_t T, int v) {
+        if (T == GGML_TYPE_F32)
+                return _mm512_loadu_ps((const float *)row + 16 * v);
+        if (T == GGML_TYPE_F16)
+                return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const ggml_half *)row + 16 * v)));
+        const BlockQ8_0 *b = (const BlockQ8_0 *)row + v / 2;
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b->qs + 16 * (v % 2))))),
+                             _mm512_set1_ps(half_f16c(b->d)));
+}
+
+AVX512 INLINE void kv_dot_nv_avx512(const float *q, uint32_t n_q, const uint8_t *k, size_t k_stride, int64_t n_k,
+                                    const uint8_t *prefetch, size_t row_bytes, float scale, float *out,
+                                    int64_t out_ld, const uint32_t T, const int NV) {
+        for (int64_t i = 0; i < n_k; i++) {
+                const uint8_t *kr = k + (size_t)i * k_stride;
+                if (prefetch)
+                        for (size_t o = 0; o < row_bytes; o += 64)
+                                _mm_prefetch((const char *)(prefetch + (size_t)i * k_stride + o), _MM_HINT_T1);
+                __m512 kv[8];
+                _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)
+                        kv[v] = kv_vec16_avx512(kr, T, v);
+                for (uint32_t g = 0; g < n_q; g++) {
+                        const float *qg = q + (size_t)g * 16 * NV;
+                        __m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                                          _mm512_setzero_ps() };
+                        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)
+                                acc[v & 3] = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * v), kv[v], acc[v & 3]);
+                        out[g * out_ld + i] = hsum16(acc[0], acc[1], acc[2], acc[3]) * scale;
+                }
+        }
+}
+
+AVX512 INLINE void kv_axpy_nv_avx512(float *out, uint32_t n_q, const float *p, int64_t ld, const uint8_t *v,
+                                     size_t v_stride, int64_t n_k, const uint32_t T, const int NV) {
+        for (uint32_t g0 = 0; g0 < n_q; g0 += 2) {
+                const uint32_t ng = n_q - g0 < 2 ? 1 : 2;
+                __m512 acc[2][8];
+                for (uint32_t h = 0; h < ng; h++)
+                        _Pragma("GCC unroll 8") for (int u = 0; u < NV; u++)
+                                acc[h][u] = _mm512_loadu_ps(out + (size_t)(g0 + h) * 16 * NV + 16 * u);
+                for (int64_t i = 0; i < n_k; i++) {
+                        const uint8_t *vr = v + (size_t)i * v_stride;
+                        __m512 x[8];
+                        _Pragma("GCC unroll 8") for (int u = 0; u < NV; u++)
+                                x[u] = kv_vec16_avx512(vr, T, u);
+                        for (uint32_t h = 0; h < ng; h++) {
+                                const __m512 a = _mm512_set1_ps(p[(g0 + h) * ld + i]);
+                                _Pragma("GCC unroll 8") for (int u = 0; u < NV; u++)
+                                        acc[h][u] = _mm512_add_ps(acc[h][u], _mm512_mul_ps(a, x[u]));
+                        }
+                }
+                for (uint32_t h = 0; h < ng; h++)
+                        _Pragma("GCC unroll 8") for (int u = 0; u < NV; u++)
+                                _mm512_storeu_ps(out + (size_t)(g0 + h) * 16 * NV + 16 * u, acc[h][u]);
+        }
+}
+
+#define DEFINE_KV_AVX512(suffix, T)                                                                  \
+        AVX512 static void kv_dot_##suffix##_avx512(const float *q, uint32_t n_q, const void *k, size_t k_stride, \
+                                                    int64_t n_k, const void *prefetch, int64_t n, float scale, \
+                                                    float *out, int64_t out_ld) {                   \
+                const size_t rb = kv_row_size(T, n);                                                 \
+                switch (n) {                                                                         \
+                case 128: kv_dot_nv_avx512(q, n_q, k, k_stride, n_k, prefetch, rb, scale, out, out_ld, T, 8); return; \
+                case 64: kv_dot_nv_avx512(q, n_q, k, k_stride, n_k, prefetch, rb, scale, out, out_ld, T, 4); return; \
+                case 32: kv_dot_nv_avx512(q, n_q, k, k_stride, n_k, prefetch, rb, scale, out, out_ld, T, 2); return; \
+                }                                                                                    \
+                float row[MODEL_MAX_HEAD_DIM];                                                       \
+                for (int64_t i = 0; i < n_k; i++) {                                                  \
+                        kv_decode(T, (const uint8_t *)k + (size_t)i * k_stride, (size_t)n, row);        \
+                        for (uint32_t g = 0; g < n_q; g++)                                           \
+                                out[g * out_ld + i] = dot_f32_avx512(q + (size_t)g * n, row, n) * scale; \
+                }                                                                                    \
+        }                                                                                            \
+        AVX512 static void kv_axpy_##suffix##_avx512(float *out, uint32_t n_q, const float *p, int64_t ld, \
+                                                     const void *v, size_t v_stride, int64_t n_k, int64_t n) { \
+                switch (n) {                                                                         \
+                case 128: kv_axpy_nv_avx512(out, n_q, p, ld, v, v_stride, n_k, T, 8); return;        \
+                case 64: kv_axpy_nv_avx512(out, n_q, p, ld, v, v_stride, n_k, T, 4); return;         \
+                case 32: kv_axpy_nv_avx512(out, n_q, p, ld, v, v_stride, n_k, T, 2); return;         \
+                }                                                                                    \
+                kv_axpy_rows_plain(out, n_q, p, ld, v, v_stride, n_k, n, T);                         \
+        }
+
+DEFINE_KV_AVX512(f32, GGML_TYPE_F32)
+DEFINE_KV_AVX512(f16, GGML_TYPE_F16)
+DEFINE_KV_AVX512(q8_0, GGML_TYPE_Q8_0)
+
+
 /* =======================================================================================
  * AVX2
  *
@@ -852,6 +980,158 @@ DEFINE_DOT_ROWS_AVX2(q4_k, BlockQ4_K, QK_K, Q4_K_BLOCK_AVX2)
 DEFINE_DOT_ROWS_AVX2(q5_k, BlockQ5_K, QK_K, Q5_K_BLOCK_AVX2)
 DEFINE_DOT_ROWS_AVX2(q6_k, BlockQ6_K, QK_K, Q6_K_BLOCK_AVX2)
 
+/* ---- attention over KV rows (quant.h KVDotFn / KVAxpyFn) ----
+ * 16 registers do not hold a row of 128 numbers, so the kernels walk a row in chunks: keys
+ * in 32-number chunks (one Q8_0 block; four vectors, one per accumulator, so DOT_ORDER
+ * holds) for two query heads at a time; values in 16-number columns, for up to 4 heads
+ * whose sums stay in registers over a tile of keys, each number still getting a multiply
+ * then an add per key in key order. Numbers decode exactly (no signalling-NaN half is ever
+ * in a KV cache, kv.h, so F16C's conversion is exact). Other head sizes decode the row into
+ * a buffer and take dot_f32_avx2 / the plain loop. */
+
+#define KV_AXPY_KEYS 16 /* keys per tile of the value kernel: their rows stay in L1 */
+
+/* Numbers 32c .. 32c+31 of a KV row of type T as four vectors. */
+AVX2_FMA INLINE void kv_chunk32_avx2(const uint8_t *row, uint32_t T, int64_t c, __m256 out[4]) {
+        if (T == GGML_TYPE_F32) {
+                const float *f = (const float *)row + 32 * c;
+                UNROLL for (int j = 0; j < 4; j++)
+                        out[j] = _mm256_loadu_ps(f + 8 * j);
+        } else if (T == GGML_TYPE_F16) {
+                const ggml_half *h = (const ggml_half *)row + 32 * c;
+                UNROLL for (int j = 0; j < 4; j++)
+                        out[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 8 * j)));
+        } else {
+                const BlockQ8_0 *b = (const BlockQ8_0 *)row + c;
+                const __m256 d = _mm256_set1_ps(half_f16c(b->d));
+                UNROLL for (int j = 0; j < 4; j++)
+                        out[j] = _mm256_mul_ps(
+                                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + 8 * j)))), d);
+        }
+}
+
+/* Numbers 16c .. 16c+15 of a KV row of type T as two vectors. */
+AVX2_DQ INLINE void kv_chunk16_avx2(const uint8_t *row, uint32_t T, int64_t c, __m256 out[2]) {
+        if (T == GGML_TYPE_F32) {
+                const float *f = (const float *)row + 16 * c;
+                out[0] = _mm256_loadu_ps(f);
+                out[1] = _mm256_loadu_ps(f + 8);
+        } else if (T == GGML_TYPE_F16) {
+                const ggml_half *h = (const ggml_half *)row + 16 * c;
+                out[0] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+                out[1] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 8)));
+        } else {
+                const BlockQ8_0 *b = (const BlockQ8_0 *)row + c / 2;
+                const int8_t *qs = b->qs + 16 * (c % 2);
+                const __m256 d = _mm256_set1_ps(half_f16c(b->d));
+                out[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)qs))), d);
+                out[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)))), d);
+        }
+}
+
+/* NH (1 or 2) query heads n floats apart against one key row of n = 32 * nc numbers. */
+AVX2_FMA INLINE void kv_dot_heads_avx2(const float *q, int64_t n, const uint8_t *kr, uint32_t T, float scale,
+                                       float *out, int64_t out_ld, const int NH) {
+        __m256 acc[2][4];
+        UNROLL for (int h = 0; h < NH; h++)
+                UNROLL for (int j = 0; j < 4; j++)
+                        acc[h][j] = _mm256_setzero_ps();
+        for (int64_t c = 0; c < n / 32; c++) {
+                __m256 kv[4];
+                kv_chunk32_avx2(kr, T, c, kv);
+                UNROLL for (int h = 0; h < NH; h++)
+                        UNROLL for (int j = 0; j < 4; j++)
+                                acc[h][j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * n + 32 * c + 8 * j), kv[j], acc[h][j]);
+        }
+        UNROLL for (int h = 0; h < NH; h++)
+                out[h * out_ld] = hsum8(acc[h][0], acc[h][1], acc[h][2], acc[h][3]) * scale;
+}
+
+AVX2_FMA INLINE void kv_dot_avx2(const float *q, uint32_t n_q, const void *k, size_t k_stride, int64_t n_k,
+                                 const void *prefetch, int64_t n, float scale, float *out, int64_t out_ld,
+                                 const uint32_t T) {
+        const size_t rb = kv_row_size(T, n);
+        for (int64_t i = 0; i < n_k; i++) {
+                const uint8_t *kr = (const uint8_t *)k + (size_t)i * k_stride;
+                if (prefetch)
+                        for (size_t o = 0; o < rb; o += 64)
+                                _mm_prefetch((const char *)prefetch + (size_t)i * k_stride + o, _MM_HINT_T1);
+                if (n % 32 != 0) {
+                        float row[MODEL_MAX_HEAD_DIM];
+                        kv_decode(T, kr, (size_t)n, row);
+                        for (uint32_t g = 0; g < n_q; g++)
+                                out[g * out_ld + i] = dot_f32_avx2(q + (size_t)g * n, row, n) * scale;
+                        continue;
+                }
+                uint32_t g = 0;
+                for (; g + 2 <= n_q; g += 2)
+                        kv_dot_heads_avx2(q + (size_t)g * n, n, kr, T, scale, out + g * out_ld + i, out_ld, 2);
+                if (g < n_q)
+                        kv_dot_heads_avx2(q + (size_t)g * n, n, kr, T, scale, out + g * out_ld + i, out_ld, 1);
+        }
+}
+
+/* NH (1..4) heads' outputs (n floats apart), columns 16c .. 16c+15, over keys [i0, i1). */
+AVX2_DQ INLINE void kv_axpy_tile_avx2(float *out, int64_t n, const float *p, int64_t ld, const uint8_t *v,
+                                      size_t v_stride, int64_t i0, int64_t i1, int64_t c, uint32_t T, const int NH) {
+        __m256 acc[4][2];
+        UNROLL for (int h = 0; h < NH; h++) {
+                acc[h][0] = _mm256_loadu_ps(out + h * n + 16 * c);
+                acc[h][1] = _mm256_loadu_ps(out + h * n + 16 * c + 8);
+        }
+        for (int64_t i = i0; i < i1; i++) {
+                __m256 x[2];
+                kv_chunk16_avx2(v + (size_t)i * v_stride, T, c, x);
+                UNROLL for (int h = 0; h < NH; h++) {
+                        const __m256 a = _mm256_broadcast_ss(p + h * ld + i);
+                        acc[h][0] = _mm256_add_ps(acc[h][0], _mm256_mul_ps(a, x[0]));
+                        acc[h][1] = _mm256_add_ps(acc[h][1], _mm256_mul_ps(a, x[1]));
+                }
+        }
+        UNROLL for (int h = 0; h < NH; h++) {
+                _mm256_storeu_ps(out + h * n + 16 * c, acc[h][0]);
+                _mm256_storeu_ps(out + h * n + 16 * c + 8, acc[h][1]);
+        }
+}
+
+AVX2_DQ INLINE void kv_axpy_avx2(float *out, uint32_t n_q, const float *p, int64_t ld, const void *v, size_t v_stride,
+                                 int64_t n_k, int64_t n, const uint32_t T) {
+        if (n % 16 != 0) {
+                kv_axpy_rows_plain(out, n_q, p, ld, v, v_stride, n_k, n, T);
+                return;
+        }
+        for (int64_t i0 = 0; i0 < n_k; i0 += KV_AXPY_KEYS) {
+                const int64_t i1 = n_k - i0 < KV_AXPY_KEYS ? n_k : i0 + KV_AXPY_KEYS;
+                for (uint32_t g = 0; g < n_q; g += 4) {
+                        float *o = out + (size_t)g * n;
+                        const float *pg = p + g * ld;
+                        for (int64_t c = 0; c < n / 16; c++)
+                                switch (n_q - g) {
+                                case 1: kv_axpy_tile_avx2(o, n, pg, ld, v, v_stride, i0, i1, c, T, 1); break;
+                                case 2: kv_axpy_tile_avx2(o, n, pg, ld, v, v_stride, i0, i1, c, T, 2); break;
+                                case 3: kv_axpy_tile_avx2(o, n, pg, ld, v, v_stride, i0, i1, c, T, 3); break;
+                                default: kv_axpy_tile_avx2(o, n, pg, ld, v, v_stride, i0, i1, c, T, 4); break;
+                                }
+                }
+        }
+}
+
+#define DEFINE_KV_AVX2(suffix, T)                                                                    \
+        AVX2_FMA static void kv_dot_##suffix##_avx2(const float *q, uint32_t n_q, const void *k, size_t k_stride, \
+                                                    int64_t n_k, const void *prefetch, int64_t n, float scale, \
+                                                    float *out, int64_t out_ld) {                   \
+                kv_dot_avx2(q, n_q, k, k_stride, n_k, prefetch, n, scale, out, out_ld, T);           \
+        }                                                                                            \
+        AVX2_DQ static void kv_axpy_##suffix##_avx2(float *out, uint32_t n_q, const float *p, int64_t ld, \
+                                                    const void *v, size_t v_stride, int64_t n_k, int64_t n) { \
+                kv_axpy_avx2(out, n_q, p, ld, v, v_stride, n_k, n, T);                               \
+        }
+
+DEFINE_KV_AVX2(f32, GGML_TYPE_F32)
+DEFINE_KV_AVX2(f16, GGML_TYPE_F16)
+DEFINE_KV_AVX2(q8_0, GGML_TYPE_Q8_0)
+
+
 /* =======================================================================================
  * Tables for quant.c. */
 
@@ -909,6 +1189,43 @@ DotManyFn quant_simd_dot_f32_many(QuantIsa isa) {
         return isa == QUANT_ISA_AVX512 ? dot_f32_many_avx512 : NULL;
 }
 
+#define KV_CASES(kind, isa)                                        \
+        case GGML_TYPE_F32: return kind##_f32_##isa;               \
+        case GGML_TYPE_F16: return kind##_f16_##isa;               \
+        case GGML_TYPE_Q8_0: return kind##_q8_0_##isa;
+
+KVDotFn quant_simd_kv_dot(uint32_t type, QuantIsa isa) {
+        if (isa == QUANT_ISA_AVX512) {
+                switch (type) {
+                KV_CASES(kv_dot, avx512)
+                default: return NULL;
+                }
+        }
+        if (isa == QUANT_ISA_AVX2) {
+                switch (type) {
+                KV_CASES(kv_dot, avx2)
+                default: return NULL;
+                }
+        }
+        return NULL;
+}
+
+KVAxpyFn quant_simd_kv_axpy(uint32_t type, QuantIsa isa) {
+        if (isa == QUANT_ISA_AVX512) {
+                switch (type) {
+                KV_CASES(kv_axpy, avx512)
+                default: return NULL;
+                }
+        }
+        if (isa == QUANT_ISA_AVX2) {
+                switch (type) {
+                KV_CASES(kv_axpy, avx2)
+                default: return NULL;
+                }
+        }
+        return NULL;
+}
+
 #else /* not x86-64: no SIMD kernels */
 
 int quant_simd_cpu_has(QuantIsa isa) {
@@ -928,6 +1245,14 @@ DotF32Fn quant_simd_dot_f32(QuantIsa isa) {
 }
 
 DotManyFn quant_simd_dot_f32_many(QuantIsa isa) {
+        return NULL;
+}
+
+KVDotFn quant_simd_kv_dot(uint32_t type, QuantIsa isa) {
+        return NULL;
+}
+
+KVAxpyFn quant_simd_kv_axpy(uint32_t type, QuantIsa isa) {
         return NULL;
 }
 

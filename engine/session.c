@@ -7,10 +7,15 @@
 
 #include "engine_limits.h"
 
-int session_slots(const Model *m, uint32_t capacity, uint64_t kv_budget, uint32_t *ret_slots) {
+int session_kv_bytes_per_pos(const Model *m, uint32_t kv_type, uint64_t *ret_bytes) {
+        const ModelConfig *c = &m->cfg;
+        return kv_cache_bytes(kv_type, c->n_layer, c->n_head_kv, c->head_dim, 1, ret_bytes);
+}
+
+int session_slots(const Model *m, uint32_t capacity, uint64_t kv_budget, uint32_t kv_type, uint32_t *ret_slots) {
         const ModelConfig *c = &m->cfg;
         uint64_t per_pos;
-        int r = kv_cache_bytes(c->n_layer, c->n_head_kv * c->head_dim, 1, &per_pos);
+        int r = session_kv_bytes_per_pos(m, kv_type, &per_pos);
         if (r < 0)
                 return r;
         uint64_t slots = c->sliding_window ? c->sliding_window : capacity ? capacity : c->n_ctx_train;
@@ -25,17 +30,17 @@ int session_slots(const Model *m, uint32_t capacity, uint64_t kv_budget, uint32_
         return 0;
 }
 
-int session_new(const Model *m, uint32_t capacity, uint64_t kv_budget, Session **ret_session) {
+int session_new(const Model *m, uint32_t capacity, uint64_t kv_budget, uint32_t kv_type, Session **ret_session) {
         const ModelConfig *c = &m->cfg;
         uint32_t slots;
-        int r = session_slots(m, capacity, kv_budget, &slots);
+        int r = session_slots(m, capacity, kv_budget, kv_type, &slots);
         if (r < 0)
                 return r;
         Session *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
         s->m = m;
-        r = kv_cache_new(c->n_layer, c->n_head_kv, c->head_dim, c->sliding_window, slots, &s->kv);
+        r = kv_cache_new(c->n_layer, c->n_head_kv, c->head_dim, kv_type, c->sliding_window, slots, &s->kv);
         if (r < 0)
                 goto fail;
         s->last_logits = calloc(c->n_vocab, sizeof(float));
@@ -65,7 +70,7 @@ void session_reset(Session *s) {
 
 uint64_t session_kv_bytes(const Session *s) {
         uint64_t b = 0;
-        kv_cache_bytes(s->kv->n_layer, s->kv->kv_dim, s->kv->n_slots, &b);
+        kv_cache_bytes(s->kv->type, s->kv->n_layer, s->kv->n_head_kv, s->kv->head_dim, s->kv->n_slots, &b);
         return b;
 }
 

@@ -53,6 +53,10 @@ for t in "$ASAN"/tests/test_*; do
         run "unit $(basename "$t")" "$t"
 done
 
+# 1b. the forward pass on the portable scalar kernels (MIXD_ISA caps the instruction set)
+# (the optimized build: the scalar kernels under ASan take ten minutes)
+run "unit test_forward, MIXD_ISA=scalar" env MIXD_ISA=scalar "$REL/tests/test_forward"
+
 # 2. command-line contract (exit codes, streams, determinism)
 run "cli contract" bash tests/cli/test_cli.sh "$ASAN/mixctl"
 run "daemon end-to-end" "$PYTHON" tests/daemon/test_daemon.py "$ASAN/mixd" "$ASAN/mixctl" --quick
@@ -73,16 +77,18 @@ if have_fixtures; then
         F=$FIXTURES/tiny-moe-shakespeare
         run "numpy dequant vs quant-zoo" "$PYTHON" tests/python/test_quant_zoo_numpy.py "$FIXTURES"
         run "tokenizer vectors via mixctl" "$PYTHON" tests/python/check_tokenize_cli.py "$ASAN/mixctl" "$FIXTURES"
-        for q in f16 q8_0 q4_k_m; do
+        # every fixture file on the default path (8-bit activations) and on the exact one
+        for q in f16 q8_0 q4_k_m q4_0 q5_k_m q3_k_m q2_k; do
                 run "golden logits $q" "$PYTHON" tests/python/check_golden.py "$ASAN/mixctl" "$FIXTURES" "$q"
+                run "golden logits $q, exact" "$PYTHON" tests/python/check_golden.py "$REL/mixctl" "$FIXTURES" "$q" --extra=--exact
         done
+        run "golden logits q4_k_m, MIXD_ISA=scalar" env MIXD_ISA=scalar "$PYTHON" tests/python/check_golden.py "$REL/mixctl" "$FIXTURES" q4_k_m
         run "golden logits past the window" "$PYTHON" tests/python/check_golden.py "$ASAN/mixctl" "$FIXTURES" long
+        run "golden logits past the window, exact" "$PYTHON" tests/python/check_golden.py "$REL/mixctl" "$FIXTURES" long --extra=--exact
         run "greedy continuations f16" "$PYTHON" tests/python/check_greedy.py "$ASAN/mixctl" "$FIXTURES"
-        for q in f16 q8_0 q4_k_m; do
+        for q in f16 q8_0 q4_k_m q4_0 q5_k_m q3_k_m q2_k; do
                 run "perplexity ctx64 $q" "$PYTHON" tests/python/check_ppl.py "$REL/mixctl" "$FIXTURES" "$q"
-        done
-        for q in q8_0 q4_k_m; do
-                run "perplexity ctx64 $q, 8-bit activations" "$PYTHON" tests/python/check_ppl.py "$REL/mixctl" "$FIXTURES" "$q" --extra=--int8
+                run "perplexity ctx64 $q, exact" "$PYTHON" tests/python/check_ppl.py "$REL/mixctl" "$FIXTURES" "$q" --extra=--exact
         done
         run "random models vs numpy oracle" "$PYTHON" tests/python/check_random_models.py "$ASAN/mixctl" "$FIXTURES"
 fi

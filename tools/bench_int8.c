@@ -211,7 +211,7 @@ typedef struct MatJob {
         size_t rb;
         int64_t rows, cols, T;
         const float *xf;        /* [T][cols] */
-        const BlockQ8K *xq;     /* [T][cols / 256] */
+        const void *xq;         /* [T][cols / 256] blocks of the type's activation format */
         float *out;             /* [T][rows] */
         DotRowsFn f32;          /* one of these */
         Int8DotRowsFn i8;
@@ -272,8 +272,11 @@ static void bench_matrix(uint32_t type, int64_t rows, int64_t cols, int all_vari
         /* copies of random weights with realistic scales, >= 384 MiB in all */
         const int n_copies = (int)((384u << 20) / bytes + 1);
         uint8_t **copies = malloc((size_t)n_copies * sizeof(*copies));
-        int off0 = type == GGML_TYPE_Q6_K ? (int)offsetof(BlockQ6_K, d) : 0;
-        const int n_scales = type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q5_K ? 2 : 1;
+        const int off0 = type == GGML_TYPE_Q6_K ? (int)offsetof(BlockQ6_K, d)
+                         : type == GGML_TYPE_Q3_K ? (int)offsetof(BlockQ3_K, d)
+                         : type == GGML_TYPE_Q2_K ? (int)offsetof(BlockQ2_K, d) : 0;
+        const int n_scales = type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q5_K || type == GGML_TYPE_Q2_K ||
+                                             type == GGML_TYPE_Q4_1 || type == GGML_TYPE_Q5_1 ? 2 : 1;
         for (int c = 0; c < n_copies; c++) {
                 uint8_t *p = copies[c] = xalloc(bytes);
                 for (uint64_t i = 0; i < bytes; i += 8) {
@@ -288,7 +291,8 @@ static void bench_matrix(uint32_t type, int64_t rows, int64_t cols, int all_vari
         }
         const int64_t T_max = TOKENS_MAX;
         float *xf = xalloc((size_t)(T_max * cols) * sizeof(float));
-        BlockQ8K *xq = xalloc((size_t)(T_max * cols / QK_K) * sizeof(BlockQ8K));
+        const size_t xrow = (size_t)(cols / QK_K) * quant_act_block_bytes(q8->act);
+        uint8_t *xq = xalloc((size_t)T_max * xrow);
         float *out = xalloc((size_t)(T_max * rows) * sizeof(float)), *out_f = xalloc((size_t)(T_max * rows) * sizeof(float));
         for (int64_t i = 0; i < T_max * cols; i++)
                 xf[i] = rndn();
@@ -297,10 +301,10 @@ static void bench_matrix(uint32_t type, int64_t rows, int64_t cols, int all_vari
         for (int rep = 0; rep < 20; rep++) {
                 const double t0 = now();
                 for (int64_t t = 0; t < T_max; t++)
-                        quantize_row_q8k(xf + t * cols, xq + t * (cols / QK_K), cols);
+                        quantize_row_act(q8->act, xf + t * cols, xq + (size_t)t * xrow, cols);
                 tq = fmin(tq, now() - t0);
         }
-        printf("\n%s [%lld][%lld]: %.1f MiB per pass, %d copies; quantize_row_q8k of one %lld-float row: %.1f us\n", qt->name,
+        printf("\n%s [%lld][%lld]: %.1f MiB per pass, %d copies; activation quantization of one %lld-float row: %.1f us\n", qt->name,
                (long long)rows, (long long)cols, (double)bytes / 1048576.0, n_copies, (long long)cols, tq / T_max * 1e6);
         for (int th = 1; th <= pool_size; th++) {
                 ReadJob rj = { NULL, bytes, { 0 } };
@@ -378,6 +382,9 @@ int main(int argc, char **argv) {
         bench_matrix(GGML_TYPE_Q4_K, 14336, 4096, !quick);
         bench_matrix(GGML_TYPE_Q6_K, 4096, 14336, !quick);
         bench_matrix(GGML_TYPE_Q8_0, 14336, 4096, !quick);
+        bench_matrix(GGML_TYPE_Q4_0, 14336, 4096, !quick);
+        bench_matrix(GGML_TYPE_Q5_K, 14336, 4096, !quick);
+        bench_matrix(GGML_TYPE_Q3_K, 14336, 4096, !quick);
         quitting = 1;
         pthread_barrier_wait(&bar_start);
         for (int i = 1; i < pool_size; i++)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/cli/test_cli.sh — mixctl's command-line contract: exit codes, stdin/argument rules,
-# streaming to closed pipes, determinism, stop strings, chunked prefill. Uses the model in
-# models/ (always in the repository). Usage: test_cli.sh PATH/TO/mixctl
+# streaming to closed pipes, determinism, stop strings, chunked prefill, KV cache types. Uses
+# the model in models/ (always in the repository). Usage: test_cli.sh PATH/TO/mixctl
 set -u
 MIXCTL=$1
 MODEL=models/tiny-moe-q4_k_m.gguf
@@ -68,12 +68,12 @@ check "stop string ends output before it" 0 $st $?
 "$MIXCTL" generate -m "$MODEL" -n -1 --seed 3 --temp 1 "ROMEO:" >/dev/null 2>"$tmp/err" &
 pid=$!; sleep 1.5; kill -INT $pid; wait $pid; check "SIGINT exits 130" 130 $?
 
-# chunked prefill equals all-at-once
+# chunked prefill equals all-at-once, on the exact path
 # (past the window of 64, so chunks straddle the rolling cache)
 toks=$(printf 'First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\nFirst Citizen:\nFirst, you know Caius Marcius is chief enemy to the people.' | "$MIXCTL" tokenize -m "$MODEL" | tr -d '[]\n')
-"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 64 >"$tmp/l64" 2>"$tmp/err"; check "logits chunk 64" 0 $?
-"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 7 >"$tmp/l7" 2>"$tmp/err"; check "logits chunk 7" 0 $?
-"$MIXCTL" logits -m "$MODEL" --tokens "$toks" >"$tmp/last" 2>"$tmp/err"; check "logits last" 0 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 64 --exact >"$tmp/l64" 2>"$tmp/err"; check "logits chunk 64" 0 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 7 --exact >"$tmp/l7" 2>"$tmp/err"; check "logits chunk 7" 0 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --exact >"$tmp/last" 2>"$tmp/err"; check "logits last" 0 $?
 "$PYTHON" - "$tmp/l64" "$tmp/l7" "$tmp/last" <<'PY'
 import json, sys
 import numpy as np
@@ -91,9 +91,10 @@ print(f"chunk 7 vs 64 over {len(a)} positions: max relative difference {worst:.3
 sys.exit(0 if worst <= 1e-5 else 1)
 PY
 check "chunked prefill equals all-at-once (1e-5 relative)" 0 $?
-# the same with 8-bit activations: chunking still changes nothing, and it stays close to float
-"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 64 --int8 >"$tmp/i64" 2>"$tmp/err"; check "int8 logits chunk 64" 0 $?
-"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 7 --int8 >"$tmp/i7" 2>"$tmp/err"; check "int8 logits chunk 7" 0 $?
+# the same on the default path (8-bit activations): chunking still changes nothing, it stays
+# close to the exact path, and position 0 (FORWARD_EXACT_POSITIONS) is the exact path's bit for bit
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 64 >"$tmp/i64" 2>"$tmp/err"; check "int8 logits chunk 64" 0 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 7 --int8 >"$tmp/i7" 2>"$tmp/err"; check "int8 logits chunk 7 (--int8: the default)" 0 $?
 "$PYTHON" - "$tmp/i64" "$tmp/i7" "$tmp/l64" <<'PY'
 import json, sys
 import numpy as np
@@ -105,11 +106,39 @@ same = all(x["logits"] == y["logits"] for x, y in zip(a, b))
 rel = [float(np.max(np.abs(np.array(x["logits"]) - np.array(y["logits"]))) / np.max(np.abs(np.array(y["logits"]))))
        for x, y in zip(a, f)]
 top1 = sum(int(np.argmax(x["logits"]) == np.argmax(y["logits"])) for x, y in zip(a, f)) / len(a)
-print("int8: chunk 7 == chunk 64: %s; vs float: median relative max-diff %.3g, top-1 agreement %.0f%%"
-      % (same, float(np.median(rel)), 100 * top1))
-sys.exit(0 if same and float(np.median(rel)) < 0.05 and top1 >= 0.9 else 1)
+first_exact = a[0]["logits"] == f[0]["logits"]
+later_differ = any(x["logits"] != y["logits"] for x, y in zip(a[1:], f[1:]))
+print("int8: chunk 7 == chunk 64: %s; vs float: median relative max-diff %.3g, top-1 agreement %.0f%%; "
+      "position 0 exact: %s; later positions on the 8-bit path: %s"
+      % (same, float(np.median(rel)), 100 * top1, first_exact, later_differ))
+sys.exit(0 if same and float(np.median(rel)) < 0.05 and top1 >= 0.9 and first_exact and later_differ else 1)
 PY
 check "int8: chunking changes nothing, close to float" 0 $?
+# KV cache types: q8_0 keys and values, chunking still changes nothing and it stays close to f16
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 64 --kv-type q8_0 >"$tmp/q64" 2>"$tmp/err"; check "q8_0 KV logits chunk 64" 0 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 7 --kv-type q8_0 >"$tmp/q7" 2>"$tmp/err"; check "q8_0 KV logits chunk 7" 0 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "$toks" --all --chunk 7 --kv-type f32 >"$tmp/f7" 2>"$tmp/err"; check "f32 KV logits chunk 7" 0 $?
+"$PYTHON" - "$tmp/q64" "$tmp/q7" "$tmp/l64" "$tmp/f7" <<'PY'
+import json, sys
+import numpy as np
+q64, q7, f16, f32 = ([json.loads(l) for l in open(p)] for p in sys.argv[1:5])
+assert len(q64) == len(q7) == len(f16) == len(f32) > 64
+same = all(x["logits"] == y["logits"] for x, y in zip(q64, q7))
+def rel(a, b):
+    return float(np.median([np.max(np.abs(np.array(x["logits"]) - np.array(y["logits"]))) / np.max(np.abs(np.array(y["logits"])))
+                            for x, y in zip(a, b)]))
+r8, r32 = rel(q64, f16), rel(f32, f16)
+differ = any(x["logits"] != y["logits"] for x, y in zip(q64, f16))
+print("q8_0 KV: chunk 7 == chunk 64: %s; vs f16 KV: median relative max-diff %.3g; f32 vs f16 %.3g" % (same, r8, r32))
+sys.exit(0 if same and differ and r8 < 0.05 and r32 < 0.01 else 1)
+PY
+check "q8_0 KV: chunking changes nothing, close to f16; f32 close too" 0 $?
+"$MIXCTL" logits -m "$MODEL" --tokens "1,2" --kv-type q4 2>"$tmp/err"; check "bad --kv-type" 2 $? "$(contains "$tmp/err" 'kv-type')"
+"$MIXCTL" bench -m "$MODEL" --pp 8 --tg 2 --repeat 1 --no-per-token --kv-type q8_0 >"$tmp/bq" 2>"$tmp/err"; check "bench --kv-type q8_0" 0 $?
+"$MIXCTL" bench -m "$MODEL" --pp 8 --tg 2 --repeat 1 --no-per-token >"$tmp/bf" 2>"$tmp/err"; check "bench" 0 $?
+# tiny model: 4 layers, 2 KV heads of 32; K and V: f16 2 bytes a number, q8_0 34 bytes per 32
+"$PYTHON" -c 'import json,sys; q=json.load(open(sys.argv[1])); f=json.load(open(sys.argv[2])); sys.exit(0 if (q["kv_type"], q["kv_bytes_per_pos"], f["kv_type"], f["kv_bytes_per_pos"]) == ("q8_0", 4*2*2*34, "f16", 4*2*64*2) and q["kv_bytes"] == q["kv_slots"] * q["kv_bytes_per_pos"] else 1)' "$tmp/bq" "$tmp/bf"
+check "bench JSON: kv_type and kv_bytes_per_pos" 0 $?
 "$MIXCTL" logits -m "$MODEL" --tokens "1,99999999" 2>"$tmp/err"; check "token id out of range" 2 $?
 "$MIXCTL" logits -m "$MODEL" --tokens "1,,2" 2>"$tmp/err"; check "malformed token list" 2 $?
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """tests/lifecycle/test_lifecycle.py — mixd across stops and reloads: sessions saved at
-SIGTERM and restored with identical next-token logits; corrupt, truncated, half-written and
+SIGTERM and restored with identical next-token logits; state files record their KV type, an
+old (version 1, F32) file still restores exactly, one of another KV type is converted;
+corrupt, truncated, half-written and
 other-model state files skipped with a log line; a failed save (disk full, via an LD_PRELOAD
 shim) leaves nothing behind; SIGHUP swaps the model without dropping the socket; the model
 file truncated while mapped fails requests clearly instead of crashing the daemon.
@@ -37,11 +39,13 @@ def check(name, ok, detail=""):
 
 
 class Daemon:
-    def __init__(self, mixd, sock, model=MODEL, state=None, env=None):
+    def __init__(self, mixd, sock, model=MODEL, state=None, env=None, kv_type=None):
         self.sock = sock
         args = [mixd, "--model", model, "--socket", sock, "--threads", "2"]
         if state:
             args += ["--state-dir", state]
+        if kv_type:
+            args += ["--kv-type", kv_type]
         self.log = tempfile.NamedTemporaryFile(mode="w+", suffix=".log", delete=False)
         e = dict(os.environ)
         e.update(env or {})
@@ -117,6 +121,25 @@ class Client:
         self.s.close()
 
 
+def fnv1a(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def as_version1(b):
+    """A version-2 F32 state file rewritten as version 1 wrote it: version 1, 0 (reserved)
+    where the KV type is, the checksum over the changed bytes."""
+    b = b[:8] + struct.pack("<II", 1, 0) + b[16:-8]
+    return b + struct.pack("<Q", fnv1a(b))
+
+
+def clear(state):
+    for f in os.listdir(state):
+        os.unlink(os.path.join(state, f))
+
+
 def two_turns(c, sid):
     a = c.generate(prompt="ROMEO: What light", session=sid, n_predict=4, temperature=0.0, logprobs=True)
     return a
@@ -161,6 +184,59 @@ def main():
           after[0] == control[0] and after[1] == control[1] and after[0] != [],
           "tokens %s; logprobs equal: %s" % (after[0], after[1] == control[1]))
     check("restore logged", "restored 1 session" in log)
+    version, kv_type = struct.unpack("<II", saved[8:16]) if len(saved) >= 16 else (0, -1)
+    check("state file records its KV type (version 2, f16 by default)", version == 2 and kv_type == 1,
+          "version %d, kv type %d" % (version, kv_type))
+
+    # --- KV types: an old F32 file restores exactly; another type is converted
+    d = Daemon(mixd, sock, state=None, kv_type="f32")
+    c = Client(sock)
+    sid_f = c.call("session.open")["session"]
+    two_turns(c, sid_f)
+    control_f32 = c.generate(session=sid_f, **second)
+    st = c.call("status")
+    c.close()
+    d.stop()
+    check("status reports the KV type and bytes per position",
+          st.get("kv_type") == "f32" and st.get("kv_bytes_per_pos") == 4 * 2 * (2 * 32) * 4,  # layers x K,V x kv_dim x f32
+          "%s, %s" % (st.get("kv_type"), st.get("kv_bytes_per_pos")))
+    clear(state)
+    d = Daemon(mixd, sock, state=state, kv_type="f32")
+    c = Client(sock)
+    sid_f = c.call("session.open")["session"]
+    two_turns(c, sid_f)
+    c.close()
+    d.stop()
+    files = os.listdir(state)
+    f32_file = open(os.path.join(state, files[0]), "rb").read() if files else b""
+    check("f32 daemon saves a KV type 0 file", f32_file[12:16] == struct.pack("<I", 0))
+    old = as_version1(f32_file) if f32_file else b""
+    clear(state)
+    with open(os.path.join(state, "session-%s.state" % sid_f), "wb") as f:
+        f.write(old)
+    d = Daemon(mixd, sock, state=state, kv_type="f32")
+    c = Client(sock)
+    after = c.generate(session=sid_f, **second)
+    c.close()
+    rc, log = d.stop()
+    check("version 1 (F32) state file restores with identical tokens and logprobs",
+          "restored 1 session" in log and after[0] == control_f32[0] and after[1] == control_f32[1]
+          and after[0] != [], "tokens %s" % after[0])
+    for name, data, kv, frm, to in (("version 1 f32 file", old, None, "f32", "f16"),
+                                     ("f16 file", saved, "q8_0", "f16", "q8_0")):
+        clear(state)
+        file_id = struct.unpack("24s", data[24:48])[0].rstrip(b"\0").decode() if data else "s-0"
+        with open(os.path.join(state, "session-%s.state" % file_id), "wb") as f:
+            f.write(data)
+        d = Daemon(mixd, sock, state=state, kv_type=kv)
+        c = Client(sock)
+        r = c.generate(session=file_id, **second)
+        c.close()
+        rc, log = d.stop()
+        check("%s restored by a %s daemon: converted, the session continues" % (name, to),
+              "restored 1 session" in log and "converted from %s to %s" % (frm, to) in log
+              and r[3].get("event") == "done" and len(r[0]) == second["n_predict"]
+              and not any(k in log for k in SANITIZER_MARKS), "exit %d, %s" % (rc, r[3]))
 
     # --- bad state files are skipped with a log line, never a crash
     bad_cases = {
@@ -170,6 +246,7 @@ def main():
         "other version": lambda b: b[:8] + struct.pack("<I", 99) + b[12:],
         "garbage": lambda b: os.urandom(4096),
     }
+    bad_cases["unknown KV type"] = lambda b: b[:12] + struct.pack("<I", 7) + b[16:]
     for name, mutate in bad_cases.items():
         for f in os.listdir(state):
             os.unlink(os.path.join(state, f))

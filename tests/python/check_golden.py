@@ -6,13 +6,14 @@ to `mixctl logits` output, for the golden files
   f16    -> golden/lc-f16-public.npz     with tiny-moe-f16.gguf
   q8_0   -> golden/lc-q8_0-public.npz    with tiny-moe-q8_0.gguf
   q4_k_m -> golden/lc-q4_k_m-public.npz  with tiny-moe-q4_k_m.gguf
+  q4_0, q5_k_m, q3_k_m, q2_k -> golden/lc-<q>-public.npz with tiny-moe-<q>.gguf
   long   -> golden/torch-long-public.npz with tiny-moe-f16.gguf (reference
             oracle only; the sliding window is active)
 
 Usage:
-  /usr/bin/python3 tests/python/check_golden.py MIXCTL FIXTURES_DIR [f16 q8_0 q4_k_m long ...]
+  /usr/bin/python3 tests/python/check_golden.py MIXCTL FIXTURES_DIR [f16 q8_0 q4_k_m q4_0 ... long]
         [--timeout SEC] [--extra ARG ...] [-v]
-(default: all four).  For every prompt i it runs
+(default: all eight).  For every prompt i it runs
   MIXCTL logits -m MODEL --tokens <tok_i comma-joined> --all
 which must print one JSON line {"pos":P,"logits":[n_vocab floats]} per
 position, then applies the rule (pooled over all prompts of a file):
@@ -172,13 +173,13 @@ def main(argv):
     ap.add_argument("mixctl", help="path of the mixctl binary")
     ap.add_argument("fixtures", help="fixtures directory (holds tiny-moe-shakespeare/)")
     ap.add_argument("files", nargs="*",
-                    help="which golden files: f16 q8_0 q4_k_m long (default: all)")
+                    help="which golden files: %s (default: all)" % " ".join(FILES))
     ap.add_argument("--timeout", type=float, default=600, help="seconds per mixctl run")
     ap.add_argument("--extra", action="append", default=[],
                     help="extra argument appended to each mixctl command (repeatable)")
     ap.add_argument("-v", "--verbose", action="store_true", help="per-prompt figures")
     a = ap.parse_args(argv)
-    files = a.files or ["f16", "q8_0", "q4_k_m", "long"]
+    files = a.files or list(FILES)
     for k in files:
         if k not in FILES:
             ap.error("unknown golden file %r (choose from %s)" % (k, ", ".join(sorted(FILES))))

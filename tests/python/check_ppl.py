@@ -4,11 +4,12 @@
 Owns: for each model file (f16, q8_0, q4_k_m; default all three), running
   MIXCTL perplexity -m tiny-moe-<q>.gguf -f ppl-text-public.txt --ctx 64
 parsing the LAST non-empty stdout line, which must be `ppl <value>`, and
-comparing it with golden/ppl-public.json's "<q>_ctx64" (llama-perplexity's
-value): pass when |value - ref| <= 0.3% of ref.
+comparing it with "<q>_ctx64" (llama-perplexity's value) of golden/ppl-public.json
+(f16, q8_0, q4_k_m) or golden/ppl-extra-public.json (q4_0, q5_k_m, q3_k_m, q2_k):
+pass when |value - ref| <= 0.3% of ref.
 
 Usage:
-  /usr/bin/python3 tests/python/check_ppl.py MIXCTL FIXTURES_DIR [f16 q8_0 q4_k_m]
+  /usr/bin/python3 tests/python/check_ppl.py MIXCTL FIXTURES_DIR [f16 q8_0 q4_k_m q4_0 q5_k_m q3_k_m q2_k]
         [--timeout SEC] [--extra ARG ...]
 Prints a line per file and "N passed, M failed"; exits 1 on any failure.
 """
@@ -26,7 +27,8 @@ from checker_common import MixctlError, check_binary, require_files, run_mixctl,
 
 REL_TOL = 0.003
 CTX = 64
-MODELS = ("f16", "q8_0", "q4_k_m")
+MODELS = ("f16", "q8_0", "q4_k_m", "q4_0", "q5_k_m", "q3_k_m", "q2_k")
+EXTRA = ("q4_0", "q5_k_m", "q3_k_m", "q2_k")  # their values are in ppl-extra-public.json
 
 
 def parse_ppl(out):
@@ -49,7 +51,7 @@ def main(argv):
     ap = argparse.ArgumentParser(description="Check mixctl perplexity against llama-perplexity's values.")
     ap.add_argument("mixctl")
     ap.add_argument("fixtures")
-    ap.add_argument("models", nargs="*", help="f16 q8_0 q4_k_m (default: all)")
+    ap.add_argument("models", nargs="*", help=" ".join(MODELS) + " (default: all)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--extra", action="append", default=[],
                     help="extra argument appended to each mixctl command (repeatable)")
@@ -60,13 +62,17 @@ def main(argv):
             ap.error("unknown model %r (choose from %s)" % (q, ", ".join(MODELS)))
 
     base = os.path.join(a.fixtures, "tiny-moe-shakespeare")
-    ref_path = os.path.join(base, "golden", "ppl-public.json")
+    ref_paths = [os.path.join(base, "golden", "ppl-public.json")]
+    if any(q in EXTRA for q in models):
+        ref_paths.append(os.path.join(base, "golden", "ppl-extra-public.json"))
     text = os.path.join(base, "ppl-text-public.txt")
     files = {q: os.path.join(base, "tiny-moe-%s.gguf" % q) for q in models}
-    rc = require_files([ref_path, text] + list(files.values()))
+    rc = require_files(ref_paths + [text] + list(files.values()))
     if rc is not None:
         return rc
-    refs = json.load(open(ref_path))
+    refs = {}
+    for path in ref_paths:
+        refs.update(json.load(open(path)))
 
     try:
         check_binary(a.mixctl)

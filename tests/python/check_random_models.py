@@ -3,7 +3,7 @@
 
 Owns: generating random GGUF models with tools/gen_random_gguf.py (into a
 temporary directory, deleted at the end) that cover the engine's feature
-matrix, and comparing `mixctl logits --all` with tools/oracle.py (float64):
+matrix, and comparing `mixctl logits --all --exact` with tools/oracle.py (float64):
 
   * every weight type (F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K
     Q5_K Q6_K) on a small MoE, some with the legacy per-expert layout;
@@ -271,7 +271,7 @@ def check_case(c, mixctl, fixtures, tmp, timeout, verbose):
         results = []
         t_eng = 0.0
         for label, extra, sink in c.runs:
-            args = ["logits", "-m", path, "--tokens", toks, "--all"] + extra
+            args = ["logits", "-m", path, "--tokens", toks, "--all", "--exact"] + extra
             t2 = time.time()
             try:
                 out = run_mixctl(mixctl, args, timeout)

@@ -36,7 +36,8 @@ static float rng_normal(uint64_t *s) {
         return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
 }
 
-static const uint32_t int8_types[] = { GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K, GGML_TYPE_Q8_0 };
+static const uint32_t int8_types[] = { GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q8_0,
+                                       GGML_TYPE_Q2_K, GGML_TYPE_Q3_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K };
 #define N_TYPES (sizeof(int8_types) / sizeof(int8_types[0]))
 
 /* A scale half of any kind: random_scale()'s, or +-inf, or (with_nan) a NaN, quiet or
@@ -77,7 +78,8 @@ static uint8_t *random_weights(uint32_t type, int64_t n, uint64_t *seed, int rea
 }
 
 /* Weight blocks with the largest integer sums: every quant at its maximum magnitude (Q8_0:
- * -128), every 6/8-bit scale and min at its maximum (Q6_K: alternately +127 and -128). */
+ * -128, Q4_0: -8, Q5_0: -16), every 4/6/8-bit scale and min at its maximum (Q6_K:
+ * alternately +127 and -128; Q3_K: +31). */
 static uint8_t *extreme_weights(uint32_t type, int64_t n, size_t *ret_bytes) {
         const QuantTraits *qt = quant_traits(type);
         const size_t bytes = (size_t)(n / qt->block_size) * qt->type_size;
@@ -89,6 +91,26 @@ static uint8_t *extreme_weights(uint32_t type, int64_t n, size_t *ret_bytes) {
                 case GGML_TYPE_Q8_0:
                         memset(blk, 0x80, qt->type_size);
                         memcpy(blk, &one, 2);
+                        break;
+                case GGML_TYPE_Q4_0:
+                case GGML_TYPE_Q5_0: /* q = 0: -8 / -16 */
+                        memset(blk, 0, qt->type_size);
+                        memcpy(blk, &one, 2);
+                        break;
+                case GGML_TYPE_Q4_1:
+                case GGML_TYPE_Q5_1:
+                        memset(blk, 0xff, qt->type_size);
+                        memcpy(blk, &one, 2);
+                        memcpy(blk + 2, &half, 2);
+                        break;
+                case GGML_TYPE_Q2_K:
+                        memset(blk, 0xff, qt->type_size);
+                        memcpy(blk + offsetof(BlockQ2_K, d), &one, 2);
+                        memcpy(blk + offsetof(BlockQ2_K, dmin), &half, 2);
+                        break;
+                case GGML_TYPE_Q3_K:
+                        memset(blk, 0xff, qt->type_size);
+                        memcpy(blk + offsetof(BlockQ3_K, d), &one, 2);
                         break;
                 case GGML_TYPE_Q6_K: {
                         BlockQ6_K *q = (BlockQ6_K *)blk;
@@ -110,20 +132,25 @@ static uint8_t *extreme_weights(uint32_t type, int64_t n, size_t *ret_bytes) {
         return p;
 }
 
-/* T rows of n activations quantized to blocks, xs blocks apart, at 4 bytes past a
- * malloc'd address (*ret_base: what to free). kind 0: normal x random magnitude per row;
- * 1: all +1 or all -1 per row (every quant +-127); 2: alternating rows of 0 and normal. */
-static BlockQ8K *random_acts(int64_t n, int64_t T, int64_t xs, uint64_t *seed, int kind, void **ret_base) {
-        uint8_t *base = xmalloc((size_t)(T * xs) * sizeof(BlockQ8K) + 4);
-        BlockQ8K *x = (BlockQ8K *)(base + 4);
+/* T rows of n activations quantized to blocks of format act, xs blocks apart, at 4 bytes
+ * past a malloc'd address (*ret_base: what to free). kind 0: normal x random magnitude per
+ * row; 1: all +1 or all -1 per row (every quant +-127); 2: alternating rows of 0 and
+ * normal; 3: normal x a magnitude per 32 that varies over 2^16 (the legacy formats' scales
+ * differ block by block). */
+static const void *random_acts(QuantAct act, int64_t n, int64_t T, int64_t xs, uint64_t *seed, int kind, void **ret_base) {
+        const size_t bb = quant_act_block_bytes(act);
+        uint8_t *base = xmalloc((size_t)(T * xs) * bb + 4), *x = base + 4;
         float *f = xmalloc((size_t)n * sizeof(float));
-        memset(base, 0x5a, (size_t)(T * xs) * sizeof(BlockQ8K) + 4);
+        memset(base, 0x5a, (size_t)(T * xs) * bb + 4);
         for (int64_t t = 0; t < T; t++) {
-                const float mag = (float)ldexp(1.0, (int)(rng_next(seed) % 24) - 12);
+                float mag = (float)ldexp(1.0, (int)(rng_next(seed) % 24) - 12);
                 const float sign = (rng_next(seed) & 1) ? 1.0f : -1.0f;
-                for (int64_t i = 0; i < n; i++)
+                for (int64_t i = 0; i < n; i++) {
+                        if (kind == 3 && i % 32 == 0)
+                                mag = (float)ldexp(1.0, (int)(rng_next(seed) % 16) - 8);
                         f[i] = kind == 1 ? sign : kind == 2 && (t & 1) ? 0.0f : mag * rng_normal(seed);
-                quantize_row_q8k(f, x + t * xs, n);
+                }
+                quantize_row_act(act, f, x + (size_t)(t * xs) * bb, n);
         }
         free(f);
         *ret_base = base;
@@ -139,6 +166,8 @@ static void test_selection(void **state) {
                 assert_non_null(q);
                 assert_int_equal(q->type, int8_types[k]);
                 assert_string_equal(q->name, quant_traits(int8_types[k])->name);
+                /* the pairing: one activation scale per 32 for the 32-wide types, per 256 for K-quants */
+                assert_int_equal(q->act, quant_traits(int8_types[k])->block_size == 32 ? QUANT_ACT_Q8X : QUANT_ACT_Q8K);
                 assert_true(quant_int8_isa_supported(q->isa));
                 assert_non_null(q->dot);
                 assert_non_null(q->dot_rows);
@@ -148,13 +177,13 @@ static void test_selection(void **state) {
                         const int ok = quant_int8_isa_supported((QuantInt8Isa)isa);
                         assert_int_equal(ok, q->dot_variant[isa] != NULL);
                         assert_int_equal(ok, q->dot_rows_variant[isa] != NULL);
-                        if (ok)
+                        if (ok && !getenv("MIXD_ISA"))
                                 assert_true(isa <= (int)q->isa); /* the chosen one is the best */
                 }
                 assert_ptr_equal(quant_int8(int8_types[k]), q);
         }
-        static const uint32_t none[] = { GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_0, GGML_TYPE_Q2_K, GGML_TYPE_Q3_K,
-                                         GGML_TYPE_Q8_K, GGML_TYPE_BF16, 4, 99, 0xffffffffu };
+        static const uint32_t none[] = { GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_1, GGML_TYPE_Q8_K, GGML_TYPE_BF16,
+                                         4, 99, 0xffffffffu };
         for (size_t k = 0; k < sizeof(none) / sizeof(none[0]); k++)
                 assert_null(quant_int8(none[k]));
         assert_true(quant_int8_isa_supported(QUANT_INT8_SCALAR));
@@ -164,6 +193,9 @@ static void test_selection(void **state) {
         if (quant_int8_isa_supported(QUANT_INT8_AVX512_VNNI))
                 assert_true(quant_int8_isa_supported(QUANT_INT8_AVX512));
         const QuantInt8Kernels *q = quant_int8(GGML_TYPE_Q4_K);
+        int cap;
+        if (quant_isa_env(&cap) > 0) /* MIXD_ISA caps the choice */
+                assert_true((int)q->isa <= cap);
         print_message("int8 kernels: %s (supported:", quant_int8_isa_name(q->isa));
         for (int isa = 0; isa < QUANT_INT8_ISA_COUNT_; isa++)
                 if (quant_int8_isa_supported((QuantInt8Isa)isa))
@@ -285,6 +317,45 @@ static void test_quantize(void **state) {
         print_message("ok   quantize_row_q8k: d = max/127, nearest q in [-127, 127], bsums, zero blocks, deterministic\n");
 }
 
+/* quantize_row_q8x: each 32 activations quantized on their own, exactly as a Q8_K block of
+ * those 32 values padded with zeros would be (same d, q and bsums), whatever the other
+ * blocks hold; an all-zero 32 gets d = 0 and zero quants. */
+static void test_quantize_q8x(void **state) {
+        uint64_t seed = 0x713878;
+        const int64_t n = 1024;
+        float *x = xmalloc((size_t)n * sizeof(float)), pad[QK_K];
+        BlockQ8X *y = xmalloc((size_t)(n / QK_K) * sizeof(BlockQ8X));
+        BlockQ8K k;
+        for (int rep = 0; rep < 32; rep++) {
+                float mag = 1.0f;
+                for (int64_t i = 0; i < n; i++) { /* a magnitude per 32 over 2^40 */
+                        if (i % 32 == 0)
+                                mag = (float)ldexp(1.0, (int)(rng_next(&seed) % 40) - 20);
+                        x[i] = mag * rng_normal(&seed);
+                }
+                if (rep % 4 == 1)
+                        memset(x + 64, 0, 32 * sizeof(float));
+                if (rep % 4 == 2)
+                        x[300] = NAN;
+                quantize_row_q8x(x, y, n);
+                for (int64_t j = 0; j < n / 32; j++) {
+                        memset(pad, 0, sizeof(pad));
+                        memcpy(pad, x + 32 * j, 32 * sizeof(float));
+                        quantize_row_q8k(pad, &k, QK_K);
+                        const BlockQ8X *b = &y[j / 8];
+                        const int o = (int)(j % 8);
+                        if (float_bits(b->d[o]) != float_bits(k.d))
+                                fail_msg("rep %d block %lld: d %.9g, want %.9g", rep, (long long)j, b->d[o], k.d);
+                        assert_memory_equal(b->qs + 32 * o, k.qs, 32);
+                        assert_int_equal(b->bsums[2 * o], k.bsums[0]);
+                        assert_int_equal(b->bsums[2 * o + 1], k.bsums[1]);
+                }
+        }
+        free(x);
+        free(y);
+        print_message("ok   quantize_row_q8x: each 32 scaled on its own, as Q8_K would, zero and NaN blocks\n");
+}
+
 /* ---------------------------------------------------------------------------------------
  * Every variant against the scalar reference, bit for bit. */
 
@@ -305,7 +376,7 @@ static int same_result(float got, float want) {
 /* Checks variant isa of type on R rows x T tokens at row_bytes rb, activations xs blocks
  * apart, against the scalar single dot, plus sentinels around the outputs. */
 static void check_rows(const QuantInt8Kernels *q, QuantInt8Isa isa, const uint8_t *w, size_t rb, int64_t R,
-                       const BlockQ8K *x, int64_t xs, int64_t T, int64_t n, const float *want, int64_t want_os,
+                       const void *x, int64_t xs, int64_t T, int64_t n, const float *want, int64_t want_os,
                        const char *what) {
         const int64_t os = R + 3;
         const size_t out_n = (size_t)((T + 1) * os);
@@ -347,19 +418,20 @@ static void run_case(const Case *c, uint64_t *seed) {
         }
         const size_t rb = bytes / (size_t)R_max;
         void *xbase;
-        const BlockQ8K *x = random_acts(n, T_max, xs, seed, c->act_kind, &xbase);
+        const size_t bb = quant_act_block_bytes(q->act);
+        const uint8_t *x = random_acts(q->act, n, T_max, xs, seed, c->act_kind, &xbase);
         /* reference: the scalar single dot of every (row, token) */
         Int8DotFn ref = q->dot_variant[QUANT_INT8_SCALAR];
         float *want = xmalloc((size_t)(T_max * R_max) * sizeof(float));
         for (int64_t t = 0; t < T_max; t++)
                 for (int64_t r = 0; r < R_max; r++)
-                        want[t * R_max + r] = ref(w + (size_t)r * rb, x + t * xs, n);
+                        want[t * R_max + r] = ref(w + (size_t)r * rb, x + (size_t)(t * xs) * bb, n);
         for (int isa = 0; isa < QUANT_INT8_ISA_COUNT_; isa++) {
                 if (!quant_int8_isa_supported((QuantInt8Isa)isa))
                         continue;
                 for (int64_t t = 0; t < T_max; t++)
                         for (int64_t r = 0; r < R_max; r++) {
-                                const float got = q->dot_variant[isa](w + (size_t)r * rb, x + t * xs, n);
+                                const float got = q->dot_variant[isa](w + (size_t)r * rb, x + (size_t)(t * xs) * bb, n);
                                 if (!same_result(got, want[t * R_max + r]))
                                         fail_msg("%s %s single dot n=%lld row %lld token %lld: 0x%08x, scalar 0x%08x", q->name,
                                                  quant_int8_isa_name((QuantInt8Isa)isa), (long long)n, (long long)r,
@@ -384,7 +456,7 @@ static void test_variants_exact(void **state) {
         for (size_t k = 0; k < N_TYPES; k++) {
                 const int64_t before = n_dots_checked;
                 for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
-                        for (int act = 0; act < 3; act++) {
+                        for (int act = 0; act < 4; act++) {
                                 const Case c = { int8_types[k], sizes[s], 0, act };
                                 run_case(&c, &seed);
                         }
@@ -422,11 +494,12 @@ static void test_variants_large(void **state) {
                 const uint8_t *w = random_weights(int8_types[k], n * R, &seed, 0, 2, &bytes, &wbase);
                 const size_t rb = bytes / (size_t)R;
                 void *xbase;
-                const BlockQ8K *x = random_acts(n, T, xs, &seed, 0, &xbase);
+                const size_t bb = quant_act_block_bytes(q->act);
+                const uint8_t *x = random_acts(q->act, n, T, xs, &seed, 0, &xbase);
                 float *want = xmalloc((size_t)(T * R) * sizeof(float));
                 for (int64_t t = 0; t < T; t++)
                         for (int64_t r = 0; r < R; r++)
-                                want[t * R + r] = q->dot_variant[QUANT_INT8_SCALAR](w + (size_t)r * rb, x + t * xs, n);
+                                want[t * R + r] = q->dot_variant[QUANT_INT8_SCALAR](w + (size_t)r * rb, x + (size_t)(t * xs) * bb, n);
                 /* 19 tokens: row blocks; 2..16: 4-row groups from the quarters of R (150 and 147
                  * rows: some groups short) */
                 static const int64_t Ts[] = { 19, 2, 3, 8, 16 };
@@ -461,11 +534,11 @@ static void test_accuracy(void **state) {
                         const uint8_t *w = random_weights(int8_types[k], n * R, &seed, 1, 0, &bytes, &wbase);
                         const size_t rb = bytes / (size_t)R;
                         float *wf = xmalloc((size_t)n * sizeof(float)), *xf = xmalloc((size_t)n * sizeof(float));
-                        BlockQ8K *xq = xmalloc((size_t)(n / QK_K) * sizeof(BlockQ8K));
+                        void *xq = xmalloc((size_t)(n / QK_K) * quant_act_block_bytes(q->act));
                         for (int64_t r = 0; r < R; r++) {
                                 for (int64_t i = 0; i < n; i++)
                                         xf[i] = rng_normal(&seed);
-                                quantize_row_q8k(xf, xq, n);
+                                quantize_row_act(q->act, xf, xq, n);
                                 qt->dequant_ref(w + (size_t)r * rb, wf, n);
                                 double exact = 0, mag = 0;
                                 for (int64_t i = 0; i < n; i++) {
@@ -495,6 +568,7 @@ int main(void) {
                 cmocka_unit_test(test_selection),
                 cmocka_unit_test(test_half),
                 cmocka_unit_test(test_quantize),
+                cmocka_unit_test(test_quantize_q8x),
                 cmocka_unit_test(test_variants_exact),
                 cmocka_unit_test(test_variants_large),
                 cmocka_unit_test(test_accuracy),

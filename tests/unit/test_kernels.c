@@ -4,8 +4,9 @@
  * halves drawn from normal, subnormal, signed-zero and large values) and against ggml's
  * output in quant-zoo.gguf; dot_f32 against a scalar emulation of its documented order;
  * fused dequantize+dot against dequantize-then-dot_f32 for 1..16 tokens; attention's
- * dot_f32_many / axpy_many against dot_f32 / axpy one pair at a time. Single-threaded
- * cmocka test; run from the repository root. */
+ * dot_f32_many / axpy_many against dot_f32 / axpy one pair at a time; the attention kernels
+ * over F32, F16 and Q8_0 KV rows against dot_f32 / a multiply-add loop on the decoded rows;
+ * the KV types' encoding. Single-threaded cmocka test; run from the repository root. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +20,7 @@
 #include <cmocka.h>
 
 #include "gguf.h"
+#include "kv.h"
 #include "ops.h"
 #include "quant.h"
 #include "test_blocks.h"
@@ -336,6 +338,202 @@ static void test_attention_many(void **state) {
 }
 
 /* ---------------------------------------------------------------------------------------
+ * Attention over KV rows (quant.h KVDotFn / KVAxpyFn), every variant this CPU runs. */
+
+static const uint32_t kv_type_list[] = { GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0 };
+
+/* n_rows rows of n numbers of a KV type, stride bytes apart: F32 and F16 mostly normal
+ * values (F16 also 1 in 16 a random non-NaN half: subnormals, zeros, infinities), Q8_0
+ * random quants (-128 included) and random finite scales. */
+static void random_kv_rows(uint32_t type, int64_t n, int64_t n_rows, size_t stride, uint64_t *seed, uint8_t *out) {
+        for (int64_t r = 0; r < n_rows; r++) {
+                uint8_t *row = out + (size_t)r * stride;
+                if (type == GGML_TYPE_F32) {
+                        for (int64_t i = 0; i < n; i++) {
+                                const float f = rng_float(seed) * 3.0f;
+                                memcpy(row + 4 * i, &f, 4);
+                        }
+                } else if (type == GGML_TYPE_F16) {
+                        for (int64_t i = 0; i < n; i++) {
+                                ggml_half h = fp32_to_fp16(rng_float(seed) * 3.0f);
+                                if (rng_next(seed) % 16 == 0) {
+                                        h = (ggml_half)rng_next(seed);
+                                        if ((h & 0x7c00) == 0x7c00)
+                                                h &= 0xfc00; /* NaN -> infinity: no NaN ever enters a cache as data */
+                                }
+                                memcpy(row + 2 * i, &h, 2);
+                        }
+                } else {
+                        for (int64_t b = 0; b < n / QK8_0; b++) {
+                                BlockQ8_0 blk;
+                                blk.d = random_scale(seed);
+                                for (int j = 0; j < QK8_0; j++)
+                                        blk.qs[j] = (int8_t)rng_next(seed);
+                                memcpy(row + b * sizeof(BlockQ8_0), &blk, sizeof(blk));
+                        }
+                }
+        }
+}
+
+/* Each variant's scores against dot_f32 of the same isa on the decoded rows, and its value
+ * sums against y + p * x per number, key after key: the same bits, for head sizes the
+ * register kernels specialise and others, group sizes 1..5, 1..40 keys, packed and padded
+ * rows, with and without the prefetch hint. The dispatched attn_dot_many / attn_axpy_many
+ * (ops.h) are the best isa's. */
+static void test_kv_attention_kernels(void **state) {
+        (void)state;
+        enum { MAX_N = 256, MAX_Q = 5, MAX_K = 40 };
+        const size_t max_stride = MAX_N * 4 + 72;
+        float *q = xmalloc(MAX_Q * MAX_N * sizeof(float)), *dec = xmalloc(MAX_K * MAX_N * sizeof(float));
+        uint8_t *rows = xmalloc(MAX_K * max_stride);
+        float *got = xmalloc(MAX_Q * MAX_K * sizeof(float)), *want = xmalloc(MAX_Q * MAX_K * sizeof(float));
+        float *out = xmalloc(MAX_Q * MAX_N * sizeof(float)), *ref = xmalloc(MAX_Q * MAX_N * sizeof(float));
+        uint64_t seed = 0x6b76;
+        for (int i = 0; i < MAX_Q * MAX_N; i++)
+                q[i] = rng_float(&seed);
+        static const int64_t dims_f[] = { 8, 16, 32, 48, 64, 100, 128, 136, 256 };
+        static const int64_t dims_q[] = { 32, 64, 96, 128, 256 };
+        static const int64_t keys[] = { 1, 2, 17, 40 };
+        int n_variants = 0;
+        for (size_t t = 0; t < sizeof(kv_type_list) / sizeof(kv_type_list[0]); t++) {
+                const uint32_t type = kv_type_list[t];
+                const int64_t *dims = type == GGML_TYPE_Q8_0 ? dims_q : dims_f;
+                const size_t n_dims = type == GGML_TYPE_Q8_0 ? sizeof(dims_q) / sizeof(dims_q[0])
+                                                               : sizeof(dims_f) / sizeof(dims_f[0]);
+                for (int isa = 0; isa < QUANT_ISA_COUNT_; isa++) {
+                        if (!quant_isa_supported((QuantIsa)isa))
+                                continue;
+                        const KVDotFn kdot = quant_kv_dot_variant(type, (QuantIsa)isa);
+                        const KVAxpyFn kaxpy = quant_kv_axpy_variant(type, (QuantIsa)isa);
+                        const DotF32Fn dot = quant_dot_f32_variant((QuantIsa)isa);
+                        assert_non_null(kdot);
+                        assert_non_null(kaxpy);
+                        const int best = isa == (int)quant_best_isa();
+                        for (size_t a = 0; a < n_dims; a++)
+                                for (uint32_t nq = 1; nq <= MAX_Q; nq++)
+                                        for (size_t c = 0; c < sizeof(keys) / sizeof(keys[0]); c++)
+                                                for (int pad = 0; pad < 2; pad++) {
+                                                        const int64_t n = dims[a], nk = keys[c];
+                                                        uint32_t rb;
+                                                        assert_int_equal(kv_row_bytes(type, (uint32_t)n, &rb), 0);
+                                                        const size_t st = rb + (pad ? 68 : 0);
+                                                        const float scale = 0.0883883f;
+                                                        random_kv_rows(type, n, nk, st, &seed, rows);
+                                                        for (int64_t i = 0; i < nk; i++)
+                                                                kv_decode(type, rows + (size_t)i * st, (size_t)n, dec + i * n);
+                                                        kdot(q, nq, rows, st, nk, pad ? rows : NULL, n, scale, got, MAX_K);
+                                                        for (int64_t i = 0; i < nk; i++)
+                                                                for (uint32_t g = 0; g < nq; g++)
+                                                                        want[g * MAX_K + i] = dot(q + g * n, dec + i * n, n) * scale;
+                                                        for (uint32_t g = 0; g < nq; g++)
+                                                                for (int64_t i = 0; i < nk; i++)
+                                                                        if (float_bits(got[g * MAX_K + i]) != float_bits(want[g * MAX_K + i]))
+                                                                                fail_msg("KV dot %s %s n=%lld group %u key %lld head %u: 0x%08x, dot_f32 0x%08x",
+                                                                                         kv_type_name(type), quant_isa_name((QuantIsa)isa),
+                                                                                         (long long)n, nq, (long long)i, g,
+                                                                                         float_bits(got[g * MAX_K + i]),
+                                                                                         float_bits(want[g * MAX_K + i]));
+                                                        if (best) {
+                                                                attn_dot_many(type, q, nq, rows, st, nk, NULL, n, scale, got, MAX_K);
+                                                                for (uint32_t g = 0; g < nq; g++)
+                                                                        assert_memory_equal(got + g * MAX_K, want + g * MAX_K,
+                                                                                            (size_t)nk * sizeof(float));
+                                                        }
+                                                        /* values: the scores as weights, the queries as the sums so far */
+                                                        for (int64_t i = 0; i < nq * n; i++)
+                                                                out[i] = ref[i] = q[i];
+                                                        kaxpy(out, nq, want, MAX_K, rows, st, nk, n);
+                                                        for (int64_t i = 0; i < nk; i++)
+                                                                for (uint32_t g = 0; g < nq; g++)
+                                                                        for (int64_t j = 0; j < n; j++)
+                                                                                ref[g * n + j] = ref[g * n + j] + want[g * MAX_K + i] * dec[i * n + j];
+                                                        for (int64_t i = 0; i < nq * n; i++)
+                                                                if (float_bits(out[i]) != float_bits(ref[i]))
+                                                                        fail_msg("KV axpy %s %s n=%lld group %u keys %lld number %lld: 0x%08x, reference 0x%08x",
+                                                                                 kv_type_name(type), quant_isa_name((QuantIsa)isa),
+                                                                                 (long long)n, nq, (long long)nk, (long long)i,
+                                                                                 float_bits(out[i]), float_bits(ref[i]));
+                                                        if (best) {
+                                                                for (int64_t i = 0; i < nq * n; i++)
+                                                                        out[i] = q[i];
+                                                                attn_axpy_many(type, out, nq, want, MAX_K, rows, st, nk, n);
+                                                                assert_memory_equal(out, ref, (size_t)(nq * n) * sizeof(float));
+                                                        }
+                                                }
+                        n_variants++;
+                        print_message("ok   KV attention %-4s %-6s bit-identical to dot_f32 / multiply-add on the decoded rows\n",
+                                      kv_type_name(type), quant_isa_name((QuantIsa)isa));
+                }
+        }
+        assert_true(n_variants >= 3);
+        free(q);
+        free(dec);
+        free(rows);
+        free(got);
+        free(want);
+        free(out);
+        free(ref);
+}
+
+/* kv_encode / kv_decode: F16 is fp32_to_fp16 (nearest even, NaN quiet); Q8_0 blocks within
+ * half a step of their input, the largest magnitude on +-127, NaN to 0, zeros to zeros;
+ * kv_sanitize quiets signalling halves and nothing else. */
+static void test_kv_encoding(void **state) {
+        (void)state;
+        enum { N = 4 * QK8_0 };
+        float x[N], y[N];
+        uint8_t buf[N * 4];
+        uint64_t seed = 0x656e63;
+        for (int i = 0; i < N; i++)
+                x[i] = rng_float(&seed) * (i < QK8_0 ? 1e-3f : i < 2 * QK8_0 ? 40.0f : 1.0f);
+        x[2 * QK8_0 + 5] = NAN;
+        for (int i = 3 * QK8_0; i < N; i++)
+                x[i] = 0.0f;
+
+        kv_encode(GGML_TYPE_F16, x, N, buf);
+        kv_decode(GGML_TYPE_F16, buf, N, y);
+        for (int i = 0; i < N; i++) {
+                ggml_half h;
+                memcpy(&h, buf + 2 * i, 2);
+                assert_int_equal(h, fp32_to_fp16(x[i]));
+                if (i != 2 * QK8_0 + 5)
+                        assert_int_equal(float_bits(y[i]), float_bits(fp16_to_fp32(fp32_to_fp16(x[i]))));
+        }
+        assert_true(isnan(y[2 * QK8_0 + 5]));
+
+        kv_encode(GGML_TYPE_Q8_0, x, N, buf);
+        kv_decode(GGML_TYPE_Q8_0, buf, N, y);
+        for (int b = 0; b < N / QK8_0; b++) {
+                const BlockQ8_0 *blk = (const BlockQ8_0 *)buf + b;
+                const float d = fp16_to_fp32(blk->d);
+                float amax = 0.0f;
+                int top = 0;
+                for (int j = 0; j < QK8_0; j++) {
+                        const float v = x[b * QK8_0 + j];
+                        if (fabsf(v) > amax)
+                                amax = fabsf(v);
+                        top |= blk->qs[j] == 127 || blk->qs[j] == -127;
+                        assert_true(blk->qs[j] >= -127);
+                        if (v == v)
+                                assert_true(fabsf(y[b * QK8_0 + j] - v) <= 0.5f * d * (1.0f + 1e-5f));
+                        else
+                                assert_int_equal(blk->qs[j], 0);
+                }
+                assert_true(fabsf(d - amax / 127.0f) <= amax / 127.0f * 0x1p-10f);
+                assert_int_equal(top, amax > 0.0f);
+        }
+        for (int j = 0; j < QK8_0; j++)
+                assert_true(y[3 * QK8_0 + j] == 0.0f);
+
+        const ggml_half h[4] = { 0x7c01, 0xfd00, 0x7e00, 0x3c00 }; /* signalling, signalling, quiet, 1.0 */
+        memcpy(buf, h, sizeof(h));
+        kv_sanitize(GGML_TYPE_F16, buf, 4);
+        const ggml_half want[4] = { 0x7e01, 0xff00, 0x7e00, 0x3c00 };
+        assert_memory_equal(buf, want, sizeof(want));
+        print_message("ok   KV encoding: F16 rounding, Q8_0 within half a step, NaNs handled\n");
+}
+
+/* ---------------------------------------------------------------------------------------
  * Fused dequantize + dot against dequantize (reference) then dot_f32 of the same isa, for
  * 1..5 rows and 1..16 tokens (every tile shape and remainder the kernels have). */
 
@@ -414,6 +612,8 @@ int main(void) {
                 cmocka_unit_test(test_dequant_zoo),
                 cmocka_unit_test(test_dot_f32_variants),
                 cmocka_unit_test(test_attention_many),
+                cmocka_unit_test(test_kv_attention_kernels),
+                cmocka_unit_test(test_kv_encoding),
                 cmocka_unit_test(test_dot_rows_variants),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

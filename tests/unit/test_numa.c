@@ -210,7 +210,7 @@ static void test_forward_by_node_matches(void **state) {
         Pool *pool = NULL;
         assert_int_equal(pool_new(2, &pool), 0);
         KVCache *kv = NULL;
-        assert_int_equal(kv_cache_new(m->cfg.n_layer, m->cfg.n_head_kv, m->cfg.head_dim, 0, 64, &kv), 0);
+        assert_int_equal(kv_cache_new(m->cfg.n_layer, m->cfg.n_head_kv, m->cfg.head_dim, KV_TYPE_DEFAULT, 0, 64, &kv), 0);
         Forward *fw = NULL;
         assert_int_equal(forward_new(m, PROMPT_TOKENS, 64, pool, &fw), 0);
         const unsigned cpus[] = { 1, 1 };

@@ -368,6 +368,7 @@ def model_traffic(path, pp, tg, kv_elem_bytes=4.0):
         "bytes_per_token": int(weights + kv),
         "bytes_per_token_weights": int(weights),
         "bytes_per_token_kv": int(kv),
+        "kv_bytes_per_pos": int(n_layer * kv_dim * kv_elem_bytes * 2),
         "kv_avg_positions": avg_positions,
         "kv_elem_bytes": kv_elem_bytes,
         "bytes_per_token_parts": {k2: int(v) for k2, v in parts.items()},
@@ -692,7 +693,7 @@ def daemon_bench(mixd, model, traffic, budget_s, extra):
             win = traffic["sliding_window"]
             positions = sum(min(p + g2, win) if win else p + g2
                             for p, g2 in zip(lv["prompt_tokens"], lv["generated_per_session"]))
-            lv["kv_bytes_written"] = int(positions * traffic["n_layer"] * traffic["kv_dim"] * 8)
+            lv["kv_bytes_written"] = int(positions * traffic["kv_bytes_per_pos"])
             levels[str(n)] = lv
             log("daemon: %d session(s): %.2f tok/s aggregate (%d tokens in %.1f s), RssAnon peak %.0f MiB"
                 % (n, lv["aggregate_tok_s"], lv["generated"], lv["wall_s"], lv["rss_anon_peak_bytes"] / 2**20))
@@ -766,11 +767,15 @@ def probe_check(label, rates, bytes_per_token, probe):
 
 
 def mixd_kv_elem_bytes(b):
-    """Bytes of one cached key/value element in mixd, from `mixctl bench`'s kv_bytes (all slots,
-    keys and values, every layer); 4 (F32) when it cannot be told."""
+    """Bytes of one cached key/value element in mixd, from `mixctl bench`'s kv_bytes_per_pos
+    (keys and values of every layer; else kv_bytes over all slots); 4 (F32) when it cannot be
+    told."""
     try:
         kv_dim = b["n_embd"] // b["n_head"] * b["n_head_kv"]
-        e = float(b["kv_bytes"]) / (b["kv_slots"] * b["n_layer"] * kv_dim * 2)
+        if b.get("kv_bytes_per_pos"):
+            e = float(b["kv_bytes_per_pos"]) / (b["n_layer"] * kv_dim * 2)
+        else:
+            e = float(b["kv_bytes"]) / (b["kv_slots"] * b["n_layer"] * kv_dim * 2)
         if 0.25 <= e <= 4.0:
             return round(e, 4)
     except (KeyError, TypeError, ZeroDivisionError):
@@ -1068,7 +1073,7 @@ def table(rep):
     elif d:
         agg = d["aggregate_tok_s"]
         lines.append("daemon (%s, %s threads, %d tokens/session): aggregate tok/s %s; 8/1 = %.2fx"
-                     % (d["model_name"] + ("+int8" if d.get("int8") else ""), d["threads"], d["tokens_per_session"],
+                     % (d["model_name"] + ("" if d.get("int8") else "+exact"), d["threads"], d["tokens_per_session"],
                         "  ".join("%s: %.2f" % (k, v) for k, v in agg.items()), d["scaling_8_over_1"] or 0))
         lines.append("  peak RssAnon %s (KV reserved %s, KV written %s); ready %.3f s after exec (2nd start)"
                      % (fmt_bytes(d["rss_anon_peak_bytes"]), fmt_bytes(d["kv_bytes_reserved_max"]),
@@ -1109,7 +1114,9 @@ def main(argv):
     ap.add_argument("--no-daemon", action="store_true")
     ap.add_argument("--no-in-process", action="store_true",
                     help="skip the in-process figures of every model (e.g. to run only the side by side)")
-    ap.add_argument("--no-int8", action="store_true", help="skip the 8-bit-activation runs (and run the daemon exact)")
+    ap.add_argument("--no-exact", action="store_true", help="skip the exact-path (--exact) in-process runs")
+    ap.add_argument("--no-int8", action="store_true",
+                    help="measure the exact path only: in-process, side by side and the daemon (exact = 1)")
     ap.add_argument("--membw-mib", type=int, default=4096)
     ap.add_argument("--membw-passes", type=int, default=5, help="passes of each way of reading (best kept)")
     ap.add_argument("--llama-bench", metavar="PATH",
@@ -1197,10 +1204,10 @@ def main(argv):
     checks = []
 
     rep["models"] = {}
-    # every model twice: float activations (the default, exact) and 8-bit activations (--int8)
-    variants = [(name, info, []) for name, info in models.items()]
-    if not a.no_int8:
-        variants += [(name + "+int8", info, ["--int8"]) for name, info in models.items()]
+    # every model twice: the default path (8-bit activations) and the exact one (--exact)
+    variants = [] if a.no_int8 else [(name, info, []) for name, info in models.items()]
+    if a.no_int8 or not a.no_exact:
+        variants += [(name + "+exact", info, ["--exact"]) for name, info in models.items()]
     if a.no_in_process:
         variants = []
     budget = a.model_budget
@@ -1257,14 +1264,14 @@ def main(argv):
             % (name, b["pp_tok_s"], tg_rate, b.get("pp_per_token_tok_s") or 0, tr["bytes_per_token"] / 1e6, roof))
 
     if a.llama_bench:
-        flags = [] if a.no_int8 else ["--int8"]  # llama.cpp multiplies 8-bit activations too
+        flags = ["--exact"] if a.no_int8 else []  # the default, as llama.cpp's: 8-bit activations
         rep["side_by_side"] = peer_bench(a, models, mixctl, threads, flags, membw, checks, notes)
 
     name = next(iter(models))
     if not a.no_daemon and "error" not in rep["models"].get(name, {}):
         extra = ["--threads", str(a.threads)] if a.threads else []
-        if not a.no_int8:
-            extra += ["--int8", "1"]  # the daemon runs its fast configuration
+        if a.no_int8:
+            extra += ["--exact", "1"]
         traffic = rep["models"].get(name) or model_traffic(models[name]["path"], a.pp, a.tg)
         try:
             d = daemon_bench(mixd, models[name]["path"], traffic, a.daemon_budget, extra)
