@@ -1026,7 +1026,7 @@ def table(rep):
                      "%.1f%%" % (100 * x["roofline_ratio"]), "%.1f" % x["prefill_gflops"],
                      "%.0f%%" % (100 * x["prefill_gflops_vs_sgemm"])))
     w = [max(len(str(r[i])) for r in [hdr] + rows) for i in range(len(hdr))]
-    for r in [hdr] + rows:
+    for r in ([hdr] + rows) if rows else []:  # none under --no-in-process
         lines.append("  ".join(str(c).rjust(w[i]) if i else str(c).ljust(w[i]) for i, c in enumerate(r)).rstrip())
     if any(x.get("bench", {}).get("tg_truncated") or x.get("bench", {}).get("pp_per_token_truncated")
            for x in rep["models"].values()):
