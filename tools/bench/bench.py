@@ -724,7 +724,8 @@ def daemon_bench(mixd, model, traffic, budget_s, extra):
 
 # ----------------------------------------------------------------------------- the probe as a ceiling
 
-PROBE_KEYS = ("threads", "plain", "kernel", "buffer_mib", "passes", "huge_page_bytes", "elapsed_s", "thread_counts")
+PROBE_KEYS = ("threads", "plain", "kernel", "buffer_mib", "passes", "extra_passes", "finalists", "huge_page_bytes",
+              "elapsed_s", "thread_counts")
 
 
 def probe_summary(runs):
@@ -1025,7 +1026,7 @@ def table(rep):
                      "%.1f%%" % (100 * x["roofline_ratio"]), "%.1f" % x["prefill_gflops"],
                      "%.0f%%" % (100 * x["prefill_gflops_vs_sgemm"])))
     w = [max(len(str(r[i])) for r in [hdr] + rows) for i in range(len(hdr))]
-    for r in [hdr] + rows:
+    for r in ([hdr] + rows) if rows else []:  # none under --no-in-process
         lines.append("  ".join(str(c).rjust(w[i]) if i else str(c).ljust(w[i]) for i, c in enumerate(r)).rstrip())
     if any(x.get("bench", {}).get("tg_truncated") or x.get("bench", {}).get("pp_per_token_truncated")
            for x in rep["models"].values()):
