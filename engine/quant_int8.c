@@ -32,6 +32,7 @@
 #ifndef QI8_TEMPLATE
 
 #include "quant_int8.h"
+#include "quant_gemm.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -178,19 +179,6 @@ INLINE float term_leg(const float wd[8], const float xd[8], const int32_t s[8], 
 
 /* ---------------------------------------------------------------------------------------
  * Scalar reference: the integers straight from the definitions. */
-
-/* The 6-bit scales sc[0..7] and mins m[0..7] of a Q4_K / Q5_K block (as quant.c). */
-static void k4_scales(const uint8_t *q, int32_t sc[8], int32_t m[8]) {
-        for (int j = 0; j < 8; j++) {
-                if (j < 4) {
-                        sc[j] = q[j] & 63;
-                        m[j] = q[j + 4] & 63;
-                } else {
-                        sc[j] = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-                        m[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-                }
-        }
-}
 
 /* Q4_K (qh == NULL) and Q5_K: group j is the low (j even) or high nibbles of qs[32 (j/2) ..],
  * plus 16 where bit j of qh[l] is set. X_j comes from bsums. */
@@ -1810,15 +1798,32 @@ DEFINE_DOT_ROWS4(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, BlockQ8K, FN(q5k_ti
 DEFINE_DOT_ROWS4(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, BlockQ8K, FN(q6k_tile), FN(q6k_tile4))
 DEFINE_DOT_ROWS4(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, BlockQ8X, FN(q8_0_tile), FN(q8_0_tile4))
 #else
-DEFINE_DOT_ROWS(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, BlockQ8K, FN(q4k_tile))
+/* Many tokens (prefill): the 8-row panels of quant_gemm.c; fewer: a row at a time. */
+#define DEFINE_DOT_ROWS_PANELS(name, gemm)                                                                    \
+        ATTR static void FN(name)(const void *restrict w, size_t rb, int64_t R, const void *restrict x,       \
+                                  int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {        \
+                if (T >= QUANT_GEMM_MIN_T)                                                                    \
+                        gemm(w, rb, R, x, xs, T, out, os, n);                                                 \
+                else                                                                                          \
+                        FN(name##_tiles)(w, rb, R, x, xs, T, out, os, n);                                     \
+        }
+DEFINE_DOT_ROWS(FN(rows_q4k_tiles), FN(dot_q4k), ATTR, BlockQ4_K, BlockQ8K, FN(q4k_tile))
+DEFINE_DOT_ROWS_PANELS(rows_q4k, quant_gemm_q4k_avx2)
 DEFINE_DOT_ROWS(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, BlockQ8K, FN(q5k_tile))
-DEFINE_DOT_ROWS(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, BlockQ8K, FN(q6k_tile))
-DEFINE_DOT_ROWS(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, BlockQ8X, FN(q8_0_tile))
+DEFINE_DOT_ROWS(FN(rows_q6k_tiles), FN(dot_q6k), ATTR, BlockQ6_K, BlockQ8K, FN(q6k_tile))
+DEFINE_DOT_ROWS_PANELS(rows_q6k, quant_gemm_q6k_avx2)
+DEFINE_DOT_ROWS(FN(rows_q8_0_tiles), FN(dot_q8_0), ATTR, BlockQ8_0, BlockQ8X, FN(q8_0_tile))
+DEFINE_DOT_ROWS_PANELS(rows_q8_0, quant_gemm_q8_0_avx2)
+DEFINE_DOT_ROWS(FN(rows_q4_0_tiles), FN(dot_q4_0), ATTR, BlockQ4_0, BlockQ8X, FN(q4_0_tile))
+DEFINE_DOT_ROWS_PANELS(rows_q4_0, quant_gemm_q4_0_avx2)
+#undef DEFINE_DOT_ROWS_PANELS
 #endif
 /* The types whose kernels are 256-bit in every variant (one row at a time, any T). */
 DEFINE_DOT_ROWS(FN(rows_q2k), FN(dot_q2k), ATTR, BlockQ2_K, BlockQ8K, FN(q2k_tile))
 DEFINE_DOT_ROWS(FN(rows_q3k), FN(dot_q3k), ATTR, BlockQ3_K, BlockQ8K, FN(q3k_tile))
+#if W512
 DEFINE_DOT_ROWS(FN(rows_q4_0), FN(dot_q4_0), ATTR, BlockQ4_0, BlockQ8X, FN(q4_0_tile))
+#endif
 DEFINE_DOT_ROWS(FN(rows_q4_1), FN(dot_q4_1), ATTR, BlockQ4_1, BlockQ8X, FN(q4_1_tile))
 DEFINE_DOT_ROWS(FN(rows_q5_0), FN(dot_q5_0), ATTR, BlockQ5_0, BlockQ8X, FN(q5_0_tile))
 DEFINE_DOT_ROWS(FN(rows_q5_1), FN(dot_q5_1), ATTR, BlockQ5_1, BlockQ8X, FN(q5_1_tile))
