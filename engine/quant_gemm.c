@@ -10,7 +10,10 @@
  * with no horizontal adds, and the float part runs on 8 rows at once. */
 #include "quant_gemm.h"
 
+#include <stddef.h>
 #include <string.h>
+
+#include "quant_x86.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -24,7 +27,7 @@
 
 /* A panel's super-block, 8 rows. q[j][c]: chunk c (weights 32j + 4c .. + 3) of group j (of
  * 32 weights), row r's at bytes 4r .. 4r + 3: unsigned quants (Q4_K 0..15, Q6_K 0..63, Q4_0
- * 0..15) or Q8_0's signed ones. The scales, each type its own fields, row r's in int16 lanes
+ * 0..15, Q5_K 0..31) or Q8_0's signed ones. The scales, each type its own fields, row r's in int16 lanes
  * 2r and 2r + 1 (against a dword of 2 activations or 2 sums) or in float lane r. */
 typedef struct Panel {
         uint8_t q[8][8][32]; /* [group of 32][chunk][row x 4 quants] */
@@ -87,41 +90,76 @@ T_AVX2 INLINE void put_groups(uint8_t q[GEMM_ROWS][QK_K], Panel *p) {
         }
 }
 
-/* ---- Q4_K */
+/* ---- Q4_K and Q5_K */
 
-/* Super-block b of the 8 rows into p. */
-T_AVX2 static void pack_q4k(const uint8_t *const row[GEMM_ROWS], int64_t b, Panel *p) {
-        const __m256i m4 = _mm256_set1_epi8(0x0f);
-        const BlockQ4_K *blk[GEMM_ROWS];
+/* v shifted left (s > 0) or right (s < 0) by |s| in each 16-bit lane. */
+T_AVX2 INLINE __m256i shift16(__m256i v, int s) {
+        return s > 0 ? _mm256_slli_epi16(v, s) : s < 0 ? _mm256_srli_epi16(v, -s) : v;
+}
+
+/* Super-block b of the 8 rows (blocks of bsz bytes: d, dmin, the 12 scale bytes at 4, with
+ * has_qh Q5_K's 5th bits at 16, the 4-bit quants at qs_off) into p. */
+T_AVX2 INLINE void pack_k45(const uint8_t *const row[GEMM_ROWS], int64_t b, Panel *p, size_t bsz, size_t qs_off, int has_qh) {
+        const __m256i m4 = _mm256_set1_epi8(0x0f), b4 = _mm256_set1_epi8(0x10);
+        const uint8_t *blk[GEMM_ROWS];
         for (int r = 0; r < GEMM_ROWS; r++)
-                blk[r] = (const BlockQ4_K *)row[r] + b;
-        for (int h = 0; h < 4; h++) { /* qs[32h ..]: low nibbles group 2h, high group 2h + 1 */
+                blk[r] = row[r] + (size_t)b * bsz;
+        __m256i H[8]; /* with has_qh: H[c] row r's qh[4c .. 4c + 3] (bit j: group j's 5th bit) */
+        if (has_qh) {
+                _Pragma("GCC unroll 8") for (int r = 0; r < GEMM_ROWS; r++)
+                        H[r] = load256(blk[r] + 16);
+                transpose8x32(H);
+        }
+        _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) { /* qs[32h ..]: low nibbles group 2h, high group 2h + 1 */
                 __m256i v[8];
                 _Pragma("GCC unroll 8") for (int r = 0; r < GEMM_ROWS; r++)
-                        v[r] = load256(blk[r]->qs + 32 * h);
+                        v[r] = load256(blk[r] + qs_off + 32 * h);
                 transpose8x32(v);
                 _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++) {
-                        _mm256_store_si256((__m256i *)p->q[2 * h][c], _mm256_and_si256(v[c], m4));
-                        _mm256_store_si256((__m256i *)p->q[2 * h + 1][c], _mm256_and_si256(_mm256_srli_epi16(v[c], 4), m4));
+                        __m256i lo = _mm256_and_si256(v[c], m4), hi = _mm256_and_si256(_mm256_srli_epi16(v[c], 4), m4);
+                        if (has_qh) { /* bit 2h (low nibbles) / 2h + 1 (high) to bit 4 */
+                                lo = _mm256_or_si256(lo, _mm256_and_si256(shift16(H[c], 4 - 2 * h), b4));
+                                hi = _mm256_or_si256(hi, _mm256_and_si256(shift16(H[c], 3 - 2 * h), b4));
+                        }
+                        _mm256_store_si256((__m256i *)p->q[2 * h][c], lo);
+                        _mm256_store_si256((__m256i *)p->q[2 * h + 1][c], hi);
                 }
         }
+        /* scales: row r's [sc_j, sc_j] and [m_2k, m_2k+1] as int16 dwords, then transposed so
+         * that dword r of sc[j] / mn[k] is row r's */
+        __m256i SC[8], MN[8];
+        _Pragma("GCC unroll 8") for (int r = 0; r < GEMM_ROWS; r++) {
+                const __m128i sm = k4_scales_simd(blk[r] + 4); /* bytes sc0 .. sc7, m0 .. m7 */
+                const __m128i sc = _mm_cvtepu8_epi16(sm);
+                SC[r] = _mm256_set_m128i(_mm_unpackhi_epi16(sc, sc), _mm_unpacklo_epi16(sc, sc));
+                MN[r] = _mm256_set_m128i(_mm_setzero_si128(), _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)));
+        }
+        transpose8x32(SC);
+        transpose8x32(MN);
+        _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++)
+                _mm256_store_si256((__m256i *)p->sc[j], SC[j]);
+        _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++)
+                _mm256_store_si256((__m256i *)p->mn[k], MN[k]);
         for (int r = 0; r < GEMM_ROWS; r++) {
-                int32_t sc[8], m[8];
-                k4_scales(blk[r]->scales, sc, m);
-                for (int j = 0; j < 8; j++)
-                        p->sc[j][2 * r] = p->sc[j][2 * r + 1] = (int16_t)sc[j];
-                for (int k = 0; k < 4; k++) {
-                        p->mn[k][2 * r] = (int16_t)m[2 * k];
-                        p->mn[k][2 * r + 1] = (int16_t)m[2 * k + 1];
-                }
-                p->d[0][r] = quant_int8_half(blk[r]->d);
-                p->dmin[r] = quant_int8_half(blk[r]->dmin);
+                uint16_t dm[2];
+                memcpy(dm, blk[r], 4);
+                p->d[0][r] = quant_int8_half(dm[0]);
+                p->dmin[r] = quant_int8_half(dm[1]);
         }
 }
 
+T_AVX2 static void pack_q4k(const uint8_t *const row[GEMM_ROWS], int64_t b, Panel *p) {
+        pack_k45(row, b, p, sizeof(BlockQ4_K), offsetof(BlockQ4_K, qs), 0);
+}
+
+T_AVX2 static void pack_q5k(const uint8_t *const row[GEMM_ROWS], int64_t b, Panel *p) {
+        pack_k45(row, b, p, sizeof(BlockQ5_K), offsetof(BlockQ5_K, qs), 1);
+}
+
 /* acc[t] (row r in lane r) + term_k4 of super-blocks 0 .. kb - 1 of the panel against
- * token t's blocks x[t], super-block by super-block. */
-T_AVX2 static void run_q4k(const Panel *p, int kb, const uint8_t *const xv[GEMM_TOK], __m256 acc[GEMM_TOK]) {
+ * token t's blocks x[t], super-block by super-block. A group's chunks add up in int16 cps
+ * at a time (cps * 2 * max quant * 127 < 2^15: 8 for Q4_K's 0..15, 4 for Q5_K's 0..31). */
+T_AVX2 INLINE void run_k45(const Panel *p, int kb, const uint8_t *const xv[GEMM_TOK], __m256 acc[GEMM_TOK], int cps) {
         for (int b = 0; b < kb; b++) {
                 const Panel *pb = &p[b];
                 const BlockQ8K *x[GEMM_TOK];
@@ -136,17 +174,20 @@ T_AVX2 static void run_q4k(const Panel *p, int kb, const uint8_t *const xv[GEMM_
                 _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
                         isum[t] = _mm256_setzero_si256();
                 _Pragma("GCC unroll 2") for (int j = 0; j < 8; j++) {
-                        __m256i s[GEMM_TOK];
-                        _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
-                                s[t] = _mm256_maddubs_epi16(_mm256_load_si256((const __m256i *)pb->q[j][0]), bcast32(x[t]->qs + 32 * j));
-                        _Pragma("GCC unroll 1") for (int c = 1; c < 8; c++) {
-                                const __m256i w = _mm256_load_si256((const __m256i *)pb->q[j][c]);
-                                _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
-                                        s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(w, bcast32(x[t]->qs + 32 * j + 4 * c)));
-                        }
                         const __m256i sc = _mm256_load_si256((const __m256i *)pb->sc[j]);
-                        _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
-                                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], sc));
+                        _Pragma("GCC unroll 2") for (int c0 = 0; c0 < 8; c0 += cps) {
+                                __m256i s[GEMM_TOK];
+                                const __m256i w0 = _mm256_load_si256((const __m256i *)pb->q[j][c0]);
+                                _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
+                                        s[t] = _mm256_maddubs_epi16(w0, bcast32(x[t]->qs + 32 * j + 4 * c0));
+                                _Pragma("GCC unroll 1") for (int c = c0 + 1; c < c0 + cps; c++) {
+                                        const __m256i w = _mm256_load_si256((const __m256i *)pb->q[j][c]);
+                                        _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
+                                                s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(w, bcast32(x[t]->qs + 32 * j + 4 * c)));
+                                }
+                                _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
+                                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], sc));
+                        }
                 }
                 const __m256 wd = _mm256_load_ps(pb->d[0]), wm = _mm256_load_ps(pb->dmin);
                 _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++) {
@@ -161,6 +202,14 @@ T_AVX2 static void run_q4k(const Panel *p, int kb, const uint8_t *const xv[GEMM_
                         acc[t] = _mm256_add_ps(acc[t], term);
                 }
         }
+}
+
+T_AVX2 static void run_q4k(const Panel *p, int kb, const uint8_t *const x[GEMM_TOK], __m256 acc[GEMM_TOK]) {
+        run_k45(p, kb, x, acc, 8);
+}
+
+T_AVX2 static void run_q5k(const Panel *p, int kb, const uint8_t *const x[GEMM_TOK], __m256 acc[GEMM_TOK]) {
+        run_k45(p, kb, x, acc, 4);
 }
 
 /* ---- Q6_K */
@@ -381,6 +430,7 @@ T_AVX2 static void gemm_panels(PackFn pack, RunFn run, size_t xb, const void *re
         }
 
 DEFINE_GEMM(q4k, BlockQ8K)
+DEFINE_GEMM(q5k, BlockQ8K)
 DEFINE_GEMM(q6k, BlockQ8K)
 DEFINE_GEMM(q4_0, BlockQ8X)
 DEFINE_GEMM(q8_0, BlockQ8X)

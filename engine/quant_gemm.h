@@ -18,13 +18,14 @@
 #define QUANT_GEMM_MIN_T 12
 
 #if defined(__x86_64__)
-/* Int8DotRowsFn for any R >= 1, T >= 1 and strides: Q4_K and Q6_K weights against BlockQ8K
+/* Int8DotRowsFn for any R >= 1, T >= 1 and strides: Q4_K, Q5_K and Q6_K weights against BlockQ8K
  * activations, Q4_0 and Q8_0 against BlockQ8X. */
 #define QUANT_GEMM_DECLARE(type)                                                                      \
         void quant_gemm_##type##_avx2(const void *restrict w, size_t row_bytes, int64_t R,            \
                                       const void *restrict x, int64_t x_stride_blocks, int64_t T,     \
                                       float *restrict out, int64_t out_stride, int64_t n)
 QUANT_GEMM_DECLARE(q4k);
+QUANT_GEMM_DECLARE(q5k);
 QUANT_GEMM_DECLARE(q6k);
 QUANT_GEMM_DECLARE(q4_0);
 QUANT_GEMM_DECLARE(q8_0);

@@ -33,6 +33,7 @@
 
 #include "quant_int8.h"
 #include "quant_gemm.h"
+#include "quant_x86.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -646,18 +647,6 @@ enum { KQ_Q4K = 0, KQ_Q5K = 1, KQ_Q2K = 2 };
 /* d | dmin << 16 of a block of the kind */
 INLINE uint32_t kq_dm(const uint8_t *blk, int kind) {
         return k4_dm(kind == KQ_Q2K ? blk + offsetof(BlockQ2_K, d) : blk);
-}
-
-/* Bytes [sc0 .. sc7, m0 .. m7] of a Q4_K / Q5_K block's 12 scale bytes (the values of
- * k4_scales), reading 16 bytes (the 4 after the scales are the block's too). */
-T_AVX2 INLINE __m128i k4_scales_simd(const uint8_t *s) {
-        const __m128i v = _mm_loadu_si128((const __m128i *)s);             /* dwords a, b, c, - */
-        const __m128i x = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0));  /* a, c, b, c */
-        const __m128i y = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0));  /* a, a, b, b */
-        const __m128i lo = _mm_and_si128(_mm_srlv_epi32(x, _mm_setr_epi32(0, 0, 0, 4)),
-                                         _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
-        const __m128i hi = _mm_and_si128(_mm_srli_epi32(y, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
-        return _mm_or_si128(lo, hi);
 }
 
 /* int16 [m0, m0, m1, m1, .. m7, m7] from k4_scales_simd's bytes: times bsums[0..15] by
@@ -1809,7 +1798,8 @@ DEFINE_DOT_ROWS4(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, BlockQ8X, FN(q8_0
         }
 DEFINE_DOT_ROWS(FN(rows_q4k_tiles), FN(dot_q4k), ATTR, BlockQ4_K, BlockQ8K, FN(q4k_tile))
 DEFINE_DOT_ROWS_PANELS(rows_q4k, quant_gemm_q4k_avx2)
-DEFINE_DOT_ROWS(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, BlockQ8K, FN(q5k_tile))
+DEFINE_DOT_ROWS(FN(rows_q5k_tiles), FN(dot_q5k), ATTR, BlockQ5_K, BlockQ8K, FN(q5k_tile))
+DEFINE_DOT_ROWS_PANELS(rows_q5k, quant_gemm_q5k_avx2)
 DEFINE_DOT_ROWS(FN(rows_q6k_tiles), FN(dot_q6k), ATTR, BlockQ6_K, BlockQ8K, FN(q6k_tile))
 DEFINE_DOT_ROWS_PANELS(rows_q6k, quant_gemm_q6k_avx2)
 DEFINE_DOT_ROWS(FN(rows_q8_0_tiles), FN(dot_q8_0), ATTR, BlockQ8_0, BlockQ8X, FN(q8_0_tile))
