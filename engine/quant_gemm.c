@@ -383,8 +383,8 @@ T_AVX2 static void run_q8_0(const Panel *p, int kb, const uint8_t *const xv[GEMM
 typedef void (*PackFn)(const uint8_t *const row[GEMM_ROWS], int64_t b, Panel *p);
 typedef void (*RunFn)(const Panel *p, int kb, const uint8_t *const x[GEMM_TOK], __m256 acc[GEMM_TOK]);
 
-/* Super-blocks of bsb bytes (weights) and xb bytes (an activation block). */
-T_AVX2 static void gemm_panels(PackFn pack, RunFn run, size_t xb, const void *restrict w, size_t rb, int64_t R,
+/* Weight super-blocks of wb bytes, activation blocks of xb bytes. */
+T_AVX2 static void gemm_panels(PackFn pack, RunFn run, size_t wb, size_t xb, const void *restrict w, size_t rb, int64_t R,
                                const void *restrict xv, int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {
         const uint8_t *x = xv;
         const int64_t nb = n / QK_K;
@@ -398,6 +398,17 @@ T_AVX2 static void gemm_panels(PackFn pack, RunFn run, size_t xb, const void *re
                         const int kb = nb - b0 < GEMM_KC ? (int)(nb - b0) : GEMM_KC;
                         for (int b = 0; b < kb; b++)
                                 pack(row, b0 + b, &panel[b]);
+                        /* the next panel's weights (these rows' next super-blocks, or the next
+                         * rows' first) come from memory while this one runs over the tokens */
+                        for (int i = 0; i < GEMM_ROWS; i++) {
+                                const int64_t next_row = b0 + kb < nb ? r0 + (i < nr ? i : nr - 1) : r0 + GEMM_ROWS + i;
+                                const int64_t next_b = b0 + kb < nb ? b0 + kb : 0;
+                                if (next_row >= R)
+                                        break;
+                                const uint8_t *next = (const uint8_t *)w + (size_t)next_row * rb + (size_t)next_b * wb;
+                                for (size_t o = 0; o < GEMM_KC * wb; o += 64) /* a prefetch never faults */
+                                        _mm_prefetch((const char *)next + o, _MM_HINT_T0);
+                        }
                         for (int64_t t0 = 0; t0 < T; t0 += GEMM_TOK) {
                                 const int tt = T - t0 < GEMM_TOK ? (int)(T - t0) : GEMM_TOK;
                                 const uint8_t *xt[GEMM_TOK]; /* a short last tile repeats its last token */
@@ -422,17 +433,17 @@ T_AVX2 static void gemm_panels(PackFn pack, RunFn run, size_t xb, const void *re
         }
 }
 
-#define DEFINE_GEMM(type, XT)                                                                                 \
+#define DEFINE_GEMM(type, WSB, XT)                                                                               \
         __attribute__((target("avx2,f16c"))) void quant_gemm_##type##_avx2(                                   \
                 const void *restrict w, size_t rb, int64_t R, const void *restrict x, int64_t xs, int64_t T,  \
                 float *restrict out, int64_t os, int64_t n) {                                                  \
-                gemm_panels(pack_##type, run_##type, sizeof(XT), w, rb, R, x, xs, T, out, os, n);             \
+                gemm_panels(pack_##type, run_##type, WSB, sizeof(XT), w, rb, R, x, xs, T, out, os, n);             \
         }
 
-DEFINE_GEMM(q4k, BlockQ8K)
-DEFINE_GEMM(q5k, BlockQ8K)
-DEFINE_GEMM(q6k, BlockQ8K)
-DEFINE_GEMM(q4_0, BlockQ8X)
-DEFINE_GEMM(q8_0, BlockQ8X)
+DEFINE_GEMM(q4k, sizeof(BlockQ4_K), BlockQ8K)
+DEFINE_GEMM(q5k, sizeof(BlockQ5_K), BlockQ8K)
+DEFINE_GEMM(q6k, sizeof(BlockQ6_K), BlockQ8K)
+DEFINE_GEMM(q4_0, 8 * sizeof(BlockQ4_0), BlockQ8X)
+DEFINE_GEMM(q8_0, 8 * sizeof(BlockQ8_0), BlockQ8X)
 
 #endif /* __x86_64__ */
