@@ -1394,19 +1394,54 @@ ATTR INLINE __m256i FN(leg_item)(const FN(L8) *d, const BlockQ8X *xb) {
         ATTR INLINE void FN(NAME)(const BLK *blk, FN(L8) *d) {                                                \
                 FN(leg_decode)((const uint8_t *)blk, TYPE, sizeof(BLK), d);                                   \
         }
-LEG_DECODER(q4_0_decode, BlockQ4_0, GGML_TYPE_Q4_0)
 LEG_DECODER(q4_1_decode, BlockQ4_1, GGML_TYPE_Q4_1)
-LEG_DECODER(q5_0_decode, BlockQ5_0, GGML_TYPE_Q5_0)
 LEG_DECODER(q5_1_decode, BlockQ5_1, GGML_TYPE_Q5_1)
 
+/* Q4_0 / Q5_0 keep their unsigned quants q (0..15 / 0..31): vpmaddubsw takes them as they
+ * are (no vpsignb), and the offset comes out of the block sums at the end: sum (q - off) x
+ * = sum q x - off * (sum x), the activation sums from bsums. */
+typedef struct FN(L8U) {
+        __m256i Q[8];
+} FN(L8U);
+
+ATTR INLINE void FN(q4_0_decode)(const BlockQ4_0 *blk, FN(L8U) *d) {
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
+                d->Q[i] = FN(leg_nibbles)(blk[i].qs, NULL, 0);
+}
+
+ATTR INLINE void FN(q5_0_decode)(const BlockQ5_0 *blk, FN(L8U) *d) {
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
+                d->Q[i] = FN(leg_nibbles)(blk[i].qs, blk[i].qh, 0);
+}
+
+/* The 8 block sums of sum (q - 2^off_log2) x, in order. */
+ATTR INLINE __m256i FN(leg_item_u)(const FN(L8U) *d, const BlockQ8X *xb, int off_log2) {
+        const __m256i ones = _mm256_set1_epi16(1);
+        __m256i R[8];
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) /* pair sums <= 2 * 31 * 127 */
+                R[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(d->Q[i], load256(xb->qs + 32 * i)), ones);
+        const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(R[0], R[1]), _mm256_hadd_epi32(R[2], R[3]));
+        const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(R[4], R[5]), _mm256_hadd_epi32(R[6], R[7]));
+        const __m256i s = _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
+        return _mm256_sub_epi32(s, _mm256_slli_epi32(xsums8(xb), off_log2));
+}
+
+ATTR INLINE __m256i FN(q4_0_item)(const FN(L8U) *d, const BlockQ8X *xb) {
+        return FN(leg_item_u)(d, xb, 3);
+}
+
+ATTR INLINE __m256i FN(q5_0_item)(const FN(L8U) *d, const BlockQ8X *xb) {
+        return FN(leg_item_u)(d, xb, 4);
+}
+
 ATTR INLINE void FN(q4_0_tile)(const BlockQ4_0 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
-        LEG_TILE_BODY(FN(L8), FN(q4_0_decode), FN(leg_item), 0);
+        LEG_TILE_BODY(FN(L8U), FN(q4_0_decode), FN(q4_0_item), 0);
 }
 ATTR INLINE void FN(q4_1_tile)(const BlockQ4_1 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
         LEG_TILE_BODY(FN(L8), FN(q4_1_decode), FN(leg_item), 1);
 }
 ATTR INLINE void FN(q5_0_tile)(const BlockQ5_0 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
-        LEG_TILE_BODY(FN(L8), FN(q5_0_decode), FN(leg_item), 0);
+        LEG_TILE_BODY(FN(L8U), FN(q5_0_decode), FN(q5_0_item), 0);
 }
 ATTR INLINE void FN(q5_1_tile)(const BlockQ5_1 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
         LEG_TILE_BODY(FN(L8), FN(q5_1_decode), FN(leg_item), 1);
