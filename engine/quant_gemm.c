@@ -327,7 +327,9 @@ T_AVX2 static void run_q4_0(const Panel *p, int kb, const uint8_t *const xv[GEMM
                 const BlockQ8X *x[GEMM_TOK];
                 _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
                         x[t] = (const BlockQ8X *)xv[t] + b;
-                __m256i s[GEMM_TOK][8];
+                __m256i s[GEMM_TOK][8], xsum8[GEMM_TOK]; /* 8 x token t's sum of x over block i in lane i */
+                _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
+                        xsum8[t] = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x[t]->bsums), ones), 3);
                 _Pragma("GCC unroll 1") for (int i = 0; i < 8; i++) {
                         __m256i a[GEMM_TOK];
                         const __m256i w0 = _mm256_load_si256((const __m256i *)pb->q[i][0]);
@@ -338,10 +340,9 @@ T_AVX2 static void run_q4_0(const Panel *p, int kb, const uint8_t *const xv[GEMM
                                 _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
                                         a[t] = _mm256_add_epi16(a[t], _mm256_maddubs_epi16(w, bcast32(x[t]->qs + 32 * i + 4 * c)));
                         }
-                        _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++) {
-                                const int32_t xsum = x[t]->bsums[2 * i] + x[t]->bsums[2 * i + 1];
-                                s[t][i] = _mm256_sub_epi32(_mm256_madd_epi16(a[t], ones), _mm256_set1_epi32(8 * xsum));
-                        }
+                        _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++) /* minus 8 x the block's sum of x */
+                                s[t][i] = _mm256_sub_epi32(_mm256_madd_epi16(a[t], ones),
+                                                           _mm256_permutevar8x32_epi32(xsum8[t], _mm256_set1_epi32(i)));
                 }
                 _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
                         acc[t] = _mm256_add_ps(acc[t], leg_term(pb, x[t], s[t]));
@@ -383,17 +384,21 @@ T_AVX2 static void run_q8_0(const Panel *p, int kb, const uint8_t *const xv[GEMM
 typedef void (*PackFn)(const uint8_t *const row[GEMM_ROWS], int64_t b, Panel *p);
 typedef void (*RunFn)(const Panel *p, int kb, const uint8_t *const x[GEMM_TOK], __m256 acc[GEMM_TOK]);
 
-/* Weight super-blocks of wb bytes, activation blocks of xb bytes. */
-T_AVX2 static void gemm_panels(PackFn pack, RunFn run, size_t wb, size_t xb, const void *restrict w, size_t rb, int64_t R,
-                               const void *restrict xv, int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {
-        const uint8_t *x = xv;
+/* Tokens whose running sums a pass keeps (TLS, 16 KiB): out is written once per panel row
+ * and token, not read and written back for every panel of super-blocks (its rows are far
+ * apart: each such access missed the caches). More tokens run in passes of this many. */
+#define GEMM_TMAX 512
+static _Thread_local float panel_acc[GEMM_TMAX][GEMM_ROWS] __attribute__((aligned(64)));
+
+/* Weight super-blocks of wb bytes, activation blocks of xb bytes; T <= GEMM_TMAX. */
+T_AVX2 static void gemm_pass(PackFn pack, RunFn run, size_t wb, size_t xb, const void *restrict w, size_t rb, int64_t R,
+                             const uint8_t *restrict x, int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {
         const int64_t nb = n / QK_K;
         for (int64_t r0 = 0; r0 < R; r0 += GEMM_ROWS) {
                 const int nr = R - r0 < GEMM_ROWS ? (int)(R - r0) : GEMM_ROWS;
                 const uint8_t *row[GEMM_ROWS]; /* a short last panel repeats its last row (computed, not stored) */
                 for (int i = 0; i < GEMM_ROWS; i++)
                         row[i] = (const uint8_t *)w + (size_t)(r0 + (i < nr ? i : nr - 1)) * rb;
-                const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
                 for (int64_t b0 = 0; b0 < nb; b0 += GEMM_KC) {
                         const int kb = nb - b0 < GEMM_KC ? (int)(nb - b0) : GEMM_KC;
                         for (int b = 0; b < kb; b++)
@@ -415,22 +420,26 @@ T_AVX2 static void gemm_panels(PackFn pack, RunFn run, size_t wb, size_t xb, con
                                 __m256 acc[GEMM_TOK];
                                 for (int i = 0; i < GEMM_TOK; i++) {
                                         xt[i] = x + (size_t)((t0 + (i < tt ? i : tt - 1)) * xs + b0) * xb;
-                                        float *o = out + (t0 + i) * os + r0;
-                                        acc[i] = b0 == 0 || i >= tt ? _mm256_setzero_ps()
-                                                 : nr == GEMM_ROWS  ? _mm256_loadu_ps(o)
-                                                                    : _mm256_maskload_ps(o, mask);
+                                        acc[i] = b0 == 0 || i >= tt ? _mm256_setzero_ps() : _mm256_load_ps(panel_acc[t0 + i]);
                                 }
                                 run(panel, kb, xt, acc);
-                                for (int i = 0; i < tt; i++) {
-                                        float *o = out + (t0 + i) * os + r0;
-                                        if (nr == GEMM_ROWS)
-                                                _mm256_storeu_ps(o, acc[i]);
-                                        else
-                                                _mm256_maskstore_ps(o, mask, acc[i]);
-                                }
+                                for (int i = 0; i < tt; i++)
+                                        _mm256_store_ps(panel_acc[t0 + i], acc[i]);
                         }
                 }
+                for (int64_t t = 0; t < T; t++)
+                        if (nr == GEMM_ROWS)
+                                _mm256_storeu_ps(out + t * os + r0, _mm256_load_ps(panel_acc[t]));
+                        else
+                                memcpy(out + t * os + r0, panel_acc[t], (size_t)nr * sizeof(float));
         }
+}
+
+T_AVX2 static void gemm_panels(PackFn pack, RunFn run, size_t wb, size_t xb, const void *restrict w, size_t rb, int64_t R,
+                               const void *restrict xv, int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {
+        for (int64_t t0 = 0; t0 < T; t0 += GEMM_TMAX)
+                gemm_pass(pack, run, wb, xb, w, rb, R, (const uint8_t *)xv + (size_t)(t0 * xs) * xb, xs,
+                          T - t0 < GEMM_TMAX ? T - t0 : GEMM_TMAX, out + t0 * os, os, n);
 }
 
 #define DEFINE_GEMM(type, WSB, XT)                                                                               \
