@@ -72,6 +72,9 @@ run "TSan: restarts, state files, reload" env MIXD_TEST_TSAN=1 "$PYTHON" tests/l
 run "TSan: frames, disconnects, sessions, cancel" "$PYTHON" tests/daemon/test_daemon.py "$TSAN/mixd" "$TSAN/mixctl" --quick --only 2,3,5,7
 run "TSan: soak 8 clients x 5 requests" "$PYTHON" tests/soak/soak.py "$TSAN/mixd" --clients 8 --requests 5
 
+# 2c. the Debian package and `make install` from a copy of the tracked files only (lintian: 0 errors)
+run "package: make deb, lintian, make install" bash tests/package/test_package.sh
+
 # 3. numerics against the fixtures' oracles
 if have_fixtures; then
         F=$FIXTURES/tiny-moe-shakespeare
