@@ -57,6 +57,12 @@ $(BUILD)/tests/%: tests/unit/%.c $(ENGINE_LIB)
 
 unit: $(UNIT_BIN)
 
+# A program with deliberate defects: tests/sanitizers/test_exit_codes.sh shows that a
+# sanitizer report changes the exit status (built with the sanitizer flags of MODE=asan).
+$(BUILD)/tests/sanitizer_probe: tests/sanitizers/probe.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
+
 # Debian packages every target needs (build, tests, fuzzing, helpers). `make test` also
 # builds the Debian package and checks it with lintian: test-deps installs those tools.
 DEPS := build-essential pkg-config clang libclang-rt-14-dev libuv1-dev libmsgpack-dev \
@@ -86,7 +92,7 @@ run: deps
 	echo
 
 test: test-deps
-	$(MAKE) MODE=asan all unit
+	$(MAKE) MODE=asan all unit build/asan/tests/sanitizer_probe
 	$(MAKE) MODE=tsan all build/tsan/tests/test_pool
 	$(MAKE) MODE=rel all build/rel/tests/test_forward
 	FIXTURES=$(FIXTURES) PYTHON=$(PYTHON) bash tests/run.sh

@@ -10,8 +10,13 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 ASAN=build/asan
 REL=build/rel
 export FIXTURES CI=${CI:-}
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# Any sanitizer report makes the process exit with SANITIZER_EXIT, a status none of mixd's or
+# mixctl's own (0-4, 130): a test expecting an error path's exit 1 then fails when that path
+# also leaks or hits undefined behaviour. The caller's *SAN_OPTIONS come after ours and win.
+export SANITIZER_EXIT=86
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=$SANITIZER_EXIT${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=$SANITIZER_EXIT${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+export LSAN_OPTIONS="exitcode=$SANITIZER_EXIT${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 
 passed=0 failed=0 skipped=0
 failures=()
@@ -47,6 +52,9 @@ have_fixtures() {
         return 1
 }
 
+# 0. the sanitizers' exit status: a deliberately leaking (overflowing, UB) error path
+run "sanitizer reports exit $SANITIZER_EXIT, not 1" bash tests/sanitizers/test_exit_codes.sh "$ASAN/tests/sanitizer_probe"
+
 # 1. cmocka unit tests, built with ASan+UBSan
 for t in "$ASAN"/tests/test_*; do
         [ -x "$t" ] || continue
@@ -66,7 +74,7 @@ run "soak: 16 clients x 10 requests" "$PYTHON" tests/soak/soak.py "$ASAN/mixd" -
 
 # 2b. the threaded parts under ThreadSanitizer (the daemon's loop, engine thread and pool)
 TSAN=build/tsan
-export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=0:suppressions=$PWD/tests/tsan.supp}
+export TSAN_OPTIONS="halt_on_error=0:exitcode=$SANITIZER_EXIT:suppressions=$PWD/tests/tsan.supp${TSAN_OPTIONS:+:$TSAN_OPTIONS}"
 run "TSan: unit test_pool" "$TSAN/tests/test_pool"
 run "TSan: restarts, state files, reload" env MIXD_TEST_TSAN=1 "$PYTHON" tests/lifecycle/test_lifecycle.py "$TSAN/mixd" "$TSAN/mixctl"
 run "TSan: frames, disconnects, sessions, cancel" "$PYTHON" tests/daemon/test_daemon.py "$TSAN/mixd" "$TSAN/mixctl" --quick --only 2,3,5,7

@@ -50,8 +50,9 @@ SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "runtime error", "LeakSanitizer
 NOBODY = 65534
 IO_TIMEOUT = 300.0          # seconds any single socket read may block (sanitizer builds are slow)
 
-os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
-os.environ.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+# run alone (tests/run.sh sets these, with the same sanitizer exit status 86)
+os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=86")
+os.environ.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1:exitcode=86")
 os.environ.pop("MIXD_SOCKET", None)
 os.environ.pop("STATE_DIRECTORY", None)  # no saved sessions from or to anywhere else
 
