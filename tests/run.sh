@@ -21,11 +21,23 @@ export LSAN_OPTIONS="exitcode=$SANITIZER_EXIT${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 passed=0 failed=0 skipped=0
 failures=()
 
-run() { # run NAME COMMAND...
+# Every suite runs under a time limit (SUITE_TIMEOUT seconds; `run -t SECONDS` for one suite):
+# a suite that hangs (a lost reply, a daemon that never exits) is killed with its whole
+# process group and fails, instead of hanging `make test`.
+SUITE_TIMEOUT=${MIXD_SUITE_TIMEOUT:-900}
+
+run() { # run [-t SECONDS] NAME COMMAND...
+        local limit=$SUITE_TIMEOUT
+        if [ "$1" = -t ]; then
+                limit=$2
+                shift 2
+        fi
         local name=$1; shift
         local log; log=$(mktemp)
         local t0=$SECONDS
-        if "$@" >"$log" 2>&1; then
+        timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
+        local rc=$?
+        if [ "$rc" = 0 ]; then
                 passed=$((passed + 1))
                 printf 'PASS  %-34s (%ds) %s\n' "$name" $((SECONDS - t0)) "$(tail -n 1 "$log")"
         else
@@ -33,8 +45,29 @@ run() { # run NAME COMMAND...
                 failures+=("$name")
                 printf 'FAIL  %-34s (%ds)\n' "$name" $((SECONDS - t0))
                 tail -n 40 "$log" | sed 's/^/      | /'
+                if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+                        echo "      | timed out after $limit s: killed"
+                fi
         fi
         rm -f "$log"
+}
+
+# The time limit itself: a suite that hangs (with a child holding its output open) must fail
+# within its limit, not hang.
+check_suite_timeout() {
+        local t0=$SECONDS out
+        out=$(failed=0 passed=0 failures=(); run -t 2 "hang" bash -c 'sleep 300 & wait'; echo "failed=$failed")
+        local dt=$((SECONDS - t0))
+        if echo "$out" | grep -q '^FAIL  hang' && echo "$out" | grep -q 'timed out after 2 s' &&
+                echo "$out" | grep -q '^failed=1$' && [ "$dt" -lt 20 ]; then
+                passed=$((passed + 1))
+                printf 'PASS  %-34s (%ds)\n' "suite time limit" "$dt"
+        else
+                failed=$((failed + 1))
+                failures+=("suite time limit")
+                printf 'FAIL  %-34s (%ds)\n' "suite time limit" "$dt"
+                echo "$out" | sed 's/^/      | /'
+        fi
 }
 
 have_fixtures() {
@@ -51,6 +84,8 @@ have_fixtures() {
         fi
         return 1
 }
+
+check_suite_timeout
 
 # 0. the sanitizers' exit status: a deliberately leaking (overflowing, UB) error path
 run "sanitizer reports exit $SANITIZER_EXIT, not 1" bash tests/sanitizers/test_exit_codes.sh "$ASAN/tests/sanitizer_probe"
@@ -71,6 +106,7 @@ run "daemon end-to-end" "$PYTHON" tests/daemon/test_daemon.py "$ASAN/mixd" "$ASA
 run "systemd notify and activation" "$PYTHON" tests/service/test_notify.py "$ASAN/mixd" "$ASAN/mixctl"
 run "daemon restarts, state files, reload" "$PYTHON" tests/lifecycle/test_lifecycle.py "$ASAN/mixd" "$ASAN/mixctl"
 run "soak: 16 clients x 10 requests" "$PYTHON" tests/soak/soak.py "$ASAN/mixd" --clients 16 --requests 10
+run "soak harness: lost reply, early errors" bash tests/soak/test_harness.sh
 
 # 2b. the threaded parts under ThreadSanitizer (the daemon's loop, engine thread and pool)
 TSAN=build/tsan
