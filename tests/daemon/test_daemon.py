@@ -13,7 +13,8 @@ figures (problems are listed under a FAIL line); the last line is "N passed, M f
   2 bad frames (fatal: one error reply, then closed) and non-fatal request errors
   3 a client that disconnects mid-generation cancels it
   4 kill cycles: clients that close after one token; RSS growth on non-sanitizer builds
-  5 sessions: continuation, busy, close, KV-budget eviction, per-uid limit
+  5 sessions: continuation (turn 2 == the one-shot run of the whole text), busy, close,
+    KV-budget eviction, per-uid limit
   6 two real uids (root only): no access to another uid's session, no shutdown
   7 the cancel op, and mixctl interrupted with SIGINT
   8 mixctl over the daemon: stdin, closed pipes, bad input, status/experts/sessions, no daemon
@@ -49,6 +50,11 @@ MODEL = os.path.join(ROOT, "models", "tiny-moe-q4_k_m.gguf")
 SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "runtime error", "LeakSanitizer", "WARNING: ThreadSanitizer")
 NOBODY = 65534
 IO_TIMEOUT = 300.0          # seconds any single socket read may block (sanitizer builds are slow)
+# Issue 14, item 14: text appended to a session is tokenized as a fresh string (SentencePiece's
+# leading "\u2581" is added), so turn 2 of a session is not yet the one-shot run of the whole
+# text. Until that is fixed, check 5's continuation assertion is an expected failure; it is
+# strict: once it passes, check 5 fails until this is set to False.
+CONTINUATION_XFAIL_ITEM14 = True
 
 # run alone (tests/run.sh sets these, with the same sanitizer exit status 86)
 os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=86")
@@ -158,7 +164,7 @@ class Client:
 
     def collect(self, rid, max_tokens=None):
         """Events of generate rid until done / error (or max_tokens token events)."""
-        res = {"text": b"", "tokens": [], "done": None, "error": None}
+        res = {"text": b"", "tokens": [], "logprobs": [], "done": None, "error": None}
         while True:
             m = self.recv()
             if m.get("id") != rid:
@@ -170,6 +176,7 @@ class Client:
             if ev == "token":
                 res["text"] += text_bytes(m.get("text", ""))
                 res["tokens"].append(m.get("token"))
+                res["logprobs"].append(m.get("logprob"))
                 if max_tokens is not None and len(res["tokens"]) >= max_tokens:
                     return res
             elif ev == "done":
@@ -351,6 +358,17 @@ class Check:
     def expect(self, cond, msg):
         if not cond:
             self.problems.append(msg)
+        return bool(cond)
+
+    def expect_xfail(self, waiting, cond, msg, why):
+        """expect(), or while `waiting` an expected failure: noted as XFAIL when cond is false,
+        a problem (XPASS: flip the flag) when it is true."""
+        if not waiting:
+            return self.expect(cond, msg)
+        if cond:
+            self.problems.append("XPASS: %s now holds; set %s = False" % (msg, why))
+        else:
+            self.fig("XFAIL (%s): %s" % (why, msg))
         return bool(cond)
 
     def fig(self, fmt, *a):
@@ -698,7 +716,7 @@ def check_sessions(ctx, ck):
 
     # continuation: the session's n_tokens grows by prompt + generated tokens (+1 after an EOS)
     p1, p2 = "ROMEO:", "\nJULIET:"
-    g1 = c.generate(p1, session=sid, n_predict=8, temperature=0.0, seed=1)
+    g1 = c.generate(p1, session=sid, n_predict=8, temperature=0.0, seed=1, logprobs=True)
     if not ck.expect(g1["done"] is not None, "first session generate: %r" % (g1["error"],)):
         return
     ck.expect(g1["done"].get("session") == sid, "done event without the session id: %r" % (g1["done"],))
@@ -707,7 +725,8 @@ def check_sessions(ctx, ck):
     ck.expect(s1 is not None and s1["n_tokens"] == want1, "after turn 1: session %r, wanted n_tokens %d" % (s1, want1))
     ck.expect(g1["text"] == tools.inproc(p1, 1, 0.0, 8), "turn 1 text %r != in-process %r"
               % (g1["text"], tools.inproc(p1, 1, 0.0, 8)))
-    g2 = c.generate(p2, session=sid, n_predict=8, temperature=0.0, seed=1)
+    ck.expect(g1["done"]["stop_reason"] == "length", "turn 1 ended by %r" % (g1["done"]["stop_reason"],))
+    g2 = c.generate(p2, session=sid, n_predict=8, temperature=0.0, seed=1, logprobs=True)
     if not ck.expect(g2["done"] is not None, "second session generate: %r" % (g2["error"],)):
         return
     s2 = session_tokens(d.sock, sid)
@@ -715,13 +734,30 @@ def check_sessions(ctx, ck):
     ck.expect(s2 is not None and s2["n_tokens"] == want2, "after turn 2: session %r, wanted n_tokens %d" % (s2, want2))
     ck.expect(s2 is not None and s2["requests"] == 2, "session requests %r, wanted 2" % (s2,))
     ck.expect(g2["done"]["n_prompt"] >= 1, "turn 2 n_prompt %r" % (g2["done"]["n_prompt"],))
-    concat = p1 + g1["text"].decode("utf-8", "replace") + p2
-    one_shot = tools.inproc(concat, 1, 0.0, 8)
-    fresh2 = tools.inproc(p2, 1, 0.0, 8)
-    ck.fig("turns: n_tokens %d -> %d (+%d prompt +%d generated); turn 2 %s the one-shot in-process run of the "
-           "concatenated text, %s a fresh run of its prompt", s1["n_tokens"] if s1 else -1,
-           s2["n_tokens"] if s2 else -1, g2["done"]["n_prompt"], g2["done"]["n_generated"],
-           "equals" if g2["text"] == one_shot else "differs from", "equals" if g2["text"] == fresh2 else "differs from")
+    ck.fig("turns: n_tokens %d -> %d (+%d prompt +%d generated)", s1["n_tokens"] if s1 else -1,
+           s2["n_tokens"] if s2 else -1, g2["done"]["n_prompt"], g2["done"]["n_generated"])
+    # turn 2 must be the one-shot run of the whole text so far: the same text as the in-process
+    # run, and the same prompt length, tokens and logprobs (bit for bit) as the daemon's
+    # one-shot generate of that text (check 1 ties the daemon's one-shot runs to in-process)
+    whole = p1 + g1["text"].decode("utf-8", "replace") + p2
+    one_text = tools.inproc(whole, 1, 0.0, 8)
+    with Client(d.sock) as c1:
+        one = c1.generate(whole, n_predict=8, temperature=0.0, seed=1, logprobs=True)
+    if ck.expect(one["done"] is not None, "one-shot generate of the whole text: %r" % (one["error"],)):
+        eos2 = g2["done"]["stop_reason"] == "eos"
+        n_fed = s2["n_tokens"] - g2["done"]["n_generated"] - eos2 if s2 else -1
+        diffs = []
+        if g2["text"] != one_text:
+            diffs.append("text %r, in-process one-shot %r" % (g2["text"], one_text))
+        if n_fed != one["done"]["n_prompt"]:
+            diffs.append("%d tokens before turn 2 generates, one-shot prompt %d" % (n_fed, one["done"]["n_prompt"]))
+        if g2["tokens"] != one["tokens"] or g2["logprobs"] != one["logprobs"]:
+            diffs.append("tokens %s logprobs %s, one-shot %s %s" % (g2["tokens"], g2["logprobs"][:2], one["tokens"],
+                                                                 one["logprobs"][:2]))
+        ck.expect_xfail(CONTINUATION_XFAIL_ITEM14, not diffs,
+                        "turn 2 of a session equals the one-shot run of the whole text (%s)"
+                        % ("; ".join(diffs) or "text, prompt length, tokens and logprobs"),
+                        "CONTINUATION_XFAIL_ITEM14")
 
     # busy: a second generate on a session in use
     a = Client(d.sock)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """tests/lifecycle/test_lifecycle.py — mixd across stops and reloads: sessions saved at
-SIGTERM and restored with identical next-token logits; state files record their KV type, an
+SIGTERM and restored, continuing exactly as the in-process one-shot run (`mixctl generate -m`)
+of the same text and with the logprobs of a session that was never saved; state files record their KV type, an
 old (version 1, F32) file still restores exactly, one of another KV type is converted;
 corrupt, truncated, half-written and
 other-model state files skipped with a log line; a failed save (disk full, via an LD_PRELOAD
@@ -181,9 +182,26 @@ def clear(state):
         os.unlink(os.path.join(state, f))
 
 
+FIRST_PROMPT, FIRST_N = "ROMEO: What light", 4
+
+
 def two_turns(c, sid):
-    a = c.generate(prompt="ROMEO: What light", session=sid, n_predict=4, temperature=0.0, logprobs=True)
-    return a
+    """The first turn of a session (its text is returned); the second one is SECOND."""
+    a = c.generate(prompt=FIRST_PROMPT, session=sid, n_predict=FIRST_N, temperature=0.0, logprobs=True)
+    check("first turn ends by length", a[3].get("stop_reason") == "length", str(a[3]))
+    return a[2]
+
+
+def one_shot(mixctl, n, kv_type=None):
+    """The in-process greedy continuation of FIRST_PROMPT (bytes): what a session's first
+    turn and its SECOND one (an empty prompt: no new text) give together."""
+    args = [mixctl, "generate", "-m", MODEL, "--temp", "0", "-n", str(n), FIRST_PROMPT]
+    if kv_type:
+        args += ["--kv-type", kv_type]
+    p = subprocess.run(args, capture_output=True, timeout=600)
+    check("in-process one-shot run (kv %s)" % (kv_type or "f16"), p.returncode == 0 and p.stdout,
+          p.stderr.decode(errors="replace")[-300:])
+    return p.stdout
 
 
 def main():
@@ -192,22 +210,27 @@ def main():
     sock = os.path.join(tmp, "mixd.sock")
     state = os.path.join(tmp, "state")
     os.mkdir(state)
-    second = dict(prompt=" And then", n_predict=10, temperature=0.0, logprobs=True)
+    # the second turn adds no text, so it continues the first turn's generation: the two turns
+    # together must be the in-process one-shot run of FIRST_PROMPT (also after a restart)
+    second = dict(prompt="", n_predict=10, temperature=0.0, logprobs=True)
+    reference = one_shot(mixctl, FIRST_N + second["n_predict"])
 
     # --- control: two turns on one session, no restart
     d = Daemon(mixd, sock, state=None)
     c = Client(sock)
     sid = c.call("session.open")["session"]
-    two_turns(c, sid)
+    first = two_turns(c, sid)
     control = c.generate(session=sid, **second)
     c.close()
     stopped(d, "control daemon")
+    check("two turns without a restart equal the in-process one-shot run",
+          (first + control[2]).encode() == reference, "%r vs %r" % (first + control[2], reference))
 
     # --- the same with a restart between the turns
     d = Daemon(mixd, sock, state=state)
     c = Client(sock)
     sid = c.call("session.open")["session"]
-    two_turns(c, sid)
+    first = two_turns(c, sid)
     c.close()
     rc, log = stopped(d, "saving daemon")
     files = os.listdir(state)
@@ -220,7 +243,9 @@ def main():
     after = c.generate(session=sid, **second)
     c.close()
     rc, log = stopped(d, "restoring daemon")
-    check("restored session continues with identical tokens and logprobs",
+    check("restored session continues as the in-process one-shot run", (first + after[2]).encode() == reference,
+          "%r vs %r" % (first + after[2], reference))
+    check("restored session: the tokens and logprobs of the session never saved",
           after[0] == control[0] and after[1] == control[1] and after[0] != [],
           "tokens %s; logprobs equal: %s" % (after[0], after[1] == control[1]))
     check("restore logged", "restored 1 session" in log)
@@ -244,7 +269,7 @@ def main():
     d = Daemon(mixd, sock, state=state, kv_type="f32")
     c = Client(sock)
     sid_f = c.call("session.open")["session"]
-    two_turns(c, sid_f)
+    first_f32 = two_turns(c, sid_f)
     c.close()
     stopped(d, "f32 daemon saving")
     files = os.listdir(state)
@@ -259,9 +284,12 @@ def main():
     after = c.generate(session=sid_f, **second)
     c.close()
     rc, log = stopped(d, "f32 daemon restoring a version 1 file")
-    check("version 1 (F32) state file restores with identical tokens and logprobs",
-          "restored 1 session" in log and after[0] == control_f32[0] and after[1] == control_f32[1]
-          and after[0] != [], "tokens %s" % after[0])
+    reference_f32 = one_shot(mixctl, FIRST_N + second["n_predict"], "f32")
+    check("version 1 (F32) state file restores: continues as the in-process one-shot run (kv f32)",
+          "restored 1 session" in log and (first_f32 + after[2]).encode() == reference_f32,
+          "%r vs %r" % (first_f32 + after[2], reference_f32))
+    check("version 1 (F32) state file restores with the tokens and logprobs of the session never saved",
+          after[0] == control_f32[0] and after[1] == control_f32[1] and after[0] != [], "tokens %s" % after[0])
     for name, data, kv, frm, to in (("version 1 f32 file", old, None, "f32", "f16"),
                                      ("f16 file", saved, "q8_0", "f16", "q8_0")):
         clear(state)
