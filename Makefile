@@ -95,6 +95,7 @@ test: test-deps
 	$(MAKE) MODE=asan all unit build/asan/tests/sanitizer_probe
 	$(MAKE) MODE=tsan all build/tsan/tests/test_pool
 	$(MAKE) MODE=rel all build/rel/tests/test_forward
+	$(MAKE) -C tests/fuzz all
 	FIXTURES=$(FIXTURES) PYTHON=$(PYTHON) bash tests/run.sh
 
 fuzz:

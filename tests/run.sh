@@ -112,6 +112,11 @@ run "systemd notify and activation" "$PYTHON" tests/service/test_notify.py "$ASA
 run "daemon restarts, state files, reload" "$PYTHON" tests/lifecycle/test_lifecycle.py "$ASAN/mixd" "$ASAN/mixctl"
 run "soak: 16 clients x 10 requests" "$PYTHON" tests/soak/soak.py "$ASAN/mixd" --clients 16 --requests 10
 run "soak harness: lost reply, early errors" bash tests/soak/test_harness.sh
+# RSS stays flat over 400 kill cycles, one client at a time (the optimized build: ASan's
+# quarantine makes RSS meaningless)
+run "RSS flat over 400 kill cycles" "$PYTHON" tests/daemon/rss_soak.py "$REL/mixd" "$REL/mixctl" --cycles 400 --rss-workers 1 --rss-limit 0.5
+# the libFuzzer harnesses (built by make test) replay their seeds
+run "fuzz harnesses replay their seeds" make --no-print-directory -C tests/fuzz replay FIXTURES="$FIXTURES" PYTHON="$PYTHON"
 
 # 2b. the threaded parts under ThreadSanitizer (the daemon's loop, engine thread and pool)
 TSAN=build/tsan
