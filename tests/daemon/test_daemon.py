@@ -13,7 +13,8 @@ figures (problems are listed under a FAIL line); the last line is "N passed, M f
   2 bad frames (fatal: one error reply, then closed) and non-fatal request errors
   3 a client that disconnects mid-generation cancels it
   4 kill cycles: clients that close after one token; RSS growth on non-sanitizer builds
-  5 sessions: continuation, busy, close, KV-budget eviction, per-uid limit
+  5 sessions: continuation (turn 2 == the one-shot run of the whole text), busy, close,
+    KV-budget eviction, per-uid limit
   6 two real uids (root only): no access to another uid's session, no shutdown
   7 the cancel op, and mixctl interrupted with SIGINT
   8 mixctl over the daemon: stdin, closed pipes, bad input, status/experts/sessions, no daemon
@@ -49,9 +50,15 @@ MODEL = os.path.join(ROOT, "models", "tiny-moe-q4_k_m.gguf")
 SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "runtime error", "LeakSanitizer", "WARNING: ThreadSanitizer")
 NOBODY = 65534
 IO_TIMEOUT = 300.0          # seconds any single socket read may block (sanitizer builds are slow)
+# Issue 14, item 14: text appended to a session is tokenized as a fresh string (SentencePiece's
+# leading "\u2581" is added), so turn 2 of a session is not yet the one-shot run of the whole
+# text. Until that is fixed, check 5's continuation assertion is an expected failure; it is
+# strict: once it passes, check 5 fails until this is set to False.
+CONTINUATION_XFAIL_ITEM14 = True
 
-os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
-os.environ.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+# run alone (tests/run.sh sets these, with the same sanitizer exit status 86)
+os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=86")
+os.environ.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1:exitcode=86")
 os.environ.pop("MIXD_SOCKET", None)
 os.environ.pop("STATE_DIRECTORY", None)  # no saved sessions from or to anywhere else
 
@@ -157,7 +164,7 @@ class Client:
 
     def collect(self, rid, max_tokens=None):
         """Events of generate rid until done / error (or max_tokens token events)."""
-        res = {"text": b"", "tokens": [], "done": None, "error": None}
+        res = {"text": b"", "tokens": [], "logprobs": [], "done": None, "error": None}
         while True:
             m = self.recv()
             if m.get("id") != rid:
@@ -169,6 +176,7 @@ class Client:
             if ev == "token":
                 res["text"] += text_bytes(m.get("text", ""))
                 res["tokens"].append(m.get("token"))
+                res["logprobs"].append(m.get("logprob"))
                 if max_tokens is not None and len(res["tokens"]) >= max_tokens:
                     return res
             elif ev == "done":
@@ -350,6 +358,17 @@ class Check:
     def expect(self, cond, msg):
         if not cond:
             self.problems.append(msg)
+        return bool(cond)
+
+    def expect_xfail(self, waiting, cond, msg, why):
+        """expect(), or while `waiting` an expected failure: noted as XFAIL when cond is false,
+        a problem (XPASS: flip the flag) when it is true."""
+        if not waiting:
+            return self.expect(cond, msg)
+        if cond:
+            self.problems.append("XPASS: %s now holds; set %s = False" % (msg, why))
+        else:
+            self.fig("XFAIL (%s): %s" % (why, msg))
         return bool(cond)
 
     def fig(self, fmt, *a):
@@ -602,6 +621,7 @@ def check_disconnect(ctx, ck):
 KILL_PROMPTS = ["ROMEO:", "A", "KING:", "To be"]
 KILL_WORKERS = int(os.environ.get("MIXD_TEST_KILL_WORKERS", "16"))  # concurrent cycling clients
 RSS_WORKERS = 4
+RSS_SEGMENTS = 10  # RSS samples after the warm-up (check 4)
 # The daemon fixes glibc's mmap threshold itself (daemon/main.c), so session buffers are
 # returned when freed; the RSS check runs it with its defaults.
 RSS_MALLOC_ENV = {}
@@ -639,18 +659,26 @@ def check_kill_cycles(ctx, ck):
     measure_rss = ctx.measure_rss
     # a few clients when RSS is measured (the heap's high-water mark follows the number of
     # generations in flight); more on sanitizer builds, where batching them is what keeps it quick
-    workers = RSS_WORKERS if measure_rss else KILL_WORKERS
+    workers = ctx.rss_workers if measure_rss else KILL_WORKERS
     base = status(d.sock)
     t0 = time.monotonic()
     fails = kill_cycles(d.sock, warm, 0, workers)
-    t_idle, st = wait_idle(d.sock, 30, want_conns=1)
-    time.sleep(0.3)
-    rss0 = d.rss_kib() if measure_rss else None
-    fails += kill_cycles(d.sock, total - warm, warm, workers)
+    # RSS is sampled, idle, after the warm-up and after each tenth of the remaining cycles; one
+    # sample swings by about 1.5% (the heap's high-water mark follows the generations in
+    # flight), so growth is the median of the last three samples over that of the first three
+    samples, done = [], warm
+    for k in range(RSS_SEGMENTS + 1 if measure_rss else 0):
+        if k:
+            n = (total - warm) * k // RSS_SEGMENTS - (done - warm)
+            fails += kill_cycles(d.sock, n, done, workers)
+            done += n
+        wait_idle(d.sock, 30, want_conns=1)
+        time.sleep(0.3)
+        samples.append((done, d.rss_kib()))
+    if not measure_rss:
+        fails += kill_cycles(d.sock, total - warm, warm, workers)
     wall = time.monotonic() - t0
     t_idle, st = wait_idle(d.sock, 30, want_conns=1)
-    time.sleep(0.3)
-    rss1 = d.rss_kib() if measure_rss else None
     for f in fails[:5]:
         ck.expect(False, f)
     ck.expect(not fails, "%d of %d cycles failed" % (len(fails), total))
@@ -667,11 +695,17 @@ def check_kill_cycles(ctx, ck):
     ck.fig("%d cycles (%d clients) in %.1f s (%.1f/s), %d failed; idle afterwards: %d connections, kv_bytes_used %d",
            total, workers, wall, total / wall, len(fails), st["connections"], st["kv_bytes_used"])
     if measure_rss:
+        rss0 = sorted(r for _, r in samples[:3])[1]
+        rss1 = sorted(r for _, r in samples[-3:])[1]
         growth = (rss1 - rss0) / rss0
-        ck.expect(growth <= 0.02, "RSS grew %.2f%% (limit 2%%)" % (100 * growth))
-        ck.fig("RSS after %d cycles %d KiB, after %d cycles %d KiB, growth %+.2f%% (limit 2%%; %s)", warm, rss0, total,
-               rss1, 100 * growth, " ".join("%s=%s" % kv for kv in RSS_MALLOC_ENV.items()) or "daemon defaults")
+        ck.expect(growth <= ctx.rss_limit / 100, "RSS grew %.2f%% (limit %g%%): %s" % (100 * growth, ctx.rss_limit, samples))
+        ck.fig("%d client(s): RSS (median of 3 samples) after %d-%d cycles %d KiB, after %d-%d cycles %d KiB, growth "
+               "%+.2f%% (limit %g%%; %s; samples %s)", workers, samples[0][0], samples[2][0], rss0, samples[-3][0],
+               samples[-1][0], rss1, 100 * growth, ctx.rss_limit,
+               " ".join("%s=%s" % kv for kv in RSS_MALLOC_ENV.items()) or "daemon defaults",
+               " ".join(str(r) for _, r in samples))
     else:
+        rss0 = rss1 = None
         ck.fig("RSS not measured (%s)", "--quick" if ctx.quick else "sanitizer build")
     ctx.rss = (rss0, rss1)
 
@@ -697,7 +731,7 @@ def check_sessions(ctx, ck):
 
     # continuation: the session's n_tokens grows by prompt + generated tokens (+1 after an EOS)
     p1, p2 = "ROMEO:", "\nJULIET:"
-    g1 = c.generate(p1, session=sid, n_predict=8, temperature=0.0, seed=1)
+    g1 = c.generate(p1, session=sid, n_predict=8, temperature=0.0, seed=1, logprobs=True)
     if not ck.expect(g1["done"] is not None, "first session generate: %r" % (g1["error"],)):
         return
     ck.expect(g1["done"].get("session") == sid, "done event without the session id: %r" % (g1["done"],))
@@ -706,7 +740,8 @@ def check_sessions(ctx, ck):
     ck.expect(s1 is not None and s1["n_tokens"] == want1, "after turn 1: session %r, wanted n_tokens %d" % (s1, want1))
     ck.expect(g1["text"] == tools.inproc(p1, 1, 0.0, 8), "turn 1 text %r != in-process %r"
               % (g1["text"], tools.inproc(p1, 1, 0.0, 8)))
-    g2 = c.generate(p2, session=sid, n_predict=8, temperature=0.0, seed=1)
+    ck.expect(g1["done"]["stop_reason"] == "length", "turn 1 ended by %r" % (g1["done"]["stop_reason"],))
+    g2 = c.generate(p2, session=sid, n_predict=8, temperature=0.0, seed=1, logprobs=True)
     if not ck.expect(g2["done"] is not None, "second session generate: %r" % (g2["error"],)):
         return
     s2 = session_tokens(d.sock, sid)
@@ -714,13 +749,30 @@ def check_sessions(ctx, ck):
     ck.expect(s2 is not None and s2["n_tokens"] == want2, "after turn 2: session %r, wanted n_tokens %d" % (s2, want2))
     ck.expect(s2 is not None and s2["requests"] == 2, "session requests %r, wanted 2" % (s2,))
     ck.expect(g2["done"]["n_prompt"] >= 1, "turn 2 n_prompt %r" % (g2["done"]["n_prompt"],))
-    concat = p1 + g1["text"].decode("utf-8", "replace") + p2
-    one_shot = tools.inproc(concat, 1, 0.0, 8)
-    fresh2 = tools.inproc(p2, 1, 0.0, 8)
-    ck.fig("turns: n_tokens %d -> %d (+%d prompt +%d generated); turn 2 %s the one-shot in-process run of the "
-           "concatenated text, %s a fresh run of its prompt", s1["n_tokens"] if s1 else -1,
-           s2["n_tokens"] if s2 else -1, g2["done"]["n_prompt"], g2["done"]["n_generated"],
-           "equals" if g2["text"] == one_shot else "differs from", "equals" if g2["text"] == fresh2 else "differs from")
+    ck.fig("turns: n_tokens %d -> %d (+%d prompt +%d generated)", s1["n_tokens"] if s1 else -1,
+           s2["n_tokens"] if s2 else -1, g2["done"]["n_prompt"], g2["done"]["n_generated"])
+    # turn 2 must be the one-shot run of the whole text so far: the same text as the in-process
+    # run, and the same prompt length, tokens and logprobs (bit for bit) as the daemon's
+    # one-shot generate of that text (check 1 ties the daemon's one-shot runs to in-process)
+    whole = p1 + g1["text"].decode("utf-8", "replace") + p2
+    one_text = tools.inproc(whole, 1, 0.0, 8)
+    with Client(d.sock) as c1:
+        one = c1.generate(whole, n_predict=8, temperature=0.0, seed=1, logprobs=True)
+    if ck.expect(one["done"] is not None, "one-shot generate of the whole text: %r" % (one["error"],)):
+        eos2 = g2["done"]["stop_reason"] == "eos"
+        n_fed = s2["n_tokens"] - g2["done"]["n_generated"] - eos2 if s2 else -1
+        diffs = []
+        if g2["text"] != one_text:
+            diffs.append("text %r, in-process one-shot %r" % (g2["text"], one_text))
+        if n_fed != one["done"]["n_prompt"]:
+            diffs.append("%d tokens before turn 2 generates, one-shot prompt %d" % (n_fed, one["done"]["n_prompt"]))
+        if g2["tokens"] != one["tokens"] or g2["logprobs"] != one["logprobs"]:
+            diffs.append("tokens %s logprobs %s, one-shot %s %s" % (g2["tokens"], g2["logprobs"][:2], one["tokens"],
+                                                                 one["logprobs"][:2]))
+        ck.expect_xfail(CONTINUATION_XFAIL_ITEM14, not diffs,
+                        "turn 2 of a session equals the one-shot run of the whole text (%s)"
+                        % ("; ".join(diffs) or "text, prompt length, tokens and logprobs"),
+                        "CONTINUATION_XFAIL_ITEM14")
 
     # busy: a second generate on a session in use
     a = Client(d.sock)
@@ -984,6 +1036,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="skip the RSS measurement of check 4")
     ap.add_argument("--only", default="", help="comma-separated check numbers")
     ap.add_argument("--cycles", type=int, default=1000, help="kill cycles of check 4")
+    ap.add_argument("--rss-workers", type=int, default=RSS_WORKERS, help="concurrent clients while check 4 measures RSS")
+    ap.add_argument("--rss-limit", type=float, default=2.0, help="RSS growth allowed by check 4, in percent")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     a = ap.parse_args(argv)
     only = {int(x) for x in a.only.split(",") if x.strip()}
@@ -991,6 +1045,7 @@ def main(argv=None):
     ctx = Ctx()
     ctx.mixd, ctx.mixctl = os.path.abspath(a.mixd), os.path.abspath(a.mixctl)
     ctx.quick, ctx.cycles = a.quick, a.cycles
+    ctx.rss_workers, ctx.rss_limit = a.rss_workers, a.rss_limit
     ctx.main_stopped_by_shutdown = False
     with open(ctx.mixd, "rb") as f:
         image = f.read()
