@@ -45,20 +45,8 @@ void conn_close(Conn *c) {
                         break;
                 }
         /* its requests stop at their next step (a generation ends at the next token) */
-        for (Job *j = srv->jobs; j; j = j->next)
-                if (j->conn_id == c->id) {
-                        job_cancel(srv, j);
-                }
+        jobs_cancel_conn(&srv->jobs, c->id);
         uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
-}
-
-static void resume_generations(Conn *c) {
-        Server *srv = c->srv;
-        for (Job *j = srv->jobs; j; j = j->next)
-                if (j->conn_id == c->id && j->backpressured) {
-                        j->backpressured = false;
-                        sched_set_paused(&srv->sched, &j->sj, false);
-                }
 }
 
 static void on_written(uv_write_t *req, int status) {
@@ -80,7 +68,7 @@ static void on_written(uv_write_t *req, int status) {
                 return;
         }
         if (c->write_queued < DAEMON_WRITE_RESUME)
-                resume_generations(c);
+                jobs_resume_conn(&c->srv->jobs, c->id);
 }
 
 void conn_send(Conn *c, uint8_t *frame, size_t len) {

@@ -70,7 +70,7 @@ static void op_status(Conn *c, const Request *req) {
         proto_out_kv_uint(&o, "model_bytes", srv->m->file->size);
         proto_out_kv_uint(&o, "model_huge_page_bytes", huge);
         proto_out_kv_uint(&o, "sessions", srv->sessions.n_named);
-        proto_out_kv_uint(&o, "active_requests", srv->n_jobs);
+        proto_out_kv_uint(&o, "active_requests", srv->jobs.n);
         proto_out_kv_uint(&o, "queue", sched_queue_length(&srv->sched));
         proto_out_kv_uint(&o, "connections", srv->n_conns);
         proto_out_kv_uint(&o, "kv_bytes_used", srv->sessions.kv_used);
@@ -79,7 +79,7 @@ static void op_status(Conn *c, const Request *req) {
         proto_out_kv_uint(&o, "kv_bytes_per_pos", per_pos);
         proto_out_kv_uint(&o, "sessions_evicted", srv->sessions.n_evicted_total);
         proto_out_kv_double(&o, "tokens_per_s", srv->tokens_per_s);
-        proto_out_kv_uint(&o, "tokens_generated", srv->tokens_generated);
+        proto_out_kv_uint(&o, "tokens_generated", srv->jobs.tokens_generated);
         proto_out_kv_uint(&o, "threads", sched_threads(&srv->sched));
         proto_out_kv_double(&o, "uptime_s", (double)(now_ms() - srv->start_ms) / 1000.0);
         /* the NUMA plan: per node, expert bytes placed there and threads pinned there */
@@ -175,10 +175,7 @@ static void op_session_close(Conn *c, const Request *req) {
                 return;
         }
         /* a request still running on it stops at its next token */
-        for (Job *j = c->srv->jobs; j; j = j->next)
-                if (j->ds == ds) {
-                        job_cancel(c->srv, j);
-                }
+        jobs_cancel_session(&c->srv->jobs, ds);
         sessions_close(&c->srv->sessions, ds);
         ProtoOut o;
         proto_out_init(&o);
@@ -213,15 +210,13 @@ static void op_session_list(Conn *c, const Request *req) {
 }
 
 static void op_cancel(Conn *c, const Request *req) {
-        for (Job *j = c->srv->jobs; j; j = j->next)
-                if (j->conn_id == c->id && j->req.id == req->cancel.target) {
-                        job_cancel(c->srv, j);
-                        ProtoOut o;
-                        proto_out_init(&o);
-                        proto_out_ok(&o, req->id, 0);
-                        send_out(c, &o, req->id);
-                        return;
-                }
+        if (jobs_cancel_request(&c->srv->jobs, c->id, req->cancel.target) > 0) {
+                ProtoOut o;
+                proto_out_init(&o);
+                proto_out_ok(&o, req->id, 0);
+                send_out(c, &o, req->id);
+                return;
+        }
         reply_error(c, req->id, "not_found", "no request %llu in progress on this connection",
                     (unsigned long long)req->cancel.target);
 }
@@ -260,12 +255,11 @@ static void submit_job(Conn *c, Request *req, JobKind kind) {
                             DAEMON_MAX_REQUESTS_PER_CONN);
                 goto fail;
         }
-        for (Job *j = srv->jobs; j; j = j->next)
-                if (j->conn_id == c->id && j->req.id == req->id) {
-                        reply_error(c, req->id, "bad_request", "request id %llu is already in progress",
-                                    (unsigned long long)req->id);
-                        goto fail;
-                }
+        if (jobs_in_progress(&srv->jobs, c->id, req->id)) {
+                reply_error(c, req->id, "bad_request", "request id %llu is already in progress",
+                            (unsigned long long)req->id);
+                goto fail;
+        }
         if (kind == JOB_GENERATE && req->generate.session) {
                 int r = sessions_get(&srv->sessions, req->generate.session, c->uid, false, &ds);
                 if (r < 0) {
@@ -288,23 +282,13 @@ static void submit_job(Conn *c, Request *req, JobKind kind) {
                         goto fail;
                 }
         }
-        Job *j = job_new(srv, c, kind, req);
-        if (!j) {
+        if (jobs_start(&srv->jobs, kind, c->id, c->uid, req, ds, named, srv->cfg->request_timeout * 1000) < 0) {
                 if (ds && !named)
                         sessions_release(&srv->sessions, ds, now_ms());
                 reply_error(c, req->id, "internal", "out of memory");
                 goto fail;
         }
-        if (ds) {
-                ds->busy = true;
-                j->ds = ds;
-                j->session_named = named;
-        }
-        j->next = srv->jobs;
-        srv->jobs = j;
-        srv->n_jobs++;
         c->n_jobs++;
-        sched_submit(&srv->sched, &j->sj);
         return;
 fail:
         request_free(req);

@@ -119,6 +119,7 @@ int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_row
         s->m = m;
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->cond, NULL);
+        s->inited = true;
         s->expert_counts = calloc(n_counts, sizeof(uint64_t));
         if (!s->expert_counts)
                 return -ENOMEM;
@@ -146,6 +147,8 @@ int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_row
 }
 
 void sched_stop(Scheduler *s) {
+        if (!s->inited)
+                return;
         if (s->started) {
                 pthread_mutex_lock(&s->lock);
                 s->stopping = true;
@@ -160,6 +163,7 @@ void sched_stop(Scheduler *s) {
         s->expert_counts = NULL;
         pthread_cond_destroy(&s->cond);
         pthread_mutex_destroy(&s->lock);
+        s->inited = false;
 }
 
 void sched_submit(Scheduler *s, SchedJob *job) {

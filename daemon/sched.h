@@ -31,7 +31,8 @@ typedef struct Scheduler {
         Pool *pool;
         Forward *fw;
         pthread_t thread;
-        bool started;
+        bool inited;               /* between sched_start and sched_stop */
+        bool started;              /* the engine thread runs */
         pthread_mutex_t lock;
         pthread_cond_t cond;
         SchedJob *head, *tail;     /* FIFO of jobs, paused ones included */
@@ -46,8 +47,9 @@ typedef struct Scheduler {
 struct NumaPlan;
 int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_rows, uint32_t max_slots,
                 const struct NumaPlan *numa, bool int8);
-/* The engine thread exits after its current round; queued jobs are left to the caller. Safe
- * after a failed sched_start. */
+/* The engine thread finishes its current round and is joined, then everything is freed;
+ * queued jobs are left to the caller. Safe after a failed sched_start, and a second call does
+ * nothing. */
 void sched_stop(Scheduler *s);
 void sched_submit(Scheduler *s, SchedJob *job);
 void sched_set_paused(Scheduler *s, SchedJob *job, bool paused);
