@@ -8,7 +8,7 @@
 typedef struct Config {
         char *model;                 /* GGUF path */
         char *socket_path;           /* Unix socket to listen on (unless socket-activated) */
-        char *admin_group;           /* members (and root) may shut the daemon down */
+        char *admin_group;           /* members (with root and the daemon's user) are administrators */
         char *numa;                  /* "auto" or "off" */
         char *state_dir;             /* where sessions are saved at stop (default $STATE_DIRECTORY) */
         uint64_t threads;            /* worker threads */
@@ -17,6 +17,10 @@ typedef struct Config {
         uint64_t max_sessions;       /* named sessions, all users */
         uint64_t max_sessions_per_uid;
         uint64_t max_connections;
+        uint64_t max_connections_per_uid; /* for users other than administrators */
+        uint64_t admin_connections;  /* of max_connections, kept for administrators */
+        uint64_t frame_timeout;      /* seconds */
+        uint64_t connection_idle_timeout; /* seconds (0: never) */
         uint64_t max_prompt_tokens;
         uint64_t session_capacity;   /* positions per full-attention session (0 = model context) */
         uint64_t idle_timeout;       /* seconds */

@@ -4,6 +4,10 @@
 
 /* --- connections --- */
 #define DAEMON_MAX_CONNECTIONS_DEFAULT   256           /* open client connections */
+#define DAEMON_MAX_CONNECTIONS_PER_UID_DEFAULT 32      /* connections one user (not an administrator) may hold */
+#define DAEMON_ADMIN_CONNECTIONS_DEFAULT 4             /* connections only administrators may take */
+#define DAEMON_FRAME_TIMEOUT_S           30            /* seconds from a frame's first byte to its last */
+#define DAEMON_CONNECTION_IDLE_TIMEOUT_S 3600          /* seconds a connection may sit with nothing in flight */
 #define DAEMON_WRITE_SOFT_LIMIT          (1u << 20)    /* bytes queued to a client before its generation pauses */
 #define DAEMON_WRITE_RESUME              (256u << 10)  /* bytes: paused generations resume below this */
 #define DAEMON_WRITE_HARD_LIMIT          (16u << 20)   /* bytes queued before the connection is closed */

@@ -38,8 +38,10 @@ static void report_guard(Server *srv) {
 static void on_job_end(void *data, uint64_t conn_id) {
         Server *srv = data;
         Conn *c = conn_find(srv, conn_id);
-        if (c)
+        if (c) {
                 c->n_jobs--;
+                c->last_active_ms = now_ms();
+        }
         if (srv->jobs.n == 0 && (srv->shutting_down || srv->reloading))
                 outbox_kick(&srv->outbox);
 }
@@ -82,6 +84,7 @@ static void on_housekeeping(uv_timer_t *h) {
         if (n)
                 log_info("dropped %u idle session(s)", n);
         jobs_expire(&srv->jobs, t);
+        conn_expire(srv, t);
         report_guard(srv);
         const uint64_t window = jobs_take_tokens_window(&srv->jobs);
         const double dt = DAEMON_HOUSEKEEPING_MS / 1000.0;
@@ -432,6 +435,9 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
                 srv->admin_gid = g->gr_gid;
                 srv->have_admin_gid = true;
         }
+        if (cfg->admin_connections >= cfg->max_connections)
+                log_warning("admin-connections (%llu) is not below max-connections (%llu): only administrators can connect",
+                            (unsigned long long)cfg->admin_connections, (unsigned long long)cfg->max_connections);
         if (!cfg->state_dir && getenv("STATE_DIRECTORY") && *getenv("STATE_DIRECTORY")) {
                 /* systemd's StateDirectory= (the first one if several) */
                 cfg->state_dir = strndup(getenv("STATE_DIRECTORY"), strcspn(getenv("STATE_DIRECTORY"), ":"));

@@ -34,7 +34,9 @@ typedef struct Conn {
         bool close_after_write;     /* a fatal protocol error was answered: close once sent */
         FrameReader fr;
         size_t write_queued;        /* bytes handed to uv_write and not yet written */
-        unsigned n_jobs;            /* requests of this connection in the scheduler */
+        unsigned n_jobs;            /* requests of this connection in the job list */
+        uint64_t last_active_ms;    /* last byte read, frame queued or request finished */
+        uint64_t partial_since_ms;  /* first byte of the frame still incomplete (0: none) */
         struct Conn *next;
         char rbuf[DAEMON_READ_BATCH];
 } Conn;
@@ -84,6 +86,8 @@ void conn_send(Conn *c, uint8_t *frame, size_t len);    /* takes ownership of fr
 void conn_send_error(Conn *c, const ProtoError *err);
 void conn_close(Conn *c);
 Conn *conn_find(Server *srv, uint64_t id);
+/* Close connections past the frame or idle timeout (housekeeping); returns how many. */
+unsigned conn_expire(Server *srv, uint64_t now);
 
 /* dispatch.c: one decoded request from c (ownership of req passes). */
 void dispatch_request(Conn *c, Request *req);

@@ -17,11 +17,12 @@ figures (problems are listed under a FAIL line); the last line is "N passed, M f
   6 two real uids (root only): no access to another uid's session, no shutdown
   7 the cancel op, and mixctl interrupted with SIGINT
   8 mixctl over the daemon: stdin, closed pipes, bad input, status/experts/sessions, no daemon
+  9 connection shares (root only): per-uid share, administrators' reserve, frame and idle timeouts
 
 --quick skips only the RSS measurement of check 4 (which needs a non-sanitizer build anyway;
-it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 5 4 6 (6 last:
+it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 5 4 9 6 (6 last:
 root's shutdown ends the daemon). `--only 4` on the rel build is the RSS soak (rss_soak.py).
-Check 6 is skipped with a loud line when not root, unless CI=true (then it fails); the last
+Checks 6 and 9 are skipped with a loud line when not root, unless CI=true (then they fail); the last
 line then reads "N passed, M failed (K skipped)". The model is models/tiny-moe-q4_k_m.gguf of
 this repository. MIXD_TEST_KEEP=1 (or --keep) keeps the temporary directory with the daemon
 logs (kept anyway after a failure); the daemons run with MIXD_DEBUG=1.
@@ -48,6 +49,7 @@ ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 MODEL = os.path.join(ROOT, "models", "tiny-moe-q4_k_m.gguf")
 SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "runtime error", "LeakSanitizer", "WARNING: ThreadSanitizer")
 NOBODY = 65534
+OTHER_UID = 65533           # a second non-administrator uid (needs no passwd entry)
 IO_TIMEOUT = 300.0          # seconds any single socket read may block (sanitizer builds are slow)
 
 os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
@@ -961,6 +963,110 @@ def check_mixctl(ctx, ck):
            "/".join(str(codes[k]) for k in ("status", "experts", "sessions")), p5.returncode)
 
 
+def as_uid_prefix(uid):
+    """The command prefix that runs a program as uid (and gid uid, no supplementary groups)."""
+    if shutil.which("setpriv"):
+        return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups"]
+    return ["runuser", "-u", "nobody", "--"] if uid == NOBODY else None
+
+
+def need_root(ck, what):
+    """True when this check may run; otherwise marks it skipped (or failed under CI=true)."""
+    if os.geteuid() == 0 and as_uid_prefix(OTHER_UID) is not None:
+        return True
+    if os.environ.get("CI") == "true":
+        ck.expect(False, "CI=true but not root (or no setpriv): %s cannot run" % what)
+    else:
+        ck.skipped = "not root: cannot run clients as other uids"
+    return False
+
+
+class Peer:
+    """tests/daemon/peer.py run as another uid: N connections doing MODE (see that file)."""
+
+    def __init__(self, uid, sock, n, mode, wait, request=None):
+        args = [sys.executable, os.path.join(HERE, "peer.py"), sock, str(n), mode, str(wait)]
+        if request is not None:
+            args.append(json.dumps(request))
+        self.proc = subprocess.Popen(as_uid_prefix(uid) + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL)
+        self.first = self._line()     # {"accepted": [...], "refused": {...}}
+
+    def _line(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("peer.py ended early: %s" % self.proc.stderr.read().decode(errors="replace")[-1000:])
+        return json.loads(line)
+
+    def finish(self):
+        """{"closed": {...}} once the peer is done watching; the peer then exits."""
+        r = self._line()
+        self.proc.wait(30)
+        return r
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def check_conn_shares(ctx, ck):
+    """One uid cannot hold every connection; administrators keep a reserve; half-sent frames
+    and idle connections are closed (item 8 of issue 14)."""
+    if not need_root(ck, "the connection-share check"):
+        return
+    tools = ctx.tools
+    d = Daemon(ctx.mixd, ctx.tmpdir, "conns", ["--max-connections", "8", "--max-connections-per-uid", "3",
+                                               "--admin-connections", "2", "--frame-timeout", "1",
+                                               "--connection-idle-timeout", "3"])
+    peers = []
+    try:
+        d.start()
+        # uid nobody tries to take every slot with half-sent frames
+        a = Peer(NOBODY, d.sock, 8, "partial", 8)
+        peers.append(a)
+        ck.expect(len(a.first["accepted"]) == 3, "uid %d got %d of 8 connections (wanted 3): %r"
+                  % (NOBODY, len(a.first["accepted"]), a.first))
+        ck.expect(all(v.startswith("over_limit") for v in a.first["refused"].values()),
+                  "refusals: %r" % (a.first["refused"],))
+        # a second user gets the rest but the administrators' reserve
+        b = Peer(OTHER_UID, d.sock, 8, "idle", 10)
+        peers.append(b)
+        ck.expect(len(b.first["accepted"]) == 3, "uid %d got %d of 8 connections (wanted 3 = 8 - 2 reserved - 3 "
+                  "held): %r" % (OTHER_UID, len(b.first["accepted"]), b.first))
+        # root still gets in, twice at once
+        with Client(d.sock, timeout=30) as r1, Client(d.sock, timeout=30) as r2:
+            s1, s2 = r1.call("status"), r2.call("status")
+            ck.expect(s1.get("ok") is True and s2.get("ok") is True, "root's status with the others holding "
+                      "their share: %r / %r" % (s1, s2))
+            held = s2.get("connections")
+        pm = tools.run(["status", "--socket", d.sock])
+        ck.expect(pm.returncode == 0, "mixctl status as root exited %d: %s" % (pm.returncode,
+                                                                            pm.stderr.decode(errors="replace")))
+        # the half-sent frames are closed after frame-timeout (1 s), the idle ones after 3 s
+        ca, cb = a.finish()["closed"], b.finish()["closed"]
+        late_a = {i: v for i, v in ca.items() if not (v[0] <= 3.5 and v[1].startswith("timeout"))}
+        late_b = {i: v for i, v in cb.items() if not (2.5 <= v[0] <= 6.5 and v[1].startswith("timeout"))}
+        ck.expect(len(ca) == 3 and not late_a, "half-sent frames: closed %r (wanted all 3 within 3.5 s, "
+                  "code timeout)" % (ca,))
+        ck.expect(len(cb) == 3 and not late_b, "idle connections: closed %r (wanted all 3 after 2.5-6.5 s, "
+                  "code timeout)" % (cb,))
+        c = Peer(NOBODY, d.sock, 1, "idle", 0)
+        peers.append(c)
+        c.finish()
+        ck.expect(len(c.first["accepted"]) == 1, "uid %d after the timeouts: %r" % (NOBODY, c.first))
+        ck.fig("8 slots, 3 per uid, 2 reserved: uid %d got %d, uid %d got %d, root 2 more (%s connections); "
+               "half-sent frames closed after %s s, idle ones after %s s",
+               NOBODY, len(a.first["accepted"]), OTHER_UID, len(b.first["accepted"]), held,
+               "/".join("%.1f" % v[0] for v in ca.values()) or "-", "/".join("%.1f" % v[0] for v in cb.values()) or "-")
+    finally:
+        for p in peers:
+            p.kill()
+        if d.proc is not None:
+            for p in d.stop():
+                ck.expect(False, p)
+
+
 CHECKS = [
     (1, "determinism under load", check_load),
     (2, "bad frames and request errors", check_bad_frames),
@@ -969,6 +1075,7 @@ CHECKS = [
     (8, "mixctl over the daemon", check_mixctl),
     (5, "sessions", check_sessions),
     (4, "kill cycles", check_kill_cycles),
+    (9, "connection shares and timeouts", check_conn_shares),
     (6, "two uids", check_two_uids),        # last: root's shutdown ends the daemon
 ]
 
