@@ -70,6 +70,10 @@ static const Setting settings[] = {
         { "connection-idle-timeout", SET_UINT, U(connection_idle_timeout), 0, 1 << 30,
           "seconds a connection with nothing in flight may stay silent before it is closed (0: never)" },
         { "max-prompt-tokens", SET_UINT, U(max_prompt_tokens), 1, 1 << 24, "tokens in one prompt" },
+        { "max-queued-bytes", SET_BYTES, U(max_queued_bytes), 1 << 20, 1ull << 40,
+          "bytes the requests in progress (waiting or running) of all users hold (K/M/G suffixes)" },
+        { "max-queued-bytes-per-uid", SET_BYTES, U(max_queued_bytes_per_uid), 1 << 16, 1ull << 40,
+          "bytes the requests in progress of one user hold (K/M/G suffixes)" },
         { "session-capacity", SET_UINT, U(session_capacity), 0, 1 << 24,
           "positions a full-attention session keeps before rolling (0 = model context)" },
         { "idle-timeout", SET_UINT, U(idle_timeout), 1, 1 << 30, "seconds before an idle session is dropped" },
@@ -96,6 +100,8 @@ void config_defaults(Config *c) {
         c->frame_timeout = DAEMON_FRAME_TIMEOUT_S;
         c->connection_idle_timeout = DAEMON_CONNECTION_IDLE_TIMEOUT_S;
         c->max_prompt_tokens = DAEMON_MAX_PROMPT_TOKENS;
+        c->max_queued_bytes = DAEMON_QUEUED_BYTES_DEFAULT;
+        c->max_queued_bytes_per_uid = DAEMON_QUEUED_BYTES_PER_UID_DEFAULT;
         c->session_capacity = DAEMON_SESSION_CAPACITY_DEFAULT;
         c->idle_timeout = DAEMON_IDLE_SESSION_TIMEOUT_S;
         c->request_timeout = DAEMON_REQUEST_TIMEOUT_S;

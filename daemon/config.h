@@ -22,6 +22,8 @@ typedef struct Config {
         uint64_t frame_timeout;      /* seconds */
         uint64_t connection_idle_timeout; /* seconds (0: never) */
         uint64_t max_prompt_tokens;
+        uint64_t max_queued_bytes;   /* bytes requests in progress hold, all users */
+        uint64_t max_queued_bytes_per_uid;
         uint64_t session_capacity;   /* positions per full-attention session (0 = model context) */
         uint64_t idle_timeout;       /* seconds */
         uint64_t request_timeout;    /* seconds */

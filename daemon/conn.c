@@ -150,7 +150,7 @@ static void handle_body(Conn *c, const uint8_t *body, size_t len) {
                 return;
         }
         c->srv->requests_total++;
-        dispatch_request(c, &req);
+        dispatch_request(c, &req, len);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {

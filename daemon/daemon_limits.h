@@ -13,6 +13,8 @@
 #define DAEMON_WRITE_HARD_LIMIT          (16u << 20)   /* bytes queued before the connection is closed */
 #define DAEMON_READ_BATCH                (64u << 10)   /* bytes read per callback */
 #define DAEMON_MAX_REQUESTS_PER_CONN     64            /* requests in flight on one connection */
+#define DAEMON_QUEUED_BYTES_DEFAULT      (512ull << 20) /* bytes requests in progress hold, all users */
+#define DAEMON_QUEUED_BYTES_PER_UID_DEFAULT (64ull << 20) /* bytes the requests of one user hold */
 
 /* --- sessions and KV --- */
 #define DAEMON_MAX_SESSIONS_DEFAULT      64            /* named sessions, all users */

@@ -65,13 +65,14 @@ static void op_status(Conn *c, const Request *req) {
         (void)hugepage_mapped_bytes(srv->m->file->base, srv->m->file->size, &huge); /* 0 when unknown */
         uint64_t per_pos = 0;
         (void)session_kv_bytes_per_pos(srv->m, srv->sessions.lim.kv_type, &per_pos);
-        proto_out_ok(&o, req->id, 17);
+        proto_out_ok(&o, req->id, 18);
         proto_out_kv_str(&o, "model", srv->cfg->model);
         proto_out_kv_uint(&o, "model_bytes", srv->m->file->size);
         proto_out_kv_uint(&o, "model_huge_page_bytes", huge);
         proto_out_kv_uint(&o, "sessions", srv->sessions.n_named);
         proto_out_kv_uint(&o, "active_requests", srv->jobs.n);
         proto_out_kv_uint(&o, "queue", sched_queue_length(&srv->sched));
+        proto_out_kv_uint(&o, "queued_bytes", srv->jobs.bytes);
         proto_out_kv_uint(&o, "connections", srv->n_conns);
         proto_out_kv_uint(&o, "kv_bytes_used", srv->sessions.kv_used);
         proto_out_kv_uint(&o, "kv_budget", srv->sessions.lim.kv_budget);
@@ -234,11 +235,14 @@ static void op_shutdown(Conn *c, const Request *req) {
         server_begin_shutdown(c->srv, "requested by a client");
 }
 
-/* Jobs: the compute goes to workers. For generate/score, the session is claimed here. */
-static void submit_job(Conn *c, Request *req, JobKind kind) {
+/* Jobs: the compute goes to workers. For generate/score, the session is claimed here.
+ * wire_bytes: the request's frame body, which the job holds (decoded) until it ends. */
+static void submit_job(Conn *c, Request *req, JobKind kind, size_t wire_bytes) {
         Server *srv = c->srv;
         DSession *ds = NULL;
         bool named = false;
+        const uint64_t bytes = jobs_charge(wire_bytes);
+        uint64_t held;
 
         if (guard_tripped()) {
                 reply_error(c, req->id, "unavailable", "the model file changed on disk while mapped; "
@@ -253,6 +257,19 @@ static void submit_job(Conn *c, Request *req, JobKind kind) {
         if (c->n_jobs >= DAEMON_MAX_REQUESTS_PER_CONN) {
                 reply_error(c, req->id, "over_limit", "at most %d requests in flight per connection",
                             DAEMON_MAX_REQUESTS_PER_CONN);
+                goto fail;
+        }
+        int rb = jobs_check_bytes(&srv->jobs, c->uid, bytes, &held);
+        if (rb == -EDQUOT) {
+                reply_error(c, req->id, "over_limit", "requests of uid %u in progress hold %llu bytes; this one (%llu) "
+                            "would pass max-queued-bytes-per-uid (%llu)", (unsigned)c->uid, (unsigned long long)held,
+                            (unsigned long long)bytes, (unsigned long long)srv->jobs.max_bytes_per_uid);
+                goto fail;
+        }
+        if (rb == -ENOBUFS) {
+                reply_error(c, req->id, "over_limit", "requests in progress hold %llu bytes; this one (%llu) would pass "
+                            "max-queued-bytes (%llu)", (unsigned long long)held, (unsigned long long)bytes,
+                            (unsigned long long)srv->jobs.max_bytes);
                 goto fail;
         }
         if (jobs_in_progress(&srv->jobs, c->id, req->id)) {
@@ -282,7 +299,7 @@ static void submit_job(Conn *c, Request *req, JobKind kind) {
                         goto fail;
                 }
         }
-        if (jobs_start(&srv->jobs, kind, c->id, c->uid, req, ds, named, srv->cfg->request_timeout * 1000) < 0) {
+        if (jobs_start(&srv->jobs, kind, c->id, c->uid, req, bytes, ds, named, srv->cfg->request_timeout * 1000) < 0) {
                 if (ds && !named)
                         sessions_release(&srv->sessions, ds, now_ms());
                 reply_error(c, req->id, "internal", "out of memory");
@@ -294,7 +311,7 @@ fail:
         request_free(req);
 }
 
-void dispatch_request(Conn *c, Request *req) {
+void dispatch_request(Conn *c, Request *req, size_t wire_bytes) {
         switch (req->op) {
         case PROTO_OP_HELLO: op_hello(c, req); break;
         case PROTO_OP_STATUS: op_status(c, req); break;
@@ -304,10 +321,10 @@ void dispatch_request(Conn *c, Request *req) {
         case PROTO_OP_SESSION_LIST: op_session_list(c, req); break;
         case PROTO_OP_CANCEL: op_cancel(c, req); break;
         case PROTO_OP_SHUTDOWN: op_shutdown(c, req); break;
-        case PROTO_OP_GENERATE: submit_job(c, req, JOB_GENERATE); return;
-        case PROTO_OP_SCORE: submit_job(c, req, JOB_SCORE); return;
-        case PROTO_OP_TOKENIZE: submit_job(c, req, JOB_TOKENIZE); return;
-        case PROTO_OP_DETOKENIZE: submit_job(c, req, JOB_DETOKENIZE); return;
+        case PROTO_OP_GENERATE: submit_job(c, req, JOB_GENERATE, wire_bytes); return;
+        case PROTO_OP_SCORE: submit_job(c, req, JOB_SCORE, wire_bytes); return;
+        case PROTO_OP_TOKENIZE: submit_job(c, req, JOB_TOKENIZE, wire_bytes); return;
+        case PROTO_OP_DETOKENIZE: submit_job(c, req, JOB_DETOKENIZE, wire_bytes); return;
         default: reply_error(c, req->id, "unknown_op", "unknown operation"); break;
         }
         request_free(req);

@@ -31,6 +31,7 @@ typedef struct Job {
         uint64_t conn_id;
         uid_t uid;
         Request req;                /* owned */
+        uint64_t bytes;             /* what the job holds, as the job list counts it (loop) */
         Session *s;                 /* the session's engine state (generate, score), busy while the job runs */
         bool session_named;         /* a named session that outlives the job */
         int cancel;                 /* set by the loop (atomic): stop at the next step */
@@ -56,5 +57,9 @@ typedef struct Job {
 
 /* rounds.c: set the scheduler callbacks for j->kind (loop thread, before submitting). */
 void job_rounds_init(Job *j);
+/* Answer a job the engine never began (loop thread, once sched_remove_untaken gave it back):
+ * a generation's done event with stop_reason "cancelled", else the error "cancelled". The
+ * frame goes through the outbox, tagged with no job. */
+void job_answer_cancelled(Job *j);
 /* Free what the rounds allocated (loop thread, once the job is back from the scheduler). */
 void job_rounds_done(Job *j);

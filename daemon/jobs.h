@@ -16,9 +16,19 @@
  * from here). conn_id: the connection that asked for it. */
 typedef void (*JobEndFn)(void *data, uint64_t conn_id);
 
+/* Bytes held by one uid's jobs. */
+typedef struct JobUid {
+        uid_t uid;
+        uint64_t bytes;
+        struct JobUid *next;
+} JobUid;
+
 typedef struct JobList {
         Job *head;
         unsigned n;
+        uint64_t bytes;              /* held by all jobs: their requests as received, and the Job */
+        uint64_t max_bytes, max_bytes_per_uid;
+        JobUid *uids;                /* uids with jobs */
         JobEnv env;                  /* shared by every job */
         Scheduler *sched;            /* borrowed */
         SessionTable *sessions;      /* borrowed */
@@ -30,16 +40,27 @@ typedef struct JobList {
 void jobs_init(JobList *l, Scheduler *sched, SessionTable *sessions, Outbox *ob, JobEndFn on_end, void *data);
 /* The model and prompt limit jobs see; only while the list is empty. */
 void jobs_set_model(JobList *l, const Model *m, uint64_t max_prompt_tokens);
+/* Bounds on the bytes jobs hold, all together and per uid. */
+void jobs_set_limits(JobList *l, uint64_t max_bytes, uint64_t max_bytes_per_uid);
+/* What a job for a request of wire_bytes (its frame body) holds, as jobs_start counts it. */
+uint64_t jobs_charge(uint64_t wire_bytes);
+/* Whether uid may start a job holding `bytes`: 0, -EDQUOT (its own bound) or -ENOBUFS (the
+ * bound of all jobs). *ret_held: what it (-EDQUOT) or everyone (-ENOBUFS) holds already. */
+int jobs_check_bytes(const JobList *l, uid_t uid, uint64_t bytes, uint64_t *ret_held);
+/* Bytes held by uid's jobs. */
+uint64_t jobs_uid_bytes(const JobList *l, uid_t uid);
 
-/* Start a job for req (ownership passes on success). ds (may be NULL): the session it runs on,
- * marked busy until the job's last frame; named: a named session, else ds is the job's own
- * one-shot session. timeout_ms: the request timeout. -ENOMEM (req and ds untouched). */
-int jobs_start(JobList *l, JobKind kind, uint64_t conn_id, uid_t uid, Request *req, DSession *ds, bool named,
-               uint64_t timeout_ms);
+/* Start a job for req (ownership passes on success), holding `bytes` (jobs_charge). ds (may be
+ * NULL): the session it runs on, marked busy until the job's last frame; named: a named
+ * session, else ds is the job's own one-shot session. timeout_ms: the request timeout.
+ * -ENOMEM (req and ds untouched). */
+int jobs_start(JobList *l, JobKind kind, uint64_t conn_id, uid_t uid, Request *req, uint64_t bytes, DSession *ds,
+               bool named, uint64_t timeout_ms);
 /* Whether request req_id of conn_id is in progress. */
 bool jobs_in_progress(const JobList *l, uint64_t conn_id, uint64_t req_id);
 
-/* Ask jobs to stop at their next step. Returns how many were asked. */
+/* Stop jobs: one the engine has not begun is answered and freed at once (its session
+ * released), the others stop at their next step. Returns how many were cancelled. */
 unsigned jobs_cancel_request(JobList *l, uint64_t conn_id, uint64_t req_id);
 unsigned jobs_cancel_conn(JobList *l, uint64_t conn_id);
 unsigned jobs_cancel_session(JobList *l, const DSession *ds);

@@ -20,14 +20,18 @@
 /* Queue a frame for the job's client. last: the frame that ends the request (done event,
  * final reply or error): the loop releases the job's session as it sends it, so a client
  * that reacts to it at once finds the session free. Nothing touches the session after it. */
-static void emit(Job *j, ProtoOut *o, bool last) {
+static void emit_as(Job *j, ProtoOut *o, bool last, Job *tag) {
         uint8_t *frame;
         size_t len;
         if (proto_out_frame(o, &frame, &len) == 0)
-                outbox_push(j->env->outbox, j->conn_id, j, frame, len, last);
+                outbox_push(j->env->outbox, j->conn_id, tag, frame, len, last);
         else if (last)
-                outbox_push(j->env->outbox, j->conn_id, j, NULL, 0, true);
+                outbox_push(j->env->outbox, j->conn_id, tag, NULL, 0, true);
         proto_out_done(o);
+}
+
+static void emit(Job *j, ProtoOut *o, bool last) {
+        emit_as(j, o, last, j);
 }
 
 static void emit_error(Job *j, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -45,6 +49,33 @@ static void emit_error(Job *j, const char *code, const char *fmt, ...) {
 
 static bool cancelled(Job *j) {
         return __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) != 0;
+}
+
+/* A request cancelled before it began: a generation ends with its done event (nothing
+ * prompted or generated), the other requests with the error "cancelled". tag: the job the
+ * loop hears of with the frame, which then ends the request; NULL when the loop answers. */
+static void answer_cancelled(Job *j, Job *tag) {
+        ProtoOut o;
+        proto_out_init(&o);
+        if (j->kind == JOB_GENERATE) {
+                DoneEvent ev = { .id = j->req.id, .stop_reason = gen_stop_reason_name(GEN_STOP_CANCELLED),
+                                 .session = j->session_named ? j->req.generate.session : NULL };
+                proto_out_done_event(&o, &ev);
+        } else {
+                ProtoError err = { .code = "cancelled", .has_id = true, .id = j->req.id };
+                snprintf(err.message, sizeof(err.message), "request cancelled");
+                proto_out_error(&o, &err);
+        }
+        emit_as(j, &o, tag != NULL, tag);
+}
+
+/* The engine takes a job cancelled before its first round: answered, nothing computed. */
+static bool cancelled_before_start(Job *j) {
+        if (j->started || !cancelled(j))
+                return false;
+        j->started = j->failed = true;
+        answer_cancelled(j, j);
+        return true;
 }
 
 /* Tokenize text; false (after replying) when it cannot be. */
@@ -122,6 +153,8 @@ static int generate_begin_round(SchedJob *sj, Forward *fw, uint32_t max_rows, Fo
         Job *j = (Job *)sj;
         Session *s = j->s;
         j->fed = 0;
+        if (cancelled_before_start(j))
+                return 0;
         if (!j->started) {
                 j->t0_ms = now_ms();
                 if (!generate_begin(j)) {
@@ -215,6 +248,8 @@ static int score_begin_round(SchedJob *sj, Forward *fw, uint32_t max_rows, Forwa
         const TextRequest *t = &j->req.score;
         Session *s = j->s;
         j->fed = 0;
+        if (cancelled_before_start(j))
+                return 0;
         if (!j->started) {
                 j->started = true;
                 if (!tokenize_text(j, t->text, t->text_len, t->add_bos)) {
@@ -286,6 +321,8 @@ static int no_feed(SchedJob *sj, Forward *fw, uint32_t max_rows, ForwardItem *it
 static int tokenize_end_round(SchedJob *sj, Forward *fw, int err) {
         Job *j = (Job *)sj;
         const TextRequest *t = &j->req.tokenize;
+        if (cancelled_before_start(j))
+                return 0;
         if (!tokenize_text(j, t->text, t->text_len, t->add_bos))
                 return 0;
         ProtoOut o;
@@ -303,6 +340,8 @@ static int detokenize_end_round(SchedJob *sj, Forward *fw, int err) {
         Job *j = (Job *)sj;
         const DetokenizeRequest *d = &j->req.detokenize;
         const Tokenizer *tok = j->env->m->tok;
+        if (cancelled_before_start(j))
+                return 0;
         Detokenizer dt;
         char *text = malloc(d->n_tokens * DETOK_MAX_OUT + 16);
         size_t len = 0;
@@ -353,6 +392,10 @@ void job_rounds_init(Job *j) {
         j->sj.begin = rounds[j->kind].begin;
         j->sj.end = rounds[j->kind].end;
         j->sj.done = job_finished;
+}
+
+void job_answer_cancelled(Job *j) {
+        answer_cancelled(j, NULL);
 }
 
 void job_rounds_done(Job *j) {

@@ -454,6 +454,7 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
                 return r;
         sessions_init(&srv->sessions, srv->m, &(SessionLimits){ 0 });
         jobs_init(&srv->jobs, &srv->sched, &srv->sessions, &srv->outbox, on_job_end, srv);
+        jobs_set_limits(&srv->jobs, cfg->max_queued_bytes, cfg->max_queued_bytes_per_uid);
         srv->loop = uv_default_loop();
         r = outbox_init(&srv->outbox, srv->loop, on_outbox, srv);
         if (r < 0) {

@@ -89,6 +89,6 @@ Conn *conn_find(Server *srv, uint64_t id);
 /* Close connections past the frame or idle timeout (housekeeping); returns how many. */
 unsigned conn_expire(Server *srv, uint64_t now);
 
-/* dispatch.c: one decoded request from c (ownership of req passes). */
-void dispatch_request(Conn *c, Request *req);
+/* dispatch.c: one decoded request from c (ownership of req passes); wire_bytes: its frame body. */
+void dispatch_request(Conn *c, Request *req, size_t wire_bytes);
 void reply_error(Conn *c, uint64_t id, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));

@@ -7,7 +7,8 @@ usage: peer.py SOCKET N MODE WAIT [JSON]
 Opens N connections to SOCKET. MODE says what each then does:
   partial   send the first 2 bytes of a frame header, and nothing more
   idle      send nothing
-  generate  send one request JSON (a map without "id"; default a long generation) and never
+  generate  send one request JSON (a map without "id"; default a long generation; a key
+            "prompt_bytes": N stands for a prompt of N bytes of text) and never
             read anything (both lines below then report every connection as accepted, none closed)
 After 0.5 s it prints one JSON line: {"accepted": [i...], "refused": {i: "code: message"}} (a
 refused connection got an error frame and was closed at once). Then it watches the accepted
@@ -42,6 +43,9 @@ def first_error(data):
 def main():
     path, n, mode, wait = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
     req = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {"op": "generate", "prompt": "ROMEO:", "n_predict": 100000}
+    if "prompt_bytes" in req:  # a long prompt (too long for a command-line argument)
+        n_bytes = req.pop("prompt_bytes")
+        req["prompt"] = ("To be, or not to be, that is the question. " * (n_bytes // 40 + 1))[:n_bytes]
     conns, data, eof = [], [], []
     for i in range(n):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -18,9 +18,11 @@ figures (problems are listed under a FAIL line); the last line is "N passed, M f
   7 the cancel op, and mixctl interrupted with SIGINT
   8 mixctl over the daemon: stdin, closed pipes, bad input, status/experts/sessions, no daemon
   9 connection shares (root only): per-uid share, administrators' reserve, frame and idle timeouts
+ 10 queued bytes: a cancelled request not yet begun is freed at once; bytes per uid (and, as
+    root, of all users) are bounded
 
 --quick skips only the RSS measurement of check 4 (which needs a non-sanitizer build anyway;
-it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 5 4 9 6 (6 last:
+it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 5 4 9 10 6 (6 last:
 root's shutdown ends the daemon). `--only 4` on the rel build is the RSS soak (rss_soak.py).
 Checks 6 and 9 are skipped with a loud line when not root, unless CI=true (then they fail); the last
 line then reads "N passed, M failed (K skipped)". The model is models/tiny-moe-q4_k_m.gguf of
@@ -1067,6 +1069,110 @@ def check_conn_shares(ctx, ck):
                 ck.expect(False, p)
 
 
+def long_prompt(n_bytes):
+    """Text of n_bytes bytes (the same text peer.py makes for "prompt_bytes")."""
+    return ("To be, or not to be, that is the question. " * (n_bytes // 40 + 1))[:n_bytes]
+
+
+def wait_status(sock, pred, timeout):
+    """Poll status until pred(status) holds; returns (status, seconds) or (last status, None)."""
+    t0 = time.monotonic()
+    while True:
+        st = status(sock)
+        if pred(st):
+            return st, time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            return st, None
+        time.sleep(0.05)
+
+
+def check_queued_bytes(ctx, ck):
+    """A cancelled request the engine has not begun is freed at once; the bytes requests in
+    progress hold are bounded per uid and in all (item 10 of issue 14)."""
+    d = Daemon(ctx.mixd, ctx.tmpdir, "queued", ["--max-queued-bytes-per-uid", "640K", "--max-queued-bytes", "1M"])
+    peer = None
+    try:
+        d.start()
+        # 24 generations of a ~2000-token prompt (31 prefill rounds each): the engine begins 4
+        # at a time (4 chunks of 64 tokens fill a batch) while the others wait; all are then
+        # cancelled at once, and a status in the same read sees what is left
+        prompt = long_prompt(8000)
+        ids = list(range(1, 25))
+        with Client(d.sock) as c:
+            c.send_raw(b"".join(pack({"id": i, "op": "generate", "prompt": prompt, "n_predict": 4,
+                                      "temperature": 0.0}) for i in ids))
+            first = c.recv()
+            c.send_raw(b"".join(pack({"id": 100 + i, "op": "cancel", "target": i}) for i in ids)
+                       + pack({"id": 999, "op": "status"}))
+            st, ends = None, {}
+            while st is None or len(ends) < len(ids):
+                m = c.recv()
+                if m.get("id") == 999:
+                    st = m
+                elif m.get("id") in ids and (m.get("event") == "done" or "error" in m):
+                    ends[m["id"]] = m.get("stop_reason") or m.get("error", {}).get("code")
+        active, held = st.get("active_requests"), st.get("queued_bytes")
+        ck.expect(first.get("event") in ("progress", "token"), "first event %r" % (first,))
+        ck.expect(active is not None and active <= 8, "status right after cancelling 24 requests: active_requests %r "
+                  "(wanted only those the engine had begun: 4, at most 8 on a slow machine)" % (active,))
+        ck.expect(held is not None and held <= 8 * (len(prompt) + 4096), "queued_bytes %r after the cancels" % (held,))
+        ck.expect(sorted(ends) == ids and all(v in ("cancelled", "length") for v in ends.values()),
+                  "ends of the cancelled requests: %r" % (ends,))
+        st2, t_free = wait_status(d.sock, lambda s: s["active_requests"] == 0 and s.get("queued_bytes") == 0, 10)
+        ck.expect(t_free is not None, "not idle 10 s after the cancels: %r" % (st2,))
+
+        # one uid: 640K; a request of 300K bytes: two fit, the third is refused
+        big = long_prompt(300 * 1024)
+        with Client(d.sock) as c:
+            rs = [c.request("generate", prompt=big, n_predict=1) for _ in range(3)]
+            third = c.reply_to(rs[2])
+            mid = c.call("status")
+            ck.expect("error" in third and third["error"]["code"] == "over_limit"
+                      and "max-queued-bytes-per-uid" in third["error"]["message"],
+                      "third request of 300 KiB under a 640 KiB bound: %r" % (third,))
+            ck.expect(mid.get("queued_bytes", 0) >= 2 * len(big), "queued_bytes %r with two in progress"
+                      % (mid.get("queued_bytes"),))
+            for r in rs[:2]:
+                c.request("cancel", target=r)
+            left = set(rs[:2])
+            while left:  # both ends, in whatever order they come
+                m = c.recv()
+                if m.get("id") in left and (m.get("event") == "done" or "error" in m):
+                    left.discard(m["id"])
+        st3, t3 = wait_status(d.sock, lambda s: s.get("queued_bytes") == 0, 10)
+        ck.expect(t3 is not None, "queued_bytes after the cancels: %r" % (st3.get("queued_bytes"),))
+        figs = "uid bound: third of 300 KiB refused (%s)" % third.get("error", {}).get("message", "")[:60]
+
+        # all users: 1M; uid nobody holds two of 300K (never reading), root one more, then one too many
+        if need_root(ck, "the all-users part of the queued-bytes check"):
+            peer = Peer(NOBODY, d.sock, 2, "generate", 30, {"op": "generate", "prompt_bytes": len(big),
+                                                           "n_predict": 1})
+            st4, t4 = wait_status(d.sock, lambda s: s.get("queued_bytes", 0) >= 2 * len(big), 10)
+            ck.expect(t4 is not None, "uid %d's requests never counted: %r" % (NOBODY, st4.get("queued_bytes")))
+            with Client(d.sock) as c:
+                r1 = c.request("generate", prompt=big, n_predict=1)
+                r2 = c.request("generate", prompt=big, n_predict=1)
+                e2 = c.reply_to(r2)
+                ck.expect("error" in e2 and e2["error"]["code"] == "over_limit"
+                          and "max-queued-bytes (" in e2["error"]["message"],
+                          "a request past the bound of all users: %r" % (e2,))
+                peer.kill()
+                c.request("cancel", target=r1)
+                c.collect(r1)
+            st5, t5 = wait_status(d.sock, lambda s: s.get("queued_bytes") == 0, 10)
+            ck.expect(t5 is not None, "queued_bytes after uid %d left: %r" % (NOBODY, st5.get("queued_bytes")))
+            figs += "; all users: refused at %d bytes held (%s)" % (st4.get("queued_bytes", 0),
+                                                                   e2.get("error", {}).get("message", "")[:50])
+        ck.fig("24 requests cancelled: status in the same read says active_requests %r, queued_bytes %r; "
+               "idle after %.2f s; %s", active, held, t_free or -1, figs)
+    finally:
+        if peer is not None:
+            peer.kill()
+        if d.proc is not None:
+            for p in d.stop():
+                ck.expect(False, p)
+
+
 CHECKS = [
     (1, "determinism under load", check_load),
     (2, "bad frames and request errors", check_bad_frames),
@@ -1076,6 +1182,7 @@ CHECKS = [
     (5, "sessions", check_sessions),
     (4, "kill cycles", check_kill_cycles),
     (9, "connection shares and timeouts", check_conn_shares),
+    (10, "queued bytes, cancel frees at once", check_queued_bytes),
     (6, "two uids", check_two_uids),        # last: root's shutdown ends the daemon
 ]
 
