@@ -77,7 +77,10 @@ static const Setting settings[] = {
         { "session-capacity", SET_UINT, U(session_capacity), 0, 1 << 24,
           "positions a full-attention session keeps before rolling (0 = model context)" },
         { "idle-timeout", SET_UINT, U(idle_timeout), 1, 1 << 30, "seconds before an idle session is dropped" },
-        { "request-timeout", SET_UINT, U(request_timeout), 1, 1 << 30, "seconds one request may run" },
+        { "request-timeout", SET_UINT, U(request_timeout), 1, 1 << 30,
+          "seconds one request may run (or wait for room in the KV budget)" },
+        { "unread-timeout", SET_UINT, U(unread_timeout), 0, 1 << 30,
+          "seconds a client may read nothing while output waits for it; then its requests are stopped (0: never)" },
         { "exact", SET_UINT, U(exact), 0, 1,
           "1: float activations everywhere, the exact reference path (2-3x slower); 0: 8-bit activations" },
         { "int8", SET_UINT, U(int8), 0, 1, "deprecated: 'int8 = 0' is 'exact = 1' (8-bit activations are the default)" },
@@ -105,6 +108,7 @@ void config_defaults(Config *c) {
         c->session_capacity = DAEMON_SESSION_CAPACITY_DEFAULT;
         c->idle_timeout = DAEMON_IDLE_SESSION_TIMEOUT_S;
         c->request_timeout = DAEMON_REQUEST_TIMEOUT_S;
+        c->unread_timeout = DAEMON_UNREAD_TIMEOUT_S;
         c->socket_mode = 0660;
         c->int8 = 1;
 }

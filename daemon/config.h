@@ -27,6 +27,7 @@ typedef struct Config {
         uint64_t session_capacity;   /* positions per full-attention session (0 = model context) */
         uint64_t idle_timeout;       /* seconds */
         uint64_t request_timeout;    /* seconds */
+        uint64_t unread_timeout;     /* seconds (0: never) */
         uint64_t socket_mode;        /* permission bits of a socket we create (octal in text) */
         uint64_t exact;              /* 1: float activations everywhere (the exact path) */
         uint64_t int8;               /* deprecated: 0 means exact = 1 */

@@ -56,6 +56,10 @@ static void on_written(uv_write_t *req, int status) {
         WriteReq *w = (WriteReq *)req;
         Conn *c = w->conn; /* alive: the close callback runs after cancelled writes */
         c->write_queued -= w->len;
+        if (status == 0) {
+                c->last_active_ms = c->write_progress_ms = now_ms(); /* the client takes its output */
+                c->unread_stopped = false;
+        }
         free(w->frame);
         free(w);
         if (status < 0 && status != UV_ECANCELED) {
@@ -93,7 +97,8 @@ void conn_send(Conn *c, uint8_t *frame, size_t len) {
                 return;
         }
         *w = (WriteReq){ .conn = c, .frame = frame, .len = len };
-        c->last_active_ms = now_ms();
+        if (c->write_queued == 0)
+                c->write_progress_ms = now_ms(); /* output starts to wait for the client */
         uv_buf_t buf = uv_buf_init((char *)frame, (unsigned)len);
         int r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &buf, 1, on_written);
         if (r < 0) {
@@ -213,20 +218,31 @@ static void close_with(Conn *c, const char *code, const char *fmt, ...) {
 }
 
 unsigned conn_expire(Server *srv, uint64_t now) {
-        const uint64_t frame_ms = srv->cfg->frame_timeout * 1000, idle_ms = srv->cfg->connection_idle_timeout * 1000;
+        const uint64_t frame_ms = srv->cfg->frame_timeout * 1000, idle_ms = srv->cfg->connection_idle_timeout * 1000,
+                       unread_ms = srv->cfg->unread_timeout * 1000;
         unsigned n = 0;
         for (Conn *c = srv->conns, *next; c; c = next) {
                 next = c->next; /* closing unlinks c */
                 if (c->closing || c->close_after_write)
                         continue;
+                /* output waits and the client has taken none of it: its requests stop (their one-shot
+                 * KV goes back); the connection stays, and is closed once idle */
+                if (unread_ms && c->write_queued > 0 && !c->unread_stopped && now - c->write_progress_ms > unread_ms) {
+                        c->unread_stopped = true;
+                        unsigned k = jobs_cancel_unread(&srv->jobs, c->id);
+                        if (k)
+                                log_notice("connection %llu (uid %u): nothing read for %llu s while output waits; stopping "
+                                           "its %u request(s)", (unsigned long long)c->id, (unsigned)c->uid,
+                                           (unsigned long long)srv->cfg->unread_timeout, k);
+                }
                 if (c->partial_since_ms && now - c->partial_since_ms > frame_ms) {
                         log_notice("connection %llu (uid %u): a frame incomplete after %llu s; closing",
                                    (unsigned long long)c->id, (unsigned)c->uid, (unsigned long long)srv->cfg->frame_timeout);
                         close_with(c, "timeout", "a frame stayed incomplete for %llu s (frame-timeout)",
                                    (unsigned long long)srv->cfg->frame_timeout);
                         n++;
-                } else if (idle_ms && !c->partial_since_ms && c->n_jobs == 0 && c->write_queued == 0 &&
-                           now - c->last_active_ms > idle_ms) {
+                } else if (idle_ms && !c->partial_since_ms && c->n_jobs == 0 && now - c->last_active_ms > idle_ms) {
+                        /* (output may still wait for a client that reads nothing) */
                         log_info("connection %llu (uid %u): idle for %llu s; closing", (unsigned long long)c->id,
                                  (unsigned)c->uid, (unsigned long long)srv->cfg->connection_idle_timeout);
                         close_with(c, "timeout", "idle for %llu s (connection-idle-timeout)",

@@ -26,7 +26,8 @@
 
 /* --- time --- */
 #define DAEMON_IDLE_SESSION_TIMEOUT_S    3600          /* seconds an idle named session lives */
-#define DAEMON_REQUEST_TIMEOUT_S         1800          /* seconds one request may run */
+#define DAEMON_REQUEST_TIMEOUT_S         1800          /* seconds one request may run (or wait for room in the KV budget) */
+#define DAEMON_UNREAD_TIMEOUT_S          60            /* seconds a client may read nothing while output waits for it */
 #define DAEMON_HOUSEKEEPING_MS           1000          /* timer period: timeouts, stats */
 
 /* --- workers --- */

@@ -65,7 +65,7 @@ static void op_status(Conn *c, const Request *req) {
         (void)hugepage_mapped_bytes(srv->m->file->base, srv->m->file->size, &huge); /* 0 when unknown */
         uint64_t per_pos = 0;
         (void)session_kv_bytes_per_pos(srv->m, srv->sessions.lim.kv_type, &per_pos);
-        proto_out_ok(&o, req->id, 18);
+        proto_out_ok(&o, req->id, 19);
         proto_out_kv_str(&o, "model", srv->cfg->model);
         proto_out_kv_uint(&o, "model_bytes", srv->m->file->size);
         proto_out_kv_uint(&o, "model_huge_page_bytes", huge);
@@ -73,6 +73,7 @@ static void op_status(Conn *c, const Request *req) {
         proto_out_kv_uint(&o, "active_requests", srv->jobs.n);
         proto_out_kv_uint(&o, "queue", sched_queue_length(&srv->sched));
         proto_out_kv_uint(&o, "queued_bytes", srv->jobs.bytes);
+        proto_out_kv_uint(&o, "kv_waiting", srv->jobs.n_waiting);
         proto_out_kv_uint(&o, "connections", srv->n_conns);
         proto_out_kv_uint(&o, "kv_bytes_used", srv->sessions.kv_used);
         proto_out_kv_uint(&o, "kv_budget", srv->sessions.lim.kv_budget);
@@ -132,31 +133,7 @@ static const char *session_error_text(const Server *srv, int r, const char *id) 
         }
 }
 
-static void op_session_open(Conn *c, const Request *req) {
-        Server *srv = c->srv;
-        DSession *ds;
-        unsigned evicted;
-        if (srv->reloading) {
-                reply_error(c, req->id, "unavailable", "the daemon is reloading its model; retry shortly");
-                return;
-        }
-        int r = sessions_open(&srv->sessions, c->uid, false, now_ms(), &ds, &evicted);
-        if (r == -EUSERS) {
-                reply_error(c, req->id, "over_limit", "session limit reached (%llu in all, %llu per user)",
-                            (unsigned long long)srv->sessions.lim.max_sessions,
-                            (unsigned long long)srv->sessions.lim.max_per_uid);
-                return;
-        }
-        if (r == -ENOSPC) {
-                reply_error(c, req->id, "over_limit", "KV budget exhausted: every session is busy or within its owner's fair share");
-                return;
-        }
-        if (r < 0) {
-                reply_error(c, req->id, "internal", "cannot open a session: %s", strerror(-r));
-                return;
-        }
-        if (evicted)
-                log_info("evicted %u idle session(s) for uid %u", evicted, (unsigned)c->uid);
+static void reply_session_opened(Conn *c, const Request *req, const DSession *ds, unsigned evicted) {
         ProtoOut o;
         proto_out_init(&o);
         proto_out_ok(&o, req->id, 4);
@@ -178,6 +155,7 @@ static void op_session_close(Conn *c, const Request *req) {
         /* a request still running on it stops at its next token */
         jobs_cancel_session(&c->srv->jobs, ds);
         sessions_close(&c->srv->sessions, ds);
+        jobs_admit(&c->srv->jobs); /* its room may be someone's turn */
         ProtoOut o;
         proto_out_init(&o);
         proto_out_ok(&o, req->id, 0);
@@ -235,7 +213,8 @@ static void op_shutdown(Conn *c, const Request *req) {
         server_begin_shutdown(c->srv, "requested by a client");
 }
 
-/* Jobs: the compute goes to workers. For generate/score, the session is claimed here.
+/* Jobs: the compute goes to workers. For generate/score, the session is claimed here, and a
+ * session.open that finds no room in the KV budget becomes a job that waits for it.
  * wire_bytes: the request's frame body, which the job holds (decoded) until it ends. */
 static void submit_job(Conn *c, Request *req, JobKind kind, size_t wire_bytes) {
         Server *srv = c->srv;
@@ -244,7 +223,7 @@ static void submit_job(Conn *c, Request *req, JobKind kind, size_t wire_bytes) {
         const uint64_t bytes = jobs_charge(wire_bytes);
         uint64_t held;
 
-        if (guard_tripped()) {
+        if (guard_tripped() && kind != JOB_SESSION_OPEN) {
                 reply_error(c, req->id, "unavailable", "the model file changed on disk while mapped; "
                                                        "mixd needs a reload (SIGHUP) or a restart");
                 goto fail;
@@ -289,15 +268,30 @@ static void submit_job(Conn *c, Request *req, JobKind kind, size_t wire_bytes) {
                         goto fail;
                 }
                 named = true;
-        } else if (kind == JOB_GENERATE || kind == JOB_SCORE) {
+        } else if (kind == JOB_GENERATE || kind == JOB_SCORE || kind == JOB_SESSION_OPEN) {
+                /* a one-shot session, or a named one: without room now, the request waits for it
+                 * (jobs_admit decides who gets room first) */
+                const bool one_shot = kind != JOB_SESSION_OPEN;
                 unsigned evicted;
-                int r = sessions_open(&srv->sessions, c->uid, true, now_ms(), &ds, &evicted);
-                if (r < 0) {
-                        reply_error(c, req->id, r == -ENOSPC ? "over_limit" : "internal", "%s",
-                                    r == -ENOSPC ? "KV budget exhausted by busy sessions; try again later"
-                                                 : strerror(-r));
+                int r = sessions_open(&srv->sessions, c->uid, one_shot, now_ms(), &ds, &evicted);
+                if (r == 0 && evicted)
+                        log_info("evicted %u idle session(s) for uid %u", evicted, (unsigned)c->uid);
+                if (r == 0 && !one_shot) {
+                        reply_session_opened(c, req, ds, evicted);
+                        goto fail; /* answered: nothing to run */
+                }
+                if (r == -EUSERS) {
+                        reply_error(c, req->id, "over_limit", "session limit reached (%llu in all, %llu per user)",
+                                    (unsigned long long)srv->sessions.lim.max_sessions,
+                                    (unsigned long long)srv->sessions.lim.max_per_uid);
                         goto fail;
                 }
+                if (r < 0 && r != -ENOSPC) {
+                        reply_error(c, req->id, "internal", "cannot open a session: %s", strerror(-r));
+                        goto fail;
+                }
+                if (r == -ENOSPC)
+                        ds = NULL;
         }
         if (jobs_start(&srv->jobs, kind, c->id, c->uid, req, bytes, ds, named, srv->cfg->request_timeout * 1000) < 0) {
                 if (ds && !named)
@@ -316,7 +310,7 @@ void dispatch_request(Conn *c, Request *req, size_t wire_bytes) {
         case PROTO_OP_HELLO: op_hello(c, req); break;
         case PROTO_OP_STATUS: op_status(c, req); break;
         case PROTO_OP_EXPERTS: op_experts(c, req); break;
-        case PROTO_OP_SESSION_OPEN: op_session_open(c, req); break;
+        case PROTO_OP_SESSION_OPEN: submit_job(c, req, JOB_SESSION_OPEN, wire_bytes); return;
         case PROTO_OP_SESSION_CLOSE: op_session_close(c, req); break;
         case PROTO_OP_SESSION_LIST: op_session_list(c, req); break;
         case PROTO_OP_CANCEL: op_cancel(c, req); break;

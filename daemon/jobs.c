@@ -1,7 +1,9 @@
-/* daemon/jobs.c — the job list (see jobs.h). Loop thread only. */
+/* daemon/jobs.c — the job list (see jobs.h): what jobs hold, the wait for room in the KV
+ * budget and the shares that decide who gets it, cancelling and its answers. Loop thread. */
 #include "jobs.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,9 +20,12 @@ void jobs_set_model(JobList *l, const Model *m, uint64_t max_prompt_tokens) {
         l->env.max_prompt_tokens = max_prompt_tokens;
 }
 
-void jobs_set_limits(JobList *l, uint64_t max_bytes, uint64_t max_bytes_per_uid) {
+void jobs_set_limits(JobList *l, uint64_t max_bytes, uint64_t max_bytes_per_uid, uint64_t request_timeout_s,
+                     uint64_t unread_timeout_s) {
         l->max_bytes = max_bytes;
         l->max_bytes_per_uid = max_bytes_per_uid;
+        l->env.request_timeout_s = request_timeout_s;
+        l->env.unread_timeout_s = unread_timeout_s;
 }
 
 uint64_t jobs_charge(uint64_t wire_bytes) {
@@ -91,6 +96,22 @@ static void release_session(JobList *l, Job *j) {
         }
 }
 
+/* Run j on ds (busy from now on): into the scheduler. */
+static void run(JobList *l, Job *j, DSession *ds, bool named) {
+        if (ds) {
+                ds->busy = true;
+                j->ds = ds;
+                j->s = ds->s;
+                j->session_named = named;
+        }
+        j->waiting = false;
+        sched_submit(l->sched, &j->sj);
+}
+
+static bool needs_session(const Job *j) {
+        return j->kind == JOB_GENERATE || j->kind == JOB_SCORE || j->kind == JOB_SESSION_OPEN;
+}
+
 int jobs_start(JobList *l, JobKind kind, uint64_t conn_id, uid_t uid, Request *req, uint64_t bytes, DSession *ds,
                bool named, uint64_t timeout_ms) {
         Job *j = calloc(1, sizeof(*j));
@@ -103,20 +124,21 @@ int jobs_start(JobList *l, JobKind kind, uint64_t conn_id, uid_t uid, Request *r
         j->kind = kind;
         j->conn_id = conn_id;
         j->uid = uid;
+        j->seq = ++l->seq;
         j->req = *req; /* ownership moves to the job */
         memset(req, 0, sizeof(*req));
         j->deadline_ms = now_ms() + timeout_ms;
-        if (ds) {
-                ds->busy = true;
-                j->ds = ds;
-                j->s = ds->s;
-                j->session_named = named;
-        }
         job_rounds_init(j);
         j->next = l->head;
         l->head = j;
         l->n++;
-        sched_submit(l->sched, &j->sj);
+        if (!ds && needs_session(j)) {
+                j->waiting = true; /* for room in the KV budget */
+                l->n_waiting++;
+                jobs_admit(l);
+        } else {
+                run(l, j, ds, named);
+        }
         return 0;
 }
 
@@ -135,6 +157,7 @@ static void unlink_and_free(JobList *l, Job *j) {
                         break;
                 }
         l->n--;
+        l->n_waiting -= j->waiting;
         release_session(l, j);
         if (j->kind == JOB_GENERATE)
                 l->tokens_generated += (uint64_t)j->gen.n_generated;
@@ -144,11 +167,13 @@ static void unlink_and_free(JobList *l, Job *j) {
                 l->on_end(l->on_end_data, conn_id);
 }
 
-static void cancel(JobList *l, Job *j) {
-        __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
-        if (sched_remove_untaken(l->sched, &j->sj)) {
+static void cancel(JobList *l, Job *j, int why) {
+        if (__atomic_load_n(&j->cancel, __ATOMIC_RELAXED))
+                return; /* the first reason stands */
+        __atomic_store_n(&j->cancel, why, __ATOMIC_RELAXED);
+        if (j->waiting || (j->kind != JOB_SESSION_OPEN && sched_remove_untaken(l->sched, &j->sj))) {
                 /* never begun: answered and freed now, not when its turn would have come */
-                job_answer_cancelled(j);
+                job_answer_stopped(j);
                 unlink_and_free(l, j);
                 return;
         }
@@ -176,12 +201,12 @@ static bool matches(const Job *j, const Match *m) {
         return j->conn_id == m->conn_id && (!m->one_request || j->req.id == m->req_id);
 }
 
-static unsigned cancel_matching(JobList *l, const Match *m) {
+static unsigned cancel_matching(JobList *l, const Match *m, int why) {
         unsigned n = 0;
         for (Job *j = l->head, *next; j; j = next) {
                 next = j->next; /* cancelling may free j */
                 if (matches(j, m)) {
-                        cancel(l, j);
+                        cancel(l, j, why);
                         n++;
                 }
         }
@@ -189,38 +214,182 @@ static unsigned cancel_matching(JobList *l, const Match *m) {
 }
 
 unsigned jobs_cancel_request(JobList *l, uint64_t conn_id, uint64_t req_id) {
-        return cancel_matching(l, &(Match){ .conn_id = conn_id, .one_request = true, .req_id = req_id });
+        return cancel_matching(l, &(Match){ .conn_id = conn_id, .one_request = true, .req_id = req_id }, JOB_STOP_ASKED);
 }
 
 unsigned jobs_cancel_conn(JobList *l, uint64_t conn_id) {
-        return cancel_matching(l, &(Match){ .conn_id = conn_id });
+        return cancel_matching(l, &(Match){ .conn_id = conn_id }, JOB_STOP_ASKED);
+}
+
+unsigned jobs_cancel_unread(JobList *l, uint64_t conn_id) {
+        return cancel_matching(l, &(Match){ .conn_id = conn_id }, JOB_STOP_UNREAD);
 }
 
 unsigned jobs_cancel_session(JobList *l, const DSession *ds) {
-        return cancel_matching(l, &(Match){ .ds = ds });
+        return cancel_matching(l, &(Match){ .ds = ds }, JOB_STOP_ASKED);
 }
 
 unsigned jobs_cancel_all(JobList *l) {
-        return cancel_matching(l, &(Match){ .all = true });
+        return cancel_matching(l, &(Match){ .all = true }, JOB_STOP_ASKED);
 }
 
 unsigned jobs_expire(JobList *l, uint64_t now) {
         unsigned n = 0;
         for (Job *j = l->head, *next; j; j = next) {
-                next = j->next;
+                next = j->next; /* cancelling may free j */
                 if (now > j->deadline_ms && !__atomic_load_n(&j->cancel, __ATOMIC_RELAXED)) {
-                        log_notice("request %llu exceeded the request timeout; cancelling", (unsigned long long)j->req.id);
-                        cancel(l, j);
+                        log_notice("request %llu (uid %u) %s the request timeout; cancelling", (unsigned long long)j->req.id,
+                                   (unsigned)j->uid, j->waiting ? "waited for room in the KV budget past" : "exceeded");
+                        cancel(l, j, j->waiting ? JOB_STOP_NO_ROOM : JOB_STOP_ASKED);
                         n++;
                 }
         }
         return n;
 }
 
+/* ------------------------------------------------------------------ room in the KV budget */
+
+/* The uids of the waiting jobs (duplicates allowed), in a malloc'd array; NULL when none. */
+static uid_t *waiting_uids(const JobList *l, unsigned *ret_n) {
+        uid_t *u = l->n_waiting ? malloc(l->n_waiting * sizeof(*u)) : NULL;
+        unsigned n = 0;
+        for (const Job *j = l->head; u && j; j = j->next)
+                if (j->waiting)
+                        u[n++] = j->uid;
+        *ret_n = n;
+        return u;
+}
+
+/* The waiting job to admit first: its uid holds the least KV; among equals, the oldest. */
+static Job *next_waiting(const JobList *l) {
+        Job *best = NULL;
+        uint64_t best_kv = 0;
+        for (Job *j = l->head; j; j = j->next) {
+                if (!j->waiting || __atomic_load_n(&j->cancel, __ATOMIC_RELAXED))
+                        continue;
+                const uint64_t kv = sessions_uid_bytes(l->sessions, j->uid);
+                if (!best || kv < best_kv || (kv == best_kv && j->seq < best->seq)) {
+                        best = j;
+                        best_kv = kv;
+                }
+        }
+        return best;
+}
+
+/* KV bytes uid's one-shot sessions will give back once its stopped jobs end (all uids: uid
+ * (uid_t)-1). */
+static uint64_t freeing(const JobList *l, uid_t uid) {
+        uint64_t b = 0;
+        for (const Job *j = l->head; j; j = j->next)
+                if (j->ds && j->ds->ephemeral && __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) &&
+                    (uid == (uid_t)-1 || j->uid == uid))
+                        b += j->ds->kv_bytes;
+        return b;
+}
+
+/* The one-shot job to stop so that w gets room: the newest running one of a uid other than
+ * w's whose KV, less what it is already giving back, is over its share. */
+static Job *share_victim(const JobList *l, const Job *w, uint64_t share) {
+        Job *best = NULL;
+        for (Job *j = l->head; j; j = j->next) {
+                if (!j->ds || !j->ds->ephemeral || j->uid == w->uid || __atomic_load_n(&j->cancel, __ATOMIC_RELAXED))
+                        continue;
+                if (best && j->seq < best->seq)
+                        continue;
+                if (sessions_uid_bytes(l->sessions, j->uid) - freeing(l, j->uid) > share)
+                        best = j;
+        }
+        return best;
+}
+
+/* w cannot have a session now. If its uid is within its share of the budget, stop one-shot
+ * work of uids over theirs until what they give back covers w; it gets the room when they end
+ * (their answer: over_limit). */
+static void make_room(JobList *l, const Job *w) {
+        uint64_t need;
+        unsigned n_want;
+        if (sessions_bytes_each(l->sessions, &need) < 0)
+                return;
+        uid_t *want = waiting_uids(l, &n_want);
+        const uint64_t share = sessions_share(l->sessions, want, n_want);
+        free(want);
+        if (sessions_uid_bytes(l->sessions, w->uid) + need > share)
+                return; /* w's user already has its share: it waits its turn */
+        const SessionTable *t = l->sessions;
+        for (;;) {
+                const uint64_t free_now = t->kv_used < t->lim.kv_budget ? t->lim.kv_budget - t->kv_used : 0;
+                const uint64_t coming = free_now + freeing(l, (uid_t)-1);
+                if (coming >= need)
+                        return;
+                Job *v = share_victim(l, w, share);
+                if (!v)
+                        return;
+                log_notice("uid %u holds %llu bytes of KV, over its share of %llu while uid %u waits: cancelling its "
+                           "request %llu", (unsigned)v->uid, (unsigned long long)sessions_uid_bytes(t, v->uid),
+                           (unsigned long long)share, (unsigned)w->uid, (unsigned long long)v->req.id);
+                cancel(l, v, JOB_STOP_SHARE);
+        }
+}
+
+/* A session.open that waited: its reply. */
+static void answer_opened(JobList *l, Job *j, const DSession *ds, unsigned evicted) {
+        ProtoOut o;
+        uint8_t *frame;
+        size_t len;
+        proto_out_init(&o);
+        proto_out_ok(&o, j->req.id, 4);
+        proto_out_kv_str(&o, "session", ds->id);
+        proto_out_kv_uint(&o, "capacity", ds->s->kv->n_slots);
+        proto_out_kv_uint(&o, "kv_bytes", ds->kv_bytes);
+        proto_out_kv_uint(&o, "evicted", evicted);
+        if (proto_out_frame(&o, &frame, &len) == 0)
+                outbox_push(l->env.outbox, j->conn_id, NULL, frame, len, false);
+        proto_out_done(&o);
+}
+
+static void answer_error(JobList *l, Job *j, const char *code, const char *msg) {
+        ProtoError err = { .code = code, .has_id = true, .id = j->req.id };
+        uint8_t *frame;
+        size_t len;
+        snprintf(err.message, sizeof(err.message), "%s", msg);
+        if (proto_error_encode(&err, &frame, &len) == 0)
+                outbox_push(l->env.outbox, j->conn_id, NULL, frame, len, false);
+}
+
+void jobs_admit(JobList *l) {
+        Job *w;
+        while ((w = next_waiting(l))) {
+                DSession *ds;
+                unsigned evicted;
+                int r = sessions_open(l->sessions, w->uid, w->kind != JOB_SESSION_OPEN, now_ms(), &ds, &evicted);
+                if (r == -ENOSPC) {
+                        const uint64_t before = l->sessions->kv_used;
+                        make_room(l, w);
+                        if (l->sessions->kv_used < before)
+                                continue; /* a stopped job not yet begun gave its room back at once */
+                        return;
+                }
+                if (evicted)
+                        log_info("evicted %u idle session(s) for uid %u", evicted, (unsigned)w->uid);
+                l->n_waiting--;
+                w->waiting = false;
+                if (r < 0) {
+                        answer_error(l, w, r == -EUSERS ? "over_limit" : "internal",
+                                     r == -EUSERS ? "session limit reached" : strerror(-r));
+                        unlink_and_free(l, w);
+                } else if (w->kind == JOB_SESSION_OPEN) {
+                        answer_opened(l, w, ds, evicted);
+                        unlink_and_free(l, w);
+                } else {
+                        run(l, w, ds, false);
+                }
+        }
+}
+
 void jobs_frame_sent(JobList *l, Job *j, bool last, bool over_soft) {
         if (last)
                 release_session(l, j);
-        if (over_soft && !j->backpressured) {
+        if (over_soft && !j->backpressured && !__atomic_load_n(&j->cancel, __ATOMIC_RELAXED)) {
                 /* backpressure: a slow reader pauses its own generation */
                 j->backpressured = true;
                 sched_set_paused(l->sched, &j->sj, true);

@@ -51,18 +51,61 @@ static bool cancelled(Job *j) {
         return __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) != 0;
 }
 
-/* A request cancelled before it began: a generation ends with its done event (nothing
- * prompted or generated), the other requests with the error "cancelled". tag: the job the
- * loop hears of with the frame, which then ends the request; NULL when the loop answers. */
-static void answer_cancelled(Job *j, Job *tag) {
+static int stop_reason(const Job *j) {
+        return __atomic_load_n(&j->cancel, __ATOMIC_RELAXED);
+}
+
+/* The error that ends a request stopped for its user's KV share or its unread output, or
+ * that waited too long for room; false for a plain cancel. */
+static bool stop_error(const Job *j, ProtoError *err) {
+        *err = (ProtoError){ .has_id = true, .id = j->req.id };
+        switch (stop_reason(j)) {
+        case JOB_STOP_SHARE:
+                err->code = "over_limit";
+                snprintf(err->message, sizeof(err->message), "cancelled to make room in the KV budget for another "
+                         "user: uid %u held more than its share", (unsigned)j->uid);
+                return true;
+        case JOB_STOP_UNREAD:
+                err->code = "timeout";
+                snprintf(err->message, sizeof(err->message), "cancelled: the client read nothing for %llu s while "
+                         "output waited (unread-timeout)", (unsigned long long)j->env->unread_timeout_s);
+                return true;
+        case JOB_STOP_NO_ROOM:
+                err->code = "over_limit";
+                snprintf(err->message, sizeof(err->message), "no room in the KV budget within the request timeout "
+                         "(%llu s)", (unsigned long long)j->env->request_timeout_s);
+                return true;
+        default:
+                return false;
+        }
+}
+
+/* End the request with its stop error, if it has one (see stop_error). */
+static bool emit_stop_error(Job *j) {
+        ProtoError e;
+        if (!stop_error(j, &e))
+                return false;
         ProtoOut o;
         proto_out_init(&o);
-        if (j->kind == JOB_GENERATE) {
+        proto_out_error(&o, &e);
+        emit(j, &o, true);
+        return true;
+}
+
+/* A request stopped before it began: see job_answer_stopped. tag: the job the loop hears of
+ * with the frame, which then ends the request; NULL when the loop answers. */
+static void answer_stopped(Job *j, Job *tag) {
+        ProtoOut o;
+        ProtoError err;
+        proto_out_init(&o);
+        if (stop_error(j, &err)) {
+                proto_out_error(&o, &err);
+        } else if (j->kind == JOB_GENERATE) {
                 DoneEvent ev = { .id = j->req.id, .stop_reason = gen_stop_reason_name(GEN_STOP_CANCELLED),
                                  .session = j->session_named ? j->req.generate.session : NULL };
                 proto_out_done_event(&o, &ev);
         } else {
-                ProtoError err = { .code = "cancelled", .has_id = true, .id = j->req.id };
+                err = (ProtoError){ .code = "cancelled", .has_id = true, .id = j->req.id };
                 snprintf(err.message, sizeof(err.message), "request cancelled");
                 proto_out_error(&o, &err);
         }
@@ -74,7 +117,7 @@ static bool cancelled_before_start(Job *j) {
         if (j->started || !cancelled(j))
                 return false;
         j->started = j->failed = true;
-        answer_cancelled(j, j);
+        answer_stopped(j, j);
         return true;
 }
 
@@ -237,7 +280,8 @@ static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
                 j->gen.settling = 1;
                 return 1;
         }
-        emit_done(j);
+        if (j->gen.stop_reason != GEN_STOP_CANCELLED || !emit_stop_error(j))
+                emit_done(j);
         return 0;
 }
 
@@ -280,7 +324,8 @@ static int score_end_round(SchedJob *sj, Forward *fw, int err) {
         if (round_failed(j, err))
                 return 0;
         if (cancelled(j)) {
-                emit_error(j, "cancelled", "request cancelled");
+                if (!emit_stop_error(j))
+                        emit_error(j, "cancelled", "request cancelled");
                 return 0;
         }
         const size_t V = j->env->m->cfg.n_vocab;
@@ -389,13 +434,15 @@ void job_rounds_init(Job *j) {
                 [JOB_TOKENIZE] = { no_feed, tokenize_end_round },
                 [JOB_DETOKENIZE] = { no_feed, detokenize_end_round },
         };
+        if (j->kind == JOB_SESSION_OPEN)
+                return; /* never in the scheduler */
         j->sj.begin = rounds[j->kind].begin;
         j->sj.end = rounds[j->kind].end;
         j->sj.done = job_finished;
 }
 
-void job_answer_cancelled(Job *j) {
-        answer_cancelled(j, NULL);
+void job_answer_stopped(Job *j) {
+        answer_stopped(j, NULL);
 }
 
 void job_rounds_done(Job *j) {

@@ -67,6 +67,8 @@ static void on_outbox(void *data, OutMsg *m) {
                 }
                 m = next;
         }
+        if (!srv->shutting_down && !srv->reloading)
+                jobs_admit(&srv->jobs); /* finished work may have freed KV */
         if (srv->jobs.n == 0) {
                 if (srv->shutting_down)
                         server_begin_shutdown(srv, NULL);
@@ -84,6 +86,8 @@ static void on_housekeeping(uv_timer_t *h) {
         if (n)
                 log_info("dropped %u idle session(s)", n);
         jobs_expire(&srv->jobs, t);
+        if (!srv->shutting_down && !srv->reloading)
+                jobs_admit(&srv->jobs); /* expired sessions freed KV */
         conn_expire(srv, t);
         report_guard(srv);
         const uint64_t window = jobs_take_tokens_window(&srv->jobs);
@@ -454,7 +458,8 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
                 return r;
         sessions_init(&srv->sessions, srv->m, &(SessionLimits){ 0 });
         jobs_init(&srv->jobs, &srv->sched, &srv->sessions, &srv->outbox, on_job_end, srv);
-        jobs_set_limits(&srv->jobs, cfg->max_queued_bytes, cfg->max_queued_bytes_per_uid);
+        jobs_set_limits(&srv->jobs, cfg->max_queued_bytes, cfg->max_queued_bytes_per_uid, cfg->request_timeout,
+                        cfg->unread_timeout);
         srv->loop = uv_default_loop();
         r = outbox_init(&srv->outbox, srv->loop, on_outbox, srv);
         if (r < 0) {

@@ -35,7 +35,9 @@ typedef struct Conn {
         FrameReader fr;
         size_t write_queued;        /* bytes handed to uv_write and not yet written */
         unsigned n_jobs;            /* requests of this connection in the job list */
-        uint64_t last_active_ms;    /* last byte read, frame queued or request finished */
+        uint64_t last_active_ms;    /* last byte read, write completed or request finished */
+        uint64_t write_progress_ms; /* output last taken by the client (or began to wait for it) */
+        bool unread_stopped;        /* its requests were stopped for unread output (until progress) */
         uint64_t partial_since_ms;  /* first byte of the frame still incomplete (0: none) */
         struct Conn *next;
         char rbuf[DAEMON_READ_BATCH];

@@ -20,11 +20,14 @@ figures (problems are listed under a FAIL line); the last line is "N passed, M f
   9 connection shares (root only): per-uid share, administrators' reserve, frame and idle timeouts
  10 queued bytes: a cancelled request not yet begun is freed at once; bytes per uid (and, as
     root, of all users) are bounded
+ 11 KV shares (root only): uid nobody's unread one-shot generations fill the KV budget; root's
+    session.open and generation wait, and nobody's work over its share is stopped for them
+ 12 generations whose client reads nothing are stopped after unread-timeout, their KV freed
 
 --quick skips only the RSS measurement of check 4 (which needs a non-sanitizer build anyway;
-it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 5 4 9 10 6 (6 last:
+it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 5 4 9 10 11 12 6 (6 last:
 root's shutdown ends the daemon). `--only 4` on the rel build is the RSS soak (rss_soak.py).
-Checks 6 and 9 are skipped with a loud line when not root, unless CI=true (then they fail); the last
+Checks 6, 9 and 11 are skipped with a loud line when not root, unless CI=true (then they fail); the last
 line then reads "N passed, M failed (K skipped)". The model is models/tiny-moe-q4_k_m.gguf of
 this repository. MIXD_TEST_KEEP=1 (or --keep) keeps the temporary directory with the daemon
 logs (kept anyway after a failure); the daemons run with MIXD_DEBUG=1.
@@ -1173,6 +1176,108 @@ def check_queued_bytes(ctx, ck):
                 ck.expect(False, p)
 
 
+def check_kv_shares(ctx, ck):
+    """One uid's one-shot work cannot keep another out of the KV budget: requests without room
+    wait, and work of a uid over its share is stopped for a uid within its share (item 9 of
+    issue 14). Root only: the hog runs as uid nobody."""
+    if not need_root(ck, "the KV-share check"):
+        return
+    tools = ctx.tools
+    d = Daemon(ctx.mixd, ctx.tmpdir, "shares", ["--kv-budget", "1M"])
+    hog = None
+    try:
+        d.start()
+        with Client(d.sock) as c:
+            o = c.call("session.open")
+            per = o["kv_bytes"]
+            c.call("session.close", session=o["session"])
+        n_fit = (1 << 20) // per
+        # uid nobody fills the whole budget with one-shot generations whose output it never reads
+        hog = Peer(NOBODY, d.sock, n_fit, "generate", 120, {"op": "generate", "prompt": "ROMEO:", "n_predict": 100000})
+        st, t_full = wait_status(d.sock, lambda s: s["kv_bytes_used"] == n_fit * per, 30)
+        if not ck.expect(t_full is not None, "uid %d's %d generations never filled the budget: %r"
+                         % (NOBODY, n_fit, {k: st.get(k) for k in ("kv_bytes_used", "active_requests")})):
+            return
+        # root asks for a named session and a one-shot generation at once, on two connections
+        res = {}
+
+        def ask(what):
+            t0 = time.monotonic()
+            try:
+                with Client(d.sock, timeout=120) as c:
+                    if what == "open":
+                        res[what] = (c.call("session.open"), time.monotonic() - t0)
+                    else:
+                        res[what] = (c.generate("ROMEO:", n_predict=4, temperature=0.0, seed=1), time.monotonic() - t0)
+            except Exception as e:  # noqa: BLE001
+                res[what] = ({"exception": "%s: %s" % (type(e).__name__, e)}, time.monotonic() - t0)
+
+        ths = [threading.Thread(target=ask, args=(w,)) for w in ("open", "generate")]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        opened, t_open = res["open"]
+        gen, t_gen = res["generate"]
+        ck.expect(opened.get("ok") is True, "root's session.open with the budget full of uid %d's work: %r"
+                  % (NOBODY, opened))
+        ck.expect(isinstance(gen, dict) and gen.get("done") is not None and len(gen["tokens"]) == 4,
+                  "root's one-shot generation with the budget full of uid %d's work: %r"
+                  % (NOBODY, gen.get("error") or gen.get("exception") or gen))
+        if gen.get("done"):
+            ref = tools.inproc("ROMEO:", 1, 0.0, 4)
+            ck.expect(gen["text"] == ref, "root's generation %r != in-process %r" % (gen["text"], ref))
+        log = d.log_text()
+        n_stopped = log.count("over its share")
+        # (one or two: root's one-shot may instead evict root's own new session, idle, as an
+        # open that finds no room always may)
+        ck.expect(n_stopped >= 1, "the daemon stopped none of uid %d's requests" % NOBODY)
+        st2 = status(d.sock)
+        ck.fig("%d one-shot sessions of %d bytes fill the 1 MiB budget (uid %d, never reading); root's session.open "
+               "answered after %.2f s, its generation after %.2f s; %d of uid %d's requests stopped; %d bytes of KV in "
+               "use after", n_fit, per, NOBODY, t_open, t_gen, n_stopped, NOBODY, st2["kv_bytes_used"])
+    finally:
+        if hog is not None:
+            hog.kill()
+        if d.proc is not None:
+            for p in d.stop():
+                ck.expect(False, p)
+
+
+def check_unread(ctx, ck):
+    """Requests whose client reads nothing while their output waits are stopped after
+    unread-timeout, and their one-shot KV freed (item 9 of issue 14). 16 generations on one
+    connection fill its socket buffer (a few hundred small frames) in a few rounds."""
+    d = Daemon(ctx.mixd, ctx.tmpdir, "unread", ["--unread-timeout", "1"])
+    n = 16
+    try:
+        d.start()
+        with Client(d.sock, timeout=120) as c:
+            t0 = time.monotonic()
+            ids = [c.request("generate", prompt=PROMPTS[i % len(PROMPTS)], n_predict=1000000, temperature=0.8, seed=i)
+                   for i in range(n)]
+            st, t = wait_status(d.sock, lambda s: s["active_requests"] == 0, 90)
+            waited = time.monotonic() - t0
+            ck.expect(t is not None, "%d generations never read still run after %.0f s: active_requests %r, "
+                      "kv_bytes_used %r" % (n, waited, st["active_requests"], st["kv_bytes_used"]))
+            ck.expect(st["kv_bytes_used"] == 0, "kv_bytes_used %r after they stopped" % (st["kv_bytes_used"],))
+            ends, n_tok = {}, 0
+            while t is not None and len(ends) < n:  # now read all of it: each ends with the timeout error
+                m = c.recv()
+                if m.get("event") == "token":
+                    n_tok += 1
+                elif m.get("id") in ids and (m.get("event") == "done" or "error" in m):
+                    ends[m["id"]] = m.get("error", {}).get("code") or m.get("stop_reason")
+            ck.expect(t is None or sorted(ends.values()) == ["timeout"] * n, "ends: %r" % (ends,))
+        ck.expect("nothing read for 1 s" in d.log_text(), "no log line about the unread output")
+        ck.fig("%d generations whose client reads nothing: stopped after %.1f s (%d tokens waiting for it), KV freed; "
+               "each ends with error %s", n, waited, n_tok, "/".join(sorted(set(ends.values()))) or "-")
+    finally:
+        if d.proc is not None:
+            for p in d.stop():
+                ck.expect(False, p)
+
+
 CHECKS = [
     (1, "determinism under load", check_load),
     (2, "bad frames and request errors", check_bad_frames),
@@ -1183,6 +1288,8 @@ CHECKS = [
     (4, "kill cycles", check_kill_cycles),
     (9, "connection shares and timeouts", check_conn_shares),
     (10, "queued bytes, cancel frees at once", check_queued_bytes),
+    (11, "KV shares", check_kv_shares),
+    (12, "unread output", check_unread),
     (6, "two uids", check_two_uids),        # last: root's shutdown ends the daemon
 ]
 
