@@ -300,7 +300,8 @@ int conn_accept(Server *srv) {
         c->is_admin = cred.uid == 0 || cred.uid == geteuid() ||
                       (srv->have_admin_gid && uid_in_group(cred.uid, cred.gid, srv->admin_gid));
 
-        c->last_active_ms = now_ms();
+        c->last_active_ms = c->loop_ops_ms = now_ms();
+        c->loop_ops = DAEMON_LOOP_OPS_BURST;
         /* the limits: all connections; all but the administrators' reserve for everyone else;
          * and one user's share (the list holds c already) */
         const Config *cfg = srv->cfg;

@@ -29,6 +29,11 @@
 #define DAEMON_REQUEST_TIMEOUT_S         1800          /* seconds one request may run (or wait for room in the KV budget) */
 #define DAEMON_UNREAD_TIMEOUT_S          60            /* seconds a client may read nothing while output waits for it */
 #define DAEMON_HOUSEKEEPING_MS           1000          /* timer period: timeouts, stats */
+#define DAEMON_STATUS_REFRESH_MS         10000         /* status reads /proc/self/smaps at most this often */
+
+/* --- requests answered on the loop thread --- */
+#define DAEMON_LOOP_OPS_PER_S            10            /* status, experts, session.list per second per connection */
+#define DAEMON_LOOP_OPS_BURST            20            /* of those, at once after a quiet spell */
 
 /* --- workers --- */
 #define DAEMON_MAX_THREADS               256           /* compute threads */

@@ -57,12 +57,35 @@ static void op_hello(Conn *c, const Request *req) {
         send_out(c, &o, req->id);
 }
 
+/* Requests the loop answers itself cost the loop's time, which every connection shares:
+ * status, experts and session.list are limited per connection (a token bucket). */
+static bool loop_op_allowed(Conn *c, const Request *req) {
+        const uint64_t t = now_ms();
+        c->loop_ops += (double)(t - c->loop_ops_ms) * DAEMON_LOOP_OPS_PER_S / 1000.0;
+        if (c->loop_ops > DAEMON_LOOP_OPS_BURST)
+                c->loop_ops = DAEMON_LOOP_OPS_BURST;
+        c->loop_ops_ms = t;
+        if (c->loop_ops >= 1.0) {
+                c->loop_ops -= 1.0;
+                return true;
+        }
+        reply_error(c, req->id, "over_limit", "at most %d status, experts and session.list requests per second on one "
+                    "connection", DAEMON_LOOP_OPS_PER_S);
+        return false;
+}
+
 static void op_status(Conn *c, const Request *req) {
         Server *srv = c->srv;
         ProtoOut o;
         proto_out_init(&o);
-        uint64_t huge = 0;
-        (void)hugepage_mapped_bytes(srv->m->file->base, srv->m->file->size, &huge); /* 0 when unknown */
+        /* walking /proc/self/smaps takes the loop most of a millisecond: at most every 10 s */
+        const uint64_t t = now_ms();
+        if (!srv->huge_read_ms || t - srv->huge_read_ms >= DAEMON_STATUS_REFRESH_MS) {
+                srv->huge_bytes = 0; /* 0 when unknown */
+                (void)hugepage_mapped_bytes(srv->m->file->base, srv->m->file->size, &srv->huge_bytes);
+                srv->huge_read_ms = t;
+        }
+        const uint64_t huge = srv->huge_bytes;
         uint64_t per_pos = 0;
         (void)session_kv_bytes_per_pos(srv->m, srv->sessions.lim.kv_type, &per_pos);
         proto_out_ok(&o, req->id, 19);
@@ -308,11 +331,20 @@ fail:
 void dispatch_request(Conn *c, Request *req, size_t wire_bytes) {
         switch (req->op) {
         case PROTO_OP_HELLO: op_hello(c, req); break;
-        case PROTO_OP_STATUS: op_status(c, req); break;
-        case PROTO_OP_EXPERTS: op_experts(c, req); break;
+        case PROTO_OP_STATUS:
+                if (loop_op_allowed(c, req))
+                        op_status(c, req);
+                break;
+        case PROTO_OP_EXPERTS:
+                if (loop_op_allowed(c, req))
+                        op_experts(c, req);
+                break;
         case PROTO_OP_SESSION_OPEN: submit_job(c, req, JOB_SESSION_OPEN, wire_bytes); return;
         case PROTO_OP_SESSION_CLOSE: op_session_close(c, req); break;
-        case PROTO_OP_SESSION_LIST: op_session_list(c, req); break;
+        case PROTO_OP_SESSION_LIST:
+                if (loop_op_allowed(c, req))
+                        op_session_list(c, req);
+                break;
         case PROTO_OP_CANCEL: op_cancel(c, req); break;
         case PROTO_OP_SHUTDOWN: op_shutdown(c, req); break;
         case PROTO_OP_GENERATE: submit_job(c, req, JOB_GENERATE, wire_bytes); return;

@@ -276,6 +276,7 @@ static void finish_reload(Server *srv) {
         srv->cfg->model = srv->pending_path;
         srv->pending_path = NULL;
         srv->reloading = false;
+        srv->huge_read_ms = 0; /* another mapping */
         if (engine_start(srv) < 0) {
                 server_begin_shutdown(srv, "the engine could not restart after the reload");
                 return;

@@ -38,6 +38,8 @@ typedef struct Conn {
         uint64_t last_active_ms;    /* last byte read, write completed or request finished */
         uint64_t write_progress_ms; /* output last taken by the client (or began to wait for it) */
         bool unread_stopped;        /* its requests were stopped for unread output (until progress) */
+        double loop_ops;            /* status/experts/session.list it may still ask now (token bucket) */
+        uint64_t loop_ops_ms;       /* when loop_ops was last topped up */
         uint64_t partial_since_ms;  /* first byte of the frame still incomplete (0: none) */
         struct Conn *next;
         char rbuf[DAEMON_READ_BATCH];
@@ -73,6 +75,8 @@ struct Server {
         uint64_t start_ms;
         uint64_t model_id;          /* identity of the model file, for session state files */
         NumaPlan numa;              /* n_nodes 0: not planned (off, or no NUMA support) */
+        uint64_t huge_bytes;        /* the model's bytes mapped with 2 MiB pages, as status last read them */
+        uint64_t huge_read_ms;      /* when (0: not read since the model was loaded) */
         /* statistics */
         double tokens_per_s;        /* moving average */
         uint64_t requests_total;

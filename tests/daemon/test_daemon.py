@@ -23,9 +23,11 @@ figures (problems are listed under a FAIL line); the last line is "N passed, M f
  11 KV shares (root only): uid nobody's unread one-shot generations fill the KV budget; root's
     session.open and generation wait, and nobody's work over its share is stopped for them
  12 generations whose client reads nothing are stopped after unread-timeout, their KV freed
+ 13 status does not read /proc/self/smaps per request; status/experts/session.list are
+    limited per connection
 
 --quick skips only the RSS measurement of check 4 (which needs a non-sanitizer build anyway;
-it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 5 4 9 10 11 12 6 (6 last:
+it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 5 4 9 10 11 12 13 6 (6 last:
 root's shutdown ends the daemon). `--only 4` on the rel build is the RSS soak (rss_soak.py).
 Checks 6, 9 and 11 are skipped with a loud line when not root, unless CI=true (then they fail); the last
 line then reads "N passed, M failed (K skipped)". The model is models/tiny-moe-q4_k_m.gguf of
@@ -1278,6 +1280,58 @@ def check_unread(ctx, ck):
                 ck.expect(False, p)
 
 
+def proc_rchar(pid):
+    """Bytes the process has read through read(2) and friends (files and sockets alike)."""
+    with open("/proc/%d/io" % pid) as f:
+        for line in f:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise RuntimeError("no rchar")
+
+
+def check_loop_ops(ctx, ck):
+    """status does not read /proc/self/smaps for every request, and the requests the loop
+    answers itself are limited per connection (item 11 of issue 14)."""
+    d = Daemon(ctx.mixd, ctx.tmpdir, "loopops")
+    try:
+        d.start()
+        status(d.sock)  # the first one reads smaps
+        with open("/proc/%d/smaps" % d.pid, "rb") as f:
+            smaps = len(f.read())
+        n = 100
+        before = proc_rchar(d.pid)
+        for _ in range(n):  # one connection each: the per-connection limit does not apply
+            status(d.sock)
+        read = proc_rchar(d.pid) - before
+        # the requests themselves are about 30 bytes each; one refresh of the figure may fall in
+        ck.expect(read <= 2 * smaps + n * 200, "%d status requests made the daemon read %d bytes (smaps is %d bytes: "
+                  "the file was read about %.0f times)" % (n, read, smaps, read / smaps))
+        # one connection asking 60 at once: the first 20 answered, the rest over_limit; hello still is
+        with Client(d.sock) as c:
+            c.send_raw(b"".join(pack({"id": i, "op": "status"}) for i in range(1, 61)) + pack({"id": 99, "op": "hello",
+                                                                                                "version": 1}))
+            got = {}
+            while len(got) < 61:
+                m = c.recv()
+                got[m["id"]] = m
+            ok = sum(1 for i in range(1, 61) if got[i].get("ok") is True)
+            limited = [i for i in range(1, 61) if got[i].get("error", {}).get("code") == "over_limit"]
+            ck.expect(20 <= ok <= 22 and ok + len(limited) == 60, "60 status at once on one connection: %d answered, "
+                      "%d over_limit (wanted 20 answered, the rest over_limit)" % (ok, len(limited)))
+            ck.expect(got[99].get("ok") is True, "hello after the limited ones: %r" % (got[99],))
+            other = status(d.sock)
+            ck.expect(other.get("ok") is True, "status on another connection meanwhile: %r" % (other,))
+            time.sleep(0.5)
+            again = c.call("status")
+            ck.expect(again.get("ok") is True, "status half a second later: %r" % (again,))
+        ck.fig("%d status requests read %d bytes (smaps: %d bytes); 60 at once on one connection: %d answered, %d "
+               "over_limit, hello answered, another connection unaffected", n, read, smaps, ok, len(limited))
+    finally:
+        if d.proc is not None:
+            for p in d.stop():
+                ck.expect(False, p)
+
+
 CHECKS = [
     (1, "determinism under load", check_load),
     (2, "bad frames and request errors", check_bad_frames),
@@ -1290,6 +1344,7 @@ CHECKS = [
     (10, "queued bytes, cancel frees at once", check_queued_bytes),
     (11, "KV shares", check_kv_shares),
     (12, "unread output", check_unread),
+    (13, "status cache, loop ops per connection", check_loop_ops),
     (6, "two uids", check_two_uids),        # last: root's shutdown ends the daemon
 ]
 
