@@ -118,8 +118,15 @@ static void op_status(Conn *c, const Request *req) {
         send_out(c, &o, req->id);
 }
 
+/* The routing counts add up every user's tokens: what one user's prompts route where is
+ * visible in them, so only administrators may read them. */
 static void op_experts(Conn *c, const Request *req) {
         Server *srv = c->srv;
+        if (!c->is_admin) {
+                reply_error(c, req->id, "permission_denied", "the routing counts cover every user's requests: only root, "
+                            "the daemon's user or the admin group may read them");
+                return;
+        }
         const uint32_t L = srv->m->cfg.n_layer, E = srv->m->cfg.n_expert;
         uint64_t *counts = calloc((size_t)L * (E ? E : 1), sizeof(uint64_t));
         if (!counts) {

@@ -14,7 +14,7 @@ figures (problems are listed under a FAIL line); the last line is "N passed, M f
   3 a client that disconnects mid-generation cancels it
   4 kill cycles: clients that close after one token; RSS growth on non-sanitizer builds
   5 sessions: continuation, busy, close, KV-budget eviction, per-uid limit
-  6 two real uids (root only): no access to another uid's session, no shutdown
+  6 two real uids (root only): no access to another uid's session, no shutdown, no expert counts
   7 the cancel op, and mixctl interrupted with SIGINT
   8 mixctl over the daemon: stdin, closed pipes, bad input, status/experts/sessions, no daemon
   9 connection shares (root only): per-uid share, administrators' reserve, frame and idle timeouts
@@ -856,6 +856,12 @@ def check_two_uids(ctx, ck):
     ck.expect(rc == 0 and sid not in out, "nobody's session list: exit %d, %s" % (rc, out.strip()))
     rc2, out2, err2 = nobody("shutdown", *sock)
     ck.expect(rc2 == 4, "nobody's shutdown exited %d (wanted 4): %s" % (rc2, err2.strip()))
+    # the routing counts add up root's tokens too: administrators only
+    rc3, out3, err3 = nobody("experts", "--json", *sock)
+    ck.expect(rc3 == 4 and "permission_denied" in err3 and "counts" not in out3,
+              "nobody's experts: exit %d, %s %s" % (rc3, out3.strip()[:100], err3.strip()))
+    pe = tools.run(["experts", "--json", *sock])
+    ck.expect(pe.returncode == 0 and b"counts" in pe.stdout, "root's experts: exit %d" % pe.returncode)
     after = session_tokens(d.sock, sid)
     ck.expect(after is not None and before is not None and after["n_tokens"] == before["n_tokens"],
               "root's session changed: %r -> %r" % (before, after))
@@ -866,8 +872,8 @@ def check_two_uids(ctx, ck):
     rc = d.wait_exit(60)
     ctx.main_stopped_by_shutdown = True
     ck.expect(rc == 0, "daemon exit status after root's shutdown: %r" % (rc,))
-    ck.fig("uid %d: %s, list hides it, shutdown exit %d; root's shutdown exit %d, daemon exited %r",
-           NOBODY, ", ".join(figs), rc2, p.returncode, rc)
+    ck.fig("uid %d: %s, list hides it, shutdown exit %d, experts exit %d; root's shutdown exit %d, daemon exited %r",
+           NOBODY, ", ".join(figs), rc2, rc3, p.returncode, rc)
 
 
 def check_cancel(ctx, ck):
