@@ -202,9 +202,14 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         }
 }
 
-/* Tell the client why, then close once that is written. */
+/* Tell the client why, then close once that is written; at once if output already waits
+ * for a client that is not reading it. */
 static void close_with(Conn *c, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void close_with(Conn *c, const char *code, const char *fmt, ...) {
+        if (c->write_queued > 0) {
+                conn_close(c);
+                return;
+        }
         ProtoError err = { .code = code, .fatal = true };
         va_list ap;
         va_start(ap, fmt);

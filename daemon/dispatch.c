@@ -323,13 +323,14 @@ static void submit_job(Conn *c, Request *req, JobKind kind, size_t wire_bytes) {
                 if (r == -ENOSPC)
                         ds = NULL;
         }
+        c->n_jobs++; /* before: a job that waits for room may be answered and gone within jobs_start */
         if (jobs_start(&srv->jobs, kind, c->id, c->uid, req, bytes, ds, named, srv->cfg->request_timeout * 1000) < 0) {
+                c->n_jobs--;
                 if (ds && !named)
                         sessions_release(&srv->sessions, ds, now_ms());
                 reply_error(c, req->id, "internal", "out of memory");
                 goto fail;
         }
-        c->n_jobs++;
         return;
 fail:
         request_free(req);

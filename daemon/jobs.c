@@ -249,25 +249,56 @@ unsigned jobs_expire(JobList *l, uint64_t now) {
 
 /* ------------------------------------------------------------------ room in the KV budget */
 
-/* The uids of the waiting jobs (duplicates allowed), in a malloc'd array; NULL when none. */
-static uid_t *waiting_uids(const JobList *l, unsigned *ret_n) {
-        uid_t *u = l->n_waiting ? malloc(l->n_waiting * sizeof(*u)) : NULL;
-        unsigned n = 0;
-        for (const Job *j = l->head; u && j; j = j->next)
-                if (j->waiting)
-                        u[n++] = j->uid;
-        *ret_n = n;
-        return u;
+/* What one uid holds in the KV budget, and how much of it its stopped one-shot jobs will give
+ * back when they end; gathered once per decision (uids are few, jobs may be many). */
+typedef struct UidKv {
+        uid_t uid;
+        uint64_t kv, freeing;
+} UidKv;
+
+typedef struct UidMemo {
+        UidKv *v;
+        unsigned n, cap;
+} UidMemo;
+
+static bool stopped(const Job *j) {
+        return __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) != 0;
+}
+
+/* uid's entry (NULL without memory: then callers treat the uid as holding nothing). */
+static UidKv *memo_get(UidMemo *m, const JobList *l, uid_t uid) {
+        for (unsigned i = 0; i < m->n; i++)
+                if (m->v[i].uid == uid)
+                        return &m->v[i];
+        if (m->n == m->cap) {
+                const unsigned cap = m->cap ? 2 * m->cap : 16;
+                UidKv *v = realloc(m->v, cap * sizeof(*v));
+                if (!v)
+                        return NULL;
+                m->v = v;
+                m->cap = cap;
+        }
+        UidKv *e = &m->v[m->n++];
+        *e = (UidKv){ .uid = uid, .kv = sessions_uid_bytes(l->sessions, uid) };
+        for (const Job *j = l->head; j; j = j->next)
+                if (j->uid == uid && j->ds && j->ds->ephemeral && stopped(j))
+                        e->freeing += j->ds->kv_bytes;
+        return e;
+}
+
+static uint64_t memo_kv(UidMemo *m, const JobList *l, uid_t uid) {
+        const UidKv *e = memo_get(m, l, uid);
+        return e ? e->kv : 0;
 }
 
 /* The waiting job to admit first: its uid holds the least KV; among equals, the oldest. */
-static Job *next_waiting(const JobList *l) {
+static Job *next_waiting(const JobList *l, UidMemo *m) {
         Job *best = NULL;
         uint64_t best_kv = 0;
         for (Job *j = l->head; j; j = j->next) {
-                if (!j->waiting || __atomic_load_n(&j->cancel, __ATOMIC_RELAXED))
+                if (!j->waiting)
                         continue;
-                const uint64_t kv = sessions_uid_bytes(l->sessions, j->uid);
+                const uint64_t kv = memo_kv(m, l, j->uid);
                 if (!best || kv < best_kv || (kv == best_kv && j->seq < best->seq)) {
                         best = j;
                         best_kv = kv;
@@ -276,58 +307,48 @@ static Job *next_waiting(const JobList *l) {
         return best;
 }
 
-/* KV bytes uid's one-shot sessions will give back once its stopped jobs end (all uids: uid
- * (uid_t)-1). */
-static uint64_t freeing(const JobList *l, uid_t uid) {
-        uint64_t b = 0;
-        for (const Job *j = l->head; j; j = j->next)
-                if (j->ds && j->ds->ephemeral && __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) &&
-                    (uid == (uid_t)-1 || j->uid == uid))
-                        b += j->ds->kv_bytes;
-        return b;
-}
-
-/* The one-shot job to stop so that w gets room: the newest running one of a uid other than
- * w's whose KV, less what it is already giving back, is over its share. */
-static Job *share_victim(const JobList *l, const Job *w, uint64_t share) {
-        Job *best = NULL;
-        for (Job *j = l->head; j; j = j->next) {
-                if (!j->ds || !j->ds->ephemeral || j->uid == w->uid || __atomic_load_n(&j->cancel, __ATOMIC_RELAXED))
-                        continue;
-                if (best && j->seq < best->seq)
-                        continue;
-                if (sessions_uid_bytes(l->sessions, j->uid) - freeing(l, j->uid) > share)
-                        best = j;
-        }
-        return best;
+/* A uid's fair share: the budget over the uids that hold KV or wait for it. */
+static uint64_t fair_share(const JobList *l) {
+        uid_t *want = l->n_waiting ? malloc(l->n_waiting * sizeof(*want)) : NULL;
+        unsigned n = 0;
+        for (const Job *j = l->head; want && j; j = j->next)
+                if (j->waiting)
+                        want[n++] = j->uid;
+        const uint64_t share = sessions_share(l->sessions, want, n);
+        free(want);
+        return share;
 }
 
 /* w cannot have a session now. If its uid is within its share of the budget, stop one-shot
- * work of uids over theirs until what they give back covers w; it gets the room when they end
- * (their answer: over_limit). */
-static void make_room(JobList *l, const Job *w) {
-        uint64_t need;
-        unsigned n_want;
-        if (sessions_bytes_each(l->sessions, &need) < 0)
-                return;
-        uid_t *want = waiting_uids(l, &n_want);
-        const uint64_t share = sessions_share(l->sessions, want, n_want);
-        free(want);
-        if (sessions_uid_bytes(l->sessions, w->uid) + need > share)
-                return; /* w's user already has its share: it waits its turn */
+ * work of uids over theirs, newest first, until what is free and what they give back covers
+ * w; it gets the room when they end (their answer: over_limit). */
+static void make_room(JobList *l, const Job *w, UidMemo *m) {
         const SessionTable *t = l->sessions;
-        for (;;) {
-                const uint64_t free_now = t->kv_used < t->lim.kv_budget ? t->lim.kv_budget - t->kv_used : 0;
-                const uint64_t coming = free_now + freeing(l, (uid_t)-1);
-                if (coming >= need)
-                        return;
-                Job *v = share_victim(l, w, share);
-                if (!v)
-                        return;
+        uint64_t need;
+        if (sessions_bytes_each(t, &need) < 0)
+                return;
+        const uint64_t share = fair_share(l);
+        if (memo_kv(m, l, w->uid) + need > share)
+                return; /* w's user already has its share: it waits its turn */
+        uint64_t coming = t->kv_used < t->lim.kv_budget ? t->lim.kv_budget - t->kv_used : 0;
+        for (const Job *j = l->head; j; j = j->next)
+                if (j->ds && j->ds->ephemeral && stopped(j))
+                        coming += j->ds->kv_bytes;
+        /* the list runs newest first */
+        for (Job *j = l->head, *next; j && coming < need; j = next) {
+                next = j->next; /* stopping may free j */
+                if (!j->ds || !j->ds->ephemeral || j->uid == w->uid || stopped(j))
+                        continue;
+                UidKv *e = memo_get(m, l, j->uid);
+                if (!e || e->kv - e->freeing <= share)
+                        continue;
                 log_notice("uid %u holds %llu bytes of KV, over its share of %llu while uid %u waits: cancelling its "
-                           "request %llu", (unsigned)v->uid, (unsigned long long)sessions_uid_bytes(t, v->uid),
-                           (unsigned long long)share, (unsigned)w->uid, (unsigned long long)v->req.id);
-                cancel(l, v, JOB_STOP_SHARE);
+                           "request %llu", (unsigned)j->uid, (unsigned long long)e->kv, (unsigned long long)share,
+                           (unsigned)w->uid, (unsigned long long)j->req.id);
+                const uint64_t kv = j->ds->kv_bytes;
+                e->freeing += kv;
+                coming += kv;
+                cancel(l, j, JOB_STOP_SHARE);
         }
 }
 
@@ -357,17 +378,20 @@ static void answer_error(JobList *l, Job *j, const char *code, const char *msg) 
 }
 
 void jobs_admit(JobList *l) {
+        UidMemo m = { 0 };
         Job *w;
-        while ((w = next_waiting(l))) {
+        while ((w = next_waiting(l, &m))) {
                 DSession *ds;
                 unsigned evicted;
                 int r = sessions_open(l->sessions, w->uid, w->kind != JOB_SESSION_OPEN, now_ms(), &ds, &evicted);
+                m.n = 0; /* what uids hold has changed (or may, below) */
                 if (r == -ENOSPC) {
                         const uint64_t before = l->sessions->kv_used;
-                        make_room(l, w);
+                        make_room(l, w, &m);
+                        m.n = 0;
                         if (l->sessions->kv_used < before)
                                 continue; /* a stopped job not yet begun gave its room back at once */
-                        return;
+                        break;
                 }
                 if (evicted)
                         log_info("evicted %u idle session(s) for uid %u", evicted, (unsigned)w->uid);
@@ -384,6 +408,7 @@ void jobs_admit(JobList *l) {
                         run(l, w, ds, false);
                 }
         }
+        free(m.v);
 }
 
 void jobs_frame_sent(JobList *l, Job *j, bool last, bool over_soft) {

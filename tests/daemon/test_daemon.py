@@ -22,7 +22,8 @@ figures (problems are listed under a FAIL line); the last line is "N passed, M f
     root, of all users) are bounded
  11 KV shares (root only): uid nobody's unread one-shot generations fill the KV budget; root's
     session.open and generation wait, and nobody's work over its share is stopped for them
- 12 generations whose client reads nothing are stopped after unread-timeout, their KV freed
+ 12 generations whose client reads nothing are stopped after unread-timeout, their KV freed;
+    such a connection is closed when idle
  13 status does not read /proc/self/smaps per request; status/experts/session.list are
     limited per connection
 
@@ -1280,6 +1281,26 @@ def check_unread(ctx, ck):
         ck.expect("nothing read for 1 s" in d.log_text(), "no log line about the unread output")
         ck.fig("%d generations whose client reads nothing: stopped after %.1f s (%d tokens waiting for it), KV freed; "
                "each ends with error %s", n, waited, n_tok, "/".join(sorted(set(ends.values()))) or "-")
+
+        # a connection whose client reads nothing is closed once idle, output still waiting: a
+        # detokenize reply of ~600 KB is more than the socket holds
+        d2 = Daemon(ctx.mixd, ctx.tmpdir, "unread2", ["--connection-idle-timeout", "2"])
+        try:
+            d2.start()
+            with Client(d2.sock) as c:
+                tok = c.call("tokenize", text=" understanding", add_bos=False)["tokens"][-1]
+                piece = len(c.call("detokenize", tokens=[tok, tok])["text"]) // 2
+                n_ids = min(65536, 600000 // max(1, piece))
+                t0 = time.monotonic()
+                c.request("detokenize", tokens=[tok] * n_ids)
+                st, t = wait_status(d2.sock, lambda s: s["active_requests"] == 0 and s["connections"] <= 1, 30)
+                ck.expect(t is not None, "a connection with its reply unread is still open %.0f s later (idle timeout "
+                          "2 s): %d connections" % (time.monotonic() - t0, st["connections"]))
+                ck.fig("a client that reads none of a %d KB reply: closed after %s s (idle timeout 2 s)",
+                       n_ids * piece // 1000, "?" if t is None else "%.1f" % t)
+        finally:
+            for p in d2.stop():
+                ck.expect(False, p)
     finally:
         if d.proc is not None:
             for p in d.stop():
