@@ -172,6 +172,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
                 conn_close(c);
                 return;
         }
+        if (nread == 0)
+                return; /* nothing read (EAGAIN): nothing changes */
         const uint8_t *p = (const uint8_t *)buf->base;
         size_t left = (size_t)nread;
         const uint64_t t = now_ms();
@@ -228,8 +230,14 @@ unsigned conn_expire(Server *srv, uint64_t now) {
         unsigned n = 0;
         for (Conn *c = srv->conns, *next; c; c = next) {
                 next = c->next; /* closing unlinks c */
-                if (c->closing || c->close_after_write)
+                if (c->closing)
                         continue;
+                if (c->close_after_write) {
+                        /* answered, to be closed once that is written: at once if its client reads nothing */
+                        if (c->write_queued > 0 && now - c->write_progress_ms > frame_ms)
+                                conn_close(c);
+                        continue;
+                }
                 /* output waits and the client has taken none of it: its requests stop (their one-shot
                  * KV goes back); the connection stays, and is closed once idle */
                 if (unread_ms && c->write_queued > 0 && !c->unread_stopped && now - c->write_progress_ms > unread_ms) {

@@ -1065,6 +1065,22 @@ def check_conn_shares(ctx, ck):
                   "code timeout)" % (ca,))
         ck.expect(len(cb) == 3 and not late_b, "idle connections: closed %r (wanted all 3 after 2.5-6.5 s, "
                   "code timeout)" % (cb,))
+        # a request that ends exactly at the end of a 64 KiB read is not a frame left half-sent
+        with Client(d.sock, timeout=30) as r1:
+            msg = {"id": 7, "op": "tokenize", "text": ""}
+            pad = 65536 - len(pack(msg))
+            while len(pack(dict(msg, text="a" * pad))) > 65536:
+                pad -= 1
+            frame = pack(dict(msg, text="a" * pad))
+            r1.send_raw(frame)
+            first = r1.reply_to(7)
+            time.sleep(2.2)  # past frame-timeout (1 s), short of the idle timeout (3 s)
+            try:
+                h = r1.call("hello", version=1)
+            except Exception as e:  # noqa: BLE001
+                h = {"exception": "%s: %s" % (type(e).__name__, e)}
+            ck.expect(first.get("ok") is True and h.get("ok") is True, "a %d-byte request, then hello 2.2 s later: "
+                      "%r / %r" % (len(frame), first.get("error") or "ok", h.get("error") or h.get("exception") or "ok"))
         c = Peer(NOBODY, d.sock, 1, "idle", 0)
         peers.append(c)
         c.finish()
@@ -1283,21 +1299,26 @@ def check_unread(ctx, ck):
                "each ends with error %s", n, waited, n_tok, "/".join(sorted(set(ends.values()))) or "-")
 
         # a connection whose client reads nothing is closed once idle, output still waiting: a
-        # detokenize reply of ~600 KB is more than the socket holds
-        d2 = Daemon(ctx.mixd, ctx.tmpdir, "unread2", ["--connection-idle-timeout", "2"])
+        # detokenize reply of ~600 KB is more than the socket holds; and one that, so stuck,
+        # sends a bad frame (answered, to be closed once written) is closed after frame-timeout
+        d2 = Daemon(ctx.mixd, ctx.tmpdir, "unread2", ["--connection-idle-timeout", "2", "--frame-timeout", "1"])
         try:
             d2.start()
-            with Client(d2.sock) as c:
+            with Client(d2.sock) as c, Client(d2.sock) as c3:
                 tok = c.call("tokenize", text=" understanding", add_bos=False)["tokens"][-1]
                 piece = len(c.call("detokenize", tokens=[tok, tok])["text"]) // 2
                 n_ids = min(65536, 600000 // max(1, piece))
                 t0 = time.monotonic()
                 c.request("detokenize", tokens=[tok] * n_ids)
+                c3.request("detokenize", tokens=[tok] * n_ids)
+                c3.request("hello", version=1)  # keeps c3 from going idle meanwhile
+                time.sleep(0.5)
+                c3.send_raw(b"GET / HTTP/1.1\r\n\r\n")
                 st, t = wait_status(d2.sock, lambda s: s["active_requests"] == 0 and s["connections"] <= 1, 30)
-                ck.expect(t is not None, "a connection with its reply unread is still open %.0f s later (idle timeout "
-                          "2 s): %d connections" % (time.monotonic() - t0, st["connections"]))
-                ck.fig("a client that reads none of a %d KB reply: closed after %s s (idle timeout 2 s)",
-                       n_ids * piece // 1000, "?" if t is None else "%.1f" % t)
+                ck.expect(t is not None, "connections with their replies unread are still open %.0f s later (idle "
+                          "timeout 2 s, frame timeout 1 s): %d connections" % (time.monotonic() - t0, st["connections"]))
+                ck.fig("clients that read none of a %d KB reply (one of them then sending a bad frame): closed after "
+                       "%s s (idle timeout 2 s)", n_ids * piece // 1000, "?" if t is None else "%.1f" % t)
         finally:
             for p in d2.stop():
                 ck.expect(False, p)
