@@ -123,7 +123,7 @@ TSAN=build/tsan
 export TSAN_OPTIONS="halt_on_error=0:exitcode=$SANITIZER_EXIT:suppressions=$PWD/tests/tsan.supp${TSAN_OPTIONS:+:$TSAN_OPTIONS}"
 run "TSan: unit test_pool" "$TSAN/tests/test_pool"
 run "TSan: restarts, state files, reload" env MIXD_TEST_TSAN=1 "$PYTHON" tests/lifecycle/test_lifecycle.py "$TSAN/mixd" "$TSAN/mixctl"
-run "TSan: frames, disconnects, sessions, cancel" "$PYTHON" tests/daemon/test_daemon.py "$TSAN/mixd" "$TSAN/mixctl" --quick --only 2,3,5,7
+run "TSan: frames, disconnects, sessions, cancel, queued jobs" "$PYTHON" tests/daemon/test_daemon.py "$TSAN/mixd" "$TSAN/mixctl" --quick --only 2,3,5,7,10
 run "TSan: soak 8 clients x 5 requests" "$PYTHON" tests/soak/soak.py "$TSAN/mixd" --clients 8 --requests 5
 
 # 2c. the Debian package and `make install` from a copy of the tracked files only (lintian: 0 errors)

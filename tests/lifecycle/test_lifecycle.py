@@ -204,6 +204,37 @@ def one_shot(mixctl, n, kv_type=None):
     return p.stdout
 
 
+def preload_env(mixd, shim):
+    """LD_PRELOAD for a test shim (the ASan runtime must come first in an ASan build)."""
+    env = {"LD_PRELOAD": shim}
+    if "asan" in mixd:
+        libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+        env["LD_PRELOAD"] = libasan + ":" + shim
+    return env
+
+
+def late_wakeup(mixd, sock, tmp, rounds=3, delay_ms=300):
+    shim = os.path.join(tmp, "async_delay.so")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", shim,
+                    os.path.join(ROOT, "tests", "lifecycle", "async_delay_shim.c"), "-ldl"], check=True)
+    env = preload_env(mixd, shim)
+    env["MIXD_TEST_ASYNC_DELAY_MS"] = str(delay_ms)
+    codes = []
+    for i in range(rounds):
+        d = Daemon(mixd, sock, env=env)
+        c = Client(sock)
+        c.send("generate", prompt="ROMEO:", n_predict=100000, seed=1 + i)
+        first = c.recv()
+        rc, log = d.stop()
+        c.close()
+        codes.append(rc)
+        if rc != 0 or first.get("event") != "token" or any(k in log for k in SANITIZER_MARKS):
+            print(log[-3000:])
+            break
+    check("shutdown with the engine's last wake-up %d ms late: exit 0 (%d rounds)" % (delay_ms, rounds),
+          codes == [0] * rounds, "exit statuses %s" % codes)
+
+
 def main():
     mixd, mixctl = sys.argv[1], sys.argv[2]
     tmp = tempfile.mkdtemp(prefix="mixd-life-")
@@ -405,6 +436,12 @@ def main():
     c.close()
     rc, log = stopped(d, "reloaded daemon")
     check("reload logged", "reloaded: serving" in log)
+
+    # --- shutdown while the engine thread's last wake-up of the loop is late: an LD_PRELOAD
+    # shim delays every uv_async_send of a non-main thread, so the loop finishes the last job
+    # (and, unless it joins the engine thread first, closes its handles and the loop) before
+    # that send happens; a send into a closed loop aborts the daemon
+    late_wakeup(mixd, sock, tmp)
 
     # --- the model file truncated while mapped: a clear error, the daemon lives, reload heals
     # (not under ThreadSanitizer: the guard swaps a page under a reader by design, which TSan
