@@ -24,7 +24,7 @@ failures=()
 # Every suite runs under a time limit (SUITE_TIMEOUT seconds; `run -t SECONDS` for one suite):
 # a suite that hangs (a lost reply, a daemon that never exits) is killed with its whole
 # process group and fails, instead of hanging `make test`.
-SUITE_TIMEOUT=${MIXD_SUITE_TIMEOUT:-900}
+SUITE_TIMEOUT=${MIXD_SUITE_TIMEOUT:-1200}
 
 run() { # run [-t SECONDS] NAME COMMAND...
         local limit=$SUITE_TIMEOUT
