@@ -90,6 +90,21 @@ T_AVX2 INLINE void put_groups(uint8_t q[GEMM_ROWS][QK_K], Panel *p) {
         }
 }
 
+/* s[t] = the int16 pair sums of chunks c0 .. c0 + n - 1 of group j against token t's 32
+ * activations at xq[t]: n vpmaddubsw added up, exact while n * 2 * (largest quant) * 127 <
+ * 2^15 (the caller's bound: Q4_K and Q4_0 n = 8, Q5_K 4). run_q6k keeps its own two-chunk
+ * loop: through this one its pairs of chunks ran a third slower. */
+T_AVX2 INLINE void chunk_pairs(const Panel *p, int j, int c0, int n, const int8_t *const xq[GEMM_TOK], __m256i s[GEMM_TOK]) {
+        const __m256i w0 = _mm256_load_si256((const __m256i *)p->q[j][c0]);
+        _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
+                s[t] = _mm256_maddubs_epi16(w0, bcast32(xq[t] + 4 * c0));
+        _Pragma("GCC unroll 1") for (int c = c0 + 1; c < c0 + n; c++) {
+                const __m256i w = _mm256_load_si256((const __m256i *)p->q[j][c]);
+                _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
+                        s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(w, bcast32(xq[t] + 4 * c)));
+        }
+}
+
 /* ---- Q4_K and Q5_K */
 
 /* v shifted left (s > 0) or right (s < 0) by |s| in each 16-bit lane. */
@@ -175,16 +190,12 @@ T_AVX2 INLINE void run_k45(const Panel *p, int kb, const uint8_t *const xv[GEMM_
                         isum[t] = _mm256_setzero_si256();
                 _Pragma("GCC unroll 2") for (int j = 0; j < 8; j++) {
                         const __m256i sc = _mm256_load_si256((const __m256i *)pb->sc[j]);
+                        const int8_t *xq[GEMM_TOK];
+                        _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
+                                xq[t] = x[t]->qs + 32 * j;
                         _Pragma("GCC unroll 2") for (int c0 = 0; c0 < 8; c0 += cps) {
                                 __m256i s[GEMM_TOK];
-                                const __m256i w0 = _mm256_load_si256((const __m256i *)pb->q[j][c0]);
-                                _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
-                                        s[t] = _mm256_maddubs_epi16(w0, bcast32(x[t]->qs + 32 * j + 4 * c0));
-                                _Pragma("GCC unroll 1") for (int c = c0 + 1; c < c0 + cps; c++) {
-                                        const __m256i w = _mm256_load_si256((const __m256i *)pb->q[j][c]);
-                                        _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
-                                                s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(w, bcast32(x[t]->qs + 32 * j + 4 * c)));
-                                }
+                                chunk_pairs(pb, j, c0, cps, xq, s);
                                 _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
                                         isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], sc));
                         }
@@ -332,14 +343,10 @@ T_AVX2 static void run_q4_0(const Panel *p, int kb, const uint8_t *const xv[GEMM
                         xsum8[t] = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x[t]->bsums), ones), 3);
                 _Pragma("GCC unroll 1") for (int i = 0; i < 8; i++) {
                         __m256i a[GEMM_TOK];
-                        const __m256i w0 = _mm256_load_si256((const __m256i *)pb->q[i][0]);
+                        const int8_t *xq[GEMM_TOK];
                         _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
-                                a[t] = _mm256_maddubs_epi16(w0, bcast32(x[t]->qs + 32 * i));
-                        _Pragma("GCC unroll 1") for (int c = 1; c < 8; c++) {
-                                const __m256i w = _mm256_load_si256((const __m256i *)pb->q[i][c]);
-                                _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++)
-                                        a[t] = _mm256_add_epi16(a[t], _mm256_maddubs_epi16(w, bcast32(x[t]->qs + 32 * i + 4 * c)));
-                        }
+                                xq[t] = x[t]->qs + 32 * i;
+                        chunk_pairs(pb, i, 0, 8, xq, a);
                         _Pragma("GCC unroll 4") for (int t = 0; t < GEMM_TOK; t++) /* minus 8 x the block's sum of x */
                                 s[t][i] = _mm256_sub_epi32(_mm256_madd_epi16(a[t], ones),
                                                            _mm256_permutevar8x32_epi32(xsum8[t], _mm256_set1_epi32(i)));
