@@ -12,20 +12,31 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "log.h"
 #include "ops.h"
 #include "tokenizer.h"
 
 /* Queue a frame for the job's client. last: the frame that ends the request (done event,
  * final reply or error): the loop releases the job's session as it sends it, so a client
- * that reacts to it at once finds the session free. Nothing touches the session after it. */
-static void emit(Job *j, ProtoOut *o, bool last) {
-        uint8_t *frame;
-        size_t len;
-        if (proto_out_frame(o, &frame, &len) == 0)
-                outbox_push(j->srv, j->conn_id, j, frame, len, last);
-        else if (last)
-                outbox_push(j->srv, j->conn_id, j, NULL, 0, true);
+ * that reacts to it at once finds the session free. Nothing touches the session after it.
+ * A frame that cannot be made (over the frame limits, out of memory) is replaced by an error
+ * reply, which ends the request: then this returns true and the job must stop (it is marked
+ * failed). If not even that can be made, a last frame without bytes goes out and the loop
+ * answers for the job when it finishes (finish_job), or closes the connection. */
+static bool emit(Job *j, ProtoOut *o, bool last) {
+        uint8_t *frame = NULL;
+        size_t len = 0;
+        ProtoError err;
+        int r = proto_out_frame_or_error(o, j->req.id, &frame, &len, &err);
         proto_out_done(o);
+        if (r != 0) {
+                log_warning("request %llu on connection %llu: %s", (unsigned long long)j->req.id,
+                            (unsigned long long)j->conn_id, r > 0 ? err.message : "out of memory for its reply");
+                j->failed = true;
+                last = true;
+        }
+        outbox_push(j->srv, j->conn_id, j, frame, len, last);
+        return r != 0;
 }
 
 static void emit_error(Job *j, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -180,7 +191,8 @@ static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
                 proto_out_kv_str(&o, "event", "progress");
                 proto_out_kv_uint(&o, "done", ev.prompt_done);
                 proto_out_kv_uint(&o, "total", ev.prompt_total);
-                emit(j, &o, false);
+                if (emit(j, &o, false))
+                        return 0;
         }
         if (ev.has_token || ev.text_len > 0) {
                 if (ev.has_token)
@@ -191,7 +203,8 @@ static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
                 ProtoOut o;
                 proto_out_init(&o);
                 proto_out_token_event(&o, &te);
-                emit(j, &o, false);
+                if (emit(j, &o, false))
+                        return 0;
         }
         if (r > 0)
                 return 1;
@@ -216,6 +229,12 @@ static int score_begin_round(SchedJob *sj, Forward *fw, uint32_t max_rows, Forwa
         if (!j->started) {
                 j->started = true;
                 if (!tokenize_text(j, t->text, t->text_len, t->add_bos)) {
+                        j->failed = true;
+                        return 0;
+                }
+                if (j->n_tokens > PROTO_MAX_SCORE_TOKENS) { /* its reply would not fit a frame */
+                        emit_error(j, "too_large", "the text is %zu tokens; a score reply holds at most %u",
+                                   j->n_tokens, PROTO_MAX_SCORE_TOKENS);
                         j->failed = true;
                         return 0;
                 }
@@ -320,6 +339,12 @@ static int detokenize_end_round(SchedJob *sj, Forward *fw, int err) {
                 len += (size_t)n;
         }
         len += (size_t)detok_flush(&dt, text + len);
+        if (len > PROTO_MAX_TEXT_REPLY) { /* its reply would not fit a frame */
+                emit_error(j, "too_large", "the text of these %zu tokens is %zu bytes; a detokenize reply holds at most %u",
+                           d->n_tokens, len, PROTO_MAX_TEXT_REPLY);
+                free(text);
+                return 0;
+        }
         ProtoOut o;
         proto_out_init(&o);
         proto_out_ok(&o, j->req.id, 1);

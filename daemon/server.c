@@ -78,6 +78,13 @@ static void finish_job(Server *srv, Job *j) {
         Conn *c = conn_find(srv, j->conn_id);
         if (c)
                 c->n_jobs--;
+        if (c && !j->answered && !c->closing) {
+                /* every request ends in exactly one reply or error: the job could not make its
+                 * final frame (out of memory), so answer for it (or close, if even that fails) */
+                log_error("request %llu on connection %llu ended without a reply; answering with an error",
+                          (unsigned long long)j->req.id, (unsigned long long)c->id);
+                reply_error(c, j->req.id, "internal", "the request ended without a reply (out of memory?)");
+        }
         if (j->ds)
                 sessions_release(&srv->sessions, j->ds, now_ms());
         if (j->kind == JOB_GENERATE)
@@ -107,6 +114,8 @@ static void on_wakeup(uv_async_t *h) {
                         }
                         Conn *c = conn_find(srv, m->conn_id);
                         if (c && m->frame) {
+                                if (m->last && m->job)
+                                        m->job->answered = true;
                                 conn_send(c, m->frame, m->len);
                                 m->frame = NULL;
                                 /* backpressure: a slow reader pauses its own generation */

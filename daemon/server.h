@@ -60,6 +60,7 @@ typedef struct Job {
         bool session_named;         /* ds is a named session that outlives the job */
         int cancel;                 /* set by the loop (atomic): stop at the next step */
         bool backpressured;         /* paused by the loop for a full write queue (loop only) */
+        bool answered;              /* its final frame went to the connection (loop only) */
         uint64_t deadline_ms;
         /* engine-thread state */
         bool started;

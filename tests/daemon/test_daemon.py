@@ -17,9 +17,10 @@ figures (problems are listed under a FAIL line); the last line is "N passed, M f
   6 two real uids (root only): no access to another uid's session, no shutdown
   7 the cancel op, and mixctl interrupted with SIGINT
   8 mixctl over the daemon: stdin, closed pipes, bad input, status/experts/sessions, no daemon
+  9 replies too large for one frame (tokenize, detokenize, score) are refused with an error
 
 --quick skips only the RSS measurement of check 4 (which needs a non-sanitizer build anyway;
-it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 5 4 6 (6 last:
+it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 9 5 4 6 (6 last:
 root's shutdown ends the daemon). `--only 4` on the rel build is the RSS soak (rss_soak.py).
 Check 6 is skipped with a loud line when not root, unless CI=true (then it fails); the last
 line then reads "N passed, M failed (K skipped)". The model is models/tiny-moe-q4_k_m.gguf of
@@ -961,12 +962,75 @@ def check_mixctl(ctx, ck):
            "/".join(str(codes[k]) for k in ("status", "experts", "sessions")), p5.returncode)
 
 
+LONG_TOKEN = 1177           # "----------------": 16 bytes of text in one token of the tiny model's vocabulary
+REPLY_TIMEOUT = 30.0        # seconds a refused request may take to be answered (it is refused before any compute)
+
+
+def check_large_replies(ctx, ck):
+    """Requests whose reply would not fit in one frame get a clear error, never silence; the
+    largest replies that fit are answered; the daemon refuses a max-prompt-tokens its tokenize
+    replies could not carry."""
+    d = ctx.main
+    max_tokens, max_score, max_text = 65536, 32768, 983040   # PROTO_MAX_TOKENS_ARRAY, _SCORE_TOKENS, _PROMPT_BYTES
+    cases = [
+        # (what, op, fields, wanted: ("ok", check) or ("error", codes))
+        ("tokenize of 70,002 tokens", "tokenize", {"text": "a " * 70000}, ("error", ("over_limit", "too_large"))),
+        ("tokenize of 65,536 tokens (the most)", "tokenize", {"text": "a " * (max_tokens - 2)},
+         ("ok", lambda r: len(r["tokens"]) == max_tokens)),
+        ("detokenize of 65,536 ids, 1 MiB of text", "detokenize", {"tokens": [LONG_TOKEN] * max_tokens},
+         ("error", ("too_large",))),
+        ("detokenize of 61,440 ids, 983,040 bytes (the most)", "detokenize",
+         {"tokens": [LONG_TOKEN] * (max_text // 16)}, ("ok", lambda r: len(r["text"]) == max_text)),
+        ("score of 33,002 tokens", "score", {"text": "a " * 33000}, ("error", ("too_large",))),
+    ]
+    figs = []
+    for what, op, fields, (want, arg) in cases:
+        with Client(d.sock, timeout=REPLY_TIMEOUT) as c:   # one connection each: a lost reply spoils no other
+            t0 = time.monotonic()
+            try:
+                r = c.call(op, **fields)
+            except (socket.timeout, TimeoutError):
+                ck.expect(False, "%s: no reply within %.0f s" % (what, REPLY_TIMEOUT))
+                figs.append("%s: NO REPLY" % what)
+                continue
+            except Closed as e:
+                ck.expect(False, "%s: %s" % (what, e))
+                continue
+            dt = time.monotonic() - t0
+            if want == "ok":
+                ck.expect(r.get("ok") is True and arg(r), "%s: %r" % (what, {k: v for k, v in r.items()
+                                                                           if k not in ("tokens", "text")}))
+            else:
+                err = r.get("error", {})
+                ck.expect(err.get("code") in arg and err.get("message"), "%s: reply %r, wanted %s"
+                          % (what, r, "/".join(arg)))
+            figs.append("%s: %s in %.2f s" % (what, r["error"]["code"] if "error" in r else "ok", dt))
+            h = c.call("hello", version=1)
+            ck.expect(h.get("ok") is True, "%s: connection unusable afterwards: %r" % (what, h))
+    with Client(d.sock, timeout=REPLY_TIMEOUT) as c:
+        lim = c.call("hello", version=1).get("limits", {})
+    ck.expect((lim.get("max_tokens_array"), lim.get("max_score_tokens"), lim.get("max_prompt_bytes")) ==
+              (max_tokens, max_score, max_text), "hello limits %r" % (lim,))
+    # a max-prompt-tokens whose tokenize replies would not fit is refused at start
+    try:
+        p = subprocess.run([ctx.mixd, "--config", os.devnull, "--model", MODEL, "--socket",
+                            os.path.join(ctx.tmpdir, "big-prompt.sock"), "--max-prompt-tokens", "131072"],
+                           capture_output=True, timeout=20)
+        rc, err = p.returncode, p.stderr.decode(errors="replace")
+    except subprocess.TimeoutExpired as e:   # it started and served (killed by run())
+        rc, err = None, (e.stderr or b"").decode(errors="replace")
+    ck.expect(rc == 2 and "max-prompt-tokens" in err and "loading" not in err,
+              "--max-prompt-tokens 131072: exit %r, %r" % (rc, err[-300:]))
+    ck.fig("; ".join(figs) + "; --max-prompt-tokens 131072 refused (exit %r)" % rc)
+
+
 CHECKS = [
     (1, "determinism under load", check_load),
     (2, "bad frames and request errors", check_bad_frames),
     (3, "disconnect cancels", check_disconnect),
     (7, "cancel op and SIGINT", check_cancel),
     (8, "mixctl over the daemon", check_mixctl),
+    (9, "replies too large for a frame", check_large_replies),
     (5, "sessions", check_sessions),
     (4, "kill cycles", check_kill_cycles),
     (6, "two uids", check_two_uids),        # last: root's shutdown ends the daemon
