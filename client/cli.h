@@ -39,7 +39,7 @@ void cli_install_signals(void);
 /* Long-option ids shared by the commands. */
 enum { OPT_CTX = 1000, OPT_KV_BUDGET, OPT_NO_BOS, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY,
        OPT_REPEAT_LAST_N, OPT_SEED, OPT_STOP, OPT_TOKENS, OPT_ALL, OPT_CHUNK, OPT_SOCKET, OPT_JSON, OPT_SESSION,
-       OPT_LOGPROBS, OPT_SYSTEM, OPT_INT8, OPT_EXACT, OPT_KV_TYPE };
+       OPT_LOGPROBS, OPT_SYSTEM, OPT_INT8, OPT_EXACT, OPT_KV_TYPE, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT };
 
 /* Sampling options of generate and chat (in-process and remote alike). */
 #include "sample.h"

@@ -59,6 +59,7 @@ run "unit test_forward, MIXD_ISA=scalar" env MIXD_ISA=scalar "$REL/tests/test_fo
 
 # 2. command-line contract (exit codes, streams, determinism)
 run "cli contract" bash tests/cli/test_cli.sh "$ASAN/mixctl"
+run "mixctl against a misbehaving daemon" "$PYTHON" tests/cli/test_remote_errors.py "$ASAN/mixctl"
 run "daemon end-to-end" "$PYTHON" tests/daemon/test_daemon.py "$ASAN/mixd" "$ASAN/mixctl" --quick
 run "systemd notify and activation" "$PYTHON" tests/service/test_notify.py "$ASAN/mixd" "$ASAN/mixctl"
 run "daemon restarts, state files, reload" "$PYTHON" tests/lifecycle/test_lifecycle.py "$ASAN/mixd" "$ASAN/mixctl"
