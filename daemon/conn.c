@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <grp.h>
+#include <poll.h>
 #include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,32 @@ void conn_close(Conn *c) {
         uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
 }
 
+void conn_close_if_done(Conn *c) {
+        if (c->read_eof && !c->closing && c->n_jobs == 0 && c->write_queued == 0)
+                conn_close(c);
+}
+
+/* The client closed its end entirely (not just its sending side): nobody will read answers. A
+ * Unix stream socket reports POLLHUP once both directions are shut, POLLRDHUP alone for a
+ * half-close. */
+static bool peer_gone(Conn *c) {
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0)
+                return true;
+        struct pollfd pfd = { .fd = fd, .events = 0 };
+        return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLERR | POLLNVAL));
+}
+
+void conn_check_half_closed(Server *srv) {
+        for (Conn *c = srv->conns, *next; c; c = next) {
+                next = c->next;
+                if (c->read_eof && !c->closing && peer_gone(c)) {
+                        log_debug("connection %llu: the half-closed client went away", (unsigned long long)c->id);
+                        conn_close(c);
+                }
+        }
+}
+
 static void resume_generations(Conn *c) {
         Server *srv = c->srv;
         for (Job *j = srv->jobs; j; j = j->next)
@@ -78,6 +105,11 @@ static void on_written(uv_write_t *req, int status) {
         if (c->close_after_write && c->write_queued == 0) {
                 conn_close(c);
                 return;
+        }
+        if (c->read_eof) {
+                conn_close_if_done(c);
+                if (c->closing)
+                        return;
         }
         if (c->write_queued < DAEMON_WRITE_RESUME)
                 resume_generations(c);
@@ -170,9 +202,18 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         Conn *c = (Conn *)stream;
         if (nread < 0) {
+                if (nread == UV_EOF && !frame_reader_partial(&c->fr) && !peer_gone(c)) {
+                        /* half-closed between frames: answer what it asked, then close */
+                        uv_read_stop(stream);
+                        c->read_eof = true;
+                        log_debug("connection %llu: the client finished sending; %u request(s) to answer",
+                                  (unsigned long long)c->id, c->n_jobs);
+                        conn_close_if_done(c);
+                        return;
+                }
                 if (nread != UV_EOF)
                         log_debug("connection %llu: read: %s", (unsigned long long)c->id, uv_strerror((int)nread));
-                conn_close(c);
+                conn_close(c); /* gone, or gone in the middle of a frame: its requests are cancelled */
                 return;
         }
         const uint8_t *p = (const uint8_t *)buf->base;

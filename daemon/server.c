@@ -90,6 +90,8 @@ static void finish_job(Server *srv, Job *j) {
         if (j->kind == JOB_GENERATE)
                 srv->tokens_generated += (uint64_t)j->gen.n_generated;
         job_free(j);
+        if (c)
+                conn_close_if_done(c); /* a half-closed client's last answer is out */
         if (srv->shutting_down && srv->n_jobs == 0)
                 server_begin_shutdown(srv, NULL);
         else if (srv->reloading && srv->n_jobs == 0)
@@ -145,6 +147,7 @@ static void on_housekeeping(uv_timer_t *h) {
                         job_cancel(srv, j);
                 }
         report_guard(srv);
+        conn_check_half_closed(srv);
         const uint64_t window = __atomic_exchange_n(&srv->tokens_window, 0, __ATOMIC_RELAXED);
         const double dt = DAEMON_HOUSEKEEPING_MS / 1000.0;
         srv->tokens_per_s = 0.8 * srv->tokens_per_s + 0.2 * (double)window / dt;

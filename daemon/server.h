@@ -30,6 +30,8 @@ typedef struct Conn {
         bool is_admin;
         bool closing;               /* uv_close called (or will be after the last write) */
         bool close_after_write;     /* a fatal protocol error was answered: close once sent */
+        bool read_eof;              /* the client shut down its sending side (shutdown(SHUT_WR), as
+                                     * nc -N and socat do): its requests are answered, then it closes */
         FrameReader fr;
         size_t write_queued;        /* bytes handed to uv_write and not yet written */
         unsigned n_jobs;            /* requests of this connection in the scheduler */
@@ -133,6 +135,10 @@ void conn_send(Conn *c, uint8_t *frame, size_t len);    /* takes ownership of fr
 void conn_send_error(Conn *c, const ProtoError *err);
 void conn_close(Conn *c);
 Conn *conn_find(Server *srv, uint64_t id);
+/* A half-closed connection whose last request has been answered and written is closed. */
+void conn_close_if_done(Conn *c);
+/* Housekeeping: close the half-closed connections whose client has gone entirely. */
+void conn_check_half_closed(Server *srv);
 
 /* dispatch.c: one decoded request from c (ownership of req passes). */
 void dispatch_request(Conn *c, Request *req);

@@ -18,9 +18,10 @@ figures (problems are listed under a FAIL line); the last line is "N passed, M f
   7 the cancel op, and mixctl interrupted with SIGINT
   8 mixctl over the daemon: stdin, closed pipes, bad input, status/experts/sessions, no daemon
   9 replies too large for one frame (tokenize, detokenize, score) are refused with an error
+ 10 a half-closed client (shutdown(SHUT_WR) after its requests) gets its answers, then is closed
 
 --quick skips only the RSS measurement of check 4 (which needs a non-sanitizer build anyway;
-it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 9 5 4 6 (6 last:
+it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 9 10 5 4 6 (6 last:
 root's shutdown ends the daemon). `--only 4` on the rel build is the RSS soak (rss_soak.py).
 Check 6 is skipped with a loud line when not root, unless CI=true (then it fails); the last
 line then reads "N passed, M failed (K skipped)". The model is models/tiny-moe-q4_k_m.gguf of
@@ -1024,6 +1025,62 @@ def check_large_replies(ctx, ck):
     ck.fig("; ".join(figs) + "; --max-prompt-tokens 131072 refused (exit %r)" % rc)
 
 
+def check_half_close(ctx, ck):
+    """A client that shuts down its sending side after its requests (nc -N, socat) gets every
+    answer, then the daemon closes; one that goes away entirely has its work cancelled."""
+    d = ctx.main
+    gen = {"prompt": PROMPTS[0], "n_predict": 8, "temperature": 0.0, "seed": 1}
+    with Client(d.sock, timeout=REPLY_TIMEOUT) as c:
+        ref = c.generate(**gen)
+        ref_tokens = c.call("tokenize", text=PROMPTS[1])
+    if not ck.expect(ref["done"] is not None and ref_tokens.get("ok"), "reference run failed: %r %r"
+                     % (ref["error"], ref_tokens)):
+        return
+    with Client(d.sock, timeout=REPLY_TIMEOUT) as c:
+        c.send({"id": 1, "op": "generate", **gen})
+        c.send({"id": 2, "op": "tokenize", "text": PROMPTS[1]})
+        c.send({"id": 3, "op": "status"})
+        c.s.shutdown(socket.SHUT_WR)
+        got, text, closed = {}, b"", False
+        try:
+            while True:
+                m = c.recv()
+                if m.get("event") == "token":
+                    text += text_bytes(m["text"])
+                elif m.get("event") != "progress":
+                    got[m.get("id")] = m
+        except Closed:
+            closed = True
+        except (socket.timeout, TimeoutError):
+            pass
+    done = got.get(1, {})
+    ck.expect(done.get("event") == "done" and done.get("n_generated") == 8 and text == ref["text"],
+              "generate after the half-close: %r, text %r (wanted %r)" % (done, text, ref["text"]))
+    ck.expect(got.get(2, {}).get("tokens") == ref_tokens["tokens"], "tokenize after the half-close: %r" % (got.get(2),))
+    ck.expect(got.get(3, {}).get("ok") is True, "status after the half-close: %r" % (got.get(3),))
+    ck.expect(closed, "the daemon did not close the half-closed connection after its answers (%s)"
+              % ("timed out" if not closed else ""))
+    # half-closed with nothing asked: closed at once
+    with Client(d.sock, timeout=10) as c:
+        c.s.shutdown(socket.SHUT_WR)
+        idle_closed, extra = c.wait_closed(5)
+    ck.expect(idle_closed and not extra, "a half-closed idle client was not closed (extra %r)" % (extra[:40],))
+    # half-closed, then gone entirely in the middle of a long score: the work is cancelled
+    c = Client(d.sock, timeout=10)
+    c.send({"id": 1, "op": "score", "text": "a " * 4000})
+    c.s.shutdown(socket.SHUT_WR)
+    time.sleep(0.5)
+    st = status(d.sock)
+    busy = st["active_requests"]
+    c.close()
+    t, st = wait_idle(d.sock, 10)
+    ck.expect(busy == 1 and t is not None and t <= 5.0, "score of a half-closed client that left: active %d before, "
+              "%s after %s s" % (busy, st["active_requests"], "10" if t is None else "%.2f" % t))
+    ck.fig("3 requests then SHUT_WR: %d answers, generate == the same request on an open connection (%d bytes), "
+           "then closed; idle half-close closed; a half-closed client that left: its score cancelled in %s s",
+           len(got), len(text), "?" if t is None else "%.2f" % t)
+
+
 CHECKS = [
     (1, "determinism under load", check_load),
     (2, "bad frames and request errors", check_bad_frames),
@@ -1031,6 +1088,7 @@ CHECKS = [
     (7, "cancel op and SIGINT", check_cancel),
     (8, "mixctl over the daemon", check_mixctl),
     (9, "replies too large for a frame", check_large_replies),
+    (10, "half-closed clients", check_half_close),
     (5, "sessions", check_sessions),
     (4, "kill cycles", check_kill_cycles),
     (6, "two uids", check_two_uids),        # last: root's shutdown ends the daemon

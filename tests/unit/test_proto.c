@@ -253,17 +253,21 @@ static void run_stream(const uint32_t *lens, size_t n, size_t (*chunk)(size_t i)
 
                         assert_true(r >= 0);
                         assert_true(frame_reader_buffered(&fr) <= PROTO_FRAME_HEADER + PROTO_MAX_FRAME);
+                        /* a stream ending now would end mid-frame exactly while bytes wait */
+                        assert_int_equal(frame_reader_partial(&fr), r == 1 || frame_reader_buffered(&fr) > 0);
                         p += used, left -= used;
                         if (frame_reader_next(&fr, &body, &body_len) > 0) {
                                 assert_true(got < n);
                                 check_body(body, body_len, got, lens[got]);
                                 got++;
+                                assert_false(frame_reader_partial(&fr));
                                 assert_int_equal(frame_reader_next(&fr, &body, &body_len), 0);
                         }
                 }
                 at += c;
         }
         assert_int_equal(got, n);
+        assert_false(frame_reader_partial(&fr));
         assert_int_equal(frame_reader_buffered(&fr), 0 + (fr.handed_out ? lens[n - 1] + PROTO_FRAME_HEADER : 0));
         frame_reader_done(&fr);
         free(s);
