@@ -23,9 +23,19 @@ int cli_read_stdin(size_t max, char **ret_buf, size_t *ret_len);
 /* Read a whole file. */
 int cli_read_file(const char *path, size_t max, char **ret_buf, size_t *ret_len);
 
-/* Write to stdout, unbuffered. A closed pipe sets cli_stdout_closed and returns -EPIPE. */
+/* Write to stdout, unbuffered. A closed pipe sets cli_stdout_closed and returns -EPIPE; any
+ * other failure returns -errno (report it with cli_write_error). */
 extern volatile int cli_stdout_closed;
 int cli_write(const void *buf, size_t len);
+/* A write to stdout failed with err (-errno). -EPIPE: the reader left (| head), a quiet end:
+ * returns EXIT_OK. Anything else (a full disk, an I/O error) is printed once and remembered:
+ * returns EXIT_RUNTIME. Either way the command stops writing (cli_stdout_usable). */
+int cli_write_error(int err);
+/* 0 once stdout failed (a closed pipe or another error): stop producing output. */
+int cli_stdout_usable(void);
+/* The end of every command: flush stdout and turn a write error (other than EPIPE) seen at any
+ * point into EXIT_RUNTIME when the command would have succeeded. Returns the exit code. */
+int cli_finish_output(int ex);
 
 /* Strict parsers: the whole string must be a number within [lo, hi]. 0 or -EINVAL. */
 int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *ret);

@@ -217,8 +217,9 @@ int cmd_tokenize_local(int argc, char **argv) {
                 pos += (size_t)snprintf(out + pos, cap - pos, "%s%d", i ? "," : "", ids[i]);
         out[pos++] = ']';
         out[pos++] = '\n';
-        if (cli_write(out, pos) < 0 && !cli_stdout_closed)
-                ex = EXIT_RUNTIME;
+        int w = cli_write(out, pos);
+        if (w < 0)
+                ex = cli_write_error(w);
         free(out);
 out:
         free(ids);
@@ -328,8 +329,11 @@ int cmd_generate_local(int argc, char **argv) {
                         show_progress(NULL, ev.prompt_done, ev.prompt_total);
                         t1 = now_seconds();
                 }
-                if (emit(ev.text, ev.text_len) < 0)
-                        goto out; /* stdout closed early (| head): a quiet, successful end */
+                int w = emit(ev.text, ev.text_len);
+                if (w < 0) { /* stdout closed early (| head): a quiet, successful end; else an error */
+                        ex = cli_write_error(w);
+                        goto out;
+                }
         } while (r > 0);
 
         if (isatty(STDOUT_FILENO)) {
@@ -395,7 +399,10 @@ static int print_logits_line(LogitsPrinter *lp, int64_t pos, const float *logits
         for (uint32_t i = 0; i < lp->n_vocab; i++)
                 len += (size_t)sprintf(lp->buf + len, "%s%.9g", i ? "," : "", (double)logits[i]);
         len += (size_t)sprintf(lp->buf + len, "]}\n");
-        return cli_write(lp->buf, len) < 0 ? -EPIPE : 0;
+        int w = cli_write(lp->buf, len);
+        if (w < 0)
+                cli_write_error(w); /* reported (unless EPIPE); the feed stops */
+        return w < 0 ? -EPIPE : 0;
 }
 
 static int on_logits(void *userdata, int64_t pos, const float *logits) {
@@ -478,7 +485,7 @@ int cmd_logits(int argc, char **argv) {
         int r = session_feed(e.s, e.fw, ids, n, on_logits, &lp);
         if (r == -ECANCELED)
                 ex = EXIT_INTERRUPTED;
-        else if (r < 0 && r != -EPIPE) {
+        else if (r < 0 && r != -EPIPE) { /* -EPIPE: the output stopped (cli_finish_output decides) */
                 cli_error("forward pass failed: %s", strerror(-r));
                 ex = EXIT_RUNTIME;
         }
@@ -611,8 +618,9 @@ int cmd_perplexity(int argc, char **argv) {
         }
         char line[64];
         int ln = snprintf(line, sizeof(line), "ppl %.6f\n", exp(st.nll_sum / (double)st.n_scored));
-        if (cli_write(line, (size_t)ln) < 0 && !cli_stdout_closed)
-                ex = EXIT_RUNTIME;
+        int w = cli_write(line, (size_t)ln);
+        if (w < 0)
+                ex = cli_write_error(w);
 out:
         free(chunk);
         engine_close(&e);

@@ -197,18 +197,19 @@ static int stream_generation(Remote *rc, Request *req, int json, int show_stats)
                         reply_free(&rep);
                         continue;
                 }
-                if (rep.event == REPLY_EVENT_TOKEN && !cli_stdout_closed && !cancel_sent) {
+                if (rep.event == REPLY_EVENT_TOKEN && cli_stdout_usable() && !cancel_sent) {
                         int w;
                         if (json) {
                                 print_json(stdout, &rep.root);
                                 fputc('\n', stdout);
-                                w = fflush(stdout) == 0 ? 0 : -EPIPE;
+                                w = fflush(stdout) == 0 ? 0 : -(errno ? errno : EIO);
                         } else {
                                 w = cli_write(rep.text.ptr, rep.text.len);
                         }
                         if (w < 0) {
-                                /* stdout closed (| head): stop the generation, end quietly */
-                                cli_stdout_closed = 1;
+                                /* stdout closed (| head): stop the generation, end quietly;
+                                 * any other write error (a full disk): stop it, exit 1 */
+                                ex = cli_write_error(w);
                                 Request c;
                                 request_init(&c, PROTO_OP_CANCEL, 0);
                                 c.cancel.target = req->id;
@@ -216,11 +217,12 @@ static int stream_generation(Remote *rc, Request *req, int json, int show_stats)
                                 remote_send(rc, &c);
                         }
                 } else if (rep.event == REPLY_EVENT_DONE) {
-                        if (json && !cli_stdout_closed) {
+                        if (json && cli_stdout_usable()) {
                                 print_json(stdout, &rep.root);
                                 fputc('\n', stdout);
-                                fflush(stdout);
-                        } else if (tty && !cli_stdout_closed) {
+                                if (fflush(stdout) != 0)
+                                        ex = cli_write_error(-(errno ? errno : EIO));
+                        } else if (tty && cli_stdout_usable()) {
                                 cli_write("\n", 1);
                         }
                         if (show_stats && tty_err && !json)
@@ -728,13 +730,14 @@ int cmd_chat(int argc, char **argv) {
                 fill_generate(&req, &g);
                 ex = stream_generation(&rc, &req, ro.json, 0);
                 request_free(&req);
-                if (!isatty(STDOUT_FILENO) && !ro.json)
-                        cli_write("\n", 1);
+                int w = !isatty(STDOUT_FILENO) && !ro.json && cli_stdout_usable() ? cli_write("\n", 1) : 0;
+                if (w < 0 && cli_write_error(w) != EXIT_OK && !ex)
+                        ex = EXIT_RUNTIME;
                 if (ex == EXIT_INTERRUPTED && tty) {
                         ex = EXIT_OK; /* Ctrl-C stops one answer; the chat goes on */
                         continue;
                 }
-                if (ex || cli_stdout_closed)
+                if (ex || !cli_stdout_usable())
                         break;
         }
         if (opened) {

@@ -58,14 +58,14 @@ int main(int argc, char **argv) {
                 usage(stderr);
                 return EXIT_USAGE;
         }
+        cli_install_signals();
         if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
                 usage(stdout);
-                return EXIT_OK;
+                return cli_finish_output(EXIT_OK);
         }
-        cli_install_signals();
         for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
                 if (!strcmp(argv[1], commands[i].name))
-                        return commands[i].run(argc - 1, argv + 1);
+                        return cli_finish_output(commands[i].run(argc - 1, argv + 1));
         cli_error("unknown command '%s' (try 'mixctl --help')", argv[1]);
         return EXIT_USAGE;
 }

@@ -64,6 +64,15 @@ stop=$("$PYTHON" -c 'import sys; t=open(sys.argv[1]).read(); print(t[len(t)//2:l
 check "stop string ends output before it" 0 $st $?
 
 "$MIXCTL" generate -m "$MODEL" -n 400 --seed 1 "ROMEO:" 2>"$tmp/err" | head -c 5 >/dev/null; check "closed stdout exits 0" 0 "${PIPESTATUS[0]}"
+"$MIXCTL" logits -m "$MODEL" --tokens 1,2,3 --all 2>"$tmp/err" | head -c 5 >/dev/null; check "logits: closed stdout exits 0" 0 "${PIPESTATUS[0]}"
+# any other write error is exit 1 with the reason (only EPIPE means "the reader left")
+wfail='cannot write to standard output'
+"$MIXCTL" generate -m "$MODEL" -n 8 --seed 1 "ROMEO:" >/dev/full 2>"$tmp/err"; check "generate > /dev/full" 1 $? "$(contains "$tmp/err" "$wfail")"
+printf 'hi' | "$MIXCTL" tokenize -m "$MODEL" >/dev/full 2>"$tmp/err"; check "tokenize > /dev/full" 1 $? "$(contains "$tmp/err" "$wfail")"
+"$MIXCTL" logits -m "$MODEL" --tokens 1,2 >/dev/full 2>"$tmp/err"; check "logits > /dev/full" 1 $? "$(contains "$tmp/err" "$wfail")"
+"$MIXCTL" --help >/dev/full 2>"$tmp/err"; check "--help > /dev/full" 1 $? "$(contains "$tmp/err" "$wfail")"
+"$MIXCTL" generate --help >/dev/full 2>"$tmp/err"; check "generate --help > /dev/full" 1 $? "$(contains "$tmp/err" "$wfail")"
+[ "$(grep -c "$wfail" "$tmp/err")" = 1 ]; check "the write error is reported once" 0 $?
 
 "$MIXCTL" generate -m "$MODEL" -n -1 --seed 3 --temp 1 "ROMEO:" >/dev/null 2>"$tmp/err" &
 pid=$!; sleep 1.5; kill -INT $pid; wait $pid; check "SIGINT exits 130" 130 $?

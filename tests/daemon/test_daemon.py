@@ -932,6 +932,23 @@ def check_mixctl(ctx, ck):
         ck.expect(False, "mixctl sanitizer report: %s" % sh.stderr.decode(errors="replace")[:2000])
     t, st = wait_idle(d.sock, 10)
     ck.expect(t is not None, "active_requests %d after the closed pipe" % st["active_requests"])
+    # any write error but a closed pipe is exit 1 with the reason; the generation is stopped
+    full = {}
+    with open("/dev/full", "wb") as devfull:
+        for name, args, stdin_ in (("status", ["status"], None), ("generate", ["generate", "-n", "8", "ROMEO:"], None),
+                                   ("generate --json", ["generate", "--json", "-n", "8", "ROMEO:"], None),
+                                   ("chat", ["chat", "-n", "4"], b"hi\n")):
+            e = dict(os.environ)
+            pf = subprocess.run([tools.mixctl] + args + sock, stdout=devfull, stderr=subprocess.PIPE, input=stdin_,
+                                timeout=120, env=e, cwd=ctx.tmpdir)
+            err = pf.stderr.decode(errors="replace")
+            full[name] = pf.returncode
+            ck.expect(pf.returncode == 1 and "cannot write to standard output" in err,
+                      "%s > /dev/full: exit %d (wanted 1): %r" % (name, pf.returncode, err.strip()))
+            if sanitizer_in(err):
+                ck.expect(False, "mixctl sanitizer report: %s" % err[:2000])
+    t, st = wait_idle(d.sock, 10)
+    ck.expect(t is not None, "active_requests %d after the writes to /dev/full" % st["active_requests"])
     p3 = tools.run(["generate", *sock, "-n", "3"], input=b"ab\xff\xfe")
     ck.expect(p3.returncode == 2, "invalid UTF-8 stdin: exit %d (wanted 2)" % p3.returncode)
     codes = {}
@@ -959,8 +976,9 @@ def check_mixctl(ctx, ck):
     ck.expect(p4.returncode == 3 and p5.returncode == 3, "no daemon: status exit %d, generate exit %d (wanted 3)"
               % (p4.returncode, p5.returncode))
     ck.fig("stdin generate == in-process (%d bytes); | head -c 3 exit %d; bad UTF-8 exit %d; status/experts/sessions "
-           "%s; no socket exit %d", len(ref), sh.returncode, p3.returncode,
-           "/".join(str(codes[k]) for k in ("status", "experts", "sessions")), p5.returncode)
+           "%s; no socket exit %d; > /dev/full exit %s", len(ref), sh.returncode, p3.returncode,
+           "/".join(str(codes[k]) for k in ("status", "experts", "sessions")), p5.returncode,
+           "/".join("%s %d" % kv for kv in full.items()))
 
 
 LONG_TOKEN = 1177           # "----------------": 16 bytes of text in one token of the tiny model's vocabulary
