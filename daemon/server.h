@@ -89,6 +89,7 @@ struct Server {
         uv_pipe_t listener;
         bool listening;
         bool own_socket;            /* we bound it (not socket-activated): unlink at exit */
+        int listen_fds;             /* sockets passed by the service manager (0 or 1), read once */
         uv_async_t wakeup;          /* workers → loop: drain the outbox */
         uv_timer_t housekeeping;
         uv_signal_t sig_int, sig_term, sig_hup;
