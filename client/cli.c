@@ -121,6 +121,19 @@ int cli_finish_output(int ex) {
         return stdout_error && ex == EXIT_OK ? EXIT_RUNTIME : ex;
 }
 
+void cli_stdin_hint(const char *what) {
+        if (isatty(STDIN_FILENO))
+                fprintf(stderr, "mixctl: reading the %s from the terminal; end it with Ctrl-D on a line of its own "
+                                "(or give it as an argument, or pipe it in)\n", what);
+}
+
+void cli_newline_after_interrupt(void) {
+        if (isatty(STDOUT_FILENO) && cli_stdout_usable())
+                cli_write("\n", 1);
+        else if (isatty(STDERR_FILENO))
+                fputc('\n', stderr);
+}
+
 int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *ret) {
         char *end;
         errno = 0;

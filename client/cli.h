@@ -79,6 +79,32 @@ typedef struct GenerateOpts {
         "  --repeat-last-n N    tokens the penalty looks back (default 64)\n"            \
         "  --seed N             random seed (default: random)\n"                         \
         "  --stop STR           stop before STR (repeatable; STR is not printed)\n"
+/* Options of the in-process model commands (-m) and of the commands that talk to mixd. */
+#define MODEL_OPTS_HELP                                                                                         \
+        "  -m, --model FILE     GGUF model file (required)\n"                                                   \
+        "  --ctx N              positions a full-attention session keeps before rolling\n"                      \
+        "  --kv-budget BYTES    most bytes of KV cache (default 4 GiB)\n"                                       \
+        "  --kv-type TYPE       KV cache numbers: f16 (default), q8_0 (half the bytes) or f32\n"                \
+        "  -t, --threads N      compute threads (default: online CPUs)\n"                                       \
+        "  --exact              float activations everywhere: the exact reference path (2-3x slower;\n"         \
+        "                       the default quantizes activations to 8 bits for quantized weights)\n"          \
+        "  --int8               deprecated, does nothing: 8-bit activations are the default\n"
+#define REMOTE_OPTS_HELP                                                                                        \
+        "  --socket PATH        daemon socket (default: $MIXD_SOCKET, /run/mixd/mixd.sock,\n"                   \
+        "                       $XDG_RUNTIME_DIR/mixd.sock)\n"                                                  \
+        "  --json               print JSON (one object per line)\n"                                             \
+        "  --timeout S          give up when mixd stays silent S seconds (default 30; 0 = never)\n"             \
+        "  --connect-timeout S  give up when mixd accepts no connection in S seconds (default 5)\n"
+/* The help of generate and tokenize, which run in-process with -m and through mixd without:
+ * the same text either way, every option of both. */
+void generate_usage(void);
+void tokenize_usage(void);
+/* Before reading a prompt or text from stdin: when stdin is a terminal, say so on stderr (what
+ * is being read, and that Ctrl-D ends it), so a command waiting there is not mistaken for hung. */
+void cli_stdin_hint(const char *what);
+/* After Ctrl-C ends output on a terminal: end the line, so the shell's prompt starts on a new one. */
+void cli_newline_after_interrupt(void);
+
 /* 1 if c was a sampling option (*ret_exit set on a bad value), else 0. */
 int sampling_opt_parse(int c, const char *arg, GenerateOpts *g, int *ret_exit);
 /* Pick a random seed unless one was given. */

@@ -160,14 +160,6 @@ static int parse_model_opt(int c, const char *arg, ModelOpts *o, int *ret_exit) 
         { "kv-type", required_argument, NULL, OPT_KV_TYPE },                                            \
         { "help", no_argument, NULL, 'h' }
 
-#define MODEL_OPTS_HELP \
-        "  -m, --model FILE     GGUF model file (required)\n" \
-        "  --ctx N              positions a full-attention session keeps before rolling\n" \
-        "  --kv-budget BYTES    most bytes of KV cache (default 4 GiB)\n" \
-        "  --kv-type TYPE       KV cache numbers: f16 (default), q8_0 (half the bytes) or f32\n" \
-        "  -t, --threads N      compute threads (default: online CPUs)\n" \
-        "  --exact              float activations everywhere: the exact reference path (2-3x slower;\n" \
-        "                       the default quantizes activations to 8 bits for quantized weights)\n"
 
 /* ---------------------------------------------------------------- tokenize */
 
@@ -186,9 +178,7 @@ int cmd_tokenize_local(int argc, char **argv) {
                 if (c == OPT_NO_BOS) {
                         add_bos = 0;
                 } else if (c == 'h') {
-                        printf("usage: mixctl tokenize -m MODEL [--no-bos] < text\n"
-                               "Reads stdin verbatim and prints its token ids as one JSON array.\n" MODEL_OPTS_HELP
-                               "  --no-bos             do not add the BOS token\n");
+                        tokenize_usage();
                         return EXIT_OK;
                 } else {
                         return EXIT_USAGE;
@@ -203,6 +193,7 @@ int cmd_tokenize_local(int argc, char **argv) {
         char *text = NULL;
         int32_t *ids = NULL;
         size_t len, n;
+        cli_stdin_hint("text");
         if ((ex = read_input(&text, &len)) || (ex = open_model(&o, &m)) || (ex = encode(m, text, len, add_bos, &ids, &n)))
                 goto out;
 
@@ -270,10 +261,7 @@ int cmd_generate_local(int argc, char **argv) {
                         continue;
                 }
                 if (c == 'h') {
-                        printf("usage: mixctl generate -m MODEL [options] [\"prompt\"]\n"
-                               "Continues the prompt (the argument, else stdin read to EOF) and streams the text.\n"
-                               "Without -m, the request goes to the mixd daemon (see --socket).\n"
-                               MODEL_OPTS_HELP SAMPLING_OPTS_HELP);
+                        generate_usage();
                         return EXIT_OK;
                 }
                 return EXIT_USAGE;
@@ -296,8 +284,10 @@ int cmd_generate_local(int argc, char **argv) {
                 len = strlen(argv[optind]);
                 if (!text)
                         return EXIT_RUNTIME;
-        } else if ((ex = read_input(&text, &len))) {
-                return ex;
+        } else {
+                cli_stdin_hint("prompt");
+                if ((ex = read_input(&text, &len)))
+                        return ex;
         }
         if ((ex = open_model(&o, &m)) || (ex = encode(m, text, len, 1, &ids, &n_ids)) ||
             (ex = open_engine(m, &o, 0, &e)))
@@ -316,6 +306,7 @@ int cmd_generate_local(int argc, char **argv) {
         int r;
         do {
                 if (cli_interrupted) {
+                        cli_newline_after_interrupt(); /* the shell's prompt starts on a line of its own */
                         ex = EXIT_INTERRUPTED;
                         goto out;
                 }

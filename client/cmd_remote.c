@@ -16,10 +16,6 @@
                          { "timeout", required_argument, NULL, OPT_TIMEOUT },                                    \
                          { "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },                    \
                          { "help", no_argument, NULL, 'h' }
-#define REMOTE_OPTS_HELP "  --socket PATH        daemon socket (default: $MIXD_SOCKET, /run/mixd/mixd.sock, $XDG_RUNTIME_DIR/mixd.sock)\n" \
-                         "  --json               print JSON (one object per line)\n"                                  \
-                         "  --timeout S          give up when mixd stays silent S seconds (default 30; 0 = never)\n"  \
-                         "  --connect-timeout S  give up when mixd accepts no connection in S seconds (default 5)\n"
 
 typedef struct RemoteOpts {
         const char *socket;
@@ -119,8 +115,9 @@ static double get_d(const Reply *r, const char *key) {
         return v;
 }
 
-/* Read the prompt: the argument when given, else stdin to EOF; must be UTF-8. */
-static int read_prompt(int argc, char **argv, int optind_, char **ret, size_t *ret_len) {
+/* Read the prompt: the argument when given, else stdin to EOF; must be UTF-8. what: "prompt"
+ * or "text", for the hint shown when stdin is a terminal. */
+static int read_prompt(int argc, char **argv, int optind_, const char *what, char **ret, size_t *ret_len) {
         if (argc - optind_ > 1) {
                 cli_error("give the prompt as one argument (quote it), or on stdin");
                 return EXIT_USAGE;
@@ -131,6 +128,7 @@ static int read_prompt(int argc, char **argv, int optind_, char **ret, size_t *r
                 if (!*ret)
                         return EXIT_RUNTIME;
         } else {
+                cli_stdin_hint(what);
                 int r = cli_read_stdin(PROTO_MAX_PROMPT_BYTES + 1, ret, ret_len);
                 if (r == -EINTR)
                         return EXIT_INTERRUPTED;
@@ -170,7 +168,11 @@ static int stream_generation(Remote *rc, Request *req, int json, int show_stats)
                         ex = EXIT_INTERRUPTED;
                         continue;
                 }
-                if (e < 0) /* a second Ctrl-C leaves at once */
+                if (e == -EINTR) { /* a second Ctrl-C leaves at once */
+                        cli_newline_after_interrupt();
+                        return EXIT_INTERRUPTED;
+                }
+                if (e < 0)
                         return remote_report_recv(rc, e);
                 if (rep.has_id && rep.id != req->id) {
                         reply_free(&rep);
@@ -285,12 +287,7 @@ int cmd_generate_remote(int argc, char **argv) {
                 } else if (c == OPT_LOGPROBS) {
                         logprobs = 1;
                 } else if (c == 'h') {
-                        printf("usage: mixctl generate [-m MODEL] [options] [\"prompt\"]\n"
-                               "Continues the prompt (the argument, else stdin read to EOF) and streams the text.\n"
-                               "Without -m the mixd daemon runs it; with -m MODEL it runs in-process.\n"
-                               REMOTE_OPTS_HELP
-                               "  --session ID         continue a session (see 'mixctl sessions')\n"
-                               "  --logprobs           with --json: each token's log probability\n" SAMPLING_OPTS_HELP);
+                        generate_usage();
                         return EXIT_OK;
                 } else {
                         return EXIT_USAGE;
@@ -298,7 +295,7 @@ int cmd_generate_remote(int argc, char **argv) {
         }
         char *text;
         size_t len;
-        if ((ex = read_prompt(argc, argv, optind, &text, &len)))
+        if ((ex = read_prompt(argc, argv, optind, "prompt", &text, &len)))
                 return ex;
         sampling_opt_finish(&g);
 
@@ -552,7 +549,10 @@ static int text_command(int argc, char **argv, ProtoOp op, const char *usage, in
                 if (c == OPT_NO_BOS) {
                         add_bos = 0;
                 } else if (c == 'h') {
-                        printf("%s\n" REMOTE_OPTS_HELP "  --no-bos             do not add the BOS token\n", usage);
+                        if (op == PROTO_OP_TOKENIZE)
+                                tokenize_usage(); /* with the in-process options too */
+                        else
+                                printf("%s\n" REMOTE_OPTS_HELP "  --no-bos             do not add the BOS token\n", usage);
                         return EXIT_OK;
                 } else {
                         return EXIT_USAGE;
@@ -564,7 +564,7 @@ static int text_command(int argc, char **argv, ProtoOp op, const char *usage, in
         }
         char *text;
         size_t len;
-        if ((ex = read_prompt(argc, argv, arg_allowed ? optind : argc, &text, &len)))
+        if ((ex = read_prompt(argc, argv, arg_allowed ? optind : argc, "text", &text, &len)))
                 return ex;
         Remote rc;
         Request req;
@@ -706,8 +706,11 @@ int cmd_chat(int argc, char **argv) {
                 fprintf(stderr, "session %s; Ctrl-D ends, Ctrl-C stops an answer\n", sid);
         for (;;) {
                 char *line = read_line(tty);
-                if (!line)
+                if (!line) {
+                        if (tty && isatty(STDOUT_FILENO))
+                                cli_write("\n", 1); /* Ctrl-D at the prompt: the shell's prompt on a new line */
                         break;
+                }
                 if (!*line) {
                         free(line);
                         continue;
