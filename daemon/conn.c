@@ -1,10 +1,12 @@
 /* daemon/conn.c — client connections: accept with peer credentials and the connection limits
  * (per user; a reserve for administrators), read and cut frames, write with backpressure,
- * the frame and idle timeouts, close (memory freed in the close callback). Loop thread only. */
+ * the frame and idle timeouts, half-closed clients (answered, then closed), close (memory
+ * freed in the close callback). Loop thread only. */
 #include "server.h"
 
 #include <errno.h>
 #include <grp.h>
+#include <poll.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -45,11 +47,76 @@ void conn_close(Conn *c) {
                 if (*p == c) {
                         *p = c->next;
                         srv->n_conns--;
+                        if (c->drain_check) {
+                                c->drain_check = 0;
+                                srv->n_drain_checks--;
+                        }
                         break;
                 }
         /* its requests stop at their next step (a generation ends at the next token) */
         jobs_cancel_conn(&srv->jobs, c->id);
         uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+}
+
+/* A half-closed connection with every request answered and every byte written is closed,
+ * unless an outbox drain it waits for (drain_check) may still bring it answers. */
+static void close_if_done(Conn *c) {
+        if (c->read_eof && !c->closing && !c->drain_check && c->n_jobs == 0 && c->write_queued == 0) {
+                log_debug("connection %llu: the half-closed client has its answers; closing", (unsigned long long)c->id);
+                conn_close(c);
+        }
+}
+
+/* Look at c again at the end of the next outbox drain (the one after the current, when called
+ * from within one): what the loop queued for it until now has been sent by then. */
+static void check_at_drain(Conn *c) {
+        Server *srv = c->srv;
+        if (!c->drain_check)
+                srv->n_drain_checks++;
+        c->drain_check = srv->drains + 1;
+        outbox_kick(&srv->outbox); /* that drain comes even with nothing queued */
+}
+
+void conn_check_done(Conn *c) {
+        if (c->read_eof && !c->closing)
+                check_at_drain(c);
+}
+
+void conn_reply_lost(Conn *c) {
+        if (c->closing)
+                return;
+        c->reply_lost = true;
+        check_at_drain(c);
+}
+
+void conn_drained(Server *srv) {
+        if (srv->n_drain_checks == 0)
+                return;
+        for (Conn *c = srv->conns, *next; c; c = next) {
+                next = c->next; /* closing unlinks c (and only c) */
+                if (!c->drain_check || c->drain_check > srv->drains)
+                        continue;
+                c->drain_check = 0;
+                srv->n_drain_checks--;
+                if (c->reply_lost) {
+                        log_error("connection %llu (uid %u): a request ended without any answer; closing",
+                                  (unsigned long long)c->id, (unsigned)c->uid);
+                        conn_close(c);
+                } else {
+                        close_if_done(c);
+                }
+        }
+}
+
+/* The client closed its end entirely (not just its sending side): nobody will read answers. A
+ * Unix stream socket reports POLLHUP once both directions are shut, POLLRDHUP alone for a
+ * half-close. */
+static bool peer_gone(Conn *c) {
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0)
+                return true;
+        struct pollfd pfd = { .fd = fd, .events = 0 };
+        return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLERR | POLLNVAL));
 }
 
 static void on_written(uv_write_t *req, int status) {
@@ -73,6 +140,11 @@ static void on_written(uv_write_t *req, int status) {
         if (c->close_after_write && c->write_queued == 0) {
                 conn_close(c);
                 return;
+        }
+        if (c->read_eof) {
+                close_if_done(c); /* its last answer is written */
+                if (c->closing)
+                        return;
         }
         if (c->write_queued < DAEMON_WRITE_RESUME)
                 jobs_resume_conn(&c->srv->jobs, c->id);
@@ -167,9 +239,18 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         Conn *c = (Conn *)stream;
         if (nread < 0) {
+                if (nread == UV_EOF && !frame_reader_partial(&c->fr) && !peer_gone(c)) {
+                        /* half-closed between frames: answer what it asked, then close */
+                        uv_read_stop(stream);
+                        c->read_eof = true;
+                        log_debug("connection %llu: the client finished sending; %u request(s) to answer",
+                                  (unsigned long long)c->id, c->n_jobs);
+                        conn_check_done(c); /* answers of requests that ended may still be in the outbox */
+                        return;
+                }
                 if (nread != UV_EOF)
                         log_debug("connection %llu: read: %s", (unsigned long long)c->id, uv_strerror((int)nread));
-                conn_close(c);
+                conn_close(c); /* gone, or gone in the middle of a frame: its requests are cancelled */
                 return;
         }
         if (nread == 0)
@@ -232,6 +313,13 @@ unsigned conn_expire(Server *srv, uint64_t now) {
                 next = c->next; /* closing unlinks c */
                 if (c->closing)
                         continue;
+                if (c->read_eof && peer_gone(c)) {
+                        /* half-closed, then gone: nobody reads the answers; its work stops */
+                        log_debug("connection %llu: the half-closed client went away", (unsigned long long)c->id);
+                        conn_close(c);
+                        n++;
+                        continue;
+                }
                 if (c->close_after_write) {
                         /* answered, to be closed once that is written: at once if its client reads nothing */
                         if (c->write_queued > 0 && now - c->write_progress_ms > frame_ms)

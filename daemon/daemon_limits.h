@@ -2,6 +2,8 @@
  * their bounds) are the table in config.c; protocol limits are in proto/limits.h. */
 #pragma once
 
+#include "proto_limits.h"
+
 /* --- connections --- */
 #define DAEMON_MAX_CONNECTIONS_DEFAULT   256           /* open client connections */
 #define DAEMON_MAX_CONNECTIONS_PER_UID_DEFAULT 32      /* connections one user (not an administrator) may hold */
@@ -21,7 +23,7 @@
 #define DAEMON_MAX_SESSIONS_PER_UID      16            /* named sessions one uid may hold */
 #define DAEMON_KV_BUDGET_DEFAULT         (8ull << 30)  /* bytes of KV cache, all sessions together */
 #define DAEMON_SESSION_CAPACITY_DEFAULT  0             /* positions per full-attention session (0 = model context) */
-#define DAEMON_MAX_PROMPT_TOKENS         131072        /* tokens in one request's prompt */
+#define DAEMON_MAX_PROMPT_TOKENS         PROTO_MAX_PROMPT_TOKENS /* tokens in one request's prompt or text (65536): default and most */
 #define DAEMON_EVICTED_MEMORY            256           /* evicted session ids remembered, to explain errors */
 
 /* --- time --- */

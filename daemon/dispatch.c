@@ -22,15 +22,21 @@ void reply_error(Conn *c, uint64_t id, const char *code, const char *fmt, ...) {
         conn_send_error(c, &err);
 }
 
-/* Send a packed reply (or a generic error if packing failed). */
+/* Send a packed reply, or the error saying why it could not be framed; close the connection
+ * when not even that can be made (a request never goes unanswered on an open connection). */
 static void send_out(Conn *c, ProtoOut *o, uint64_t id) {
         uint8_t *frame;
         size_t len;
-        if (proto_out_frame(o, &frame, &len) < 0)
-                reply_error(c, id, "internal", "reply could not be encoded");
+        ProtoError err;
+        int r = proto_out_frame_or_error(o, id, &frame, &len, &err);
+        proto_out_done(o);
+        if (r > 0)
+                log_warning("request %llu on connection %llu: %s", (unsigned long long)id, (unsigned long long)c->id,
+                            err.message);
+        if (r < 0)
+                conn_close(c);
         else
                 conn_send(c, frame, len);
-        proto_out_done(o);
 }
 
 static void op_hello(Conn *c, const Request *req) {

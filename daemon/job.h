@@ -46,6 +46,9 @@ typedef struct Job {
         Session *s;                 /* the session's engine state (generate, score), busy while the job runs */
         bool session_named;         /* a named session that outlives the job */
         int cancel;                 /* 0 or JOB_STOP_*, set by the loop (atomic): stop at the next step */
+        bool answered;              /* the request's final frame (reply, error, done event) is queued: set by
+                                     * whoever queued it (the engine, or the loop for a job the engine never
+                                     * had), read by the loop once the job is back (jobs.h answers if not) */
         /* loop thread */
         DSession *ds;               /* the session table's entry for s, until released */
         bool waiting;               /* for room in the KV budget: not in the scheduler yet */

@@ -149,6 +149,8 @@ bool jobs_in_progress(const JobList *l, uint64_t conn_id, uint64_t req_id) {
         return false;
 }
 
+static bool answer_error(JobList *l, Job *j, const char *code, const char *msg);
+
 /* Take j off the list and free it; the server hears of it. */
 static void unlink_and_free(JobList *l, Job *j) {
         for (Job **p = &l->head; *p; p = &(*p)->next)
@@ -161,10 +163,18 @@ static void unlink_and_free(JobList *l, Job *j) {
         release_session(l, j);
         if (j->kind == JOB_GENERATE)
                 l->tokens_generated += (uint64_t)j->gen.n_generated;
+        if (!j->answered) {
+                /* every request ends in exactly one reply or error: its own could not be made or
+                 * queued (out of memory), so the list answers for it */
+                log_error("request %llu (uid %u) on connection %llu ended without a reply; answering with an error",
+                          (unsigned long long)j->req.id, (unsigned)j->uid, (unsigned long long)j->conn_id);
+                j->answered = answer_error(l, j, "internal", "the request ended without a reply (out of memory?)");
+        }
         const uint64_t conn_id = j->conn_id;
+        const bool answered = j->answered;
         job_free(l, j);
         if (l->on_end)
-                l->on_end(l->on_end_data, conn_id);
+                l->on_end(l->on_end_data, conn_id, answered);
 }
 
 static void cancel(JobList *l, Job *j, int why) {
@@ -352,9 +362,11 @@ static void make_room(JobList *l, const Job *w, UidMemo *m) {
         }
 }
 
-/* A session.open that waited: its reply. */
+/* A session.open that waited: its reply (or the error saying why it could not be framed).
+ * Sets j->answered once it is queued. */
 static void answer_opened(JobList *l, Job *j, const DSession *ds, unsigned evicted) {
         ProtoOut o;
+        ProtoError err;
         uint8_t *frame;
         size_t len;
         proto_out_init(&o);
@@ -363,18 +375,23 @@ static void answer_opened(JobList *l, Job *j, const DSession *ds, unsigned evict
         proto_out_kv_uint(&o, "capacity", ds->s->kv->n_slots);
         proto_out_kv_uint(&o, "kv_bytes", ds->kv_bytes);
         proto_out_kv_uint(&o, "evicted", evicted);
-        if (proto_out_frame(&o, &frame, &len) == 0)
-                outbox_push(l->env.outbox, j->conn_id, NULL, frame, len, false);
+        int r = proto_out_frame_or_error(&o, j->req.id, &frame, &len, &err);
         proto_out_done(&o);
+        if (r > 0)
+                log_warning("request %llu on connection %llu: %s", (unsigned long long)j->req.id,
+                            (unsigned long long)j->conn_id, err.message);
+        if (r >= 0 && outbox_push(l->env.outbox, j->conn_id, NULL, frame, len, false) == 0)
+                j->answered = true;
 }
 
-static void answer_error(JobList *l, Job *j, const char *code, const char *msg) {
+/* An error reply for j, through the outbox (after what is queued already); true once queued. */
+static bool answer_error(JobList *l, Job *j, const char *code, const char *msg) {
         ProtoError err = { .code = code, .has_id = true, .id = j->req.id };
         uint8_t *frame;
         size_t len;
         snprintf(err.message, sizeof(err.message), "%s", msg);
-        if (proto_error_encode(&err, &frame, &len) == 0)
-                outbox_push(l->env.outbox, j->conn_id, NULL, frame, len, false);
+        return proto_error_encode(&err, &frame, &len) == 0 &&
+               outbox_push(l->env.outbox, j->conn_id, NULL, frame, len, false) == 0;
 }
 
 void jobs_admit(JobList *l) {
@@ -398,8 +415,8 @@ void jobs_admit(JobList *l) {
                 l->n_waiting--;
                 w->waiting = false;
                 if (r < 0) {
-                        answer_error(l, w, r == -EUSERS ? "over_limit" : "internal",
-                                     r == -EUSERS ? "session limit reached" : strerror(-r));
+                        w->answered = answer_error(l, w, r == -EUSERS ? "over_limit" : "internal",
+                                                   r == -EUSERS ? "session limit reached" : strerror(-r));
                         unlink_and_free(l, w);
                 } else if (w->kind == JOB_SESSION_OPEN) {
                         answer_opened(l, w, ds, evicted);

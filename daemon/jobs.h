@@ -13,8 +13,12 @@
 #include "sessions.h"
 
 /* Called after a job has left the list (the list is consistent; do not start or cancel jobs
- * from here). conn_id: the connection that asked for it. */
-typedef void (*JobEndFn)(void *data, uint64_t conn_id);
+ * from here, nor close connections). conn_id: the connection that asked for it. Every request
+ * ends in exactly one reply or error: a job that could not queue its own is answered by the
+ * list (an "internal" error, after whatever the job queued); answered false: not even that
+ * could be queued (out of memory), and the client would wait forever unless its connection
+ * is closed. */
+typedef void (*JobEndFn)(void *data, uint64_t conn_id, bool answered);
 
 /* Bytes held by one uid's jobs. */
 typedef struct JobUid {

@@ -47,14 +47,15 @@ void outbox_post(Outbox *ob, OutMsg *m) {
         uv_async_send(&ob->wakeup);
 }
 
-void outbox_push(Outbox *ob, uint64_t conn_id, struct Job *job, uint8_t *frame, size_t len, bool last) {
+int outbox_push(Outbox *ob, uint64_t conn_id, struct Job *job, uint8_t *frame, size_t len, bool last) {
         OutMsg *m = calloc(1, sizeof(*m));
         if (!m) {
-                free(frame); /* the client sees a gap; a last frame's session is released with the job */
-                return;
+                free(frame); /* a last frame's session is released with the job */
+                return -ENOMEM;
         }
         *m = (OutMsg){ .conn_id = conn_id, .job = job, .frame = frame, .len = len, .last = last };
         outbox_post(ob, m);
+        return 0;
 }
 
 void outbox_kick(Outbox *ob) {

@@ -38,8 +38,8 @@ typedef struct Outbox {
 int outbox_init(Outbox *ob, uv_loop_t *loop, OutboxDrainFn drain, void *data);
 /* Queue m (owned by the caller until the drain) and wake the loop. */
 void outbox_post(Outbox *ob, OutMsg *m);
-/* Queue a frame (ownership passes; freed if no memory for the message). */
-void outbox_push(Outbox *ob, uint64_t conn_id, struct Job *job, uint8_t *frame, size_t len, bool last);
+/* Queue a frame (ownership passes; freed if no memory for the message: then -ENOMEM). */
+int outbox_push(Outbox *ob, uint64_t conn_id, struct Job *job, uint8_t *frame, size_t len, bool last);
 /* Loop thread: run the drain again soon (at the next loop iteration), even with nothing queued. */
 void outbox_kick(Outbox *ob);
 /* Free a message made by outbox_push, and its frame. */

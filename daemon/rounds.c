@@ -14,24 +14,45 @@
 
 #include "clock.h"
 #include "daemon_limits.h"
+#include "log.h"
 #include "ops.h"
 #include "tokenizer.h"
 
-/* Queue a frame for the job's client. last: the frame that ends the request (done event,
- * final reply or error): the loop releases the job's session as it sends it, so a client
- * that reacts to it at once finds the session free. Nothing touches the session after it. */
-static void emit_as(Job *j, ProtoOut *o, bool last, Job *tag) {
-        uint8_t *frame;
-        size_t len;
-        if (proto_out_frame(o, &frame, &len) == 0)
-                outbox_push(j->env->outbox, j->conn_id, tag, frame, len, last);
-        else if (last)
-                outbox_push(j->env->outbox, j->conn_id, tag, NULL, 0, true);
+/* Queue a frame for the job's client, tagged with tag (see answer_stopped). last: the frame
+ * that ends the request (done event, final reply or error; j->answered once it is queued):
+ * the loop releases the job's session as it sends it (a tagged one), so a client that reacts
+ * to it at once finds the session free. Nothing touches the session after it.
+ * A reply that cannot be framed (over the frame limits, out of memory) is replaced by the
+ * error saying why, which ends the request (j->failed is set). If not even that can be made,
+ * a last frame without bytes goes out (the session is released) and the job list answers for
+ * the request when the job ends (jobs.h). Returns 0 (queued as made), 1 (the error queued in
+ * its place) or -ENOMEM (nothing could be made or queued). */
+static int emit_as(Job *j, ProtoOut *o, bool last, Job *tag) {
+        uint8_t *frame = NULL;
+        size_t len = 0;
+        ProtoError err;
+        int r = proto_out_frame_or_error(o, j->req.id, &frame, &len, &err);
         proto_out_done(o);
+        if (r != 0) {
+                log_warning("request %llu on connection %llu: %s", (unsigned long long)j->req.id,
+                            (unsigned long long)j->conn_id, r > 0 ? err.message : "no memory for its reply");
+                j->failed = true;
+                last = true;
+        }
+        if (outbox_push(j->env->outbox, j->conn_id, tag, frame, len, last) < 0)
+                return -ENOMEM;
+        if (last && r >= 0)
+                j->answered = true; /* a last frame with bytes: the request's one answer */
+        return r;
 }
 
-static void emit(Job *j, ProtoOut *o, bool last) {
-        emit_as(j, o, last, j);
+/* Queue one of the job's own frames. true: the request ended in its place (an error replaced
+ * it, or it was lost for want of memory, and the job list answers): the job must stop. */
+static bool emit(Job *j, ProtoOut *o, bool last) {
+        if (emit_as(j, o, last, j) == 0)
+                return false;
+        j->failed = true;
+        return true;
 }
 
 static void emit_error(Job *j, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -109,7 +130,7 @@ static void answer_stopped(Job *j, Job *tag) {
                 snprintf(err.message, sizeof(err.message), "request cancelled");
                 proto_out_error(&o, &err);
         }
-        emit_as(j, &o, tag != NULL, tag);
+        emit_as(j, &o, true, tag);
 }
 
 /* The engine takes a job cancelled before its first round: answered, nothing computed. */
@@ -258,7 +279,8 @@ static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
                 proto_out_kv_str(&o, "event", "progress");
                 proto_out_kv_uint(&o, "done", ev.prompt_done);
                 proto_out_kv_uint(&o, "total", ev.prompt_total);
-                emit(j, &o, false);
+                if (emit(j, &o, false))
+                        return 0;
         }
         if (ev.has_token || ev.text_len > 0) {
                 if (ev.has_token)
@@ -269,7 +291,8 @@ static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
                 ProtoOut o;
                 proto_out_init(&o);
                 proto_out_token_event(&o, &te);
-                emit(j, &o, false);
+                if (emit(j, &o, false))
+                        return 0;
         }
         if (r > 0)
                 return 1;
@@ -297,6 +320,12 @@ static int score_begin_round(SchedJob *sj, Forward *fw, uint32_t max_rows, Forwa
         if (!j->started) {
                 j->started = true;
                 if (!tokenize_text(j, t->text, t->text_len, t->add_bos)) {
+                        j->failed = true;
+                        return 0;
+                }
+                if (j->n_tokens > PROTO_MAX_SCORE_TOKENS) { /* its reply would not fit a frame */
+                        emit_error(j, "too_large", "the text is %zu tokens; a score reply holds at most %u",
+                                   j->n_tokens, PROTO_MAX_SCORE_TOKENS);
                         j->failed = true;
                         return 0;
                 }
@@ -406,6 +435,12 @@ static int detokenize_end_round(SchedJob *sj, Forward *fw, int err) {
                 len += (size_t)n;
         }
         len += (size_t)detok_flush(&dt, text + len);
+        if (len > PROTO_MAX_TEXT_REPLY) { /* its reply would not fit a frame */
+                emit_error(j, "too_large", "the text of these %zu tokens is %zu bytes; a detokenize reply holds at most %u",
+                           d->n_tokens, len, PROTO_MAX_TEXT_REPLY);
+                free(text);
+                return 0;
+        }
         ProtoOut o;
         proto_out_init(&o);
         proto_out_ok(&o, j->req.id, 1);

@@ -34,21 +34,28 @@ static void report_guard(Server *srv) {
 }
 
 /* A job has left the list. The shutdown or reload waiting for the last one goes on at the
- * next loop iteration (not from inside the job list's own calls). */
-static void on_job_end(void *data, uint64_t conn_id) {
+ * next loop iteration (not from inside the job list's own calls); so does closing a
+ * connection. */
+static void on_job_end(void *data, uint64_t conn_id, bool answered) {
         Server *srv = data;
         Conn *c = conn_find(srv, conn_id);
         if (c) {
                 c->n_jobs--;
                 c->last_active_ms = now_ms();
+                if (!answered)
+                        conn_reply_lost(c); /* closed at the next drain's end: its client must not wait forever */
+                else
+                        conn_check_done(c); /* a half-closed client's last answer may be on its way */
         }
         if (srv->jobs.n == 0 && (srv->shutting_down || srv->reloading))
                 outbox_kick(&srv->outbox);
 }
 
-/* Everything the engine thread queued since the last wake-up. */
+/* Everything the engine thread (and the loop, for jobs the engine never had) queued since the
+ * last wake-up. */
 static void on_outbox(void *data, OutMsg *m) {
         Server *srv = data;
+        srv->drains++;
         report_guard(srv);
         while (m) {
                 OutMsg *next = m->next;
@@ -69,6 +76,7 @@ static void on_outbox(void *data, OutMsg *m) {
         }
         if (!srv->shutting_down && !srv->reloading)
                 jobs_admit(&srv->jobs); /* finished work may have freed KV */
+        conn_drained(srv); /* half-closed connections answered in full are closed */
         if (srv->jobs.n == 0) {
                 if (srv->shutting_down)
                         server_begin_shutdown(srv, NULL);
@@ -353,7 +361,8 @@ static int default_socket_path(char **ret) {
         return *ret ? 0 : -ENOMEM;
 }
 
-/* A leftover socket file from a dead daemon is removed; a live one is an error. */
+/* A leftover socket file from a dead daemon is removed; a live one is -EADDRINUSE, another kind
+ * of file -EEXIST. */
 static int clear_stale_socket(const char *path) {
         struct stat st;
         if (lstat(path, &st) < 0)
@@ -372,6 +381,79 @@ static int clear_stale_socket(const char *path) {
         return unlink(path) < 0 ? -errno : 0;
 }
 
+/* Why a socket cannot be created at path, in words (the directory's problem, or another
+ * daemon's socket there), logged; 0 when nothing stands in the way. */
+static int check_socket_path(const char *path) {
+        if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+                log_error("socket path too long (at most %zu bytes): %s", sizeof(((struct sockaddr_un *)0)->sun_path) - 1,
+                          path);
+                return -ENAMETOOLONG;
+        }
+        char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+        const char *slash = strrchr(path, '/');
+        if (!slash)
+                snprintf(dir, sizeof(dir), ".");
+        else if (slash == path)
+                snprintf(dir, sizeof(dir), "/");
+        else
+                snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+        struct stat st;
+        if (stat(dir, &st) < 0) {
+                int e = errno;
+                if (e == ENOENT)
+                        log_error("cannot create socket %s: the directory %s does not exist", path, dir);
+                else
+                        log_error("cannot create socket %s: %s: %s", path, dir, strerror(e));
+                return -e;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+                log_error("cannot create socket %s: %s is not a directory", path, dir);
+                return -ENOTDIR;
+        }
+        if (access(dir, W_OK | X_OK) < 0) {
+                int e = errno;
+                log_error("cannot create socket %s: no permission to create files in %s (%s)", path, dir, strerror(e));
+                return -e;
+        }
+        int r = clear_stale_socket(path);
+        if (r < 0) {
+                log_error("cannot use socket %s: %s", path,
+                          r == -EADDRINUSE ? "another daemon is listening there"
+                          : r == -EEXIST   ? "a file that is not a socket is in the way"
+                                           : strerror(-r));
+                return r;
+        }
+        return 0;
+}
+
+/* Before the model is mapped (which can take minutes): the service manager's sockets, or the
+ * path to bind and whether anything stands in its way. */
+static int check_socket(Server *srv) {
+        int n = sd_listen_fds(1); /* unsets LISTEN_FDS: read once, kept in listen_fds */
+        if (n < 0) {
+                log_error("expected one socket from the service manager, got descriptors that are not open: %s",
+                          strerror(-n));
+                return n;
+        }
+        if (n > 1) {
+                log_error("expected one socket from the service manager, got %d", n);
+                return -EINVAL;
+        }
+        srv->listen_fds = n > 0 ? n : 0;
+        if (srv->listen_fds)
+                return 0;
+        int r;
+        if (!srv->cfg->socket_path && (r = default_socket_path(&srv->cfg->socket_path)) < 0) {
+                if (r == -ENOENT)
+                        log_error("no socket: give --socket PATH (or 'socket = PATH' in the config file); the default, "
+                                  "$XDG_RUNTIME_DIR/mixd.sock, needs XDG_RUNTIME_DIR, which is unset");
+                else
+                        log_error("cannot create the default socket directory /run/mixd: %s", strerror(-r));
+                return r;
+        }
+        return check_socket_path(srv->cfg->socket_path);
+}
+
 static int start_listening(Server *srv) {
         int r = uv_pipe_init(srv->loop, &srv->listener, 0);
         if (r < 0)
@@ -379,31 +461,16 @@ static int start_listening(Server *srv) {
         srv->listener.data = srv;
         srv->listening = true;
 
-        int n = sd_listen_fds(1);
-        if (n > 1) {
-                log_error("expected one socket from the service manager, got %d", n);
-                return -EINVAL;
-        }
-        if (n == 1) {
+        if (srv->listen_fds == 1) {
                 r = uv_pipe_open(&srv->listener, SD_LISTEN_FDS_START);
                 if (r < 0)
                         return r;
                 log_info("listening on the socket passed by the service manager");
         } else {
-                if (!srv->cfg->socket_path && (r = default_socket_path(&srv->cfg->socket_path)) < 0) {
-                        log_error("no --socket given and no default (XDG_RUNTIME_DIR unset)");
+                /* checked before the model was loaded; again now, as things may have changed since */
+                r = check_socket_path(srv->cfg->socket_path);
+                if (r < 0)
                         return r;
-                }
-                if (strlen(srv->cfg->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-                        log_error("socket path too long: %s", srv->cfg->socket_path);
-                        return -ENAMETOOLONG;
-                }
-                r = clear_stale_socket(srv->cfg->socket_path);
-                if (r < 0) {
-                        log_error("cannot use socket %s: %s", srv->cfg->socket_path,
-                                  r == -EADDRINUSE ? "another daemon is listening there" : strerror(-r));
-                        return r;
-                }
                 r = uv_pipe_bind(&srv->listener, srv->cfg->socket_path);
                 if (r < 0) {
                         log_error("cannot bind %s: %s", srv->cfg->socket_path, uv_strerror(r));
@@ -451,6 +518,11 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
                 free(cfg->state_dir); /* "state-dir = none": sessions are not kept across restarts */
                 cfg->state_dir = NULL;
         }
+        /* what can be checked without the model is checked before mapping it (which can take
+         * minutes): a socket that cannot be created or is taken fails the start at once */
+        r = check_socket(srv);
+        if (r < 0)
+                return r;
         r = guard_install();
         if (r < 0)
                 log_warning("cannot install the SIGBUS guard: %s", strerror(-r));

@@ -32,6 +32,12 @@ typedef struct Conn {
         bool is_admin;
         bool closing;               /* uv_close called (or will be after the last write) */
         bool close_after_write;     /* a fatal protocol error was answered: close once sent */
+        bool read_eof;              /* the client shut down its sending side (shutdown(SHUT_WR), as
+                                     * nc -N and socat do): its requests are answered, then it closes */
+        uint64_t drain_check;       /* look at it again at the end of outbox drain number drain_check,
+                                     * which brings what the loop queued for it so far (0: none) */
+        bool reply_lost;            /* a request of it could not be answered at all (out of memory): it is
+                                     * closed at that drain's end, so its client does not wait forever */
         FrameReader fr;
         size_t write_queued;        /* bytes handed to uv_write and not yet written */
         unsigned n_jobs;            /* requests of this connection in the job list */
@@ -54,7 +60,10 @@ struct Server {
         uv_pipe_t listener;
         bool listening;
         bool own_socket;            /* we bound it (not socket-activated): unlink at exit */
+        int listen_fds;             /* sockets passed by the service manager (0 or 1), read once */
         Outbox outbox;              /* engine thread → loop */
+        uint64_t drains;            /* outbox drains begun */
+        unsigned n_drain_checks;    /* connections with a drain_check */
         uv_timer_t housekeeping;
         uv_signal_t sig_int, sig_term, sig_hup;
         const char *config_path;    /* re-read on SIGHUP, then argv on top */
@@ -92,8 +101,19 @@ void conn_send(Conn *c, uint8_t *frame, size_t len);    /* takes ownership of fr
 void conn_send_error(Conn *c, const ProtoError *err);
 void conn_close(Conn *c);
 Conn *conn_find(Server *srv, uint64_t id);
-/* Close connections past the frame or idle timeout (housekeeping); returns how many. */
+/* Close connections past the frame or idle timeout, and half-closed ones whose client has
+ * gone entirely (housekeeping); returns how many. */
 unsigned conn_expire(Server *srv, uint64_t now);
+/* A half-closed connection (read_eof) is closed once its requests are answered and every
+ * byte is written. Answers the loop made may still wait in the outbox, so after a job of c
+ * ends (or its client half-closes) this asks the next outbox drain to look: c is closed at
+ * its end if nothing is left to send. Nothing for a connection that is not half-closed. */
+void conn_check_done(Conn *c);
+/* A request of c ended without any answer (out of memory): c is closed at the end of the next
+ * outbox drain (not at once: this is called from within the job list). */
+void conn_reply_lost(Conn *c);
+/* End of an outbox drain: the connections waiting for it (above) are looked at. */
+void conn_drained(Server *srv);
 
 /* dispatch.c: one decoded request from c (ownership of req passes); wire_bytes: its frame body. */
 void dispatch_request(Conn *c, Request *req, size_t wire_bytes);

@@ -107,7 +107,10 @@ run "unit test_forward, MIXD_ISA=scalar" env MIXD_ISA=scalar "$REL/tests/test_fo
 
 # 2. command-line contract (exit codes, streams, determinism)
 run "cli contract" bash tests/cli/test_cli.sh "$ASAN/mixctl"
+run "mixctl against a misbehaving daemon" "$PYTHON" tests/cli/test_remote_errors.py "$ASAN/mixctl"
+run "mixctl on a terminal" "$PYTHON" tests/cli/test_terminal.py "$ASAN/mixctl"
 run "daemon end-to-end" "$PYTHON" tests/daemon/test_daemon.py "$ASAN/mixd" "$ASAN/mixctl" --quick
+run "mixd checks its socket before the model" "$PYTHON" tests/daemon/test_startup.py "$ASAN/mixd"
 run "systemd notify and activation" "$PYTHON" tests/service/test_notify.py "$ASAN/mixd" "$ASAN/mixctl"
 run "daemon restarts, state files, reload" "$PYTHON" tests/lifecycle/test_lifecycle.py "$ASAN/mixd" "$ASAN/mixctl"
 run "soak: 16 clients x 10 requests" "$PYTHON" tests/soak/soak.py "$ASAN/mixd" --clients 16 --requests 10

@@ -27,9 +27,13 @@ figures (problems are listed under a FAIL line); the last line is "N passed, M f
     such a connection is closed when idle
  13 status does not read /proc/self/smaps per request; status/experts/session.list are
     limited per connection
+ 14 replies too large for one frame (tokenize, detokenize, score) are refused with an error
+ 15 a half-closed client (shutdown(SHUT_WR) after its requests) gets its answers, then is closed,
+    also an answer that waited for room in the KV budget; connection-idle-timeout spares
+    waiting connections; mixctl waits past its --timeout while the daemon answers its hello
 
 --quick skips only the RSS measurement of check 4 (which needs a non-sanitizer build anyway;
-it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 5 4 9 10 11 12 13 6 (6 last:
+it runs 4 cycling clients against the daemon as it is configured by default). --only runs a subset; checks always run in the order 1 2 3 7 8 14 15 5 4 9 10 11 12 13 6 (6 last:
 root's shutdown ends the daemon). `--only 4` on the rel build is the RSS soak (rss_soak.py).
 Checks 6, 9 and 11 are skipped with a loud line when not root, unless CI=true (then they fail); the last
 line then reads "N passed, M failed (K skipped)". The model is models/tiny-moe-q4_k_m.gguf of
@@ -998,6 +1002,23 @@ def check_mixctl(ctx, ck):
         ck.expect(False, "mixctl sanitizer report: %s" % sh.stderr.decode(errors="replace")[:2000])
     t, st = wait_idle(d.sock, 10)
     ck.expect(t is not None, "active_requests %d after the closed pipe" % st["active_requests"])
+    # any write error but a closed pipe is exit 1 with the reason; the generation is stopped
+    full = {}
+    with open("/dev/full", "wb") as devfull:
+        for name, args, stdin_ in (("status", ["status"], None), ("generate", ["generate", "-n", "8", "ROMEO:"], None),
+                                   ("generate --json", ["generate", "--json", "-n", "8", "ROMEO:"], None),
+                                   ("chat", ["chat", "-n", "4"], b"hi\n")):
+            e = dict(os.environ)
+            pf = subprocess.run([tools.mixctl] + args + sock, stdout=devfull, stderr=subprocess.PIPE, input=stdin_,
+                                timeout=120, env=e, cwd=ctx.tmpdir)
+            err = pf.stderr.decode(errors="replace")
+            full[name] = pf.returncode
+            ck.expect(pf.returncode == 1 and "cannot write to standard output" in err,
+                      "%s > /dev/full: exit %d (wanted 1): %r" % (name, pf.returncode, err.strip()))
+            if sanitizer_in(err):
+                ck.expect(False, "mixctl sanitizer report: %s" % err[:2000])
+    t, st = wait_idle(d.sock, 10)
+    ck.expect(t is not None, "active_requests %d after the writes to /dev/full" % st["active_requests"])
     p3 = tools.run(["generate", *sock, "-n", "3"], input=b"ab\xff\xfe")
     ck.expect(p3.returncode == 2, "invalid UTF-8 stdin: exit %d (wanted 2)" % p3.returncode)
     codes = {}
@@ -1025,8 +1046,202 @@ def check_mixctl(ctx, ck):
     ck.expect(p4.returncode == 3 and p5.returncode == 3, "no daemon: status exit %d, generate exit %d (wanted 3)"
               % (p4.returncode, p5.returncode))
     ck.fig("stdin generate == in-process (%d bytes); | head -c 3 exit %d; bad UTF-8 exit %d; status/experts/sessions "
-           "%s; no socket exit %d", len(ref), sh.returncode, p3.returncode,
-           "/".join(str(codes[k]) for k in ("status", "experts", "sessions")), p5.returncode)
+           "%s; no socket exit %d; > /dev/full exit %s", len(ref), sh.returncode, p3.returncode,
+           "/".join(str(codes[k]) for k in ("status", "experts", "sessions")), p5.returncode,
+           "/".join("%s %d" % kv for kv in full.items()))
+
+
+LONG_TOKEN = 1177           # "----------------": 16 bytes of text in one token of the tiny model's vocabulary
+REPLY_TIMEOUT = 30.0        # seconds a refused request may take to be answered (it is refused before any compute)
+
+
+def check_large_replies(ctx, ck):
+    """Requests whose reply would not fit in one frame get a clear error, never silence; the
+    largest replies that fit are answered; the daemon refuses a max-prompt-tokens its tokenize
+    replies could not carry."""
+    d = ctx.main
+    max_tokens, max_score, max_text = 65536, 32768, 983040   # PROTO_MAX_TOKENS_ARRAY, _SCORE_TOKENS, _PROMPT_BYTES
+    cases = [
+        # (what, op, fields, wanted: ("ok", check) or ("error", codes))
+        ("tokenize of 70,002 tokens", "tokenize", {"text": "a " * 70000}, ("error", ("over_limit", "too_large"))),
+        ("tokenize of 65,536 tokens (the most)", "tokenize", {"text": "a " * (max_tokens - 2)},
+         ("ok", lambda r: len(r["tokens"]) == max_tokens)),
+        ("detokenize of 65,536 ids, 1 MiB of text", "detokenize", {"tokens": [LONG_TOKEN] * max_tokens},
+         ("error", ("too_large",))),
+        ("detokenize of 61,440 ids, 983,040 bytes (the most)", "detokenize",
+         {"tokens": [LONG_TOKEN] * (max_text // 16)}, ("ok", lambda r: len(r["text"]) == max_text)),
+        ("score of 33,002 tokens", "score", {"text": "a " * 33000}, ("error", ("too_large",))),
+    ]
+    figs = []
+    for what, op, fields, (want, arg) in cases:
+        with Client(d.sock, timeout=REPLY_TIMEOUT) as c:   # one connection each: a lost reply spoils no other
+            t0 = time.monotonic()
+            try:
+                r = c.call(op, **fields)
+            except (socket.timeout, TimeoutError):
+                ck.expect(False, "%s: no reply within %.0f s" % (what, REPLY_TIMEOUT))
+                figs.append("%s: NO REPLY" % what)
+                continue
+            except Closed as e:
+                ck.expect(False, "%s: %s" % (what, e))
+                continue
+            dt = time.monotonic() - t0
+            if want == "ok":
+                ck.expect(r.get("ok") is True and arg(r), "%s: %r" % (what, {k: v for k, v in r.items()
+                                                                           if k not in ("tokens", "text")}))
+            else:
+                err = r.get("error", {})
+                ck.expect(err.get("code") in arg and err.get("message"), "%s: reply %r, wanted %s"
+                          % (what, r, "/".join(arg)))
+            figs.append("%s: %s in %.2f s" % (what, r["error"]["code"] if "error" in r else "ok", dt))
+            h = c.call("hello", version=1)
+            ck.expect(h.get("ok") is True, "%s: connection unusable afterwards: %r" % (what, h))
+    with Client(d.sock, timeout=REPLY_TIMEOUT) as c:
+        lim = c.call("hello", version=1).get("limits", {})
+    ck.expect((lim.get("max_tokens_array"), lim.get("max_score_tokens"), lim.get("max_prompt_bytes")) ==
+              (max_tokens, max_score, max_text), "hello limits %r" % (lim,))
+    # a max-prompt-tokens whose tokenize replies would not fit is refused at start
+    try:
+        p = subprocess.run([ctx.mixd, "--config", os.devnull, "--model", MODEL, "--socket",
+                            os.path.join(ctx.tmpdir, "big-prompt.sock"), "--max-prompt-tokens", "131072"],
+                           capture_output=True, timeout=20)
+        rc, err = p.returncode, p.stderr.decode(errors="replace")
+    except subprocess.TimeoutExpired as e:   # it started and served (killed by run())
+        rc, err = None, (e.stderr or b"").decode(errors="replace")
+    ck.expect(rc == 2 and "max-prompt-tokens" in err and "loading" not in err,
+              "--max-prompt-tokens 131072: exit %r, %r" % (rc, err[-300:]))
+    ck.fig("; ".join(figs) + "; --max-prompt-tokens 131072 refused (exit %r)" % rc)
+
+
+def check_half_close(ctx, ck):
+    """A client that shuts down its sending side after its requests (nc -N, socat) gets every
+    answer, then the daemon closes; one that goes away entirely has its work cancelled."""
+    d = ctx.main
+    gen = {"prompt": PROMPTS[0], "n_predict": 8, "temperature": 0.0, "seed": 1}
+    with Client(d.sock, timeout=REPLY_TIMEOUT) as c:
+        ref = c.generate(**gen)
+        ref_tokens = c.call("tokenize", text=PROMPTS[1])
+    if not ck.expect(ref["done"] is not None and ref_tokens.get("ok"), "reference run failed: %r %r"
+                     % (ref["error"], ref_tokens)):
+        return
+    with Client(d.sock, timeout=REPLY_TIMEOUT) as c:
+        c.send({"id": 1, "op": "generate", **gen})
+        c.send({"id": 2, "op": "tokenize", "text": PROMPTS[1]})
+        c.send({"id": 3, "op": "status"})
+        c.s.shutdown(socket.SHUT_WR)
+        got, text, closed = {}, b"", False
+        try:
+            while True:
+                m = c.recv()
+                if m.get("event") == "token":
+                    text += text_bytes(m["text"])
+                elif m.get("event") != "progress":
+                    got[m.get("id")] = m
+        except Closed:
+            closed = True
+        except (socket.timeout, TimeoutError):
+            pass
+    done = got.get(1, {})
+    ck.expect(done.get("event") == "done" and done.get("n_generated") == 8 and text == ref["text"],
+              "generate after the half-close: %r, text %r (wanted %r)" % (done, text, ref["text"]))
+    ck.expect(got.get(2, {}).get("tokens") == ref_tokens["tokens"], "tokenize after the half-close: %r" % (got.get(2),))
+    ck.expect(got.get(3, {}).get("ok") is True, "status after the half-close: %r" % (got.get(3),))
+    ck.expect(closed, "the daemon did not close the half-closed connection after its answers (%s)"
+              % ("timed out" if not closed else ""))
+    # half-closed with nothing asked: closed at once
+    with Client(d.sock, timeout=10) as c:
+        c.s.shutdown(socket.SHUT_WR)
+        idle_closed, extra = c.wait_closed(5)
+    ck.expect(idle_closed and not extra, "a half-closed idle client was not closed (extra %r)" % (extra[:40],))
+    # half-closed, then gone entirely in the middle of a long score: the work is cancelled
+    c = Client(d.sock, timeout=10)
+    c.send({"id": 1, "op": "score", "text": "a " * 4000})
+    c.s.shutdown(socket.SHUT_WR)
+    time.sleep(0.5)
+    st = status(d.sock)
+    busy = st["active_requests"]
+    c.close()
+    t, st = wait_idle(d.sock, 10)
+    ck.expect(busy == 1 and t is not None and t <= 5.0, "score of a half-closed client that left: active %d before, "
+              "%s after %s s" % (busy, st["active_requests"], "10" if t is None else "%.2f" % t))
+    ck.fig("3 requests then SHUT_WR: %d answers, generate == the same request on an open connection (%d bytes), "
+           "then closed; idle half-close closed; a half-closed client that left: its score cancelled in %s s",
+           len(got), len(text), "?" if t is None else "%.2f" % t)
+    half_close_waiting(ctx, ck)
+
+
+def half_close_waiting(ctx, ck):
+    """Check 15, continued, on a daemon with a 1 MiB KV budget and a 1 s connection-idle-timeout:
+    an answer the loop makes itself (a session.open that waited for room in the KV budget; it
+    reaches the connection through the outbox after the request has ended) still reaches a
+    half-closed client before its connection is closed; the idle timeout spares connections
+    whose requests wait; mixctl waiting longer than its --timeout (2 s) keeps waiting, as
+    the daemon answers the hello it sends after half of it."""
+    d = Daemon(ctx.mixd, ctx.tmpdir, "halfwait", ["--kv-budget", "1M", "--connection-idle-timeout", "1"])
+    hog = mc = b = None
+    try:
+        d.start()
+        with Client(d.sock) as c:
+            o = c.call("session.open")
+            per = o["kv_bytes"]
+            c.call("session.close", session=o["session"])
+        n_fit = (1 << 20) // per
+        # one connection fills the budget with one-shot generations whose output it never reads
+        hog = Client(d.sock)
+        for _ in range(n_fit):
+            hog.request("generate", prompt="ROMEO:", n_predict=100000)
+        st, t = wait_status(d.sock, lambda s: s["kv_bytes_used"] == n_fit * per, 30)
+        if not ck.expect(t is not None, "%d generations never filled the 1 MiB budget: %r"
+                         % (n_fit, {k: st.get(k) for k in ("kv_bytes_used", "active_requests")})):
+            return
+        b = Client(d.sock, timeout=30)
+        b.send({"id": 1, "op": "session.open"})
+        b.s.shutdown(socket.SHUT_WR)
+        t_mc = time.monotonic()
+        mc = subprocess.Popen([ctx.mixctl, "generate", "--socket", d.sock, "--timeout", "2", "--seed", "1", "--temp",
+                               "0", "-n", "4", "ROMEO:"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)
+        st, t = wait_status(d.sock, lambda s: s["kv_waiting"] == 2, 30)
+        ck.expect(t is not None, "the half-closed session.open and mixctl's generation are not both waiting: %r"
+                  % ({k: st.get(k) for k in ("kv_waiting", "active_requests", "connections")},))
+        time.sleep(3.0)  # past the idle timeout (1 s) and mixctl's --timeout (2 s)
+        st = status(d.sock)
+        ck.expect(st["kv_waiting"] == 2 and st["connections"] == 4, "after 3 s of waiting: %d requests waiting, %d "
+                  "connections (wanted 2 and 4: the hog, the half-closed client, mixctl, this one)"
+                  % (st["kv_waiting"], st["connections"]))
+        hog.close()  # its generations stop; their KV goes to the waiting requests
+        hog = None
+        try:
+            r = b.recv()
+        except (Closed, socket.timeout, TimeoutError) as e:
+            r = {"exception": "%s: %s" % (type(e).__name__, e)}
+        closed, extra = b.wait_closed(10)
+        ck.expect(r.get("id") == 1 and r.get("ok") is True and r.get("session"), "the half-closed client's session.open, "
+                  "which waited for room: %r" % (r,))
+        ck.expect(closed and not extra, "the half-closed client's connection after its answer: %s"
+                  % ("not closed" if not closed else "extra bytes %r" % extra[:40]))
+        out, err = mc.communicate(timeout=120)
+        waited = time.monotonic() - t_mc
+        ref = ctx.tools.inproc("ROMEO:", 1, 0.0, 4)
+        ck.expect(mc.returncode == 0 and out == ref and waited > 3.0, "mixctl generate --timeout 2 that waited %.1f s: exit %d, %r "
+                  "(wanted %r), stderr %r" % (waited, mc.returncode, out, ref, err.decode(errors="replace")[-300:]))
+        if sanitizer_in(err.decode(errors="replace")):
+            ctx.tools.tool_problems.append("mixctl generate --timeout 2: %s" % err.decode(errors="replace")[:2000])
+        ck.fig("budget full (%d one-shot sessions): a half-closed session.open that waited: %s, then %s; mixctl "
+               "generate --timeout 2 that waited %.1f s: exit %d (connection-idle-timeout 1 s)", n_fit,
+               "answered" if r.get("ok") is True else "NOT answered", "closed" if closed else "NOT closed",
+               waited, mc.returncode)
+        mc = None
+    finally:
+        for c in (hog, b):
+            if c is not None:
+                c.close()
+        if mc is not None:
+            mc.kill()
+            mc.wait()
+        if d.proc is not None:
+            for p in d.stop():
+                ck.expect(False, p)
 
 
 def as_uid_prefix(uid):
@@ -1438,6 +1653,8 @@ CHECKS = [
     (3, "disconnect cancels", check_disconnect),
     (7, "cancel op and SIGINT", check_cancel),
     (8, "mixctl over the daemon", check_mixctl),
+    (14, "replies too large for a frame", check_large_replies),
+    (15, "half-closed clients", check_half_close),
     (5, "sessions", check_sessions),
     (4, "kill cycles", check_kill_cycles),
     (9, "connection shares and timeouts", check_conn_shares),
