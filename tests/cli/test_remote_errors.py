@@ -22,19 +22,13 @@ import time
 
 import msgpack
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+import tally  # noqa: E402
+from tally import check  # noqa: E402
+
 RUN_LIMIT = 30.0    # seconds any mixctl run may take before the test calls it hung
 
-passed = failed = 0
 
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print("ok   - %s" % name, flush=True)
-    else:
-        failed += 1
-        print("FAIL - %s%s" % (name, ": " + detail if detail else ""), flush=True)
 
 
 def frame(obj):
@@ -269,8 +263,7 @@ def main(argv):
         check("bad value: status %s" % " ".join(bad), rc == 2 and bad[0] in out, "exit %r, %r" % (rc, out.strip()))
 
     os.rmdir(tmp)
-    print("%d passed, %d failed" % (passed, failed))
-    return 0 if failed == 0 else 1
+    return tally.summary()
 
 
 if __name__ == "__main__":

@@ -25,22 +25,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 MODEL = os.path.join(ROOT, "models", "tiny-moe-q4_k_m.gguf")
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+import tally  # noqa: E402
+from tally import check  # noqa: E402
 from test_remote_errors import FakeDaemon, frame, ok_reply  # noqa: E402
 
 RUN_LIMIT = 60.0
 HINT = "reading the %s from the terminal"
 
-passed = failed = 0
 
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print("ok   - %s" % name, flush=True)
-    else:
-        failed += 1
-        print("FAIL - %s%s" % (name, ": " + detail if detail else ""), flush=True)
 
 
 class Term:
@@ -237,8 +230,7 @@ def main(argv):
         fake.close()
 
     os.rmdir(tmp)
-    print("%d passed, %d failed" % (passed, failed))
-    return 0 if failed == 0 else 1
+    return tally.summary()
 
 
 if __name__ == "__main__":

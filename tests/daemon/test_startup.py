@@ -21,21 +21,14 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+import tally  # noqa: E402
+from tally import check  # noqa: E402
 MODEL = os.path.join(ROOT, "models", "tiny-moe-q4_k_m.gguf")
 NOBODY = 65534
 RUN_LIMIT = 60.0     # seconds; a refused start takes well under one
 
-passed = failed = 0
 
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print("ok   - %s" % name, flush=True)
-    else:
-        failed += 1
-        print("FAIL - %s%s" % (name, ": " + detail if detail else ""), flush=True)
 
 
 def start(mixd, args, prefix=(), env=None):
@@ -114,8 +107,7 @@ def main(argv):
           and not os.path.exists(good), "exit %r: %r" % (rc, out.strip()[-400:]))
 
     shutil.rmtree(tmp, ignore_errors=True)
-    print("%d passed, %d failed" % (passed, failed))
-    return 0 if failed == 0 else 1
+    return tally.summary()
 
 
 if __name__ == "__main__":

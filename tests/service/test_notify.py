@@ -31,23 +31,14 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+import tally  # noqa: E402
+from tally import check  # noqa: E402
 START_TIMEOUT = 60.0      # seconds for the model to load (ASan builds are slow)
 STOP_TIMEOUT = 30.0
 WATCHDOG_USEC = 10_000_000
 
-passed = 0
-failed = 0
 
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   - {name}")
-    else:
-        failed += 1
-        print(f"FAIL - {name}" + (f": {detail}" if detail else ""))
-    return ok
 
 
 class Notifier:
@@ -395,17 +386,15 @@ def main():
     model = os.path.abspath(sys.argv[3] if len(sys.argv) == 4 else os.path.join(ROOT, "models/tiny-moe-q4_k_m.gguf"))
     for p in (mixd, mixctl, model):
         if not os.path.exists(p):
-            print(f"missing: {p}")
-            print("0 passed, 1 failed")
-            return 1
+            check("exists: %s" % p, False)
+            return tally.summary()
     with tempfile.TemporaryDirectory(prefix="mixd-svc-") as tmp:
         for t in (test_notify, test_activation, test_edge_cases):
             try:
                 t(mixd, mixctl, model, tmp)
             except Exception as e:  # a harness error is a failure, not a crash
                 check(f"{t.__name__} ran to completion", False, f"{type(e).__name__}: {e}")
-    print(f"{passed} passed, {failed} failed")
-    return 0 if failed == 0 else 1
+    return tally.summary()
 
 
 if __name__ == "__main__":
