@@ -53,7 +53,7 @@ $(BUILD)/mixd: $(DAEMON_OBJ) $(ENGINE_LIB)
 
 $(BUILD)/tests/%: tests/unit/%.c $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit -o $@ $^ $(LDFLAGS) -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -MMD -MP -MF $@.d -Itests/unit -o $@ $(filter-out %.h,$^) $(LDFLAGS) -lcmocka $(LDLIBS)
 
 unit: $(UNIT_BIN)
 
@@ -104,7 +104,7 @@ fuzz:
 clean:
 	rm -rf build
 
--include $(ENGINE_OBJ:.o=.d) $(CLIENT_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d)
+-include $(ENGINE_OBJ:.o=.d) $(CLIENT_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d) $(UNIT_BIN:=.d)
 
 # ---------------------------------------------------------------- install, deb
 # `make install` installs the optimized build (MODE=rel by default) with the systemd units,
