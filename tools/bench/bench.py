@@ -263,15 +263,15 @@ def tool_identity(path):
     return ident
 
 
-def ensure_quantized(qbin, cdir, n_layer, threads):
+def ensure_quantized(qbin, cdir, n_layer, threads, qtypes=LLAMA_QUANT_TYPES):
     """name -> (path, made, info) of the F16 bench model quantized by llama-quantize into each
-    of LLAMA_QUANT_TYPES; cached like the generated models, keyed on the F16 model's generator
-    arguments, the type and the quantizer's identity."""
+    of qtypes (LLAMA_QUANT_TYPES); cached like the generated models, keyed on the F16 model's
+    generator arguments, the type and the quantizer's identity."""
     src_args = f16_model_spec(n_layer)
     src, _ = ensure_model("f16", src_args, cdir)
     ident = tool_identity(qbin)
     out = {}
-    for qtype in LLAMA_QUANT_TYPES:
+    for qtype in qtypes:
         name = qtype.lower()
         key_ident = {k: v for k, v in ident.items() if k != "path"}  # the contents, wherever the binary is
         key = hashlib.sha256(json.dumps([MODEL_FORMAT, src_args, qtype, key_ident]).encode()).hexdigest()[:12]
@@ -1095,6 +1095,14 @@ def parse_depths(text):
     return v
 
 
+def parse_llama_types(text):
+    v = [x.strip().upper() for x in text.split(",") if x.strip()]
+    bad = [x for x in v if x not in LLAMA_QUANT_TYPES]
+    if not v or bad:
+        raise argparse.ArgumentTypeError("a comma-separated list of %s" % ",".join(LLAMA_QUANT_TYPES))
+    return list(dict.fromkeys(v))  # in the order given, each once
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description="mixd benchmark driver (make bench)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "rel"), help="directory of mixctl and mixd")
@@ -1125,6 +1133,9 @@ def main(argv):
     ap.add_argument("--llama-quantize", metavar="PATH",
                     help="a llama.cpp llama-quantize: the bench files are an F16 random model quantized by it "
                          "into %s (make bench LLAMA_QUANTIZE=PATH)" % ", ".join(LLAMA_QUANT_TYPES))
+    ap.add_argument("--llama-types", type=parse_llama_types, default=list(LLAMA_QUANT_TYPES),
+                    help="with --llama-quantize: these of its files only (default %s; the first is the "
+                         "daemon's model)" % ",".join(LLAMA_QUANT_TYPES))
     ap.add_argument("--peer-rounds", type=int, default=2, help="side by side: rounds (at least 2)")
     ap.add_argument("--peer-max-rounds", type=int, default=4,
                     help="side by side: most rounds, while a side's figures spread by more than the tolerance")
@@ -1179,7 +1190,7 @@ def main(argv):
             models[name] = {"path": p, "generated": False, "gen_args": None}
     elif a.llama_quantize:
         for name, (path, made, info) in ensure_quantized(a.llama_quantize, cache_dir(a.cache_dir), a.n_layer,
-                                                         threads).items():
+                                                         threads, a.llama_types).items():
             models[name] = {"path": path, "generated": made, "gen_args": None, "llama_quantize": info}
     else:
         cdir = cache_dir(a.cache_dir)
