@@ -128,16 +128,48 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
         return r;
 }
 
-int persist_save_all(SessionTable *t, const char *dir, uint64_t model_id) {
-        int n = 0, first_err = 0;
+int persist_check_dir(const char *dir) {
+        struct stat st;
+        if (stat(dir, &st) < 0) {
+                if (errno != ENOENT) {
+                        log_error("state directory %s: %s", dir, strerror(errno));
+                        return -errno;
+                }
+                if (mkdir(dir, 0700) < 0) {
+                        const int e = errno;
+                        log_error("state directory %s does not exist and cannot be created: %s%s", dir, strerror(e),
+                                  e == ENOENT ? " (its parent directory does not exist)" : "");
+                        return -e;
+                }
+                log_info("created the state directory %s", dir);
+        } else if (!S_ISDIR(st.st_mode)) {
+                log_error("state directory %s is not a directory", dir);
+                return -ENOTDIR;
+        }
+        /* the probe's name starts as an interrupted save's does, so a leftover is removed at
+         * the next start */
+        char probe[4096];
+        snprintf(probe, sizeof(probe), "%s/.tmp-probe-%ld", dir, (long)getpid());
+        int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0) {
+                const int e = errno;
+                log_error("state directory %s is not writable: %s", dir, strerror(e));
+                return -e;
+        }
+        close(fd);
+        unlink(probe);
+        return 0;
+}
+
+unsigned persist_save_all(SessionTable *t, const char *dir, uint64_t model_id, unsigned *ret_total) {
+        unsigned n = 0, total = 0;
         for (DSession *d = t->head; d; d = d->next) {
                 if (d->ephemeral || d->busy || d->closing)
                         continue;
+                total++;
                 int r = save_one(d, dir, model_id);
                 if (r < 0) {
                         log_error("cannot save session %s to %s: %s", d->id, dir, strerror(-r));
-                        if (!first_err)
-                                first_err = r;
                         continue;
                 }
                 n++;
@@ -147,7 +179,8 @@ int persist_save_all(SessionTable *t, const char *dir, uint64_t model_id) {
                 fsync(dfd); /* the renames */
                 close(dfd);
         }
-        return first_err ? first_err : n;
+        *ret_total = total;
+        return n;
 }
 
 /* read(2) exactly n bytes, folding them into the checksum. */

@@ -104,6 +104,7 @@ struct Server {
         unsigned n_jobs;
         bool shutting_down;
         bool saved;                 /* sessions written to the state directory */
+        bool save_failed;           /* ... but not all of them: mixd exits with 1 */
         bool guard_reported;        /* the shrunk model file was logged */
         gid_t admin_gid;
         bool have_admin_gid;

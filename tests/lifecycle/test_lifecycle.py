@@ -4,7 +4,8 @@ SIGTERM and restored with identical next-token logits; state files record their 
 old (version 1, F32) file still restores exactly, one of another KV type is converted;
 corrupt, truncated, half-written and
 other-model state files skipped with a log line; a failed save (disk full, via an LD_PRELOAD
-shim) leaves nothing behind; SIGHUP swaps the model without dropping the socket; the model
+shim) leaves nothing behind and makes the stop exit 1 ("saved 0 of 1"); a missing state
+directory is created at start, an unusable one stops mixd at start; SIGHUP swaps the model without dropping the socket; the model
 file truncated while mapped fails requests clearly instead of crashing the daemon.
 
 usage: test_lifecycle.py MIXD MIXCTL   (run from anywhere; the model is models/ in the repo)
@@ -171,7 +172,7 @@ def main():
     c.close()
     rc, log = d.stop()
     files = os.listdir(state)
-    check("SIGTERM saves the session", rc == 0 and files == ["session-%s.state" % sid] and "saved 1 session" in log,
+    check("SIGTERM saves the session", rc == 0 and files == ["session-%s.state" % sid] and "saved 1 of 1 session" in log,
           "exit %d, files %s" % (rc, files))
     saved = open(os.path.join(state, files[0]), "rb").read() if files else b""
 
@@ -297,8 +298,36 @@ def main():
     c.close()
     rc, log = d.stop()
     left = os.listdir(state)
-    check("disk full on save: logged, no partial file", "cannot save session" in log and left == [],
+    check("disk full on save: logged, no partial file, exit 1",
+          "cannot save session" in log and "saved 0 of 1 session" in log and left == [] and rc == 1,
           "exit %d, left %s" % (rc, left))
+
+    # --- the state directory is checked at start, not at the stop that would lose the sessions
+    made = os.path.join(tmp, "made-at-start")
+    d = Daemon(mixd, sock, state=made)
+    c = Client(sock)
+    sid4 = c.call("session.open")["session"]
+    c.close()
+    rc, log = d.stop()
+    made_files = os.listdir(made) if os.path.isdir(made) else None
+    check("missing state directory: created at start, the session saved into it",
+          rc == 0 and made_files == ["session-%s.state" % sid4] and "saved 1 of 1 session" in log,
+          "exit %d, files %s" % (rc, made_files))
+    a_file = os.path.join(tmp, "a-file")
+    open(a_file, "w").close()
+    for name, bad in (("under a missing parent", os.path.join(tmp, "no-such-parent", "state")),
+                      ("that is a regular file", a_file)):
+        p = subprocess.Popen([mixd, "--model", MODEL, "--socket", sock, "--state-dir", bad],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+            out = "(still running after 30 s) " + out
+        check("state directory %s: mixd refuses to start, naming it" % name,
+              p.returncode == 1 and bad in out and "state directory" in out and not os.path.exists(sock)
+              and not any(k in out for k in SANITIZER_MARKS), "exit %s: %s" % (p.returncode, out.strip()[-200:]))
 
     # --- state-dir = none: nothing is saved even where systemd sets $STATE_DIRECTORY
     for f in os.listdir(state):
