@@ -13,12 +13,15 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "engine_limits.h"
 #include "log.h"
 
 #define STATE_MAGIC "MIXDSES"
@@ -204,18 +207,52 @@ static int read_all(int fd, void *data, size_t n, uint64_t *hash) {
         return 0;
 }
 
-/* Restore one file; on any mismatch returns < 0 with why set. */
+/* The id field: "s-" and 16 lowercase hex digits (what sessions_open makes; it also names
+ * the file written at the next stop, so nothing else may pass), NUL-padded. */
+static bool valid_id(const char id[24]) {
+        if (strncmp(id, "s-", 2) != 0)
+                return false;
+        for (size_t i = 2; i < SESSION_ID_LEN; i++)
+                if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+                        return false;
+        for (size_t i = SESSION_ID_LEN; i < 24; i++)
+                if (id[i] != '\0')
+                        return false;
+        return true;
+}
+
+/* Bytes a file with this header must have: header, K and V of n_layer x slots rows of
+ * slot_bytes, n_vocab logits, checksum. -EOVERFLOW if that does not fit in 64 bits. */
+static int expected_size(const StateHeader *h, uint64_t slot_bytes, uint64_t *ret_size) {
+        uint64_t kv, size;
+        if (__builtin_mul_overflow((uint64_t)h->n_layer, h->slots, &kv) || __builtin_mul_overflow(kv, slot_bytes, &kv) ||
+            __builtin_mul_overflow(kv, (uint64_t)2, &kv) ||
+            __builtin_add_overflow(kv, (uint64_t)sizeof(*h) + (uint64_t)h->n_vocab * sizeof(float) + sizeof(uint64_t),
+                                   &size))
+                return -EOVERFLOW;
+        *ret_size = size;
+        return 0;
+}
+
+/* Restore one file; on any mismatch returns < 0 with why set. Every header field is checked
+ * against the model, the daemon's settings and the limits before anything is allocated,
+ * and the file's size against the header; the numbers are checked as they are read. */
 static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uint64_t now_ms, const char **why) {
         StateHeader h;
         uint64_t hash = FNV_OFFSET, sum;
         DSession *ds = NULL;
         uint8_t *rows = NULL, *file_rows = NULL;
         float *numbers = NULL;
-        unsigned evicted;
-        int r, fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        int r, fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0) {
                 *why = "cannot open";
                 return -errno;
+        }
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+                *why = "not a regular file";
+                r = -EBADMSG;
+                goto out;
         }
         if ((r = read_all(fd, &h, sizeof(h), &hash)) < 0) {
                 *why = "truncated header";
@@ -241,28 +278,49 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                 *why = "unknown KV type, or one this model's head size cannot take";
                 goto out;
         }
-        h.id[sizeof(h.id) - 1] = '\0';
-        if (strlen(h.id) != SESSION_ID_LEN || strncmp(h.id, "s-", 2) != 0 || h.n_layer != c->n_layer ||
-            h.kv_dim != c->n_head_kv * c->head_dim || h.n_vocab != c->n_vocab || h.n_pos < 0) {
-                *why = "inconsistent header";
+        if (!valid_id(h.id)) {
+                *why = "invalid session id";
                 goto out;
         }
-        r = sessions_open(t, (uid_t)h.uid, false, now_ms, &ds, &evicted);
+        if (h.uid == (uint32_t)-1) {
+                *why = "invalid owner uid";
+                goto out;
+        }
+        if (h.n_layer != c->n_layer || h.kv_dim != c->n_head_kv * c->head_dim || h.n_vocab != c->n_vocab) {
+                *why = "model shape (layers, KV width or vocabulary) differs from the model's";
+                goto out;
+        }
+        if (h.n_pos < 0 || h.n_pos > KV_MAX_POSITION) {
+                *why = "position count out of range";
+                goto out;
+        }
+        if (h.slots != ((uint64_t)h.n_pos < (uint64_t)h.n_sink + h.n_roll ? (uint64_t)h.n_pos
+                                                                         : (uint64_t)h.n_sink + h.n_roll)) {
+                *why = "slot count inconsistent with the positions";
+                goto out;
+        }
+        const uint64_t file_slot_bytes = (uint64_t)c->n_head_kv * file_row_bytes;
+        uint64_t want_size;
+        if (expected_size(&h, file_slot_bytes, &want_size) < 0 || (uint64_t)st.st_size != want_size) {
+                *why = (uint64_t)st.st_size < want_size ? "truncated" : "size differs from what the header says";
+                goto out;
+        }
+        h.id[sizeof(h.id) - 1] = '\0';
+        r = sessions_restore(t, h.id, (uid_t)h.uid, now_ms, &ds);
         if (r < 0) {
-                *why = "no room under the session limits or KV budget";
+                *why = r == -EEXIST ? "a session with this id is already live (a copied state file?)"
+                                    : "no room under the session limits or KV budget";
                 ds = NULL;
                 goto out;
         }
         KVCache *kv = ds->s->kv;
         r = -EBADMSG;
-        if (kv->n_sink != h.n_sink || kv->n_roll != h.n_roll || h.slots > kv->n_slots ||
-            h.slots != ((uint64_t)h.n_pos < kv->n_slots ? (uint64_t)h.n_pos : kv->n_slots)) {
+        if (kv->n_sink != h.n_sink || kv->n_roll != h.n_roll) {
                 *why = "cache geometry differs from this daemon's settings";
                 goto out;
         }
         /* rows in the cache's type; with another type in the file, its rows and their numbers */
         const bool convert = file_type != kv->type;
-        const size_t file_slot_bytes = (size_t)kv->n_head_kv * file_row_bytes;
         rows = malloc(PERSIST_ROWS * (size_t)kv->n_head_kv * kv->row_bytes);
         if (convert) {
                 file_rows = malloc(PERSIST_ROWS * file_slot_bytes);
@@ -303,8 +361,13 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                 r = -EBADMSG;
                 goto out;
         }
+        for (uint32_t i = 0; i < h.n_vocab; i++)
+                if (!isfinite(ds->s->last_logits[i])) {
+                        *why = "non-finite logits";
+                        r = -EBADMSG;
+                        goto out;
+                }
         kv->n_pos = h.n_pos;
-        memcpy(ds->id, h.id, sizeof(ds->id));
         if (convert)
                 log_info("session %s: KV cache converted from %s to %s as it was restored", ds->id,
                          kv_type_name(file_type), kv_type_name(kv->type));

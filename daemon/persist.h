@@ -19,5 +19,8 @@ int persist_check_dir(const char *dir);
 /* Write every idle named session of t into dir (each failure logged; the others are still
  * attempted). Returns the number written; *ret_total: the number there were to write. */
 unsigned persist_save_all(SessionTable *t, const char *dir, uint64_t model_id, unsigned *ret_total);
-/* Restore every valid state file in dir into t (then delete it). Returns the number restored. */
+/* Restore every valid state file in dir into t (then delete it). Every field is checked
+ * against the model, t's limits and KV_MAX_POSITION; a file whose id is already live, or
+ * that does not fit without evicting a session, is skipped (and kept). Returns the number
+ * restored. */
 int persist_restore_all(SessionTable *t, const char *dir, uint64_t model_id, uint64_t now_ms);

@@ -3,10 +3,12 @@
 SIGTERM and restored with identical next-token logits; state files record their KV type, an
 old (version 1, F32) file still restores exactly, one of another KV type is converted;
 corrupt, truncated, half-written and
-other-model state files skipped with a log line; a failed save (disk full, via an LD_PRELOAD
+other-model state files skipped with a log line; crafted files with a valid checksum (a huge
+n_pos, an id that is a path, uid -1, NaN logits...) skipped with their reason, a copied file
+never makes two sessions with one id, restoring never evicts; a failed save (disk full, via an LD_PRELOAD
 shim) leaves nothing behind and makes the stop exit 1 ("saved 0 of 1"); a missing state
-directory is created at start, an unusable one stops mixd at start; SIGHUP swaps the model without dropping the socket; the model
-file truncated while mapped fails requests clearly instead of crashing the daemon.
+directory is created at start, an unusable one stops mixd at start; SIGHUP swaps the model
+without dropping the socket; the model file truncated while mapped fails requests clearly instead of crashing the daemon.
 
 usage: test_lifecycle.py MIXD MIXCTL   (run from anywhere; the model is models/ in the repo)
 Prints a PASS/FAIL line per check and `N passed, M failed`."""
@@ -40,9 +42,9 @@ def check(name, ok, detail=""):
 
 
 class Daemon:
-    def __init__(self, mixd, sock, model=MODEL, state=None, env=None, kv_type=None):
+    def __init__(self, mixd, sock, model=MODEL, state=None, env=None, kv_type=None, extra=()):
         self.sock = sock
-        args = [mixd, "--model", model, "--socket", sock, "--threads", "2"]
+        args = [mixd, "--model", model, "--socket", sock, "--threads", "2"] + list(extra)
         if state:
             args += ["--state-dir", state]
         if kv_type:
@@ -134,6 +136,35 @@ def as_version1(b):
     where the KV type is, the checksum over the changed bytes."""
     b = b[:8] + struct.pack("<II", 1, 0) + b[16:-8]
     return b + struct.pack("<Q", fnv1a(b))
+
+
+HEADER = struct.Struct("<8sIIQ24sIIIIIIqQ")  # magic version kv_type model_id id uid n_layer kv_dim n_sink n_roll n_vocab n_pos slots
+
+
+def crafted(b, logits_nan=False, **fields):
+    """The state file b with header fields replaced (and, with logits_nan, its last logit a
+    NaN), the checksum recomputed: only the daemon's validation can refuse it."""
+    names = ("magic", "version", "kv_type", "model_id", "id", "uid", "n_layer", "kv_dim", "n_sink", "n_roll",
+             "n_vocab", "n_pos", "slots")
+    h = dict(zip(names, HEADER.unpack(b[:HEADER.size])))
+    h.update(fields)
+    body = HEADER.pack(*(h[k] for k in names)) + b[HEADER.size:-8]
+    if logits_nan:
+        body = body[:-4] + struct.pack("<f", float("nan"))
+    return body + struct.pack("<Q", fnv1a(body))
+
+
+def padded(b, slots, slot_bytes):
+    """The state file b with its K and V rows padded with zeros to `slots` per layer (the
+    slots field set, checksum recomputed): what a session that has filled its cache writes."""
+    h = HEADER.unpack(b[:HEADER.size])
+    n_layer, old = h[6], h[12]
+    pos, parts = HEADER.size, []
+    for _ in range(2 * n_layer):
+        parts.append(b[pos:pos + old * slot_bytes] + bytes((slots - old) * slot_bytes))
+        pos += old * slot_bytes
+    body = HEADER.pack(*h[:12], slots) + b"".join(parts) + b[pos:-8]
+    return body + struct.pack("<Q", fnv1a(body))
 
 
 def clear(state):
@@ -267,6 +298,74 @@ def main():
               rc == 0 and listed == [] and st.get("ok") and "skipping session state" in log
               and not any(k in log for k in SANITIZER_MARKS), "exit %d" % rc)
         check("half-written save (%s run) removed" % name, not os.path.exists(os.path.join(state, ".tmp-%s" % bad_id)))
+
+    # --- crafted state files (valid checksum) are validated field by field: skipped with the
+    # reason, the daemon serves, and nothing restored with an id, a uid, a position or a
+    # number it could not have written
+    full = padded(saved, 64, 2 * 2 * 32)  # the window's 64 slots of 2 KV heads x 32 in f16
+    crafted_cases = (
+        ("n_pos = 2^62", dict(n_pos=1 << 62), "position count out of range"),
+        ("an id that is a path", dict(id=b"s-../../../tmp/xyz"), "invalid session id"),
+        ("an id that is not hex", dict(id=b"s-ABCDEFGHIJKLMNOP"), "invalid session id"),
+        ("uid -1", dict(uid=0xFFFFFFFF), "invalid owner uid"),
+        ("more slots than positions", dict(n_pos=63), "slot count inconsistent"),
+        ("a NaN last logit", dict(logits_nan=True), "non-finite logits"),
+    )
+    for name, fields, reason in crafted_cases:
+        clear(state)
+        with open(os.path.join(state, "session-%s.state" % sid), "wb") as f:
+            f.write(crafted(full, **dict(dict(n_pos=1000), **fields)))  # one defect each
+        d = Daemon(mixd, sock, state=state)
+        c = Client(sock)
+        listed = c.call("session.list")["sessions"]
+        c.close()
+        rc, log = d.stop()
+        check("crafted state file, %s: skipped (%s)" % (name, reason),
+              rc == 0 and listed == [] and reason in log
+              and not any(k in log for k in SANITIZER_MARKS), "exit %d, listed %s %s" % (rc, listed, [x for x in log.splitlines() if "skipping" in x]))
+    # the control: the same padding with a position a long-lived (rolled) session can have
+    clear(state)
+    with open(os.path.join(state, "session-%s.state" % sid), "wb") as f:
+        f.write(crafted(full, n_pos=1000))
+    d = Daemon(mixd, sock, state=state)
+    c = Client(sock)
+    listed = c.call("session.list")["sessions"]
+    r = c.generate(session=sid, **second)
+    c.close()
+    rc, log = d.stop()
+    check("crafted state file of a rolled session (n_pos 1000, 64 slots): restored and continues",
+          [x["session"] for x in listed] == [sid] and listed[0]["n_tokens"] == 1000
+          and r[3].get("event") == "done" and len(r[0]) == second["n_predict"], "listed %s, %s" % (listed, r[3]))
+    # the same file twice (a copy beside the original): one session, the copy skipped
+    clear(state)
+    for n in ("session-%s.state" % sid, "session-%s-copy.state" % sid):
+        with open(os.path.join(state, n), "wb") as f:
+            f.write(saved)
+    d = Daemon(mixd, sock, state=state)
+    c = Client(sock)
+    listed = [x["session"] for x in c.call("session.list")["sessions"]]
+    c.close()
+    rc, log = d.stop()
+    check("a copied state file: one live session with that id, the copy skipped",
+          listed == [sid] and "already live" in log and "restored 1 session" in log,
+          "listed %s, exit %d" % (listed, rc))
+    # more sessions than the budget holds: restoring never evicts a session restored before
+    clear(state)
+    d = Daemon(mixd, sock, state=state)
+    c = Client(sock)
+    many = [c.call("session.open")["session"] for _ in range(9)]
+    c.close()
+    d.stop()
+    d = Daemon(mixd, sock, state=state, kv_type="f32", extra=["--kv-budget", "1M"])  # 8 f32 sessions
+    c = Client(sock)
+    listed = [x["session"] for x in c.call("session.list")["sessions"]]
+    st = c.call("status")
+    c.close()
+    rc, log = d.stop()
+    check("restore over the KV budget: 8 restored, the 9th skipped (file kept), none evicted",
+          len(listed) == 8 and set(listed) <= set(many) and st.get("sessions_evicted") == 0
+          and "restored 8 session" in log and log.count("no room under the session limits") == 1,
+          "listed %d, evicted %s" % (len(listed), st.get("sessions_evicted")))
 
     # --- a state file of another model is skipped
     for f in os.listdir(state):
