@@ -33,6 +33,12 @@ typedef struct ModelOpts {
 } ModelOpts;
 #define MODEL_OPTS_INIT { .kv_budget = KV_DEFAULT_BUDGET, .kv_type = KV_TYPE_DEFAULT, .int8 = 1 }
 
+/* An engine error for a message: -EDOM (non-finite logits) in words. */
+static const char *engine_error(int r) {
+        return r == -EDOM ? "the model produced non-finite logits (NaN or infinity); its weights are likely corrupt"
+                          : strerror(-r);
+}
+
 static int open_model(const ModelOpts *o, Model **ret) {
         ModelError err = { "" };
         if (!o->model) {
@@ -320,7 +326,7 @@ int cmd_generate_local(int argc, char **argv) {
                 }
                 r = generation_step(&gen, e.fw, &ev);
                 if (r < 0) {
-                        cli_error("generation failed: %s", strerror(-r));
+                        cli_error("generation failed: %s", engine_error(r));
                         ex = EXIT_RUNTIME;
                         goto out;
                 }
@@ -404,6 +410,8 @@ static int on_logits(void *userdata, int64_t pos, const float *logits) {
                 return -ECANCELED;
         if (!lp->all && pos != lp->last_pos)
                 return 0;
+        if (!all_finite(logits, lp->n_vocab))
+                return -EDOM; /* no NaN or inf in the JSON: the command fails instead */
         return print_logits_line(lp, pos, logits);
 }
 
@@ -479,7 +487,7 @@ int cmd_logits(int argc, char **argv) {
         if (r == -ECANCELED)
                 ex = EXIT_INTERRUPTED;
         else if (r < 0 && r != -EPIPE) {
-                cli_error("forward pass failed: %s", strerror(-r));
+                cli_error("forward pass failed: %s", engine_error(r));
                 ex = EXIT_RUNTIME;
         }
 out:
@@ -506,6 +514,8 @@ static int ppl_on_logits(void *userdata, int64_t pos, const float *logits) {
         if (cli_interrupted)
                 return -ECANCELED;
         if (pos >= st->first_scored && pos < st->n_ctx - 1) {
+                if (!all_finite(logits, st->n_vocab))
+                        return -EDOM;
                 st->nll_sum -= log_softmax_at(logits, st->n_vocab, st->chunk[pos + 1]);
                 st->n_scored++;
         }
@@ -602,7 +612,7 @@ int cmd_perplexity(int argc, char **argv) {
                         goto out;
                 }
                 if (r < 0) {
-                        cli_error("forward pass failed: %s", strerror(-r));
+                        cli_error("forward pass failed: %s", engine_error(r));
                         ex = EXIT_RUNTIME;
                         goto out;
                 }

@@ -41,6 +41,9 @@ static void emit_error(Job *j, const char *code, const char *fmt, ...) {
         emit(j, &o, true);
 }
 
+/* What a request whose logits hold a NaN or an infinity is told (the engine's -EDOM). */
+#define NONFINITE_LOGITS "the model produced non-finite logits (NaN or infinity); its weights are likely corrupt"
+
 static bool cancelled(Job *j) {
         return __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) != 0;
 }
@@ -166,7 +169,10 @@ static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
         GenEvent ev;
         int r = generation_after(&j->gen, j->fed, &ev);
         if (r < 0) {
-                emit_error(j, "internal", "generation failed: %s", strerror(-r));
+                if (r == -EDOM)
+                        emit_error(j, "internal", "%s", NONFINITE_LOGITS);
+                else
+                        emit_error(j, "internal", "generation failed: %s", strerror(-r));
                 return 0;
         }
         if (!ev.prefilling && !j->t_prefill_ms)
@@ -248,8 +254,13 @@ static int score_end_round(SchedJob *sj, Forward *fw, int err) {
         }
         const size_t V = j->srv->m->cfg.n_vocab;
         for (uint32_t t = 0; t < j->fed; t++)
-                if (j->n_scored + t + 1 < j->n_tokens)
+                if (j->n_scored + t + 1 < j->n_tokens) {
+                        if (!all_finite(j->chunk_logits + t * V, V)) {
+                                emit_error(j, "internal", "%s", NONFINITE_LOGITS);
+                                return 0;
+                        }
                         j->logprobs[j->n_scored + t] = (float)log_softmax_at(j->chunk_logits + t * V, (uint32_t)V, j->tokens[j->n_scored + t + 1]);
+                }
         j->n_scored += j->fed;
         if (j->n_scored < j->n_tokens)
                 return 1;

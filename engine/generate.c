@@ -126,6 +126,8 @@ int generation_after(Generation *g, uint32_t n_fed, GenEvent *ev) {
                 return 0;
         }
 
+        if (!all_finite(s->last_logits, s->m->cfg.n_vocab))
+                return -EDOM; /* NaN or infinite logits: no distribution to sample from */
         const int32_t tok = sampler_sample(g->sampler, s->last_logits);
         ev->has_token = 1;
         ev->token = tok;

@@ -63,7 +63,9 @@ typedef struct Generation {
 int generation_start(Generation *g, Session *s, const int32_t *prompt, size_t n, const GenParams *p,
                      int strip_leading_space);
 /* One step: a prefill chunk, or one sampled token. Returns 1 while running, 0 when done
- * (g->stop_reason says why; ev may still carry final text), or -errno. */
+ * (g->stop_reason says why; ev may still carry final text), or -errno: -EDOM when the
+ * logits to sample from hold a NaN or an infinity (corrupt weights, or a cache holding
+ * such numbers); nothing is sampled then. */
 int generation_step(Generation *g, Forward *fw, GenEvent *ev);
 /* The same step in two halves, for a caller that feeds many sessions in one batch:
  * generation_want says which tokens (at most max) to feed into g->s now (0: none), with

@@ -62,6 +62,7 @@ run "cli contract" bash tests/cli/test_cli.sh "$ASAN/mixctl"
 run "daemon end-to-end" "$PYTHON" tests/daemon/test_daemon.py "$ASAN/mixd" "$ASAN/mixctl" --quick
 run "systemd notify and activation" "$PYTHON" tests/service/test_notify.py "$ASAN/mixd" "$ASAN/mixctl"
 run "daemon restarts, state files, reload" "$PYTHON" tests/lifecycle/test_lifecycle.py "$ASAN/mixd" "$ASAN/mixctl"
+run "non-finite weights: clear errors, valid JSON" "$PYTHON" tests/python/check_nonfinite.py "$ASAN/mixd" "$ASAN/mixctl"
 run "soak: 16 clients x 10 requests" "$PYTHON" tests/soak/soak.py "$ASAN/mixd" --clients 16 --requests 10
 
 # 2b. the threaded parts under ThreadSanitizer (the daemon's loop, engine thread and pool)
