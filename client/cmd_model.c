@@ -309,8 +309,15 @@ int cmd_generate_local(int argc, char **argv) {
                 goto out;
         GenParams gp = { .sampling = g.sp, .n_predict = g.n_predict, .n_stops = g.n_stops };
         memcpy(gp.stops, g.stops, sizeof(g.stops));
-        /* an empty prompt (BOS only): the text starts at the document's start */
-        if (generation_start(&gen, e.s, ids, n_ids, &gp, n_ids <= 1) < 0) {
+        /* the daemon's path: on a fresh session, BOS and the prompt's tokens (ids) */
+        SessionPlan plan;
+        if (session_plan(e.s, text, len, 1, &plan) < 0) {
+                ex = EXIT_RUNTIME;
+                goto out;
+        }
+        int rs = generation_start(&gen, e.s, &plan, &gp);
+        session_plan_free(&plan);
+        if (rs < 0) {
                 ex = EXIT_RUNTIME;
                 goto out;
         }

@@ -73,23 +73,37 @@ static void emit_done(Job *j) {
         DoneEvent ev = { .id = j->req.id, .stop_reason = gen_stop_reason_name(j->gen.stop_reason),
                          .n_prompt = j->n_tokens, .n_generated = (uint64_t)j->gen.n_generated,
                          .prompt_ms = (double)(tp - j->t0_ms), .generate_ms = (double)(t - tp),
-                         .session = j->session_named ? g->session : NULL };
+                         .session = j->session_named ? g->session : NULL, .n_dropped = j->n_dropped };
         ProtoOut o;
         proto_out_init(&o);
         proto_out_done_event(&o, &ev);
         emit(j, &o, true);
 }
 
+/* A session's turn: the tokens of its whole text so far plus the prompt (session_plan). */
 static int generate_begin(Job *j) {
         const GenerateRequest *g = &j->req.generate;
         Session *s = j->ds->s;
-        const bool fresh = s->kv->n_pos == 0;
-        if (!tokenize_text(j, g->prompt, g->prompt_len, g->add_bos && fresh))
-                return 0;
-        if (fresh && j->n_tokens == 0) {
-                emit_error(j, "bad_request", "an empty prompt needs add_bos on a new session");
+        SessionPlan plan;
+        int r = session_plan(s, g->prompt, g->prompt_len, g->add_bos, &plan);
+        if (r < 0) {
+                emit_error(j, r == -EILSEQ ? "bad_request" : r == -ENOMEM ? "internal" : "too_large",
+                           "cannot tokenize: %s", r == -EILSEQ ? "invalid UTF-8" : strerror(-r));
                 return 0;
         }
+        if (plan.n_feed > j->srv->cfg->max_prompt_tokens) {
+                emit_error(j, "over_limit", "%zu tokens is over the limit of %llu", plan.n_feed,
+                           (unsigned long long)j->srv->cfg->max_prompt_tokens);
+                session_plan_free(&plan);
+                return 0;
+        }
+        if (s->kv->n_pos == 0 && plan.n_feed == 0) {
+                emit_error(j, "bad_request", "an empty prompt needs add_bos on a new session");
+                session_plan_free(&plan);
+                return 0;
+        }
+        j->n_tokens = plan.n_feed;
+        j->n_dropped = (uint64_t)(s->kv->n_pos - plan.keep);
         GenParams gp = {
                 .sampling = { .temperature = g->temperature, .top_k = g->top_k, .top_p = g->top_p, .min_p = g->min_p,
                               .repeat_penalty = g->repeat_penalty, .repeat_last_n = g->repeat_last_n, .seed = g->seed },
@@ -101,10 +115,10 @@ static int generate_begin(Job *j) {
                 gp.sampling.seed = now_ms();
         for (uint32_t i = 0; i < g->n_stop; i++)
                 gp.stops[i] = g->stop[i];
-        /* the text starts at the document's start when nothing but BOS precedes it */
-        int r = generation_start(&j->gen, s, j->tokens, j->n_tokens, &gp, fresh && j->n_tokens <= 1);
+        r = generation_start(&j->gen, s, &plan, &gp);
+        session_plan_free(&plan);
         if (r < 0) {
-                emit_error(j, "bad_request", "cannot start: %s", strerror(-r));
+                emit_error(j, "internal", "cannot start: %s", strerror(-r));
                 return 0;
         }
         j->started = true;

@@ -1,12 +1,17 @@
 /* daemon/persist.c — session state files (see persist.h). Layout, little-endian:
  *   "MIXDSES\0" | u32 version | u32 kv type | u64 model id | char id[24] | u32 uid |
  *   u32 n_layer, kv_dim, n_sink, n_roll, n_vocab | i64 n_pos | u64 slots written |
+ *   (version 3:) i64 text base | u32 text fresh | u32 0 | u64 text tokens n | u64 text bytes |
  *   K [n_layer][slots][kv_dim] in the kv type | V (same) | last logits [n_vocab] f32 |
+ *   (version 3:) text tokens [n] i32 | text bytes (UTF-8) |
  *   u64 FNV-1a of all before
  * The kv type is a ggml type id (engine/kv.h: F32 0, F16 1, Q8_0 8; a slot's kv_dim numbers
  * are its heads side by side, for Q8_0 kv_dim / 32 blocks). Version 1 files had 0 there
  * (reserved) and F32 numbers: they are read as F32. A file whose type is not the daemon's
  * kv-type is converted as it is read (its numbers decoded, then rounded to the daemon's type).
+ * The text fields are the session's open segment (engine/session.h SessionText), so a
+ * restored session continues its text as it would have; a version 1 or 2 file has none: the
+ * next turn's text follows the restored cache as a continuation.
  */
 #include "persist.h"
 
@@ -23,9 +28,10 @@
 
 #include "engine_limits.h"
 #include "log.h"
+#include "tokenizer.h"
 
 #define STATE_MAGIC "MIXDSES"
-#define STATE_VERSION 2u    /* 2: the kv type field; 1: F32 only, still read */
+#define STATE_VERSION 3u    /* 3: the session's text; 2: the kv type field; 1: F32 only. All read */
 #define STATE_PREFIX "session-"
 #define STATE_SUFFIX ".state"
 #define PERSIST_ROWS 256u /* cache slots converted per write or read (the cache keeps heads apart) */
@@ -42,6 +48,16 @@ typedef struct StateHeader {
         uint64_t slots;      /* slots written per layer: min(n_pos, n_slots) */
 } StateHeader;
 _Static_assert(sizeof(StateHeader) == 88, "state header layout");
+
+/* Version 3: right after StateHeader. */
+typedef struct StateText {
+        int64_t base;        /* first position of the open segment */
+        uint32_t fresh;      /* 1: the segment starts a document */
+        uint32_t reserved;   /* 0 */
+        uint64_t n_tokens;   /* = n_pos - base */
+        uint64_t len;        /* bytes of text */
+} StateText;
+_Static_assert(sizeof(StateText) == 32, "state text layout");
 
 static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
         const uint8_t *p = data;
@@ -89,6 +105,15 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
                           .n_layer = kv->n_layer, .kv_dim = kv->kv_dim, .n_sink = kv->n_sink, .n_roll = kv->n_roll,
                           .n_vocab = s->m->cfg.n_vocab, .n_pos = kv->n_pos };
         h.slots = (uint64_t)kv->n_pos < kv->n_slots ? (uint64_t)kv->n_pos : kv->n_slots;
+        const int32_t *text_tokens;
+        const char *text;
+        size_t n_text_tokens, text_len;
+        int fresh;
+        StateText ht = { 0 };
+        session_text_view(s, &ht.base, &fresh, &text_tokens, &n_text_tokens, &text, &text_len);
+        ht.fresh = (uint32_t)fresh;
+        ht.n_tokens = n_text_tokens;
+        ht.len = text_len;
         snprintf(h.id, sizeof(h.id), "%s", ds->id);
         snprintf(path, sizeof(path), "%s/" STATE_PREFIX "%s" STATE_SUFFIX, dir, ds->id);
         snprintf(tmp, sizeof(tmp), "%s/.tmp-%s", dir, ds->id);
@@ -104,6 +129,8 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
         }
         uint64_t hash = FNV_OFFSET;
         int r = write_all(fd, &h, sizeof(h), &hash);
+        if (r == 0)
+                r = write_all(fd, &ht, sizeof(ht), &hash);
         for (int which = 0; which < 2 && r == 0; which++) {
                 const uint8_t *base = which ? kv->v : kv->k;
                 for (uint32_t l = 0; l < kv->n_layer && r == 0; l++)
@@ -116,6 +143,10 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
         free(rows);
         if (r == 0)
                 r = write_all(fd, s->last_logits, (size_t)h.n_vocab * sizeof(float), &hash);
+        if (r == 0)
+                r = write_all(fd, text_tokens, n_text_tokens * sizeof(int32_t), &hash);
+        if (r == 0)
+                r = write_all(fd, text, text_len, &hash);
         if (r == 0) {
                 uint64_t sum = hash, ignored;
                 r = write_all(fd, &sum, sizeof(sum), &ignored);
@@ -221,14 +252,17 @@ static bool valid_id(const char id[24]) {
         return true;
 }
 
-/* Bytes a file with this header must have: header, K and V of n_layer x slots rows of
- * slot_bytes, n_vocab logits, checksum. -EOVERFLOW if that does not fit in 64 bits. */
-static int expected_size(const StateHeader *h, uint64_t slot_bytes, uint64_t *ret_size) {
-        uint64_t kv, size;
+/* Bytes a file with these headers must have: headers, K and V of n_layer x slots rows of
+ * slot_bytes, n_vocab logits, the text (version 3), checksum. -EOVERFLOW if that does not
+ * fit in 64 bits. */
+static int expected_size(const StateHeader *h, const StateText *ht, uint64_t slot_bytes, uint64_t *ret_size) {
+        uint64_t kv, text, size;
+        const uint64_t fixed = sizeof(*h) + (h->version >= 3 ? sizeof(*ht) : 0) + (uint64_t)h->n_vocab * sizeof(float) +
+                               sizeof(uint64_t);
         if (__builtin_mul_overflow((uint64_t)h->n_layer, h->slots, &kv) || __builtin_mul_overflow(kv, slot_bytes, &kv) ||
-            __builtin_mul_overflow(kv, (uint64_t)2, &kv) ||
-            __builtin_add_overflow(kv, (uint64_t)sizeof(*h) + (uint64_t)h->n_vocab * sizeof(float) + sizeof(uint64_t),
-                                   &size))
+            __builtin_mul_overflow(kv, (uint64_t)2, &kv) || __builtin_add_overflow(kv, fixed, &size) ||
+            __builtin_mul_overflow(ht->n_tokens, (uint64_t)sizeof(int32_t), &text) ||
+            __builtin_add_overflow(text, ht->len, &text) || __builtin_add_overflow(size, text, &size))
                 return -EOVERFLOW;
         *ret_size = size;
         return 0;
@@ -239,10 +273,13 @@ static int expected_size(const StateHeader *h, uint64_t slot_bytes, uint64_t *re
  * and the file's size against the header; the numbers are checked as they are read. */
 static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uint64_t now_ms, const char **why) {
         StateHeader h;
+        StateText ht = { 0 };
         uint64_t hash = FNV_OFFSET, sum;
         DSession *ds = NULL;
         uint8_t *rows = NULL, *file_rows = NULL;
         float *numbers = NULL;
+        int32_t *text_tokens = NULL;
+        char *text = NULL;
         struct stat st;
         int r, fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0) {
@@ -263,10 +300,15 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                 *why = "not a session state file";
                 goto out;
         }
-        if (h.version != STATE_VERSION && h.version != 1) {
+        if (h.version < 1 || h.version > STATE_VERSION) {
                 *why = "written by another version";
                 goto out;
         }
+        if (h.version >= 3 && (r = read_all(fd, &ht, sizeof(ht), &hash)) < 0) {
+                *why = "truncated header";
+                goto out;
+        }
+        r = -EBADMSG;
         const uint32_t file_type = h.version == 1 ? GGML_TYPE_F32 : h.kv_type;
         if (h.model_id != model_id) {
                 *why = "saved with another model file";
@@ -301,7 +343,14 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
         }
         const uint64_t file_slot_bytes = (uint64_t)c->n_head_kv * file_row_bytes;
         uint64_t want_size;
-        if (expected_size(&h, file_slot_bytes, &want_size) < 0 || (uint64_t)st.st_size != want_size) {
+        /* the text's own checks are session_text_restore's; these bound what is read */
+        if (h.version >= 3 && (ht.base < 0 || ht.base > h.n_pos || ht.n_tokens != (uint64_t)(h.n_pos - ht.base) ||
+                               ht.n_tokens > (uint64_t)h.n_sink + h.n_roll || ht.reserved != 0 ||
+                               ht.len > ht.n_tokens * DETOK_MAX_OUT + 16)) {
+                *why = "session text fields out of range";
+                goto out;
+        }
+        if (expected_size(&h, &ht, file_slot_bytes, &want_size) < 0 || (uint64_t)st.st_size != want_size) {
                 *why = (uint64_t)st.st_size < want_size ? "truncated" : "size differs from what the header says";
                 goto out;
         }
@@ -350,8 +399,16 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                                 kv_rows_in(kv, base, l, s0, n, rows);
                         }
         }
+        text_tokens = malloc(ht.n_tokens ? ht.n_tokens * sizeof(int32_t) : 1);
+        text = malloc(ht.len ? ht.len : 1);
+        if (!text_tokens || !text) {
+                r = -ENOMEM;
+                *why = "out of memory";
+                goto out;
+        }
         if ((r = read_all(fd, ds->s->last_logits, (size_t)h.n_vocab * sizeof(float), &hash)) < 0 ||
-            (r = read_all(fd, &sum, sizeof(sum), NULL)) < 0) {
+            (r = read_all(fd, text_tokens, ht.n_tokens * sizeof(int32_t), &hash)) < 0 ||
+            (r = read_all(fd, text, ht.len, &hash)) < 0 || (r = read_all(fd, &sum, sizeof(sum), NULL)) < 0) {
                 *why = "truncated";
                 goto out;
         }
@@ -368,6 +425,15 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                         goto out;
                 }
         kv->n_pos = h.n_pos;
+        if (h.version >= 3) {
+                r = session_text_restore(ds->s, ht.base, (int)ht.fresh, text_tokens, ht.n_tokens, text, ht.len);
+                if (r < 0) {
+                        *why = r == -ENOMEM ? "out of memory" : "session text inconsistent with the cache";
+                        goto out;
+                }
+        } else {
+                session_text_forget(ds->s); /* the text that follows continues the cache */
+        }
         if (convert)
                 log_info("session %s: KV cache converted from %s to %s as it was restored", ds->id,
                          kv_type_name(file_type), kv_type_name(kv->type));
@@ -376,6 +442,8 @@ out:
         free(rows);
         free(file_rows);
         free(numbers);
+        free(text_tokens);
+        free(text);
         if (r < 0 && ds)
                 sessions_close(t, ds);
         close(fd);

@@ -1,5 +1,5 @@
 /* daemon/persist.h — named sessions that survive a restart: at a graceful stop each one's KV
- * cache and last logits go to a checksummed, versioned state file (written to a temporary
+ * cache, last logits and text go to a checksummed, versioned state file (written to a temporary
  * name, then renamed); at start they come back. A file for another model, of another
  * version, truncated or corrupt is skipped with a log line. Loop thread only. */
 #pragma once

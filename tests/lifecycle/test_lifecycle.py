@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """tests/lifecycle/test_lifecycle.py — mixd across stops and reloads: sessions saved at
-SIGTERM and restored with identical next-token logits; state files record their KV type, an
+SIGTERM and restored with identical next-token logits; a session's turn 2 equals the one-shot
+run of the whole text (after generated text, merging with the old text, across a restart);
+state files record their KV type and the session's text (checked as it is restored), an
 old (version 1, F32) file still restores exactly, one of another KV type is converted;
 corrupt, truncated, half-written and
 other-model state files skipped with a log line; crafted files with a valid checksum (a huge
@@ -131,40 +133,80 @@ def fnv1a(data):
     return h
 
 
-def as_version1(b):
-    """A version-2 F32 state file rewritten as version 1 wrote it: version 1, 0 (reserved)
-    where the KV type is, the checksum over the changed bytes."""
-    b = b[:8] + struct.pack("<II", 1, 0) + b[16:-8]
-    return b + struct.pack("<Q", fnv1a(b))
-
-
 HEADER = struct.Struct("<8sIIQ24sIIIIIIqQ")  # magic version kv_type model_id id uid n_layer kv_dim n_sink n_roll n_vocab n_pos slots
+NAMES = ("magic", "version", "kv_type", "model_id", "id", "uid", "n_layer", "kv_dim", "n_sink", "n_roll", "n_vocab",
+         "n_pos", "slots")
+TEXT = struct.Struct("<qIIQQ")  # version 3: text base, fresh, reserved, tokens n, text bytes
+TEXT_NAMES = ("base", "fresh", "reserved", "n_tokens", "len")
+
+
+def slot_bytes(kv_type, kv_dim):
+    return {0: 4 * kv_dim, 1: 2 * kv_dim, 8: kv_dim // 32 * 34}[kv_type]
+
+
+def parse(b):
+    """A state file (any version) as a dict: header and text fields, k, v (per layer lists of
+    bytes), logits, tokens, text."""
+    d = dict(zip(NAMES, HEADER.unpack(b[:HEADER.size])))
+    pos = HEADER.size
+    d.update(base=d["n_pos"], fresh=0, reserved=0, n_tokens=0, len=0)
+    if d["version"] >= 3:
+        d.update(zip(TEXT_NAMES, TEXT.unpack(b[pos:pos + TEXT.size])))
+        pos += TEXT.size
+    sb = slot_bytes(d["kv_type"] if d["version"] >= 2 else 0, d["kv_dim"]) * d["slots"]
+    for which in ("k", "v"):
+        d[which] = [b[pos + i * sb:pos + (i + 1) * sb] for i in range(d["n_layer"])]
+        pos += d["n_layer"] * sb
+    d["logits"] = b[pos:pos + 4 * d["n_vocab"]]
+    pos += 4 * d["n_vocab"]
+    d["tokens"] = b[pos:pos + 4 * d["n_tokens"]]
+    pos += 4 * d["n_tokens"]
+    d["text"] = b[pos:pos + d["len"]]
+    return d
+
+
+def build(d):
+    """The file of a parse()d dict, its checksum recomputed (tokens n and text bytes taken
+    from the lists unless given)."""
+    body = HEADER.pack(*(d[k] for k in NAMES))
+    if d["version"] >= 3:
+        body += TEXT.pack(*(d[k] for k in TEXT_NAMES))
+    body += b"".join(d["k"]) + b"".join(d["v"]) + d["logits"]
+    if d["version"] >= 3:
+        body += d["tokens"] + d["text"]
+    return body + struct.pack("<Q", fnv1a(body))
+
+
+def as_version1(b):
+    """A state file rewritten as version 1 wrote it: version 1, 0 (reserved) where the KV
+    type is, no session text (F32 files only: version 1 had no other type)."""
+    d = parse(b)
+    d.update(version=1, kv_type=0)
+    return build(d)
 
 
 def crafted(b, logits_nan=False, **fields):
-    """The state file b with header fields replaced (and, with logits_nan, its last logit a
-    NaN), the checksum recomputed: only the daemon's validation can refuse it."""
-    names = ("magic", "version", "kv_type", "model_id", "id", "uid", "n_layer", "kv_dim", "n_sink", "n_roll",
-             "n_vocab", "n_pos", "slots")
-    h = dict(zip(names, HEADER.unpack(b[:HEADER.size])))
-    h.update(fields)
-    body = HEADER.pack(*(h[k] for k in names)) + b[HEADER.size:-8]
+    """The state file b with fields replaced (a changed n_pos moves the session text to an
+    empty one at n_pos unless text fields are given; logits_nan: its last logit a NaN), the
+    checksum recomputed: only the daemon's validation can refuse it."""
+    d = parse(b)
+    if "n_pos" in fields:
+        d.update(base=fields["n_pos"], n_tokens=0, len=0, tokens=b"", text=b"", fresh=0)
+    d.update(fields)
     if logits_nan:
-        body = body[:-4] + struct.pack("<f", float("nan"))
-    return body + struct.pack("<Q", fnv1a(body))
+        d["logits"] = d["logits"][:-4] + struct.pack("<f", float("nan"))
+    return build(d)
 
 
-def padded(b, slots, slot_bytes):
-    """The state file b with its K and V rows padded with zeros to `slots` per layer (the
-    slots field set, checksum recomputed): what a session that has filled its cache writes."""
-    h = HEADER.unpack(b[:HEADER.size])
-    n_layer, old = h[6], h[12]
-    pos, parts = HEADER.size, []
-    for _ in range(2 * n_layer):
-        parts.append(b[pos:pos + old * slot_bytes] + bytes((slots - old) * slot_bytes))
-        pos += old * slot_bytes
-    body = HEADER.pack(*h[:12], slots) + b"".join(parts) + b[pos:-8]
-    return body + struct.pack("<Q", fnv1a(body))
+def padded(b, slots):
+    """The state file b with its K and V rows padded with zeros to `slots` per layer: what a
+    session that has filled its cache writes."""
+    d = parse(b)
+    grow = slot_bytes(d["kv_type"], d["kv_dim"]) * (slots - d["slots"])
+    d["k"] = [x + bytes(grow) for x in d["k"]]
+    d["v"] = [x + bytes(grow) for x in d["v"]]
+    d["slots"] = slots
+    return build(d)
 
 
 def clear(state):
@@ -217,8 +259,43 @@ def main():
           "tokens %s; logprobs equal: %s" % (after[0], after[1] == control[1]))
     check("restore logged", "restored 1 session" in log)
     version, kv_type = struct.unpack("<II", saved[8:16]) if len(saved) >= 16 else (0, -1)
-    check("state file records its KV type (version 2, f16 by default)", version == 2 and kv_type == 1,
+    check("state file records its KV type (version 3, f16 by default)", version == 3 and kv_type == 1,
           "version %d, kv type %d" % (version, kv_type))
+
+    # --- continuing a session gives the tokens of the whole text so far: turn 2 equals the
+    # one-shot prompt of the concatenated text (tokens and logprobs), whether generated text
+    # lies between, the new text merges with the old ("Wh" + "at"), or a restart does
+    greedy = dict(n_predict=8, temperature=0.0, logprobs=True)
+    d = Daemon(mixd, sock, state=state)
+    c = Client(sock)
+    sa, sb, sc = (c.call("session.open")["session"] for _ in range(3))
+    g1 = c.generate(prompt="ROMEO:", session=sa, **greedy)
+    turn2 = c.generate(prompt=", what light", session=sa, **greedy)
+    full_a = "ROMEO:" + g1[2] + ", what light"
+    one_a = c.generate(prompt=full_a, **greedy)
+    c.generate(prompt="ROMEO: Wh", session=sb, n_predict=0)
+    turn2_b = c.generate(prompt="at light", session=sb, **greedy)
+    one_b = c.generate(prompt="ROMEO: What light", **greedy)
+    c.generate(prompt="ROMEO: Wh", session=sc, n_predict=0)
+    c.close()
+    rc, log = d.stop()
+    inproc = subprocess.run([mixctl, "generate", "-m", MODEL, "--temp", "0", "-n", "8", full_a], capture_output=True,
+                            text=True)
+    check("session turn 2 after generated text equals the one-shot run of the whole text",
+          turn2[0] == one_a[0] and turn2[1] == one_a[1] and turn2[0] != [] and inproc.stdout.rstrip("\n") == one_a[2],
+          "%s vs %s; in-process one-shot %r, daemon %r" % (turn2[0], one_a[0], inproc.stdout, one_a[2]))
+    check("session turn 2 merging with turn 1 ('Wh' + 'at') equals the one-shot run, one position dropped",
+          turn2_b[0] == one_b[0] and turn2_b[1] == one_b[1] and turn2_b[3].get("n_dropped") == 1,
+          "%s vs %s, %s" % (turn2_b[0], one_b[0], turn2_b[3]))
+    d = Daemon(mixd, sock, state=state)
+    c = Client(sock)
+    turn2_c = c.generate(prompt="at light", session=sc, **greedy)
+    c.close()
+    rc2, log = d.stop()
+    check("the same across a restart (the state file keeps the session's text)",
+          rc == 0 and rc2 == 0 and turn2_c[0] == one_b[0] and turn2_c[1] == one_b[1]
+          and turn2_c[3].get("n_dropped") == 1, "%s vs %s, %s" % (turn2_c[0], one_b[0], turn2_c[3]))
+    clear(state)
 
     # --- KV types: an old F32 file restores exactly; another type is converted
     d = Daemon(mixd, sock, state=None, kv_type="f32")
@@ -302,7 +379,7 @@ def main():
     # --- crafted state files (valid checksum) are validated field by field: skipped with the
     # reason, the daemon serves, and nothing restored with an id, a uid, a position or a
     # number it could not have written
-    full = padded(saved, 64, 2 * 2 * 32)  # the window's 64 slots of 2 KV heads x 32 in f16
+    full = padded(saved, 64)  # the window's 64 slots
     crafted_cases = (
         ("n_pos = 2^62", dict(n_pos=1 << 62), "position count out of range"),
         ("an id that is a path", dict(id=b"s-../../../tmp/xyz"), "invalid session id"),
@@ -323,6 +400,30 @@ def main():
         check("crafted state file, %s: skipped (%s)" % (name, reason),
               rc == 0 and listed == [] and reason in log
               and not any(k in log for k in SANITIZER_MARKS), "exit %d, listed %s %s" % (rc, listed, [x for x in log.splitlines() if "skipping" in x]))
+    # the session's text (version 3) is checked against the cache and the vocabulary too
+    sd = parse(saved)
+    toks = list(struct.unpack("<%di" % sd["n_tokens"], sd["tokens"]))
+    text_cases = (
+        ("a text token id outside the vocabulary",
+         dict(tokens=struct.pack("<%di" % len(toks), *([40000] + toks[1:]))), "session text inconsistent"),
+        ("a control token (EOS) inside the text",
+         dict(tokens=struct.pack("<%di" % len(toks), *(toks[:-1] + [2]))), "session text inconsistent"),
+        ("text that is not UTF-8", dict(text=b"\xff" + sd["text"][1:]), "session text inconsistent"),
+        ("fewer text tokens than positions", dict(n_tokens=len(toks) - 1, tokens=sd["tokens"][4:]),
+         "session text fields out of range"),
+    )
+    for name, fields, reason in text_cases:
+        clear(state)
+        with open(os.path.join(state, "session-%s.state" % sid), "wb") as f:
+            f.write(crafted(saved, **fields))
+        d = Daemon(mixd, sock, state=state)
+        c = Client(sock)
+        listed = c.call("session.list")["sessions"]
+        c.close()
+        rc, log = d.stop()
+        check("crafted state file, %s: skipped (%s)" % (name, reason),
+              rc == 0 and listed == [] and reason in log and not any(k in log for k in SANITIZER_MARKS),
+              "exit %d, listed %s %s" % (rc, listed, [x for x in log.splitlines() if "skipping" in x]))
     # the control: the same padding with a position a long-lived (rolled) session can have
     clear(state)
     with open(os.path.join(state, "session-%s.state" % sid), "wb") as f:
