@@ -350,7 +350,11 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                 *why = "session text fields out of range";
                 goto out;
         }
-        if (expected_size(&h, &ht, file_slot_bytes, &want_size) < 0 || (uint64_t)st.st_size != want_size) {
+        if (expected_size(&h, &ht, file_slot_bytes, &want_size) < 0) {
+                *why = "sizes in the header overflow";
+                goto out;
+        }
+        if ((uint64_t)st.st_size != want_size) {
                 *why = (uint64_t)st.st_size < want_size ? "truncated" : "size differs from what the header says";
                 goto out;
         }
