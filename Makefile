@@ -34,7 +34,7 @@ DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all tools run test unit check-deps deps clean fuzz
+.PHONY: all tools run test unit check-deps deps test-deps clean fuzz
 all: $(BUILD)/mixctl $(BUILD)/mixd
 
 $(BUILD)/%.o: %.c
@@ -57,7 +57,14 @@ $(BUILD)/tests/%: tests/unit/%.c $(ENGINE_LIB)
 
 unit: $(UNIT_BIN)
 
-# Debian packages every target needs (build, tests, fuzzing, helpers).
+# A program with deliberate defects: tests/sanitizers/test_exit_codes.sh shows that a
+# sanitizer report changes the exit status (built with the sanitizer flags of MODE=asan).
+$(BUILD)/tests/sanitizer_probe: tests/sanitizers/probe.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
+
+# Debian packages every target needs (build, tests, fuzzing, helpers). `make test` also
+# builds the Debian package and checks it with lintian: test-deps installs those tools.
 DEPS := build-essential pkg-config clang libclang-rt-14-dev libuv1-dev libmsgpack-dev \
         libsystemd-dev libopenblas-dev libcmocka-dev libnuma-dev libedit-dev python3-numpy python3-msgpack
 deps:
@@ -67,6 +74,8 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+test-deps: deps
+	@$(MAKE) --no-print-directory deps DEPS="$(DEB_TOOLS) lintian"
 
 models/tiny-moe-q4_k_m.gguf:
 	@echo "default model missing: expected $@ in the repository" >&2; exit 1
@@ -82,10 +91,11 @@ run: deps
 	./build/rel/mixctl generate --socket "$$sock" -n 64 --seed 42 "ROMEO: But soft, what light"; \
 	echo
 
-test: deps
-	$(MAKE) MODE=asan all unit
+test: test-deps
+	$(MAKE) MODE=asan all unit build/asan/tests/sanitizer_probe
 	$(MAKE) MODE=tsan all build/tsan/tests/test_pool
 	$(MAKE) MODE=rel all build/rel/tests/test_forward
+	$(MAKE) -C tests/fuzz all
 	FIXTURES=$(FIXTURES) PYTHON=$(PYTHON) bash tests/run.sh
 
 fuzz:
@@ -100,7 +110,8 @@ clean:
 # `make install` installs the optimized build (MODE=rel by default) with the systemd units,
 # sysusers.d/tmpfiles.d entries, default configuration (kept if present), man pages and bash
 # completion; DESTDIR stages it. `make deb` builds the Debian package into build/deb/ from a
-# copy of the tree with packaging/debian as its debian/ (CHECK=1 also runs the CLI tests).
+# copy of the tree with packaging/debian as its debian/ (CHECK=1 also runs the CLI tests;
+# DEB_KEEP_TREE=1 keeps that copy, built, in build/deb/mixd-VERSION/).
 PREFIX        ?= /usr
 BINDIR        ?= $(PREFIX)/bin
 MANDIR        ?= $(PREFIX)/share/man
@@ -143,7 +154,7 @@ deb:
 	tar -cf - --exclude=./build --exclude=./.git --exclude=./debian --exclude=__pycache__ . | tar -xf - -C $(DEB_TREE)
 	cp -r packaging/debian $(DEB_TREE)/debian
 	cd $(DEB_TREE) && DEB_BUILD_OPTIONS="$(if $(CHECK),,nocheck) $(DEB_BUILD_OPTIONS)" dpkg-buildpackage -b -us -uc
-	rm -rf $(DEB_TREE)
+	$(if $(DEB_KEEP_TREE),,rm -rf $(DEB_TREE))
 	@ls -1 $(DEB_OUT)/*.deb
 
 # ---- benchmarks (docs/BENCH.md): `make bench`, or `make bench MODEL=file.gguf` for one model.

@@ -13,6 +13,7 @@
 
 volatile int cli_stdout_closed;
 volatile int cli_interrupted;
+static int stdout_error; /* errno of the first failed write to stdout other than EPIPE, reported */
 
 void cli_error(const char *fmt, ...) {
         va_list ap;
@@ -77,6 +78,8 @@ int cli_write(const void *buf, size_t len) {
         const char *p = buf;
         if (cli_stdout_closed)
                 return -EPIPE;
+        if (stdout_error)
+                return -stdout_error;
         while (len > 0) {
                 ssize_t n = write(STDOUT_FILENO, p, len);
                 if (n < 0) {
@@ -90,6 +93,45 @@ int cli_write(const void *buf, size_t len) {
                 len -= (size_t)n;
         }
         return 0;
+}
+
+int cli_write_error(int err) {
+        if (err == -EPIPE) {
+                cli_stdout_closed = 1;
+                return EXIT_OK;
+        }
+        if (!stdout_error) {
+                stdout_error = -err;
+                cli_error("cannot write to standard output: %s", strerror(-err));
+        }
+        return EXIT_RUNTIME;
+}
+
+int cli_stdout_usable(void) {
+        return !cli_stdout_closed && !stdout_error;
+}
+
+int cli_finish_output(int ex) {
+        errno = 0;
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+                const int e = errno ? errno : EIO;
+                if (e != EPIPE || stdout_error)
+                        cli_write_error(-e);
+        }
+        return stdout_error && ex == EXIT_OK ? EXIT_RUNTIME : ex;
+}
+
+void cli_stdin_hint(const char *what) {
+        if (isatty(STDIN_FILENO))
+                fprintf(stderr, "mixctl: reading the %s from the terminal; end it with Ctrl-D on a line of its own "
+                                "(or give it as an argument, or pipe it in)\n", what);
+}
+
+void cli_newline_after_interrupt(void) {
+        if (isatty(STDOUT_FILENO) && cli_stdout_usable())
+                cli_write("\n", 1);
+        else if (isatty(STDERR_FILENO))
+                fputc('\n', stderr);
 }
 
 int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *ret) {

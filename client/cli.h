@@ -23,9 +23,19 @@ int cli_read_stdin(size_t max, char **ret_buf, size_t *ret_len);
 /* Read a whole file. */
 int cli_read_file(const char *path, size_t max, char **ret_buf, size_t *ret_len);
 
-/* Write to stdout, unbuffered. A closed pipe sets cli_stdout_closed and returns -EPIPE. */
+/* Write to stdout, unbuffered. A closed pipe sets cli_stdout_closed and returns -EPIPE; any
+ * other failure returns -errno (report it with cli_write_error). */
 extern volatile int cli_stdout_closed;
 int cli_write(const void *buf, size_t len);
+/* A write to stdout failed with err (-errno). -EPIPE: the reader left (| head), a quiet end:
+ * returns EXIT_OK. Anything else (a full disk, an I/O error) is printed once and remembered:
+ * returns EXIT_RUNTIME. Either way the command stops writing (cli_stdout_usable). */
+int cli_write_error(int err);
+/* 0 once stdout failed (a closed pipe or another error): stop producing output. */
+int cli_stdout_usable(void);
+/* The end of every command: flush stdout and turn a write error (other than EPIPE) seen at any
+ * point into EXIT_RUNTIME when the command would have succeeded. Returns the exit code. */
+int cli_finish_output(int ex);
 
 /* Strict parsers: the whole string must be a number within [lo, hi]. 0 or -EINVAL. */
 int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *ret);
@@ -39,7 +49,7 @@ void cli_install_signals(void);
 /* Long-option ids shared by the commands. */
 enum { OPT_CTX = 1000, OPT_KV_BUDGET, OPT_NO_BOS, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY,
        OPT_REPEAT_LAST_N, OPT_SEED, OPT_STOP, OPT_TOKENS, OPT_ALL, OPT_CHUNK, OPT_SOCKET, OPT_JSON, OPT_SESSION,
-       OPT_LOGPROBS, OPT_SYSTEM, OPT_INT8, OPT_EXACT, OPT_KV_TYPE };
+       OPT_LOGPROBS, OPT_SYSTEM, OPT_INT8, OPT_EXACT, OPT_KV_TYPE, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT };
 
 /* Sampling options of generate and chat (in-process and remote alike). */
 #include "sample.h"
@@ -69,6 +79,32 @@ typedef struct GenerateOpts {
         "  --repeat-last-n N    tokens the penalty looks back (default 64)\n"            \
         "  --seed N             random seed (default: random)\n"                         \
         "  --stop STR           stop before STR (repeatable; STR is not printed)\n"
+/* Options of the in-process model commands (-m) and of the commands that talk to mixd. */
+#define MODEL_OPTS_HELP                                                                                         \
+        "  -m, --model FILE     GGUF model file (required)\n"                                                   \
+        "  --ctx N              positions a full-attention session keeps before rolling\n"                      \
+        "  --kv-budget BYTES    most bytes of KV cache (default 4 GiB)\n"                                       \
+        "  --kv-type TYPE       KV cache numbers: f16 (default), q8_0 (half the bytes) or f32\n"                \
+        "  -t, --threads N      compute threads (default: online CPUs)\n"                                       \
+        "  --exact              float activations everywhere: the exact reference path (2-3x slower;\n"         \
+        "                       the default quantizes activations to 8 bits for quantized weights)\n"          \
+        "  --int8               deprecated, does nothing: 8-bit activations are the default\n"
+#define REMOTE_OPTS_HELP                                                                                        \
+        "  --socket PATH        daemon socket (default: $MIXD_SOCKET, /run/mixd/mixd.sock,\n"                   \
+        "                       $XDG_RUNTIME_DIR/mixd.sock)\n"                                                  \
+        "  --json               print JSON (one object per line)\n"                                             \
+        "  --timeout S          give up when mixd stays silent S seconds (default 30; 0 = never)\n"             \
+        "  --connect-timeout S  give up when mixd accepts no connection in S seconds (default 5)\n"
+/* The help of generate and tokenize, which run in-process with -m and through mixd without:
+ * the same text either way, every option of both. */
+void generate_usage(void);
+void tokenize_usage(void);
+/* Before reading a prompt or text from stdin: when stdin is a terminal, say so on stderr (what
+ * is being read, and that Ctrl-D ends it), so a command waiting there is not mistaken for hung. */
+void cli_stdin_hint(const char *what);
+/* After Ctrl-C ends output on a terminal: end the line, so the shell's prompt starts on a new one. */
+void cli_newline_after_interrupt(void);
+
 /* 1 if c was a sampling option (*ret_exit set on a bad value), else 0. */
 int sampling_opt_parse(int c, const char *arg, GenerateOpts *g, int *ret_exit);
 /* Pick a random seed unless one was given. */

@@ -166,14 +166,6 @@ static int parse_model_opt(int c, const char *arg, ModelOpts *o, int *ret_exit) 
         { "kv-type", required_argument, NULL, OPT_KV_TYPE },                                            \
         { "help", no_argument, NULL, 'h' }
 
-#define MODEL_OPTS_HELP \
-        "  -m, --model FILE     GGUF model file (required)\n" \
-        "  --ctx N              positions a full-attention session keeps before rolling\n" \
-        "  --kv-budget BYTES    most bytes of KV cache (default 4 GiB)\n" \
-        "  --kv-type TYPE       KV cache numbers: f16 (default), q8_0 (half the bytes) or f32\n" \
-        "  -t, --threads N      compute threads (default: online CPUs)\n" \
-        "  --exact              float activations everywhere: the exact reference path (2-3x slower;\n" \
-        "                       the default quantizes activations to 8 bits for quantized weights)\n"
 
 /* ---------------------------------------------------------------- tokenize */
 
@@ -192,9 +184,7 @@ int cmd_tokenize_local(int argc, char **argv) {
                 if (c == OPT_NO_BOS) {
                         add_bos = 0;
                 } else if (c == 'h') {
-                        printf("usage: mixctl tokenize -m MODEL [--no-bos] < text\n"
-                               "Reads stdin verbatim and prints its token ids as one JSON array.\n" MODEL_OPTS_HELP
-                               "  --no-bos             do not add the BOS token\n");
+                        tokenize_usage();
                         return EXIT_OK;
                 } else {
                         return EXIT_USAGE;
@@ -209,6 +199,7 @@ int cmd_tokenize_local(int argc, char **argv) {
         char *text = NULL;
         int32_t *ids = NULL;
         size_t len, n;
+        cli_stdin_hint("text");
         if ((ex = read_input(&text, &len)) || (ex = open_model(&o, &m)) || (ex = encode(m, text, len, add_bos, &ids, &n)))
                 goto out;
 
@@ -223,8 +214,9 @@ int cmd_tokenize_local(int argc, char **argv) {
                 pos += (size_t)snprintf(out + pos, cap - pos, "%s%d", i ? "," : "", ids[i]);
         out[pos++] = ']';
         out[pos++] = '\n';
-        if (cli_write(out, pos) < 0 && !cli_stdout_closed)
-                ex = EXIT_RUNTIME;
+        int w = cli_write(out, pos);
+        if (w < 0)
+                ex = cli_write_error(w);
         free(out);
 out:
         free(ids);
@@ -275,10 +267,7 @@ int cmd_generate_local(int argc, char **argv) {
                         continue;
                 }
                 if (c == 'h') {
-                        printf("usage: mixctl generate -m MODEL [options] [\"prompt\"]\n"
-                               "Continues the prompt (the argument, else stdin read to EOF) and streams the text.\n"
-                               "Without -m, the request goes to the mixd daemon (see --socket).\n"
-                               MODEL_OPTS_HELP SAMPLING_OPTS_HELP);
+                        generate_usage();
                         return EXIT_OK;
                 }
                 return EXIT_USAGE;
@@ -301,8 +290,10 @@ int cmd_generate_local(int argc, char **argv) {
                 len = strlen(argv[optind]);
                 if (!text)
                         return EXIT_RUNTIME;
-        } else if ((ex = read_input(&text, &len))) {
-                return ex;
+        } else {
+                cli_stdin_hint("prompt");
+                if ((ex = read_input(&text, &len)))
+                        return ex;
         }
         if ((ex = open_model(&o, &m)) || (ex = encode(m, text, len, 1, &ids, &n_ids)) ||
             (ex = open_engine(m, &o, 0, &e)))
@@ -328,6 +319,7 @@ int cmd_generate_local(int argc, char **argv) {
         int r;
         do {
                 if (cli_interrupted) {
+                        cli_newline_after_interrupt(); /* the shell's prompt starts on a line of its own */
                         ex = EXIT_INTERRUPTED;
                         goto out;
                 }
@@ -341,8 +333,11 @@ int cmd_generate_local(int argc, char **argv) {
                         show_progress(NULL, ev.prompt_done, ev.prompt_total);
                         t1 = now_seconds();
                 }
-                if (emit(ev.text, ev.text_len) < 0)
-                        goto out; /* stdout closed early (| head): a quiet, successful end */
+                int w = emit(ev.text, ev.text_len);
+                if (w < 0) { /* stdout closed early (| head): a quiet, successful end; else an error */
+                        ex = cli_write_error(w);
+                        goto out;
+                }
         } while (r > 0);
 
         if (isatty(STDOUT_FILENO)) {
@@ -408,7 +403,10 @@ static int print_logits_line(LogitsPrinter *lp, int64_t pos, const float *logits
         for (uint32_t i = 0; i < lp->n_vocab; i++)
                 len += (size_t)sprintf(lp->buf + len, "%s%.9g", i ? "," : "", (double)logits[i]);
         len += (size_t)sprintf(lp->buf + len, "]}\n");
-        return cli_write(lp->buf, len) < 0 ? -EPIPE : 0;
+        int w = cli_write(lp->buf, len);
+        if (w < 0)
+                cli_write_error(w); /* reported (unless EPIPE); the feed stops */
+        return w < 0 ? -EPIPE : 0;
 }
 
 static int on_logits(void *userdata, int64_t pos, const float *logits) {
@@ -493,7 +491,7 @@ int cmd_logits(int argc, char **argv) {
         int r = session_feed(e.s, e.fw, ids, n, on_logits, &lp);
         if (r == -ECANCELED)
                 ex = EXIT_INTERRUPTED;
-        else if (r < 0 && r != -EPIPE) {
+        else if (r < 0 && r != -EPIPE) { /* -EPIPE: the output stopped (cli_finish_output decides) */
                 cli_error("forward pass failed: %s", engine_error(r));
                 ex = EXIT_RUNTIME;
         }
@@ -628,8 +626,9 @@ int cmd_perplexity(int argc, char **argv) {
         }
         char line[64];
         int ln = snprintf(line, sizeof(line), "ppl %.6f\n", exp(st.nll_sum / (double)st.n_scored));
-        if (cli_write(line, (size_t)ln) < 0 && !cli_stdout_closed)
-                ex = EXIT_RUNTIME;
+        int w = cli_write(line, (size_t)ln);
+        if (w < 0)
+                ex = cli_write_error(w);
 out:
         free(chunk);
         engine_close(&e);

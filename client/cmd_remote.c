@@ -13,27 +13,59 @@
 #include "remote.h"
 
 #define REMOTE_LONG_OPTS { "socket", required_argument, NULL, OPT_SOCKET }, { "json", no_argument, NULL, OPT_JSON }, \
+                         { "timeout", required_argument, NULL, OPT_TIMEOUT },                                    \
+                         { "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },                    \
                          { "help", no_argument, NULL, 'h' }
-#define REMOTE_OPTS_HELP "  --socket PATH        daemon socket (default: $MIXD_SOCKET, /run/mixd/mixd.sock, $XDG_RUNTIME_DIR/mixd.sock)\n" \
-                         "  --json               print JSON (one object per line)\n"
 
 typedef struct RemoteOpts {
         const char *socket;
         int json;
+        double timeout;          /* seconds; see REMOTE_REPLY_TIMEOUT_S */
+        double connect_timeout;  /* seconds; see REMOTE_CONNECT_TIMEOUT_S */
 } RemoteOpts;
+#define REMOTE_OPTS_INIT { .timeout = REMOTE_REPLY_TIMEOUT_S, .connect_timeout = REMOTE_CONNECT_TIMEOUT_S }
 
-static int parse_remote_opt(int c, const char *arg, RemoteOpts *o) {
-        if (c == OPT_SOCKET)
-                o->socket = arg;
-        else if (c == OPT_JSON)
-                o->json = 1;
-        else
+/* 1 if c was a daemon option (*ret_exit set on a bad value), else 0. */
+static int parse_remote_opt(int c, const char *arg, RemoteOpts *o, int *ret_exit) {
+        float v;
+        switch (c) {
+        case OPT_SOCKET: o->socket = arg; return 1;
+        case OPT_JSON: o->json = 1; return 1;
+        case OPT_TIMEOUT:
+        case OPT_CONNECT_TIMEOUT:
+                if (cli_parse_float(arg, 0.0, REMOTE_MAX_TIMEOUT_S, &v) < 0) {
+                        cli_error("--%s: '%s' is not a number of seconds in 0..%.0f", c == OPT_TIMEOUT ? "timeout" : "connect-timeout",
+                                  arg, REMOTE_MAX_TIMEOUT_S);
+                        *ret_exit = EXIT_USAGE;
+                } else {
+                        *(c == OPT_TIMEOUT ? &o->timeout : &o->connect_timeout) = v;
+                }
+                return 1;
+        }
+        return 0;
+}
+
+static int connect_remote(Remote *rc, const RemoteOpts *o) {
+        return remote_connect(rc, o->socket, o->connect_timeout, o->timeout);
+}
+
+/* A reply without a field its op always carries (or with another type): mixd broke the
+ * protocol. Prints that and returns 1; 0 when the field is there. */
+static int reply_lacks(const Reply *rep, const char *op, const char *field, msgpack_object_type type) {
+        const msgpack_object *o = proto_map_get(&rep->root, field);
+        if (o && o->type == type)
                 return 0;
+        cli_error("mixd broke the protocol: its %s reply has no '%s' %s", op, field,
+                  type == MSGPACK_OBJECT_ARRAY ? "array" : "string");
         return 1;
 }
 
-/* msgpack value → JSON, for --json output of generic replies. */
+/* msgpack value → JSON, for --json output of generic replies (NULL: null). */
 static void print_json(FILE *out, const msgpack_object *o) {
+        if (!o) {
+                fputs("null", out);
+                return;
+        }
         switch (o->type) {
         case MSGPACK_OBJECT_NIL: fputs("null", out); break;
         case MSGPACK_OBJECT_BOOLEAN: fputs(o->via.boolean ? "true" : "false", out); break;
@@ -83,8 +115,9 @@ static double get_d(const Reply *r, const char *key) {
         return v;
 }
 
-/* Read the prompt: the argument when given, else stdin to EOF; must be UTF-8. */
-static int read_prompt(int argc, char **argv, int optind_, char **ret, size_t *ret_len) {
+/* Read the prompt: the argument when given, else stdin to EOF; must be UTF-8. what: "prompt"
+ * or "text", for the hint shown when stdin is a terminal. */
+static int read_prompt(int argc, char **argv, int optind_, const char *what, char **ret, size_t *ret_len) {
         if (argc - optind_ > 1) {
                 cli_error("give the prompt as one argument (quote it), or on stdin");
                 return EXIT_USAGE;
@@ -95,6 +128,7 @@ static int read_prompt(int argc, char **argv, int optind_, char **ret, size_t *r
                 if (!*ret)
                         return EXIT_RUNTIME;
         } else {
+                cli_stdin_hint(what);
                 int r = cli_read_stdin(PROTO_MAX_PROMPT_BYTES + 1, ret, ret_len);
                 if (r == -EINTR)
                         return EXIT_INTERRUPTED;
@@ -134,12 +168,12 @@ static int stream_generation(Remote *rc, Request *req, int json, int show_stats)
                         ex = EXIT_INTERRUPTED;
                         continue;
                 }
-                if (e == -EINTR)
-                        return EXIT_INTERRUPTED; /* second Ctrl-C: leave now */
-                if (e < 0) {
-                        cli_error("lost the connection to mixd (%s)", strerror(-e));
-                        return EXIT_RUNTIME;
+                if (e == -EINTR) { /* a second Ctrl-C leaves at once */
+                        cli_newline_after_interrupt();
+                        return EXIT_INTERRUPTED;
                 }
+                if (e < 0)
+                        return remote_report_recv(rc, e);
                 if (rep.has_id && rep.id != req->id) {
                         reply_free(&rep);
                         continue;
@@ -165,18 +199,19 @@ static int stream_generation(Remote *rc, Request *req, int json, int show_stats)
                         reply_free(&rep);
                         continue;
                 }
-                if (rep.event == REPLY_EVENT_TOKEN && !cli_stdout_closed && !cancel_sent) {
+                if (rep.event == REPLY_EVENT_TOKEN && cli_stdout_usable() && !cancel_sent) {
                         int w;
                         if (json) {
                                 print_json(stdout, &rep.root);
                                 fputc('\n', stdout);
-                                w = fflush(stdout) == 0 ? 0 : -EPIPE;
+                                w = fflush(stdout) == 0 ? 0 : -(errno ? errno : EIO);
                         } else {
                                 w = cli_write(rep.text.ptr, rep.text.len);
                         }
                         if (w < 0) {
-                                /* stdout closed (| head): stop the generation, end quietly */
-                                cli_stdout_closed = 1;
+                                /* stdout closed (| head): stop the generation, end quietly;
+                                 * any other write error (a full disk): stop it, exit 1 */
+                                ex = cli_write_error(w);
                                 Request c;
                                 request_init(&c, PROTO_OP_CANCEL, 0);
                                 c.cancel.target = req->id;
@@ -184,11 +219,12 @@ static int stream_generation(Remote *rc, Request *req, int json, int show_stats)
                                 remote_send(rc, &c);
                         }
                 } else if (rep.event == REPLY_EVENT_DONE) {
-                        if (json && !cli_stdout_closed) {
+                        if (json && cli_stdout_usable()) {
                                 print_json(stdout, &rep.root);
                                 fputc('\n', stdout);
-                                fflush(stdout);
-                        } else if (tty && !cli_stdout_closed) {
+                                if (fflush(stdout) != 0)
+                                        ex = cli_write_error(-(errno ? errno : EIO));
+                        } else if (tty && cli_stdout_usable()) {
                                 cli_write("\n", 1);
                         }
                         if (show_stats && tty_err && !json)
@@ -234,14 +270,14 @@ int cmd_generate_remote(int argc, char **argv) {
                 { "logprobs", no_argument, NULL, OPT_LOGPROBS },
                 { 0 },
         };
-        RemoteOpts ro = { 0 };
+        RemoteOpts ro = REMOTE_OPTS_INIT;
         GenerateOpts g = GENERATE_OPTS_DEFAULTS;
         const char *session = NULL;
         int logprobs = 0, c, ex = EXIT_OK;
 
         optind = 1;
         while ((c = getopt_long(argc, argv, "n:h", longopts, NULL)) != -1) {
-                if (parse_remote_opt(c, optarg, &ro) || sampling_opt_parse(c, optarg, &g, &ex)) {
+                if (parse_remote_opt(c, optarg, &ro, &ex) || sampling_opt_parse(c, optarg, &g, &ex)) {
                         if (ex)
                                 return ex;
                         continue;
@@ -251,12 +287,7 @@ int cmd_generate_remote(int argc, char **argv) {
                 } else if (c == OPT_LOGPROBS) {
                         logprobs = 1;
                 } else if (c == 'h') {
-                        printf("usage: mixctl generate [-m MODEL] [options] [\"prompt\"]\n"
-                               "Continues the prompt (the argument, else stdin read to EOF) and streams the text.\n"
-                               "Without -m the mixd daemon runs it; with -m MODEL it runs in-process.\n"
-                               REMOTE_OPTS_HELP
-                               "  --session ID         continue a session (see 'mixctl sessions')\n"
-                               "  --logprobs           with --json: each token's log probability\n" SAMPLING_OPTS_HELP);
+                        generate_usage();
                         return EXIT_OK;
                 } else {
                         return EXIT_USAGE;
@@ -264,13 +295,13 @@ int cmd_generate_remote(int argc, char **argv) {
         }
         char *text;
         size_t len;
-        if ((ex = read_prompt(argc, argv, optind, &text, &len)))
+        if ((ex = read_prompt(argc, argv, optind, "prompt", &text, &len)))
                 return ex;
         sampling_opt_finish(&g);
 
         Remote rc;
         Request req;
-        if ((ex = remote_connect(&rc, ro.socket))) {
+        if ((ex = connect_remote(&rc, &ro))) {
                 free(text);
                 remote_close(&rc);
                 return ex;
@@ -292,12 +323,15 @@ typedef void (*PrintFn)(const Reply *rep);
 
 static int simple_command(int argc, char **argv, ProtoOp op, const char *usage, PrintFn print) {
         static const struct option longopts[] = { REMOTE_LONG_OPTS, { 0 } };
-        RemoteOpts ro = { 0 };
-        int c, ex;
+        RemoteOpts ro = REMOTE_OPTS_INIT;
+        int c, ex = EXIT_OK;
         optind = 1;
         while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-                if (parse_remote_opt(c, optarg, &ro))
+                if (parse_remote_opt(c, optarg, &ro, &ex)) {
+                        if (ex)
+                                return ex;
                         continue;
+                }
                 if (c == 'h') {
                         printf("%s\n" REMOTE_OPTS_HELP, usage);
                         return EXIT_OK;
@@ -311,7 +345,7 @@ static int simple_command(int argc, char **argv, ProtoOp op, const char *usage, 
         Remote rc;
         Request req;
         Reply rep;
-        if ((ex = remote_connect(&rc, ro.socket)) == 0) {
+        if ((ex = connect_remote(&rc, &ro)) == 0) {
                 request_init(&req, op, 0);
                 if ((ex = remote_call(&rc, &req, &rep)) == 0) {
                         if (ro.json || !print) {
@@ -451,12 +485,15 @@ int cmd_shutdown(int argc, char **argv) {
 /* mixctl session open | rm ID */
 int cmd_session(int argc, char **argv) {
         static const struct option longopts[] = { REMOTE_LONG_OPTS, { 0 } };
-        RemoteOpts ro = { 0 };
-        int c, ex;
+        RemoteOpts ro = REMOTE_OPTS_INIT;
+        int c, ex = EXIT_OK;
         optind = 1;
         while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-                if (parse_remote_opt(c, optarg, &ro))
+                if (parse_remote_opt(c, optarg, &ro, &ex)) {
+                        if (ex)
+                                return ex;
                         continue;
+                }
                 if (c == 'h') {
                         printf("usage: mixctl session open | mixctl session rm ID\n" REMOTE_OPTS_HELP);
                         return EXIT_OK;
@@ -472,12 +509,14 @@ int cmd_session(int argc, char **argv) {
         Remote rc;
         Request req;
         Reply rep;
-        if ((ex = remote_connect(&rc, ro.socket)) == 0) {
+        if ((ex = connect_remote(&rc, &ro)) == 0) {
                 request_init(&req, open_ ? PROTO_OP_SESSION_OPEN : PROTO_OP_SESSION_CLOSE, 0);
                 if (rm)
                         req.session_close.session = strdup(argv[optind + 1]);
                 if ((ex = remote_call(&rc, &req, &rep)) == 0) {
-                        if (ro.json) {
+                        if (open_ && reply_lacks(&rep, "session.open", "session", MSGPACK_OBJECT_STR)) {
+                                ex = EXIT_RUNTIME;
+                        } else if (ro.json) {
                                 print_json(stdout, &rep.root);
                                 fputc('\n', stdout);
                         } else if (open_) {
@@ -498,16 +537,22 @@ typedef void (*TextPrintFn)(const Reply *rep);
 
 static int text_command(int argc, char **argv, ProtoOp op, const char *usage, int arg_allowed, TextPrintFn print) {
         static const struct option longopts[] = { REMOTE_LONG_OPTS, { "no-bos", no_argument, NULL, OPT_NO_BOS }, { 0 } };
-        RemoteOpts ro = { 0 };
-        int add_bos = 1, c, ex;
+        RemoteOpts ro = REMOTE_OPTS_INIT;
+        int add_bos = 1, c, ex = EXIT_OK;
         optind = 1;
         while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-                if (parse_remote_opt(c, optarg, &ro))
+                if (parse_remote_opt(c, optarg, &ro, &ex)) {
+                        if (ex)
+                                return ex;
                         continue;
+                }
                 if (c == OPT_NO_BOS) {
                         add_bos = 0;
                 } else if (c == 'h') {
-                        printf("%s\n" REMOTE_OPTS_HELP "  --no-bos             do not add the BOS token\n", usage);
+                        if (op == PROTO_OP_TOKENIZE)
+                                tokenize_usage(); /* with the in-process options too */
+                        else
+                                printf("%s\n" REMOTE_OPTS_HELP "  --no-bos             do not add the BOS token\n", usage);
                         return EXIT_OK;
                 } else {
                         return EXIT_USAGE;
@@ -519,12 +564,12 @@ static int text_command(int argc, char **argv, ProtoOp op, const char *usage, in
         }
         char *text;
         size_t len;
-        if ((ex = read_prompt(argc, argv, arg_allowed ? optind : argc, &text, &len)))
+        if ((ex = read_prompt(argc, argv, arg_allowed ? optind : argc, "text", &text, &len)))
                 return ex;
         Remote rc;
         Request req;
         Reply rep;
-        if ((ex = remote_connect(&rc, ro.socket)) == 0) {
+        if ((ex = connect_remote(&rc, &ro)) == 0) {
                 request_init(&req, op, 0);
                 TextRequest *t = op == PROTO_OP_SCORE ? &req.score : &req.tokenize;
                 t->text = text;
@@ -532,7 +577,11 @@ static int text_command(int argc, char **argv, ProtoOp op, const char *usage, in
                 t->add_bos = add_bos;
                 text = NULL;
                 if ((ex = remote_call(&rc, &req, &rep)) == 0) {
-                        print(&rep);
+                        if (reply_lacks(&rep, proto_op_name(op), "tokens", MSGPACK_OBJECT_ARRAY) ||
+                            (op == PROTO_OP_SCORE && reply_lacks(&rep, "score", "logprobs", MSGPACK_OBJECT_ARRAY)))
+                                ex = EXIT_RUNTIME;
+                        else
+                                print(&rep);
                         reply_free(&rep);
                 }
                 request_free(&req);
@@ -598,14 +647,14 @@ int cmd_chat(int argc, char **argv) {
         static const struct option longopts[] = {
                 REMOTE_LONG_OPTS, SAMPLING_LONG_OPTS, { "session", required_argument, NULL, OPT_SESSION }, { 0 },
         };
-        RemoteOpts ro = { 0 };
+        RemoteOpts ro = REMOTE_OPTS_INIT;
         GenerateOpts g = GENERATE_OPTS_DEFAULTS;
         const char *session = NULL;
         int c, ex = EXIT_OK;
         g.n_predict = -1;
         optind = 1;
         while ((c = getopt_long(argc, argv, "n:h", longopts, NULL)) != -1) {
-                if (parse_remote_opt(c, optarg, &ro) || sampling_opt_parse(c, optarg, &g, &ex)) {
+                if (parse_remote_opt(c, optarg, &ro, &ex) || sampling_opt_parse(c, optarg, &g, &ex)) {
                         if (ex)
                                 return ex;
                         continue;
@@ -629,7 +678,7 @@ int cmd_chat(int argc, char **argv) {
         }
         sampling_opt_finish(&g);
         Remote rc;
-        if ((ex = remote_connect(&rc, ro.socket))) {
+        if ((ex = connect_remote(&rc, &ro))) {
                 remote_close(&rc);
                 return ex;
         }
@@ -645,6 +694,11 @@ int cmd_chat(int argc, char **argv) {
                         remote_close(&rc);
                         return ex;
                 }
+                if (reply_lacks(&rep, "session.open", "session", MSGPACK_OBJECT_STR)) {
+                        reply_free(&rep);
+                        remote_close(&rc);
+                        return EXIT_RUNTIME;
+                }
                 ProtoStr id = { "", 0 };
                 proto_obj_str(proto_map_get(&rep.root, "session"), &id);
                 sid = strndup(id.ptr, id.len);
@@ -655,8 +709,11 @@ int cmd_chat(int argc, char **argv) {
                 fprintf(stderr, "session %s; Ctrl-D ends, Ctrl-C stops an answer\n", sid);
         for (;;) {
                 char *line = read_line(tty);
-                if (!line)
+                if (!line) {
+                        if (tty && isatty(STDOUT_FILENO))
+                                cli_write("\n", 1); /* Ctrl-D at the prompt: the shell's prompt on a new line */
                         break;
+                }
                 if (!*line) {
                         free(line);
                         continue;
@@ -679,13 +736,14 @@ int cmd_chat(int argc, char **argv) {
                 fill_generate(&req, &g);
                 ex = stream_generation(&rc, &req, ro.json, 0);
                 request_free(&req);
-                if (!isatty(STDOUT_FILENO) && !ro.json)
-                        cli_write("\n", 1);
+                int w = !isatty(STDOUT_FILENO) && !ro.json && cli_stdout_usable() ? cli_write("\n", 1) : 0;
+                if (w < 0 && cli_write_error(w) != EXIT_OK && !ex)
+                        ex = EXIT_RUNTIME;
                 if (ex == EXIT_INTERRUPTED && tty) {
                         ex = EXIT_OK; /* Ctrl-C stops one answer; the chat goes on */
                         continue;
                 }
-                if (ex || cli_stdout_closed)
+                if (ex || !cli_stdout_usable())
                         break;
         }
         if (opened) {

@@ -36,6 +36,29 @@ static int has_model_flag(int argc, char **argv) {
         return 0;
 }
 
+void generate_usage(void) {
+        fputs("usage: mixctl generate [-m MODEL] [options] [\"prompt\"]\n"
+              "Continues the prompt (the argument, else standard input read to end of file: Ctrl-D on a\n"
+              "terminal) and streams the text. With -m MODEL it runs in-process; without, the mixd daemon\n"
+              "runs it.\n"
+              "sampling options:\n" SAMPLING_OPTS_HELP
+              "in-process options (with -m):\n" MODEL_OPTS_HELP
+              "daemon options (without -m):\n" REMOTE_OPTS_HELP
+              "  --session ID         continue a session (see 'mixctl sessions')\n"
+              "  --logprobs           with --json: each token's log probability\n",
+              stdout);
+}
+
+void tokenize_usage(void) {
+        fputs("usage: mixctl tokenize [-m MODEL] [--no-bos] < text\n"
+              "Prints the token ids of standard input (read verbatim) as one JSON array. With -m MODEL\n"
+              "it runs in-process; without, the mixd daemon runs it.\n"
+              "  --no-bos             do not add the BOS token\n"
+              "in-process options (with -m):\n" MODEL_OPTS_HELP
+              "daemon options (without -m):\n" REMOTE_OPTS_HELP,
+              stdout);
+}
+
 int cmd_generate(int argc, char **argv) {
         return has_model_flag(argc, argv) ? cmd_generate_local(argc, argv) : cmd_generate_remote(argc, argv);
 }
@@ -48,7 +71,8 @@ static void usage(FILE *out) {
         fputs("usage: mixctl COMMAND [options]\n\ncommands:\n", out);
         for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
                 fprintf(out, "  %-11s %s\n", commands[i].name, commands[i].help);
-        fputs("\n'mixctl COMMAND --help' shows a command's options.\n"
+        fputs("\n'mixctl COMMAND --help' or 'mixctl help COMMAND' shows a command's options;\n"
+              "'mixctl --version' prints the version.\n"
               "exit codes: 0 ok, 1 runtime error, 2 usage or bad input, 3 cannot connect,\n"
               "            4 refused by the server, 130 interrupted\n", out);
 }
@@ -58,14 +82,30 @@ int main(int argc, char **argv) {
                 usage(stderr);
                 return EXIT_USAGE;
         }
-        if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
-                usage(stdout);
-                return EXIT_OK;
-        }
         cli_install_signals();
+        if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+                puts("mixctl " MIXD_VERSION);
+                return cli_finish_output(EXIT_OK);
+        }
+        const int help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help");
+        if (help && argc == 2) {
+                usage(stdout);
+                return cli_finish_output(EXIT_OK);
+        }
+        if (help && argc > 3) {
+                cli_error("usage: mixctl help [COMMAND]");
+                return EXIT_USAGE;
+        }
+        /* mixctl help CMD: the command's own --help */
+        const char *name = help ? argv[2] : argv[1];
         for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-                if (!strcmp(argv[1], commands[i].name))
-                        return commands[i].run(argc - 1, argv + 1);
-        cli_error("unknown command '%s' (try 'mixctl --help')", argv[1]);
+                if (!strcmp(name, commands[i].name)) {
+                        if (help) {
+                                char *args[] = { argv[2], "--help", NULL };
+                                return cli_finish_output(commands[i].run(2, args));
+                        }
+                        return cli_finish_output(commands[i].run(argc - 1, argv + 1));
+                }
+        cli_error("unknown command '%s' (try 'mixctl --help')", name);
         return EXIT_USAGE;
 }

@@ -46,7 +46,8 @@ static const Setting settings[] = {
         { "model", SET_STRING, U(model), 0, 0, "GGUF model file to serve" },
         { "socket", SET_STRING, U(socket_path), 0, 0,
           "Unix socket path (default /run/mixd/mixd.sock as root, else $XDG_RUNTIME_DIR/mixd.sock)" },
-        { "admin-group", SET_STRING, U(admin_group), 0, 0, "group whose members may shut the daemon down" },
+        { "admin-group", SET_STRING, U(admin_group), 0, 0,
+          "group of administrators (with root and the daemon's user): shutdown, every session, reserved connections" },
         { "numa", SET_AUTO_OFF, U(numa), 0, 0,
           "auto: place experts and pin threads by NUMA node (when there are several); off: don't" },
         { "hugepages", SET_AUTO_OFF, U(hugepages), 0, 0,
@@ -60,11 +61,27 @@ static const Setting settings[] = {
         { "max-sessions", SET_UINT, U(max_sessions), 1, 1 << 20, "named sessions, all users" },
         { "max-sessions-per-uid", SET_UINT, U(max_sessions_per_uid), 1, 1 << 20, "named sessions per user" },
         { "max-connections", SET_UINT, U(max_connections), 1, 1 << 16, "open client connections" },
-        { "max-prompt-tokens", SET_UINT, U(max_prompt_tokens), 1, 1 << 24, "tokens in one prompt" },
+        { "max-connections-per-uid", SET_UINT, U(max_connections_per_uid), 1, 1 << 16,
+          "connections one user may hold (administrators: no per-user limit)" },
+        { "admin-connections", SET_UINT, U(admin_connections), 0, 1 << 16,
+          "of max-connections, this many only administrators may take" },
+        { "frame-timeout", SET_UINT, U(frame_timeout), 1, 1 << 20,
+          "seconds a frame may take from its first byte to its last before the connection is closed" },
+        { "connection-idle-timeout", SET_UINT, U(connection_idle_timeout), 0, 1 << 30,
+          "seconds a connection with nothing in flight may stay silent before it is closed (0: never)" },
+        { "max-prompt-tokens", SET_UINT, U(max_prompt_tokens), 1, DAEMON_MAX_PROMPT_TOKENS,
+          "tokens in one prompt or text (at most what one tokenize reply can carry)" },
+        { "max-queued-bytes", SET_BYTES, U(max_queued_bytes), 1 << 20, 1ull << 40,
+          "bytes the requests in progress (waiting or running) of all users hold (K/M/G suffixes)" },
+        { "max-queued-bytes-per-uid", SET_BYTES, U(max_queued_bytes_per_uid), 1 << 16, 1ull << 40,
+          "bytes the requests in progress of one user hold (K/M/G suffixes)" },
         { "session-capacity", SET_UINT, U(session_capacity), 0, 1 << 24,
           "positions a full-attention session keeps before rolling (0 = model context)" },
         { "idle-timeout", SET_UINT, U(idle_timeout), 1, 1 << 30, "seconds before an idle session is dropped" },
-        { "request-timeout", SET_UINT, U(request_timeout), 1, 1 << 30, "seconds one request may run" },
+        { "request-timeout", SET_UINT, U(request_timeout), 1, 1 << 30,
+          "seconds one request may run (or wait for room in the KV budget)" },
+        { "unread-timeout", SET_UINT, U(unread_timeout), 0, 1 << 30,
+          "seconds a client may read nothing while output waits for it; then its requests are stopped (0: never)" },
         { "exact", SET_UINT, U(exact), 0, 1,
           "1: float activations everywhere, the exact reference path (2-3x slower); 0: 8-bit activations" },
         { "int8", SET_UINT, U(int8), 0, 1, "deprecated: 'int8 = 0' is 'exact = 1' (8-bit activations are the default)" },
@@ -82,10 +99,17 @@ void config_defaults(Config *c) {
         c->max_sessions = DAEMON_MAX_SESSIONS_DEFAULT;
         c->max_sessions_per_uid = DAEMON_MAX_SESSIONS_PER_UID;
         c->max_connections = DAEMON_MAX_CONNECTIONS_DEFAULT;
+        c->max_connections_per_uid = DAEMON_MAX_CONNECTIONS_PER_UID_DEFAULT;
+        c->admin_connections = DAEMON_ADMIN_CONNECTIONS_DEFAULT;
+        c->frame_timeout = DAEMON_FRAME_TIMEOUT_S;
+        c->connection_idle_timeout = DAEMON_CONNECTION_IDLE_TIMEOUT_S;
         c->max_prompt_tokens = DAEMON_MAX_PROMPT_TOKENS;
+        c->max_queued_bytes = DAEMON_QUEUED_BYTES_DEFAULT;
+        c->max_queued_bytes_per_uid = DAEMON_QUEUED_BYTES_PER_UID_DEFAULT;
         c->session_capacity = DAEMON_SESSION_CAPACITY_DEFAULT;
         c->idle_timeout = DAEMON_IDLE_SESSION_TIMEOUT_S;
         c->request_timeout = DAEMON_REQUEST_TIMEOUT_S;
+        c->unread_timeout = DAEMON_UNREAD_TIMEOUT_S;
         c->socket_mode = 0660;
         c->int8 = 1;
 }

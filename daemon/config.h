@@ -8,7 +8,7 @@
 typedef struct Config {
         char *model;                 /* GGUF path */
         char *socket_path;           /* Unix socket to listen on (unless socket-activated) */
-        char *admin_group;           /* members (and root) may shut the daemon down */
+        char *admin_group;           /* members (with root and the daemon's user) are administrators */
         char *numa;                  /* "auto" or "off" */
         char *state_dir;             /* where sessions are saved at stop (default $STATE_DIRECTORY) */
         uint64_t threads;            /* worker threads */
@@ -17,10 +17,17 @@ typedef struct Config {
         uint64_t max_sessions;       /* named sessions, all users */
         uint64_t max_sessions_per_uid;
         uint64_t max_connections;
+        uint64_t max_connections_per_uid; /* for users other than administrators */
+        uint64_t admin_connections;  /* of max_connections, kept for administrators */
+        uint64_t frame_timeout;      /* seconds */
+        uint64_t connection_idle_timeout; /* seconds (0: never) */
         uint64_t max_prompt_tokens;
+        uint64_t max_queued_bytes;   /* bytes requests in progress hold, all users */
+        uint64_t max_queued_bytes_per_uid;
         uint64_t session_capacity;   /* positions per full-attention session (0 = model context) */
         uint64_t idle_timeout;       /* seconds */
         uint64_t request_timeout;    /* seconds */
+        uint64_t unread_timeout;     /* seconds (0: never) */
         uint64_t socket_mode;        /* permission bits of a socket we create (octal in text) */
         uint64_t exact;              /* 1: float activations everywhere (the exact path) */
         uint64_t int8;               /* deprecated: 0 means exact = 1 */

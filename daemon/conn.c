@@ -1,10 +1,15 @@
-/* daemon/conn.c — client connections: accept with peer credentials, read and cut frames,
- * write with backpressure, close (memory freed in the close callback). Loop thread only. */
+/* daemon/conn.c — client connections: accept with peer credentials and the connection limits
+ * (per user; a reserve for administrators), read and cut frames, write with backpressure,
+ * the frame and idle timeouts, half-closed clients (answered, then closed), close (memory
+ * freed in the close callback). Loop thread only. */
 #include "server.h"
 
 #include <errno.h>
 #include <grp.h>
+#include <poll.h>
 #include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -42,29 +47,86 @@ void conn_close(Conn *c) {
                 if (*p == c) {
                         *p = c->next;
                         srv->n_conns--;
+                        if (c->drain_check) {
+                                c->drain_check = 0;
+                                srv->n_drain_checks--;
+                        }
                         break;
                 }
         /* its requests stop at their next step (a generation ends at the next token) */
-        for (Job *j = srv->jobs; j; j = j->next)
-                if (j->conn_id == c->id) {
-                        job_cancel(srv, j);
-                }
+        jobs_cancel_conn(&srv->jobs, c->id);
         uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
 }
 
-static void resume_generations(Conn *c) {
+/* A half-closed connection with every request answered and every byte written is closed,
+ * unless an outbox drain it waits for (drain_check) may still bring it answers. */
+static void close_if_done(Conn *c) {
+        if (c->read_eof && !c->closing && !c->drain_check && c->n_jobs == 0 && c->write_queued == 0) {
+                log_debug("connection %llu: the half-closed client has its answers; closing", (unsigned long long)c->id);
+                conn_close(c);
+        }
+}
+
+/* Look at c again at the end of the next outbox drain (the one after the current, when called
+ * from within one): what the loop queued for it until now has been sent by then. */
+static void check_at_drain(Conn *c) {
         Server *srv = c->srv;
-        for (Job *j = srv->jobs; j; j = j->next)
-                if (j->conn_id == c->id && j->backpressured) {
-                        j->backpressured = false;
-                        sched_set_paused(&srv->sched, &j->sj, false);
+        if (!c->drain_check)
+                srv->n_drain_checks++;
+        c->drain_check = srv->drains + 1;
+        outbox_kick(&srv->outbox); /* that drain comes even with nothing queued */
+}
+
+void conn_check_done(Conn *c) {
+        if (c->read_eof && !c->closing)
+                check_at_drain(c);
+}
+
+void conn_reply_lost(Conn *c) {
+        if (c->closing)
+                return;
+        c->reply_lost = true;
+        check_at_drain(c);
+}
+
+void conn_drained(Server *srv) {
+        if (srv->n_drain_checks == 0)
+                return;
+        for (Conn *c = srv->conns, *next; c; c = next) {
+                next = c->next; /* closing unlinks c (and only c) */
+                if (!c->drain_check || c->drain_check > srv->drains)
+                        continue;
+                c->drain_check = 0;
+                srv->n_drain_checks--;
+                if (c->reply_lost) {
+                        log_error("connection %llu (uid %u): a request ended without any answer; closing",
+                                  (unsigned long long)c->id, (unsigned)c->uid);
+                        conn_close(c);
+                } else {
+                        close_if_done(c);
                 }
+        }
+}
+
+/* The client closed its end entirely (not just its sending side): nobody will read answers. A
+ * Unix stream socket reports POLLHUP once both directions are shut, POLLRDHUP alone for a
+ * half-close. */
+static bool peer_gone(Conn *c) {
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0)
+                return true;
+        struct pollfd pfd = { .fd = fd, .events = 0 };
+        return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLERR | POLLNVAL));
 }
 
 static void on_written(uv_write_t *req, int status) {
         WriteReq *w = (WriteReq *)req;
         Conn *c = w->conn; /* alive: the close callback runs after cancelled writes */
         c->write_queued -= w->len;
+        if (status == 0) {
+                c->last_active_ms = c->write_progress_ms = now_ms(); /* the client takes its output */
+                c->unread_stopped = false;
+        }
         free(w->frame);
         free(w);
         if (status < 0 && status != UV_ECANCELED) {
@@ -79,8 +141,13 @@ static void on_written(uv_write_t *req, int status) {
                 conn_close(c);
                 return;
         }
+        if (c->read_eof) {
+                close_if_done(c); /* its last answer is written */
+                if (c->closing)
+                        return;
+        }
         if (c->write_queued < DAEMON_WRITE_RESUME)
-                resume_generations(c);
+                jobs_resume_conn(&c->srv->jobs, c->id);
 }
 
 void conn_send(Conn *c, uint8_t *frame, size_t len) {
@@ -102,6 +169,8 @@ void conn_send(Conn *c, uint8_t *frame, size_t len) {
                 return;
         }
         *w = (WriteReq){ .conn = c, .frame = frame, .len = len };
+        if (c->write_queued == 0)
+                c->write_progress_ms = now_ms(); /* output starts to wait for the client */
         uv_buf_t buf = uv_buf_init((char *)frame, (unsigned)len);
         int r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &buf, 1, on_written);
         if (r < 0) {
@@ -158,7 +227,7 @@ static void handle_body(Conn *c, const uint8_t *body, size_t len) {
                 return;
         }
         c->srv->requests_total++;
-        dispatch_request(c, &req);
+        dispatch_request(c, &req, len);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -170,16 +239,30 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         Conn *c = (Conn *)stream;
         if (nread < 0) {
+                if (nread == UV_EOF && !frame_reader_partial(&c->fr) && !peer_gone(c)) {
+                        /* half-closed between frames: answer what it asked, then close */
+                        uv_read_stop(stream);
+                        c->read_eof = true;
+                        log_debug("connection %llu: the client finished sending; %u request(s) to answer",
+                                  (unsigned long long)c->id, c->n_jobs);
+                        conn_check_done(c); /* answers of requests that ended may still be in the outbox */
+                        return;
+                }
                 if (nread != UV_EOF)
                         log_debug("connection %llu: read: %s", (unsigned long long)c->id, uv_strerror((int)nread));
-                conn_close(c);
+                conn_close(c); /* gone, or gone in the middle of a frame: its requests are cancelled */
                 return;
         }
+        if (nread == 0)
+                return; /* nothing read (EAGAIN): nothing changes */
         const uint8_t *p = (const uint8_t *)buf->base;
         size_t left = (size_t)nread;
+        const uint64_t t = now_ms();
+        int more = 0; /* 0: the last frame fed is incomplete */
+        c->last_active_ms = t;
         while (left > 0 && !c->closing && !c->close_after_write) {
                 size_t used;
-                int r = frame_reader_feed(&c->fr, p, left, &used);
+                int r = more = frame_reader_feed(&c->fr, p, left, &used);
                 if (r < 0) {
                         ProtoError err = { 0 };
                         frame_reader_error(&c->fr, &err);
@@ -193,6 +276,82 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
                 if (frame_reader_next(&c->fr, &body, &len) > 0)
                         handle_body(c, body, len);
         }
+        /* the frame timeout runs from a frame's first byte, however slowly the rest comes */
+        if (more == 0 && frame_reader_buffered(&c->fr) > 0) {
+                if (!c->partial_since_ms)
+                        c->partial_since_ms = t;
+        } else {
+                c->partial_since_ms = 0;
+        }
+}
+
+/* Tell the client why, then close once that is written; at once if output already waits
+ * for a client that is not reading it. */
+static void close_with(Conn *c, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void close_with(Conn *c, const char *code, const char *fmt, ...) {
+        if (c->write_queued > 0) {
+                conn_close(c);
+                return;
+        }
+        ProtoError err = { .code = code, .fatal = true };
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err.message, sizeof(err.message), fmt, ap);
+        va_end(ap);
+        uv_read_stop((uv_stream_t *)&c->pipe);
+        c->close_after_write = true;
+        conn_send_error(c, &err);
+        if (!c->closing && c->write_queued == 0)
+                conn_close(c);
+}
+
+unsigned conn_expire(Server *srv, uint64_t now) {
+        const uint64_t frame_ms = srv->cfg->frame_timeout * 1000, idle_ms = srv->cfg->connection_idle_timeout * 1000,
+                       unread_ms = srv->cfg->unread_timeout * 1000;
+        unsigned n = 0;
+        for (Conn *c = srv->conns, *next; c; c = next) {
+                next = c->next; /* closing unlinks c */
+                if (c->closing)
+                        continue;
+                if (c->read_eof && peer_gone(c)) {
+                        /* half-closed, then gone: nobody reads the answers; its work stops */
+                        log_debug("connection %llu: the half-closed client went away", (unsigned long long)c->id);
+                        conn_close(c);
+                        n++;
+                        continue;
+                }
+                if (c->close_after_write) {
+                        /* answered, to be closed once that is written: at once if its client reads nothing */
+                        if (c->write_queued > 0 && now - c->write_progress_ms > frame_ms)
+                                conn_close(c);
+                        continue;
+                }
+                /* output waits and the client has taken none of it: its requests stop (their one-shot
+                 * KV goes back); the connection stays, and is closed once idle */
+                if (unread_ms && c->write_queued > 0 && !c->unread_stopped && now - c->write_progress_ms > unread_ms) {
+                        c->unread_stopped = true;
+                        unsigned k = jobs_cancel_unread(&srv->jobs, c->id);
+                        if (k)
+                                log_notice("connection %llu (uid %u): nothing read for %llu s while output waits; stopping "
+                                           "its %u request(s)", (unsigned long long)c->id, (unsigned)c->uid,
+                                           (unsigned long long)srv->cfg->unread_timeout, k);
+                }
+                if (c->partial_since_ms && now - c->partial_since_ms > frame_ms) {
+                        log_notice("connection %llu (uid %u): a frame incomplete after %llu s; closing",
+                                   (unsigned long long)c->id, (unsigned)c->uid, (unsigned long long)srv->cfg->frame_timeout);
+                        close_with(c, "timeout", "a frame stayed incomplete for %llu s (frame-timeout)",
+                                   (unsigned long long)srv->cfg->frame_timeout);
+                        n++;
+                } else if (idle_ms && !c->partial_since_ms && c->n_jobs == 0 && now - c->last_active_ms > idle_ms) {
+                        /* (output may still wait for a client that reads nothing) */
+                        log_info("connection %llu (uid %u): idle for %llu s; closing", (unsigned long long)c->id,
+                                 (unsigned)c->uid, (unsigned long long)srv->cfg->connection_idle_timeout);
+                        close_with(c, "timeout", "idle for %llu s (connection-idle-timeout)",
+                                   (unsigned long long)srv->cfg->connection_idle_timeout);
+                        n++;
+                }
+        }
+        return n;
 }
 
 static bool uid_in_group(uid_t uid, gid_t primary, gid_t group) {
@@ -242,10 +401,39 @@ int conn_accept(Server *srv) {
         c->is_admin = cred.uid == 0 || cred.uid == geteuid() ||
                       (srv->have_admin_gid && uid_in_group(cred.uid, cred.gid, srv->admin_gid));
 
-        if (srv->n_conns > srv->cfg->max_connections || srv->shutting_down) {
+        c->last_active_ms = c->loop_ops_ms = now_ms();
+        c->loop_ops = DAEMON_LOOP_OPS_BURST;
+        /* the limits: all connections; all but the administrators' reserve for everyone else;
+         * and one user's share (the list holds c already) */
+        const Config *cfg = srv->cfg;
+        const uint64_t reserve = cfg->admin_connections, open = srv->n_conns;
+        uint64_t mine = 0;
+        if (!c->is_admin)
+                for (const Conn *o = srv->conns; o; o = o->next)
+                        mine += o->uid == c->uid;
+        const char *refused = NULL;
+        char why[160];
+        if (srv->shutting_down) {
+                refused = "the daemon is shutting down";
+        } else if (open > cfg->max_connections) {
+                snprintf(why, sizeof(why), "too many connections (%llu, max-connections)",
+                         (unsigned long long)cfg->max_connections);
+                refused = why;
+        } else if (!c->is_admin && open + reserve > cfg->max_connections) {
+                snprintf(why, sizeof(why), "every connection but the %llu kept for administrators is in use",
+                         (unsigned long long)reserve);
+                refused = why;
+        } else if (!c->is_admin && mine > cfg->max_connections_per_uid) {
+                snprintf(why, sizeof(why), "uid %u already holds %llu connections (max-connections-per-uid)",
+                         (unsigned)c->uid, (unsigned long long)cfg->max_connections_per_uid);
+                refused = why;
+        }
+        if (refused) {
                 ProtoError err = { .code = "over_limit", .fatal = true };
-                snprintf(err.message, sizeof(err.message), "%s", srv->shutting_down ? "the daemon is shutting down"
-                                                                                     : "too many connections");
+                snprintf(err.message, sizeof(err.message), "%s", refused);
+                if (!srv->shutting_down)
+                        log_info("connection %llu from pid %d uid %u refused: %s", (unsigned long long)c->id, (int)c->pid,
+                                 (unsigned)c->uid, refused);
                 c->close_after_write = true;
                 conn_send_error(c, &err);
                 return -EUSERS;

@@ -22,15 +22,21 @@ void reply_error(Conn *c, uint64_t id, const char *code, const char *fmt, ...) {
         conn_send_error(c, &err);
 }
 
-/* Send a packed reply (or a generic error if packing failed). */
+/* Send a packed reply, or the error saying why it could not be framed; close the connection
+ * when not even that can be made (a request never goes unanswered on an open connection). */
 static void send_out(Conn *c, ProtoOut *o, uint64_t id) {
         uint8_t *frame;
         size_t len;
-        if (proto_out_frame(o, &frame, &len) < 0)
-                reply_error(c, id, "internal", "reply could not be encoded");
+        ProtoError err;
+        int r = proto_out_frame_or_error(o, id, &frame, &len, &err);
+        proto_out_done(o);
+        if (r > 0)
+                log_warning("request %llu on connection %llu: %s", (unsigned long long)id, (unsigned long long)c->id,
+                            err.message);
+        if (r < 0)
+                conn_close(c);
         else
                 conn_send(c, frame, len);
-        proto_out_done(o);
 }
 
 static void op_hello(Conn *c, const Request *req) {
@@ -57,21 +63,46 @@ static void op_hello(Conn *c, const Request *req) {
         send_out(c, &o, req->id);
 }
 
+/* Requests the loop answers itself cost the loop's time, which every connection shares:
+ * status, experts and session.list are limited per connection (a token bucket). */
+static bool loop_op_allowed(Conn *c, const Request *req) {
+        const uint64_t t = now_ms();
+        c->loop_ops += (double)(t - c->loop_ops_ms) * DAEMON_LOOP_OPS_PER_S / 1000.0;
+        if (c->loop_ops > DAEMON_LOOP_OPS_BURST)
+                c->loop_ops = DAEMON_LOOP_OPS_BURST;
+        c->loop_ops_ms = t;
+        if (c->loop_ops >= 1.0) {
+                c->loop_ops -= 1.0;
+                return true;
+        }
+        reply_error(c, req->id, "over_limit", "at most %d status, experts and session.list requests per second on one "
+                    "connection", DAEMON_LOOP_OPS_PER_S);
+        return false;
+}
+
 static void op_status(Conn *c, const Request *req) {
         Server *srv = c->srv;
         ProtoOut o;
         proto_out_init(&o);
-        uint64_t huge = 0;
-        (void)hugepage_mapped_bytes(srv->m->file->base, srv->m->file->size, &huge); /* 0 when unknown */
+        /* walking /proc/self/smaps takes the loop most of a millisecond: at most every 10 s */
+        const uint64_t t = now_ms();
+        if (!srv->huge_read_ms || t - srv->huge_read_ms >= DAEMON_STATUS_REFRESH_MS) {
+                srv->huge_bytes = 0; /* 0 when unknown */
+                (void)hugepage_mapped_bytes(srv->m->file->base, srv->m->file->size, &srv->huge_bytes);
+                srv->huge_read_ms = t;
+        }
+        const uint64_t huge = srv->huge_bytes;
         uint64_t per_pos = 0;
         (void)session_kv_bytes_per_pos(srv->m, srv->sessions.lim.kv_type, &per_pos);
-        proto_out_ok(&o, req->id, 17);
+        proto_out_ok(&o, req->id, 19);
         proto_out_kv_str(&o, "model", srv->cfg->model);
         proto_out_kv_uint(&o, "model_bytes", srv->m->file->size);
         proto_out_kv_uint(&o, "model_huge_page_bytes", huge);
         proto_out_kv_uint(&o, "sessions", srv->sessions.n_named);
-        proto_out_kv_uint(&o, "active_requests", srv->n_jobs);
+        proto_out_kv_uint(&o, "active_requests", srv->jobs.n);
         proto_out_kv_uint(&o, "queue", sched_queue_length(&srv->sched));
+        proto_out_kv_uint(&o, "queued_bytes", srv->jobs.bytes);
+        proto_out_kv_uint(&o, "kv_waiting", srv->jobs.n_waiting);
         proto_out_kv_uint(&o, "connections", srv->n_conns);
         proto_out_kv_uint(&o, "kv_bytes_used", srv->sessions.kv_used);
         proto_out_kv_uint(&o, "kv_budget", srv->sessions.lim.kv_budget);
@@ -79,7 +110,7 @@ static void op_status(Conn *c, const Request *req) {
         proto_out_kv_uint(&o, "kv_bytes_per_pos", per_pos);
         proto_out_kv_uint(&o, "sessions_evicted", srv->sessions.n_evicted_total);
         proto_out_kv_double(&o, "tokens_per_s", srv->tokens_per_s);
-        proto_out_kv_uint(&o, "tokens_generated", srv->tokens_generated);
+        proto_out_kv_uint(&o, "tokens_generated", srv->jobs.tokens_generated);
         proto_out_kv_uint(&o, "threads", sched_threads(&srv->sched));
         proto_out_kv_double(&o, "uptime_s", (double)(now_ms() - srv->start_ms) / 1000.0);
         /* the NUMA plan: per node, expert bytes placed there and threads pinned there */
@@ -93,8 +124,15 @@ static void op_status(Conn *c, const Request *req) {
         send_out(c, &o, req->id);
 }
 
+/* The routing counts add up every user's tokens: what one user's prompts route where is
+ * visible in them, so only administrators may read them. */
 static void op_experts(Conn *c, const Request *req) {
         Server *srv = c->srv;
+        if (!c->is_admin) {
+                reply_error(c, req->id, "permission_denied", "the routing counts cover every user's requests: only root, "
+                            "the daemon's user or the admin group may read them");
+                return;
+        }
         const uint32_t L = srv->m->cfg.n_layer, E = srv->m->cfg.n_expert;
         uint64_t *counts = calloc((size_t)L * (E ? E : 1), sizeof(uint64_t));
         if (!counts) {
@@ -131,31 +169,7 @@ static const char *session_error_text(const Server *srv, int r, const char *id) 
         }
 }
 
-static void op_session_open(Conn *c, const Request *req) {
-        Server *srv = c->srv;
-        DSession *ds;
-        unsigned evicted;
-        if (srv->reloading) {
-                reply_error(c, req->id, "unavailable", "the daemon is reloading its model; retry shortly");
-                return;
-        }
-        int r = sessions_open(&srv->sessions, c->uid, false, now_ms(), &ds, &evicted);
-        if (r == -EUSERS) {
-                reply_error(c, req->id, "over_limit", "session limit reached (%llu in all, %llu per user)",
-                            (unsigned long long)srv->sessions.lim.max_sessions,
-                            (unsigned long long)srv->sessions.lim.max_per_uid);
-                return;
-        }
-        if (r == -ENOSPC) {
-                reply_error(c, req->id, "over_limit", "KV budget exhausted: every session is busy or within its owner's fair share");
-                return;
-        }
-        if (r < 0) {
-                reply_error(c, req->id, "internal", "cannot open a session: %s", strerror(-r));
-                return;
-        }
-        if (evicted)
-                log_info("evicted %u idle session(s) for uid %u", evicted, (unsigned)c->uid);
+static void reply_session_opened(Conn *c, const Request *req, const DSession *ds, unsigned evicted) {
         ProtoOut o;
         proto_out_init(&o);
         proto_out_ok(&o, req->id, 4);
@@ -175,11 +189,9 @@ static void op_session_close(Conn *c, const Request *req) {
                 return;
         }
         /* a request still running on it stops at its next token */
-        for (Job *j = c->srv->jobs; j; j = j->next)
-                if (j->ds == ds) {
-                        job_cancel(c->srv, j);
-                }
+        jobs_cancel_session(&c->srv->jobs, ds);
         sessions_close(&c->srv->sessions, ds);
+        jobs_admit(&c->srv->jobs); /* its room may be someone's turn */
         ProtoOut o;
         proto_out_init(&o);
         proto_out_ok(&o, req->id, 0);
@@ -213,15 +225,13 @@ static void op_session_list(Conn *c, const Request *req) {
 }
 
 static void op_cancel(Conn *c, const Request *req) {
-        for (Job *j = c->srv->jobs; j; j = j->next)
-                if (j->conn_id == c->id && j->req.id == req->cancel.target) {
-                        job_cancel(c->srv, j);
-                        ProtoOut o;
-                        proto_out_init(&o);
-                        proto_out_ok(&o, req->id, 0);
-                        send_out(c, &o, req->id);
-                        return;
-                }
+        if (jobs_cancel_request(&c->srv->jobs, c->id, req->cancel.target) > 0) {
+                ProtoOut o;
+                proto_out_init(&o);
+                proto_out_ok(&o, req->id, 0);
+                send_out(c, &o, req->id);
+                return;
+        }
         reply_error(c, req->id, "not_found", "no request %llu in progress on this connection",
                     (unsigned long long)req->cancel.target);
 }
@@ -239,13 +249,17 @@ static void op_shutdown(Conn *c, const Request *req) {
         server_begin_shutdown(c->srv, "requested by a client");
 }
 
-/* Jobs: the compute goes to workers. For generate/score, the session is claimed here. */
-static void submit_job(Conn *c, Request *req, JobKind kind) {
+/* Jobs: the compute goes to workers. For generate/score, the session is claimed here, and a
+ * session.open that finds no room in the KV budget becomes a job that waits for it.
+ * wire_bytes: the request's frame body, which the job holds (decoded) until it ends. */
+static void submit_job(Conn *c, Request *req, JobKind kind, size_t wire_bytes) {
         Server *srv = c->srv;
         DSession *ds = NULL;
         bool named = false;
+        const uint64_t bytes = jobs_charge(wire_bytes);
+        uint64_t held;
 
-        if (guard_tripped()) {
+        if (guard_tripped() && kind != JOB_SESSION_OPEN) {
                 reply_error(c, req->id, "unavailable", "the model file changed on disk while mapped; "
                                                        "mixd needs a reload (SIGHUP) or a restart");
                 goto fail;
@@ -260,12 +274,24 @@ static void submit_job(Conn *c, Request *req, JobKind kind) {
                             DAEMON_MAX_REQUESTS_PER_CONN);
                 goto fail;
         }
-        for (Job *j = srv->jobs; j; j = j->next)
-                if (j->conn_id == c->id && j->req.id == req->id) {
-                        reply_error(c, req->id, "bad_request", "request id %llu is already in progress",
-                                    (unsigned long long)req->id);
-                        goto fail;
-                }
+        int rb = jobs_check_bytes(&srv->jobs, c->uid, bytes, &held);
+        if (rb == -EDQUOT) {
+                reply_error(c, req->id, "over_limit", "requests of uid %u in progress hold %llu bytes; this one (%llu) "
+                            "would pass max-queued-bytes-per-uid (%llu)", (unsigned)c->uid, (unsigned long long)held,
+                            (unsigned long long)bytes, (unsigned long long)srv->jobs.max_bytes_per_uid);
+                goto fail;
+        }
+        if (rb == -ENOBUFS) {
+                reply_error(c, req->id, "over_limit", "requests in progress hold %llu bytes; this one (%llu) would pass "
+                            "max-queued-bytes (%llu)", (unsigned long long)held, (unsigned long long)bytes,
+                            (unsigned long long)srv->jobs.max_bytes);
+                goto fail;
+        }
+        if (jobs_in_progress(&srv->jobs, c->id, req->id)) {
+                reply_error(c, req->id, "bad_request", "request id %llu is already in progress",
+                            (unsigned long long)req->id);
+                goto fail;
+        }
         if (kind == JOB_GENERATE && req->generate.session) {
                 int r = sessions_get(&srv->sessions, req->generate.session, c->uid, false, &ds);
                 if (r < 0) {
@@ -278,52 +304,67 @@ static void submit_job(Conn *c, Request *req, JobKind kind) {
                         goto fail;
                 }
                 named = true;
-        } else if (kind == JOB_GENERATE || kind == JOB_SCORE) {
+        } else if (kind == JOB_GENERATE || kind == JOB_SCORE || kind == JOB_SESSION_OPEN) {
+                /* a one-shot session, or a named one: without room now, the request waits for it
+                 * (jobs_admit decides who gets room first) */
+                const bool one_shot = kind != JOB_SESSION_OPEN;
                 unsigned evicted;
-                int r = sessions_open(&srv->sessions, c->uid, true, now_ms(), &ds, &evicted);
-                if (r < 0) {
-                        reply_error(c, req->id, r == -ENOSPC ? "over_limit" : "internal", "%s",
-                                    r == -ENOSPC ? "KV budget exhausted by busy sessions; try again later"
-                                                 : strerror(-r));
+                int r = sessions_open(&srv->sessions, c->uid, one_shot, now_ms(), &ds, &evicted);
+                if (r == 0 && evicted)
+                        log_info("evicted %u idle session(s) for uid %u", evicted, (unsigned)c->uid);
+                if (r == 0 && !one_shot) {
+                        reply_session_opened(c, req, ds, evicted);
+                        goto fail; /* answered: nothing to run */
+                }
+                if (r == -EUSERS) {
+                        reply_error(c, req->id, "over_limit", "session limit reached (%llu in all, %llu per user)",
+                                    (unsigned long long)srv->sessions.lim.max_sessions,
+                                    (unsigned long long)srv->sessions.lim.max_per_uid);
                         goto fail;
                 }
+                if (r < 0 && r != -ENOSPC) {
+                        reply_error(c, req->id, "internal", "cannot open a session: %s", strerror(-r));
+                        goto fail;
+                }
+                if (r == -ENOSPC)
+                        ds = NULL;
         }
-        Job *j = job_new(srv, c, kind, req);
-        if (!j) {
+        c->n_jobs++; /* before: a job that waits for room may be answered and gone within jobs_start */
+        if (jobs_start(&srv->jobs, kind, c->id, c->uid, req, bytes, ds, named, srv->cfg->request_timeout * 1000) < 0) {
+                c->n_jobs--;
                 if (ds && !named)
                         sessions_release(&srv->sessions, ds, now_ms());
                 reply_error(c, req->id, "internal", "out of memory");
                 goto fail;
         }
-        if (ds) {
-                ds->busy = true;
-                j->ds = ds;
-                j->session_named = named;
-        }
-        j->next = srv->jobs;
-        srv->jobs = j;
-        srv->n_jobs++;
-        c->n_jobs++;
-        sched_submit(&srv->sched, &j->sj);
         return;
 fail:
         request_free(req);
 }
 
-void dispatch_request(Conn *c, Request *req) {
+void dispatch_request(Conn *c, Request *req, size_t wire_bytes) {
         switch (req->op) {
         case PROTO_OP_HELLO: op_hello(c, req); break;
-        case PROTO_OP_STATUS: op_status(c, req); break;
-        case PROTO_OP_EXPERTS: op_experts(c, req); break;
-        case PROTO_OP_SESSION_OPEN: op_session_open(c, req); break;
+        case PROTO_OP_STATUS:
+                if (loop_op_allowed(c, req))
+                        op_status(c, req);
+                break;
+        case PROTO_OP_EXPERTS:
+                if (loop_op_allowed(c, req))
+                        op_experts(c, req);
+                break;
+        case PROTO_OP_SESSION_OPEN: submit_job(c, req, JOB_SESSION_OPEN, wire_bytes); return;
         case PROTO_OP_SESSION_CLOSE: op_session_close(c, req); break;
-        case PROTO_OP_SESSION_LIST: op_session_list(c, req); break;
+        case PROTO_OP_SESSION_LIST:
+                if (loop_op_allowed(c, req))
+                        op_session_list(c, req);
+                break;
         case PROTO_OP_CANCEL: op_cancel(c, req); break;
         case PROTO_OP_SHUTDOWN: op_shutdown(c, req); break;
-        case PROTO_OP_GENERATE: submit_job(c, req, JOB_GENERATE); return;
-        case PROTO_OP_SCORE: submit_job(c, req, JOB_SCORE); return;
-        case PROTO_OP_TOKENIZE: submit_job(c, req, JOB_TOKENIZE); return;
-        case PROTO_OP_DETOKENIZE: submit_job(c, req, JOB_DETOKENIZE); return;
+        case PROTO_OP_GENERATE: submit_job(c, req, JOB_GENERATE, wire_bytes); return;
+        case PROTO_OP_SCORE: submit_job(c, req, JOB_SCORE, wire_bytes); return;
+        case PROTO_OP_TOKENIZE: submit_job(c, req, JOB_TOKENIZE, wire_bytes); return;
+        case PROTO_OP_DETOKENIZE: submit_job(c, req, JOB_DETOKENIZE, wire_bytes); return;
         default: reply_error(c, req->id, "unknown_op", "unknown operation"); break;
         }
         request_free(req);

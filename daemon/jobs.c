@@ -1,406 +1,455 @@
-/* daemon/jobs.c — the requests that compute, run in the scheduler's rounds: generate (a
- * prefill chunk, then one token per round), score (one chunk per round), tokenize and
- * detokenize (one round). The engine thread never touches sockets: output goes to the outbox.
- * job_new/job_free: loop thread; round callbacks: the engine thread. */
-#include "server.h"
+/* daemon/jobs.c — the job list (see jobs.h): what jobs hold, the wait for room in the KV
+ * budget and the shares that decide who gets it, cancelling and its answers. Loop thread. */
+#include "jobs.h"
 
 #include <errno.h>
-#include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
-#include "ops.h"
-#include "tokenizer.h"
+#include "clock.h"
+#include "log.h"
 
-/* Queue a frame for the job's client. last: the frame that ends the request (done event,
- * final reply or error): the loop releases the job's session as it sends it, so a client
- * that reacts to it at once finds the session free. Nothing touches the session after it. */
-static void emit(Job *j, ProtoOut *o, bool last) {
-        uint8_t *frame;
-        size_t len;
-        if (proto_out_frame(o, &frame, &len) == 0)
-                outbox_push(j->srv, j->conn_id, j, frame, len, last);
-        else if (last)
-                outbox_push(j->srv, j->conn_id, j, NULL, 0, true);
-        proto_out_done(o);
+void jobs_init(JobList *l, Scheduler *sched, SessionTable *sessions, Outbox *ob, JobEndFn on_end, void *data) {
+        *l = (JobList){ .sched = sched, .sessions = sessions, .on_end = on_end, .on_end_data = data };
+        l->env.outbox = ob;
 }
 
-static void emit_error(Job *j, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void emit_error(Job *j, const char *code, const char *fmt, ...) {
-        ProtoError err = { .code = code, .has_id = true, .id = j->req.id };
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err.message, sizeof(err.message), fmt, ap);
-        va_end(ap);
-        ProtoOut o;
-        proto_out_init(&o);
-        proto_out_error(&o, &err);
-        emit(j, &o, true);
+void jobs_set_model(JobList *l, const Model *m, uint64_t max_prompt_tokens) {
+        l->env.m = m;
+        l->env.max_prompt_tokens = max_prompt_tokens;
 }
 
-/* What a request whose logits hold a NaN or an infinity is told (the engine's -EDOM). */
-#define NONFINITE_LOGITS "the model produced non-finite logits (NaN or infinity); its weights are likely corrupt"
-
-static bool cancelled(Job *j) {
-        return __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) != 0;
+void jobs_set_limits(JobList *l, uint64_t max_bytes, uint64_t max_bytes_per_uid, uint64_t request_timeout_s,
+                     uint64_t unread_timeout_s) {
+        l->max_bytes = max_bytes;
+        l->max_bytes_per_uid = max_bytes_per_uid;
+        l->env.request_timeout_s = request_timeout_s;
+        l->env.unread_timeout_s = unread_timeout_s;
 }
 
-/* Tokenize text; false (after replying) when it cannot be. */
-static bool tokenize_text(Job *j, const char *text, size_t len, bool add_bos) {
-        int r = tokenizer_encode(j->srv->m->tok, text, len, add_bos, &j->tokens, &j->n_tokens);
-        if (r < 0) {
-                emit_error(j, r == -EILSEQ ? "bad_request" : "too_large", "cannot tokenize: %s",
-                           r == -EILSEQ ? "invalid UTF-8" : strerror(-r));
-                return false;
+uint64_t jobs_charge(uint64_t wire_bytes) {
+        return sizeof(Job) + wire_bytes;
+}
+
+static JobUid *uid_entry(const JobList *l, uid_t uid) {
+        for (JobUid *u = l->uids; u; u = u->next)
+                if (u->uid == uid)
+                        return u;
+        return NULL;
+}
+
+uint64_t jobs_uid_bytes(const JobList *l, uid_t uid) {
+        const JobUid *u = uid_entry(l, uid);
+        return u ? u->bytes : 0;
+}
+
+int jobs_check_bytes(const JobList *l, uid_t uid, uint64_t bytes, uint64_t *ret_held) {
+        const uint64_t mine = jobs_uid_bytes(l, uid);
+        if (mine + bytes > l->max_bytes_per_uid) {
+                *ret_held = mine;
+                return -EDQUOT;
         }
-        if (j->n_tokens > j->srv->cfg->max_prompt_tokens) {
-                emit_error(j, "over_limit", "%zu tokens is over the limit of %llu", j->n_tokens,
-                           (unsigned long long)j->srv->cfg->max_prompt_tokens);
-                return false;
+        if (l->bytes + bytes > l->max_bytes) {
+                *ret_held = l->bytes;
+                return -ENOBUFS;
         }
-        return true;
+        return 0;
 }
 
-/* ------------------------------------------------------------------ generate */
-
-static void emit_done(Job *j) {
-        const GenerateRequest *g = &j->req.generate;
-        const uint64_t t = now_ms();
-        const uint64_t tp = j->t_prefill_ms ? j->t_prefill_ms : t;
-        DoneEvent ev = { .id = j->req.id, .stop_reason = gen_stop_reason_name(j->gen.stop_reason),
-                         .n_prompt = j->n_tokens, .n_generated = (uint64_t)j->gen.n_generated,
-                         .prompt_ms = (double)(tp - j->t0_ms), .generate_ms = (double)(t - tp),
-                         .session = j->session_named ? g->session : NULL, .n_dropped = j->n_dropped };
-        ProtoOut o;
-        proto_out_init(&o);
-        proto_out_done_event(&o, &ev);
-        emit(j, &o, true);
-}
-
-/* A session's turn: the tokens of its whole text so far plus the prompt (session_plan). */
-static int generate_begin(Job *j) {
-        const GenerateRequest *g = &j->req.generate;
-        Session *s = j->ds->s;
-        SessionPlan plan;
-        int r = session_plan(s, g->prompt, g->prompt_len, g->add_bos, &plan);
-        if (r < 0) {
-                emit_error(j, r == -EILSEQ ? "bad_request" : r == -ENOMEM ? "internal" : "too_large",
-                           "cannot tokenize: %s", r == -EILSEQ ? "invalid UTF-8" : strerror(-r));
-                return 0;
-        }
-        if (plan.n_feed > j->srv->cfg->max_prompt_tokens) {
-                emit_error(j, "over_limit", "%zu tokens is over the limit of %llu", plan.n_feed,
-                           (unsigned long long)j->srv->cfg->max_prompt_tokens);
-                session_plan_free(&plan);
-                return 0;
-        }
-        if (s->kv->n_pos == 0 && plan.n_feed == 0) {
-                emit_error(j, "bad_request", "an empty prompt needs add_bos on a new session");
-                session_plan_free(&plan);
-                return 0;
-        }
-        j->n_tokens = plan.n_feed;
-        j->n_dropped = (uint64_t)(s->kv->n_pos - plan.keep);
-        GenParams gp = {
-                .sampling = { .temperature = g->temperature, .top_k = g->top_k, .top_p = g->top_p, .min_p = g->min_p,
-                              .repeat_penalty = g->repeat_penalty, .repeat_last_n = g->repeat_last_n, .seed = g->seed },
-                .n_predict = g->n_predict,
-                .n_stops = (int)g->n_stop,
-                .want_logprobs = g->logprobs,
-        };
-        if (!g->has_seed && getrandom(&gp.sampling.seed, sizeof(gp.sampling.seed), 0) != sizeof(gp.sampling.seed))
-                gp.sampling.seed = now_ms();
-        for (uint32_t i = 0; i < g->n_stop; i++)
-                gp.stops[i] = g->stop[i];
-        r = generation_start(&j->gen, s, &plan, &gp);
-        session_plan_free(&plan);
-        if (r < 0) {
-                emit_error(j, "internal", "cannot start: %s", strerror(-r));
-                return 0;
-        }
-        j->started = true;
-        return 1;
-}
-
-/* Tokens per prefill round: long prompts share the engine with other sessions. */
-static uint32_t feed_limit(Forward *fw, const Session *s, uint32_t max_rows) {
-        uint32_t n = forward_max_chunk(fw, s->kv);
-        if (n > DAEMON_PREFILL_CHUNK)
-                n = DAEMON_PREFILL_CHUNK;
-        return n < max_rows ? n : max_rows;
-}
-
-static int generate_begin_round(SchedJob *sj, Forward *fw, uint32_t max_rows, ForwardItem *item) {
-        Job *j = (Job *)sj;
-        Session *s = j->ds->s;
-        j->fed = 0;
-        if (!j->started) {
-                j->t0_ms = now_ms();
-                if (!generate_begin(j)) {
-                        j->failed = true;
+/* Count bytes for uid (may fail only when adding: -ENOMEM). */
+static int charge(JobList *l, uid_t uid, int64_t delta) {
+        JobUid *u = uid_entry(l, uid);
+        if (!u) {
+                if (delta <= 0)
                         return 0;
-                }
+                u = calloc(1, sizeof(*u));
+                if (!u)
+                        return -ENOMEM;
+                u->uid = uid;
+                u->next = l->uids;
+                l->uids = u;
         }
-        if (cancelled(j))
-                generation_cancel(&j->gen);
-        const int32_t *tokens;
-        const uint32_t n = generation_want(&j->gen, feed_limit(fw, s, max_rows), &tokens);
-        if (n == 0)
-                return 0;
-        *item = (ForwardItem){ .kv = s->kv, .tokens = tokens, .n_tokens = n, .mode = FORWARD_LOGITS_LAST,
-                               .logits = s->last_logits };
-        j->fed = n;
-        return 1;
+        u->bytes += (uint64_t)delta;
+        l->bytes += (uint64_t)delta;
+        if (u->bytes == 0)
+                for (JobUid **p = &l->uids; *p; p = &(*p)->next)
+                        if (*p == u) {
+                                *p = u->next;
+                                free(u);
+                                break;
+                        }
+        return 0;
 }
 
-/* The batch failed: tell the client why. */
-static void emit_batch_error(Job *j, int err) {
-        if (err == -EIO)
-                emit_error(j, "unavailable", "the model file changed on disk while mapped (truncated?); "
-                                             "mixd needs a reload (SIGHUP) or a restart");
-        else
-                emit_error(j, "internal", "forward pass failed: %s", strerror(-err));
+static void job_free(JobList *l, Job *j) {
+        charge(l, j->uid, -(int64_t)j->bytes);
+        job_rounds_done(j);
+        request_free(&j->req);
+        free(j);
 }
 
-/* The job already answered, or the round's batch failed (then it answers now). */
-static bool round_failed(Job *j, int err) {
-        if (j->failed)
-                return true;
-        if (err < 0) {
-                emit_batch_error(j, err);
-                return true;
+static void release_session(JobList *l, Job *j) {
+        if (j->ds) {
+                sessions_release(l->sessions, j->ds, now_ms());
+                j->ds = NULL;
         }
+}
+
+/* Run j on ds (busy from now on): into the scheduler. */
+static void run(JobList *l, Job *j, DSession *ds, bool named) {
+        if (ds) {
+                ds->busy = true;
+                j->ds = ds;
+                j->s = ds->s;
+                j->session_named = named;
+        }
+        j->waiting = false;
+        sched_submit(l->sched, &j->sj);
+}
+
+static bool needs_session(const Job *j) {
+        return j->kind == JOB_GENERATE || j->kind == JOB_SCORE || j->kind == JOB_SESSION_OPEN;
+}
+
+int jobs_start(JobList *l, JobKind kind, uint64_t conn_id, uid_t uid, Request *req, uint64_t bytes, DSession *ds,
+               bool named, uint64_t timeout_ms) {
+        Job *j = calloc(1, sizeof(*j));
+        if (!j || charge(l, uid, (int64_t)bytes) < 0) {
+                free(j);
+                return -ENOMEM;
+        }
+        j->bytes = bytes;
+        j->env = &l->env;
+        j->kind = kind;
+        j->conn_id = conn_id;
+        j->uid = uid;
+        j->seq = ++l->seq;
+        j->req = *req; /* ownership moves to the job */
+        memset(req, 0, sizeof(*req));
+        j->deadline_ms = now_ms() + timeout_ms;
+        job_rounds_init(j);
+        j->next = l->head;
+        l->head = j;
+        l->n++;
+        if (!ds && needs_session(j)) {
+                j->waiting = true; /* for room in the KV budget */
+                l->n_waiting++;
+                jobs_admit(l);
+        } else {
+                run(l, j, ds, named);
+        }
+        return 0;
+}
+
+bool jobs_in_progress(const JobList *l, uint64_t conn_id, uint64_t req_id) {
+        for (const Job *j = l->head; j; j = j->next)
+                if (j->conn_id == conn_id && j->req.id == req_id)
+                        return true;
         return false;
 }
 
-static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
-        Job *j = (Job *)sj;
-        if (round_failed(j, err))
-                return 0;
-        GenEvent ev;
-        int r = generation_after(&j->gen, j->fed, &ev);
-        if (r < 0) {
-                if (r == -EDOM)
-                        emit_error(j, "internal", "%s", NONFINITE_LOGITS);
-                else
-                        emit_error(j, "internal", "generation failed: %s", strerror(-r));
-                return 0;
-        }
-        if (!ev.prefilling && !j->t_prefill_ms)
-                j->t_prefill_ms = now_ms();
-        if (ev.prefilling && ev.prompt_total > DAEMON_PREFILL_CHUNK) {
-                /* a long prompt: {"id", "event": "progress", "done", "total"} after each round */
-                ProtoOut o;
-                proto_out_init(&o);
-                proto_out_map(&o, 4);
-                proto_out_kv_uint(&o, "id", j->req.id);
-                proto_out_kv_str(&o, "event", "progress");
-                proto_out_kv_uint(&o, "done", ev.prompt_done);
-                proto_out_kv_uint(&o, "total", ev.prompt_total);
-                emit(j, &o, false);
-        }
-        if (ev.has_token || ev.text_len > 0) {
-                if (ev.has_token)
-                        __atomic_fetch_add(&j->srv->tokens_window, 1, __ATOMIC_RELAXED);
-                TokenEvent te = { .id = j->req.id, .text = ev.text, .text_len = ev.text_len,
-                                  .token = (uint32_t)(ev.has_token ? ev.token : j->gen.next_token),
-                                  .has_logprob = ev.has_token && j->req.generate.logprobs, .logprob = ev.logprob };
-                ProtoOut o;
-                proto_out_init(&o);
-                proto_out_token_event(&o, &te);
-                emit(j, &o, false);
-        }
-        if (r > 0)
-                return 1;
-        /* a named session continues after everything this request produced: one more round
-         * puts the last sampled token into its cache */
-        if (j->session_named && j->gen.have_next && !j->settle_asked) {
-                j->settle_asked = true;
-                j->gen.settling = 1;
-                return 1;
-        }
-        emit_done(j);
-        return 0;
-}
+static bool answer_error(JobList *l, Job *j, const char *code, const char *msg);
 
-/* ------------------------------------------------------------------ score */
-
-static int score_begin_round(SchedJob *sj, Forward *fw, uint32_t max_rows, ForwardItem *item) {
-        Job *j = (Job *)sj;
-        const TextRequest *t = &j->req.score;
-        Session *s = j->ds->s;
-        j->fed = 0;
-        if (!j->started) {
-                j->started = true;
-                if (!tokenize_text(j, t->text, t->text_len, t->add_bos)) {
-                        j->failed = true;
-                        return 0;
+/* Take j off the list and free it; the server hears of it. */
+static void unlink_and_free(JobList *l, Job *j) {
+        for (Job **p = &l->head; *p; p = &(*p)->next)
+                if (*p == j) {
+                        *p = j->next;
+                        break;
                 }
-                const size_t V = j->srv->m->cfg.n_vocab;
-                j->logprobs = calloc(j->n_tokens ? j->n_tokens : 1, sizeof(float));
-                j->chunk_logits = malloc((size_t)DAEMON_PREFILL_CHUNK * V * sizeof(float));
-                if (!j->logprobs || !j->chunk_logits) {
-                        emit_error(j, "internal", "out of memory");
-                        j->failed = true;
-                        return 0;
-                }
+        l->n--;
+        l->n_waiting -= j->waiting;
+        release_session(l, j);
+        if (j->kind == JOB_GENERATE)
+                l->tokens_generated += (uint64_t)j->gen.n_generated;
+        if (!j->answered) {
+                /* every request ends in exactly one reply or error: its own could not be made or
+                 * queued (out of memory), so the list answers for it */
+                log_error("request %llu (uid %u) on connection %llu ended without a reply; answering with an error",
+                          (unsigned long long)j->req.id, (unsigned)j->uid, (unsigned long long)j->conn_id);
+                j->answered = answer_error(l, j, "internal", "the request ended without a reply (out of memory?)");
         }
-        if (cancelled(j) || j->n_scored >= j->n_tokens)
-                return 0;
-        const uint32_t left = (uint32_t)(j->n_tokens - j->n_scored), lim = feed_limit(fw, s, max_rows);
-        const uint32_t n = left < lim ? left : lim;
-        *item = (ForwardItem){ .kv = s->kv, .tokens = j->tokens + j->n_scored, .n_tokens = n,
-                               .mode = FORWARD_LOGITS_ALL, .logits = j->chunk_logits };
-        j->fed = n;
-        return 1;
+        const uint64_t conn_id = j->conn_id;
+        const bool answered = j->answered;
+        job_free(l, j);
+        if (l->on_end)
+                l->on_end(l->on_end_data, conn_id, answered);
 }
 
-static int score_end_round(SchedJob *sj, Forward *fw, int err) {
-        Job *j = (Job *)sj;
-        if (round_failed(j, err))
-                return 0;
-        if (cancelled(j)) {
-                emit_error(j, "cancelled", "request cancelled");
-                return 0;
+static void cancel(JobList *l, Job *j, int why) {
+        if (__atomic_load_n(&j->cancel, __ATOMIC_RELAXED))
+                return; /* the first reason stands */
+        __atomic_store_n(&j->cancel, why, __ATOMIC_RELAXED);
+        if (j->waiting || (j->kind != JOB_SESSION_OPEN && sched_remove_untaken(l->sched, &j->sj))) {
+                /* never begun: answered and freed now, not when its turn would have come */
+                job_answer_stopped(j);
+                unlink_and_free(l, j);
+                return;
         }
-        const size_t V = j->srv->m->cfg.n_vocab;
-        for (uint32_t t = 0; t < j->fed; t++)
-                if (j->n_scored + t + 1 < j->n_tokens) {
-                        if (!all_finite(j->chunk_logits + t * V, V)) {
-                                emit_error(j, "internal", "%s", NONFINITE_LOGITS);
-                                return 0;
-                        }
-                        j->logprobs[j->n_scored + t] = (float)log_softmax_at(j->chunk_logits + t * V, (uint32_t)V, j->tokens[j->n_scored + t + 1]);
-                }
-        j->n_scored += j->fed;
-        if (j->n_scored < j->n_tokens)
-                return 1;
-
-        ProtoOut o;
-        proto_out_init(&o);
-        proto_out_ok(&o, j->req.id, 3);
-        double total = 0.0;
-        proto_out_str(&o, "tokens");
-        proto_out_array(&o, (uint32_t)j->n_tokens);
-        for (size_t i = 0; i < j->n_tokens; i++)
-                proto_out_uint(&o, (uint64_t)j->tokens[i]);
-        proto_out_str(&o, "logprobs"); /* logprobs[i]: log p(tokens[i+1] | tokens[0..i]) */
-        const uint32_t n_lp = j->n_tokens ? (uint32_t)j->n_tokens - 1 : 0;
-        proto_out_array(&o, n_lp);
-        for (uint32_t i = 0; i < n_lp; i++) {
-                proto_out_double(&o, j->logprobs[i]);
-                total += j->logprobs[i];
-        }
-        proto_out_kv_double(&o, "total_logprob", total);
-        emit(j, &o, true);
-        return 0;
-}
-
-/* ------------------------------------------------------------------ tokenize / detokenize */
-
-/* Jobs that need no forward pass do their work in end_round. */
-static int no_feed(SchedJob *sj, Forward *fw, uint32_t max_rows, ForwardItem *item) {
-        return 0;
-}
-
-static int tokenize_end_round(SchedJob *sj, Forward *fw, int err) {
-        Job *j = (Job *)sj;
-        const TextRequest *t = &j->req.tokenize;
-        if (!tokenize_text(j, t->text, t->text_len, t->add_bos))
-                return 0;
-        ProtoOut o;
-        proto_out_init(&o);
-        proto_out_ok(&o, j->req.id, 1);
-        proto_out_str(&o, "tokens");
-        proto_out_array(&o, (uint32_t)j->n_tokens);
-        for (size_t i = 0; i < j->n_tokens; i++)
-                proto_out_uint(&o, (uint64_t)j->tokens[i]);
-        emit(j, &o, true);
-        return 0;
-}
-
-static int detokenize_end_round(SchedJob *sj, Forward *fw, int err) {
-        Job *j = (Job *)sj;
-        const DetokenizeRequest *d = &j->req.detokenize;
-        const Tokenizer *tok = j->srv->m->tok;
-        Detokenizer dt;
-        char *text = malloc(d->n_tokens * DETOK_MAX_OUT + 16);
-        size_t len = 0;
-        if (!text) {
-                emit_error(j, "internal", "out of memory");
-                return 0;
-        }
-        detok_init(&dt, tok, 1);
-        for (size_t i = 0; i < d->n_tokens; i++) {
-                int n = detok_push(&dt, d->tokens[i], text + len);
-                if (n < 0) {
-                        emit_error(j, "bad_request", "token %d is not in the vocabulary (0..%u)", d->tokens[i],
-                                   tokenizer_n_vocab(tok) - 1);
-                        free(text);
-                        return 0;
-                }
-                len += (size_t)n;
-        }
-        len += (size_t)detok_flush(&dt, text + len);
-        ProtoOut o;
-        proto_out_init(&o);
-        proto_out_ok(&o, j->req.id, 1);
-        proto_out_kv_strn(&o, "text", text, len);
-        free(text);
-        emit(j, &o, true);
-        return 0;
-}
-
-/* ------------------------------------------------------------------ lifetime */
-
-static void job_finished(SchedJob *sj) {
-        Job *j = (Job *)sj;
-        outbox_job_done(j->srv, j);
-}
-
-Job *job_new(Server *srv, Conn *c, JobKind kind, Request *req) {
-        static const struct {
-                int (*begin)(SchedJob *, Forward *, uint32_t, ForwardItem *);
-                int (*end)(SchedJob *, Forward *, int);
-        } rounds[] = {
-                [JOB_GENERATE] = { generate_begin_round, generate_end_round },
-                [JOB_SCORE] = { score_begin_round, score_end_round },
-                [JOB_TOKENIZE] = { no_feed, tokenize_end_round },
-                [JOB_DETOKENIZE] = { no_feed, detokenize_end_round },
-        };
-        Job *j = calloc(1, sizeof(*j));
-        if (!j)
-                return NULL;
-        j->srv = srv;
-        j->kind = kind;
-        j->conn_id = c->id;
-        j->req = *req; /* ownership moves to the job */
-        memset(req, 0, sizeof(*req));
-        j->sj.begin = rounds[kind].begin;
-        j->sj.end = rounds[kind].end;
-        j->sj.done = job_finished;
-        j->deadline_ms = now_ms() + srv->cfg->request_timeout * 1000;
-        return j;
-}
-
-void job_cancel(Server *srv, Job *j) {
-        __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
         if (j->backpressured) { /* it must run to see the flag */
                 j->backpressured = false;
-                sched_set_paused(&srv->sched, &j->sj, false);
+                sched_set_paused(l->sched, &j->sj, false);
         }
 }
 
-void job_free(Job *j) {
-        if (!j)
+/* Which jobs to cancel: those of a connection (req_id: any, or one request), of a session,
+ * or all. */
+typedef struct Match {
+        bool all;
+        uint64_t conn_id;
+        bool one_request;
+        uint64_t req_id;
+        const DSession *ds;
+} Match;
+
+static bool matches(const Job *j, const Match *m) {
+        if (m->all)
+                return true;
+        if (m->ds)
+                return j->ds == m->ds;
+        return j->conn_id == m->conn_id && (!m->one_request || j->req.id == m->req_id);
+}
+
+static unsigned cancel_matching(JobList *l, const Match *m, int why) {
+        unsigned n = 0;
+        for (Job *j = l->head, *next; j; j = next) {
+                next = j->next; /* cancelling may free j */
+                if (matches(j, m)) {
+                        cancel(l, j, why);
+                        n++;
+                }
+        }
+        return n;
+}
+
+unsigned jobs_cancel_request(JobList *l, uint64_t conn_id, uint64_t req_id) {
+        return cancel_matching(l, &(Match){ .conn_id = conn_id, .one_request = true, .req_id = req_id }, JOB_STOP_ASKED);
+}
+
+unsigned jobs_cancel_conn(JobList *l, uint64_t conn_id) {
+        return cancel_matching(l, &(Match){ .conn_id = conn_id }, JOB_STOP_ASKED);
+}
+
+unsigned jobs_cancel_unread(JobList *l, uint64_t conn_id) {
+        return cancel_matching(l, &(Match){ .conn_id = conn_id }, JOB_STOP_UNREAD);
+}
+
+unsigned jobs_cancel_session(JobList *l, const DSession *ds) {
+        return cancel_matching(l, &(Match){ .ds = ds }, JOB_STOP_ASKED);
+}
+
+unsigned jobs_cancel_all(JobList *l) {
+        return cancel_matching(l, &(Match){ .all = true }, JOB_STOP_ASKED);
+}
+
+unsigned jobs_expire(JobList *l, uint64_t now) {
+        unsigned n = 0;
+        for (Job *j = l->head, *next; j; j = next) {
+                next = j->next; /* cancelling may free j */
+                if (now > j->deadline_ms && !__atomic_load_n(&j->cancel, __ATOMIC_RELAXED)) {
+                        log_notice("request %llu (uid %u) %s the request timeout; cancelling", (unsigned long long)j->req.id,
+                                   (unsigned)j->uid, j->waiting ? "waited for room in the KV budget past" : "exceeded");
+                        cancel(l, j, j->waiting ? JOB_STOP_NO_ROOM : JOB_STOP_ASKED);
+                        n++;
+                }
+        }
+        return n;
+}
+
+/* ------------------------------------------------------------------ room in the KV budget */
+
+/* What one uid holds in the KV budget, and how much of it its stopped one-shot jobs will give
+ * back when they end; gathered once per decision (uids are few, jobs may be many). */
+typedef struct UidKv {
+        uid_t uid;
+        uint64_t kv, freeing;
+} UidKv;
+
+typedef struct UidMemo {
+        UidKv *v;
+        unsigned n, cap;
+} UidMemo;
+
+static bool stopped(const Job *j) {
+        return __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) != 0;
+}
+
+/* uid's entry (NULL without memory: then callers treat the uid as holding nothing). */
+static UidKv *memo_get(UidMemo *m, const JobList *l, uid_t uid) {
+        for (unsigned i = 0; i < m->n; i++)
+                if (m->v[i].uid == uid)
+                        return &m->v[i];
+        if (m->n == m->cap) {
+                const unsigned cap = m->cap ? 2 * m->cap : 16;
+                UidKv *v = realloc(m->v, cap * sizeof(*v));
+                if (!v)
+                        return NULL;
+                m->v = v;
+                m->cap = cap;
+        }
+        UidKv *e = &m->v[m->n++];
+        *e = (UidKv){ .uid = uid, .kv = sessions_uid_bytes(l->sessions, uid) };
+        for (const Job *j = l->head; j; j = j->next)
+                if (j->uid == uid && j->ds && j->ds->ephemeral && stopped(j))
+                        e->freeing += j->ds->kv_bytes;
+        return e;
+}
+
+static uint64_t memo_kv(UidMemo *m, const JobList *l, uid_t uid) {
+        const UidKv *e = memo_get(m, l, uid);
+        return e ? e->kv : 0;
+}
+
+/* The waiting job to admit first: its uid holds the least KV; among equals, the oldest. */
+static Job *next_waiting(const JobList *l, UidMemo *m) {
+        Job *best = NULL;
+        uint64_t best_kv = 0;
+        for (Job *j = l->head; j; j = j->next) {
+                if (!j->waiting)
+                        continue;
+                const uint64_t kv = memo_kv(m, l, j->uid);
+                if (!best || kv < best_kv || (kv == best_kv && j->seq < best->seq)) {
+                        best = j;
+                        best_kv = kv;
+                }
+        }
+        return best;
+}
+
+/* A uid's fair share: the budget over the uids that hold KV or wait for it. */
+static uint64_t fair_share(const JobList *l) {
+        uid_t *want = l->n_waiting ? malloc(l->n_waiting * sizeof(*want)) : NULL;
+        unsigned n = 0;
+        for (const Job *j = l->head; want && j; j = j->next)
+                if (j->waiting)
+                        want[n++] = j->uid;
+        const uint64_t share = sessions_share(l->sessions, want, n);
+        free(want);
+        return share;
+}
+
+/* w cannot have a session now. If its uid is within its share of the budget, stop one-shot
+ * work of uids over theirs, newest first, until what is free and what they give back covers
+ * w; it gets the room when they end (their answer: over_limit). */
+static void make_room(JobList *l, const Job *w, UidMemo *m) {
+        const SessionTable *t = l->sessions;
+        uint64_t need;
+        if (sessions_bytes_each(t, &need) < 0)
                 return;
-        generation_done(&j->gen);
-        free(j->tokens);
-        free(j->logprobs);
-        free(j->chunk_logits);
-        request_free(&j->req);
-        free(j);
+        const uint64_t share = fair_share(l);
+        if (memo_kv(m, l, w->uid) + need > share)
+                return; /* w's user already has its share: it waits its turn */
+        uint64_t coming = t->kv_used < t->lim.kv_budget ? t->lim.kv_budget - t->kv_used : 0;
+        for (const Job *j = l->head; j; j = j->next)
+                if (j->ds && j->ds->ephemeral && stopped(j))
+                        coming += j->ds->kv_bytes;
+        /* the list runs newest first */
+        for (Job *j = l->head, *next; j && coming < need; j = next) {
+                next = j->next; /* stopping may free j */
+                if (!j->ds || !j->ds->ephemeral || j->uid == w->uid || stopped(j))
+                        continue;
+                UidKv *e = memo_get(m, l, j->uid);
+                if (!e || e->kv - e->freeing <= share)
+                        continue;
+                log_notice("uid %u holds %llu bytes of KV, over its share of %llu while uid %u waits: cancelling its "
+                           "request %llu", (unsigned)j->uid, (unsigned long long)e->kv, (unsigned long long)share,
+                           (unsigned)w->uid, (unsigned long long)j->req.id);
+                const uint64_t kv = j->ds->kv_bytes;
+                e->freeing += kv;
+                coming += kv;
+                cancel(l, j, JOB_STOP_SHARE);
+        }
+}
+
+/* A session.open that waited: its reply (or the error saying why it could not be framed).
+ * Sets j->answered once it is queued. */
+static void answer_opened(JobList *l, Job *j, const DSession *ds, unsigned evicted) {
+        ProtoOut o;
+        ProtoError err;
+        uint8_t *frame;
+        size_t len;
+        proto_out_init(&o);
+        proto_out_ok(&o, j->req.id, 4);
+        proto_out_kv_str(&o, "session", ds->id);
+        proto_out_kv_uint(&o, "capacity", ds->s->kv->n_slots);
+        proto_out_kv_uint(&o, "kv_bytes", ds->kv_bytes);
+        proto_out_kv_uint(&o, "evicted", evicted);
+        int r = proto_out_frame_or_error(&o, j->req.id, &frame, &len, &err);
+        proto_out_done(&o);
+        if (r > 0)
+                log_warning("request %llu on connection %llu: %s", (unsigned long long)j->req.id,
+                            (unsigned long long)j->conn_id, err.message);
+        if (r >= 0 && outbox_push(l->env.outbox, j->conn_id, NULL, frame, len, false) == 0)
+                j->answered = true;
+}
+
+/* An error reply for j, through the outbox (after what is queued already); true once queued. */
+static bool answer_error(JobList *l, Job *j, const char *code, const char *msg) {
+        ProtoError err = { .code = code, .has_id = true, .id = j->req.id };
+        uint8_t *frame;
+        size_t len;
+        snprintf(err.message, sizeof(err.message), "%s", msg);
+        return proto_error_encode(&err, &frame, &len) == 0 &&
+               outbox_push(l->env.outbox, j->conn_id, NULL, frame, len, false) == 0;
+}
+
+void jobs_admit(JobList *l) {
+        UidMemo m = { 0 };
+        Job *w;
+        while ((w = next_waiting(l, &m))) {
+                DSession *ds;
+                unsigned evicted;
+                int r = sessions_open(l->sessions, w->uid, w->kind != JOB_SESSION_OPEN, now_ms(), &ds, &evicted);
+                m.n = 0; /* what uids hold has changed (or may, below) */
+                if (r == -ENOSPC) {
+                        const uint64_t before = l->sessions->kv_used;
+                        make_room(l, w, &m);
+                        m.n = 0;
+                        if (l->sessions->kv_used < before)
+                                continue; /* a stopped job not yet begun gave its room back at once */
+                        break;
+                }
+                if (evicted)
+                        log_info("evicted %u idle session(s) for uid %u", evicted, (unsigned)w->uid);
+                l->n_waiting--;
+                w->waiting = false;
+                if (r < 0) {
+                        w->answered = answer_error(l, w, r == -EUSERS ? "over_limit" : "internal",
+                                                   r == -EUSERS ? "session limit reached" : strerror(-r));
+                        unlink_and_free(l, w);
+                } else if (w->kind == JOB_SESSION_OPEN) {
+                        answer_opened(l, w, ds, evicted);
+                        unlink_and_free(l, w);
+                } else {
+                        run(l, w, ds, false);
+                }
+        }
+        free(m.v);
+}
+
+void jobs_frame_sent(JobList *l, Job *j, bool last, bool over_soft) {
+        if (last)
+                release_session(l, j);
+        if (over_soft && !j->backpressured && !__atomic_load_n(&j->cancel, __ATOMIC_RELAXED)) {
+                /* backpressure: a slow reader pauses its own generation */
+                j->backpressured = true;
+                sched_set_paused(l->sched, &j->sj, true);
+        }
+}
+
+void jobs_finished(JobList *l, Job *j) {
+        unlink_and_free(l, j);
+}
+
+void jobs_resume_conn(JobList *l, uint64_t conn_id) {
+        for (Job *j = l->head; j; j = j->next)
+                if (j->conn_id == conn_id && j->backpressured) {
+                        j->backpressured = false;
+                        sched_set_paused(l->sched, &j->sj, false);
+                }
+}
+
+uint64_t jobs_take_tokens_window(JobList *l) {
+        return __atomic_exchange_n(&l->env.tokens_window, 0, __ATOMIC_RELAXED);
 }

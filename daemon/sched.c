@@ -32,30 +32,46 @@ static bool any_runnable(const Scheduler *s) {
         return false;
 }
 
-/* One round over up to max_rows runnable jobs, in queue order. */
-static void run_round(Scheduler *s, SchedJob **jobs, ForwardItem *items, unsigned n) {
+/* The first runnable job of the queue, unlinked and marked taken, or NULL. Under the lock. */
+static SchedJob *take_runnable(Scheduler *s) {
+        SchedJob *prev = NULL;
+        for (SchedJob **link = &s->head; *link; prev = *link, link = &(*link)->next) {
+                SchedJob *j = *link;
+                if (j->paused)
+                        continue;
+                *link = j->next;
+                if (s->tail == j)
+                        s->tail = prev;
+                j->next = NULL;
+                j->taken = true;
+                return j;
+        }
+        return NULL;
+}
+
+/* One round: runnable jobs are taken in queue order, each asked what it feeds as it is taken,
+ * until the batch is full (the others keep their place, and the loop may still remove those
+ * it cancels); the batch runs; each job takes its result. Called and returns with the lock. */
+static void run_round(Scheduler *s, SchedJob **jobs, ForwardItem *items, unsigned cap) {
         const uint32_t max_rows = forward_max_rows(s->fw);
         uint32_t rows = 0, n_items = 0;
-        unsigned stepped = 0;
-        for (; stepped < n && rows < max_rows; stepped++)
-                if (jobs[stepped]->begin(jobs[stepped], s->fw, max_rows - rows, &items[n_items]) > 0)
+        unsigned n = 0;
+        SchedJob *j;
+        while (n < cap && rows < max_rows && (j = take_runnable(s))) {
+                pthread_mutex_unlock(&s->lock);
+                if (j->begin(j, s->fw, max_rows - rows, &items[n_items]) > 0)
                         rows += items[n_items++].n_tokens;
+                jobs[n++] = j;
+                pthread_mutex_lock(&s->lock);
+        }
+        pthread_mutex_unlock(&s->lock);
+
         int err = n_items ? forward_batch(s->fw, items, n_items) : 0;
         if (guard_tripped())
                 err = -EIO; /* the model file shrank under us: these results are garbage */
 
-        pthread_mutex_lock(&s->lock);
-        /* jobs the round had no room for keep their place at the front */
-        for (unsigned i = n; i-- > stepped;) {
-                jobs[i]->next = s->head;
-                s->head = jobs[i];
-                if (!s->tail)
-                        s->tail = jobs[i];
-        }
-        pthread_mutex_unlock(&s->lock);
-
-        for (unsigned i = 0; i < stepped; i++) {
-                SchedJob *j = jobs[i];
+        for (unsigned i = 0; i < n; i++) {
+                j = jobs[i];
                 const int more = j->end(j, s->fw, err);
                 pthread_mutex_lock(&s->lock);
                 if (more > 0) {
@@ -67,6 +83,7 @@ static void run_round(Scheduler *s, SchedJob **jobs, ForwardItem *items, unsigne
                         j->done(j);
                 }
         }
+        pthread_mutex_lock(&s->lock);
 }
 
 static void *engine_main(void *arg) {
@@ -85,25 +102,7 @@ static void *engine_main(void *arg) {
                         pthread_cond_wait(&s->cond, &s->lock);
                 if (s->stopping)
                         break;
-                /* take the runnable jobs, in order, leaving paused ones queued */
-                unsigned n = 0;
-                SchedJob **link = &s->head, *prev = NULL;
-                while (*link && n < cap) {
-                        SchedJob *j = *link;
-                        if (j->paused) {
-                                prev = j;
-                                link = &j->next;
-                                continue;
-                        }
-                        *link = j->next;
-                        if (s->tail == j)
-                                s->tail = prev;
-                        j->next = NULL;
-                        jobs[n++] = j;
-                }
-                pthread_mutex_unlock(&s->lock);
-                run_round(s, jobs, items, n);
-                pthread_mutex_lock(&s->lock);
+                run_round(s, jobs, items, cap);
         }
         pthread_mutex_unlock(&s->lock);
         free(jobs);
@@ -119,6 +118,7 @@ int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_row
         s->m = m;
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->cond, NULL);
+        s->inited = true;
         s->expert_counts = calloc(n_counts, sizeof(uint64_t));
         if (!s->expert_counts)
                 return -ENOMEM;
@@ -146,6 +146,8 @@ int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_row
 }
 
 void sched_stop(Scheduler *s) {
+        if (!s->inited)
+                return;
         if (s->started) {
                 pthread_mutex_lock(&s->lock);
                 s->stopping = true;
@@ -160,6 +162,7 @@ void sched_stop(Scheduler *s) {
         s->expert_counts = NULL;
         pthread_cond_destroy(&s->cond);
         pthread_mutex_destroy(&s->lock);
+        s->inited = false;
 }
 
 void sched_submit(Scheduler *s, SchedJob *job) {
@@ -168,6 +171,26 @@ void sched_submit(Scheduler *s, SchedJob *job) {
         s->n_jobs++;
         pthread_cond_signal(&s->cond);
         pthread_mutex_unlock(&s->lock);
+}
+
+bool sched_remove_untaken(Scheduler *s, SchedJob *job) {
+        bool removed = false;
+        pthread_mutex_lock(&s->lock);
+        if (!job->taken) {
+                SchedJob *prev = NULL;
+                for (SchedJob **link = &s->head; *link; prev = *link, link = &(*link)->next)
+                        if (*link == job) {
+                                *link = job->next;
+                                if (s->tail == job)
+                                        s->tail = prev;
+                                job->next = NULL;
+                                s->n_jobs--;
+                                removed = true;
+                                break;
+                        }
+        }
+        pthread_mutex_unlock(&s->lock);
+        return removed;
 }
 
 void sched_set_paused(Scheduler *s, SchedJob *job, bool paused) {

@@ -1,6 +1,7 @@
-/* daemon/server.c — the loop: listening socket (ours or socket-activated), the outbox that
- * brings worker output to the loop, housekeeping (timeouts, statistics, watchdog), signals and
- * orderly shutdown. Loop thread, except outbox_push/outbox_job_done (workers, locked). */
+/* daemon/server.c — the loop: listening socket (ours or socket-activated), what the outbox
+ * brings from the engine thread, housekeeping (timeouts, statistics, watchdog), signals, reload
+ * and orderly shutdown (the engine thread is joined before the loop's handles close). Loop
+ * thread. */
 #include "server.h"
 
 #include <errno.h>
@@ -21,41 +22,6 @@
 #include "quant_int8.h"
 #include "session.h"
 
-uint64_t now_ms(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* ------------------------------------------------------------------ outbox (any thread) */
-
-static void outbox_append(Server *srv, OutMsg *m) {
-        pthread_mutex_lock(&srv->outbox_lock);
-        if (srv->outbox_tail)
-                srv->outbox_tail->next = m;
-        else
-                srv->outbox_head = m;
-        srv->outbox_tail = m;
-        pthread_mutex_unlock(&srv->outbox_lock);
-        uv_async_send(&srv->wakeup);
-}
-
-void outbox_push(Server *srv, uint64_t conn_id, Job *job, uint8_t *frame, size_t len, bool last) {
-        OutMsg *m = calloc(1, sizeof(*m));
-        if (!m) {
-                free(frame); /* the client sees a gap; the session is released with the job */
-                return;
-        }
-        *m = (OutMsg){ .conn_id = conn_id, .job = job, .frame = frame, .len = len, .last = last };
-        outbox_append(srv, m);
-}
-
-void outbox_job_done(Server *srv, Job *job) {
-        /* embedded in the job: reporting a finished job never needs memory */
-        job->done_msg = (OutMsg){ .conn_id = job->conn_id, .job = job, .job_done = true };
-        outbox_append(srv, &job->done_msg);
-}
-
 static void finish_reload(Server *srv);
 
 /* Log once that the model file shrank under us. */
@@ -67,58 +33,55 @@ static void report_guard(Server *srv) {
         }
 }
 
-static void finish_job(Server *srv, Job *j) {
-        report_guard(srv);
-        for (Job **p = &srv->jobs; *p; p = &(*p)->next)
-                if (*p == j) {
-                        *p = j->next;
-                        break;
-                }
-        srv->n_jobs--;
-        Conn *c = conn_find(srv, j->conn_id);
-        if (c)
+/* A job has left the list. The shutdown or reload waiting for the last one goes on at the
+ * next loop iteration (not from inside the job list's own calls); so does closing a
+ * connection. */
+static void on_job_end(void *data, uint64_t conn_id, bool answered) {
+        Server *srv = data;
+        Conn *c = conn_find(srv, conn_id);
+        if (c) {
                 c->n_jobs--;
-        if (j->ds)
-                sessions_release(&srv->sessions, j->ds, now_ms());
-        if (j->kind == JOB_GENERATE)
-                srv->tokens_generated += (uint64_t)j->gen.n_generated;
-        job_free(j);
-        if (srv->shutting_down && srv->n_jobs == 0)
-                server_begin_shutdown(srv, NULL);
-        else if (srv->reloading && srv->n_jobs == 0)
-                finish_reload(srv);
+                c->last_active_ms = now_ms();
+                if (!answered)
+                        conn_reply_lost(c); /* closed at the next drain's end: its client must not wait forever */
+                else
+                        conn_check_done(c); /* a half-closed client's last answer may be on its way */
+        }
+        if (srv->jobs.n == 0 && (srv->shutting_down || srv->reloading))
+                outbox_kick(&srv->outbox);
 }
 
-static void on_wakeup(uv_async_t *h) {
-        Server *srv = h->data;
-        pthread_mutex_lock(&srv->outbox_lock);
-        OutMsg *m = srv->outbox_head;
-        srv->outbox_head = srv->outbox_tail = NULL;
-        pthread_mutex_unlock(&srv->outbox_lock);
-
+/* Everything the engine thread (and the loop, for jobs the engine never had) queued since the
+ * last wake-up. */
+static void on_outbox(void *data, OutMsg *m) {
+        Server *srv = data;
+        srv->drains++;
+        report_guard(srv);
         while (m) {
                 OutMsg *next = m->next;
                 if (m->job_done) {
-                        finish_job(srv, m->job); /* frees the job and the message in it */
+                        jobs_finished(&srv->jobs, m->job); /* frees the job and the message in it */
                 } else {
-                        if (m->last && m->job && m->job->ds) {
-                                sessions_release(&srv->sessions, m->job->ds, now_ms());
-                                m->job->ds = NULL;
-                        }
                         Conn *c = conn_find(srv, m->conn_id);
                         if (c && m->frame) {
                                 conn_send(c, m->frame, m->len);
                                 m->frame = NULL;
-                                /* backpressure: a slow reader pauses its own generation */
-                                if (c->write_queued > DAEMON_WRITE_SOFT_LIMIT && m->job && !m->job->backpressured) {
-                                        m->job->backpressured = true;
-                                        sched_set_paused(&srv->sched, &m->job->sj, true);
-                                }
                         }
-                        free(m->frame);
-                        free(m);
+                        if (m->job)
+                                jobs_frame_sent(&srv->jobs, m->job, m->last,
+                                                c && !c->closing && c->write_queued > DAEMON_WRITE_SOFT_LIMIT);
+                        outbox_msg_free(m);
                 }
                 m = next;
+        }
+        if (!srv->shutting_down && !srv->reloading)
+                jobs_admit(&srv->jobs); /* finished work may have freed KV */
+        conn_drained(srv); /* half-closed connections answered in full are closed */
+        if (srv->jobs.n == 0) {
+                if (srv->shutting_down)
+                        server_begin_shutdown(srv, NULL);
+                else if (srv->reloading)
+                        finish_reload(srv);
         }
 }
 
@@ -130,13 +93,12 @@ static void on_housekeeping(uv_timer_t *h) {
         unsigned n = sessions_expire(&srv->sessions, t, srv->cfg->idle_timeout * 1000);
         if (n)
                 log_info("dropped %u idle session(s)", n);
-        for (Job *j = srv->jobs; j; j = j->next)
-                if (t > j->deadline_ms && !__atomic_load_n(&j->cancel, __ATOMIC_RELAXED)) {
-                        log_notice("request %llu exceeded the request timeout; cancelling", (unsigned long long)j->req.id);
-                        job_cancel(srv, j);
-                }
+        jobs_expire(&srv->jobs, t);
+        if (!srv->shutting_down && !srv->reloading)
+                jobs_admit(&srv->jobs); /* expired sessions freed KV */
+        conn_expire(srv, t);
         report_guard(srv);
-        const uint64_t window = __atomic_exchange_n(&srv->tokens_window, 0, __ATOMIC_RELAXED);
+        const uint64_t window = jobs_take_tokens_window(&srv->jobs);
         const double dt = DAEMON_HOUSEKEEPING_MS / 1000.0;
         srv->tokens_per_s = 0.8 * srv->tokens_per_s + 0.2 * (double)window / dt;
         sd_notifyf(0, "WATCHDOG=1\nSTATUS=serving %s: %llu session(s), %u connection(s), %.1f tokens/s",
@@ -161,11 +123,9 @@ void server_begin_shutdown(Server *srv, const char *why) {
                 srv->listening = false;
                 uv_close((uv_handle_t *)&srv->listener, on_closed_quietly);
         }
-        /* in-flight work stops at its next step; each finished job comes back here */
-        for (Job *j = srv->jobs; j; j = j->next) {
-                job_cancel(srv, j);
-        }
-        if (srv->n_jobs > 0)
+        /* in-flight work stops at its next step; the last finished job brings us back here */
+        jobs_cancel_all(&srv->jobs);
+        if (srv->jobs.n > 0)
                 return;
         if (srv->cfg->state_dir && !srv->saved) {
                 srv->saved = true;
@@ -184,8 +144,11 @@ void server_begin_shutdown(Server *srv, const char *why) {
                 conn_close(c);
                 c = next;
         }
-        if (!uv_is_closing((uv_handle_t *)&srv->wakeup)) {
-                uv_close((uv_handle_t *)&srv->wakeup, on_closed_quietly);
+        /* the engine thread may still be inside its last uv_async_send: join it before the
+         * wake-up handle closes (and long before the loop does) */
+        sched_stop(&srv->sched);
+        if (srv->outbox.open) {
+                outbox_close(&srv->outbox);
                 uv_close((uv_handle_t *)&srv->housekeeping, on_closed_quietly);
                 uv_close((uv_handle_t *)&srv->sig_int, on_closed_quietly);
                 uv_close((uv_handle_t *)&srv->sig_term, on_closed_quietly);
@@ -250,6 +213,7 @@ static int engine_start(Server *srv) {
                         log_info("NUMA node %u: %llu MiB of experts, %u thread(s)", n,
                                  (unsigned long long)(srv->numa.node_bytes[n] >> 20), srv->numa.node_threads[n]);
         }
+        jobs_set_model(&srv->jobs, srv->m, cfg->max_prompt_tokens);
         r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots, &srv->numa,
                         cfg->int8 != 0 && cfg->exact == 0);
         if (r < 0)
@@ -326,6 +290,7 @@ static void finish_reload(Server *srv) {
         srv->cfg->model = srv->pending_path;
         srv->pending_path = NULL;
         srv->reloading = false;
+        srv->huge_read_ms = 0; /* another mapping */
         if (engine_start(srv) < 0) {
                 server_begin_shutdown(srv, "the engine could not restart after the reload");
                 return;
@@ -364,10 +329,8 @@ static void begin_reload(Server *srv) {
         config_free(&fresh);
         srv->reloading = true;
         log_notice("reloading: in-flight requests are cancelled, sessions of the old model are closed");
-        for (Job *j = srv->jobs; j; j = j->next) {
-                job_cancel(srv, j);
-        }
-        if (srv->n_jobs == 0)
+        jobs_cancel_all(&srv->jobs);
+        if (srv->jobs.n == 0)
                 finish_reload(srv);
 }
 
@@ -404,7 +367,8 @@ static int default_socket_path(char **ret) {
         return *ret ? 0 : -ENOMEM;
 }
 
-/* A leftover socket file from a dead daemon is removed; a live one is an error. */
+/* A leftover socket file from a dead daemon is removed; a live one is -EADDRINUSE, another kind
+ * of file -EEXIST. */
 static int clear_stale_socket(const char *path) {
         struct stat st;
         if (lstat(path, &st) < 0)
@@ -423,6 +387,79 @@ static int clear_stale_socket(const char *path) {
         return unlink(path) < 0 ? -errno : 0;
 }
 
+/* Why a socket cannot be created at path, in words (the directory's problem, or another
+ * daemon's socket there), logged; 0 when nothing stands in the way. */
+static int check_socket_path(const char *path) {
+        if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+                log_error("socket path too long (at most %zu bytes): %s", sizeof(((struct sockaddr_un *)0)->sun_path) - 1,
+                          path);
+                return -ENAMETOOLONG;
+        }
+        char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+        const char *slash = strrchr(path, '/');
+        if (!slash)
+                snprintf(dir, sizeof(dir), ".");
+        else if (slash == path)
+                snprintf(dir, sizeof(dir), "/");
+        else
+                snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+        struct stat st;
+        if (stat(dir, &st) < 0) {
+                int e = errno;
+                if (e == ENOENT)
+                        log_error("cannot create socket %s: the directory %s does not exist", path, dir);
+                else
+                        log_error("cannot create socket %s: %s: %s", path, dir, strerror(e));
+                return -e;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+                log_error("cannot create socket %s: %s is not a directory", path, dir);
+                return -ENOTDIR;
+        }
+        if (access(dir, W_OK | X_OK) < 0) {
+                int e = errno;
+                log_error("cannot create socket %s: no permission to create files in %s (%s)", path, dir, strerror(e));
+                return -e;
+        }
+        int r = clear_stale_socket(path);
+        if (r < 0) {
+                log_error("cannot use socket %s: %s", path,
+                          r == -EADDRINUSE ? "another daemon is listening there"
+                          : r == -EEXIST   ? "a file that is not a socket is in the way"
+                                           : strerror(-r));
+                return r;
+        }
+        return 0;
+}
+
+/* Before the model is mapped (which can take minutes): the service manager's sockets, or the
+ * path to bind and whether anything stands in its way. */
+static int check_socket(Server *srv) {
+        int n = sd_listen_fds(1); /* unsets LISTEN_FDS: read once, kept in listen_fds */
+        if (n < 0) {
+                log_error("expected one socket from the service manager, got descriptors that are not open: %s",
+                          strerror(-n));
+                return n;
+        }
+        if (n > 1) {
+                log_error("expected one socket from the service manager, got %d", n);
+                return -EINVAL;
+        }
+        srv->listen_fds = n > 0 ? n : 0;
+        if (srv->listen_fds)
+                return 0;
+        int r;
+        if (!srv->cfg->socket_path && (r = default_socket_path(&srv->cfg->socket_path)) < 0) {
+                if (r == -ENOENT)
+                        log_error("no socket: give --socket PATH (or 'socket = PATH' in the config file); the default, "
+                                  "$XDG_RUNTIME_DIR/mixd.sock, needs XDG_RUNTIME_DIR, which is unset");
+                else
+                        log_error("cannot create the default socket directory /run/mixd: %s", strerror(-r));
+                return r;
+        }
+        return check_socket_path(srv->cfg->socket_path);
+}
+
 static int start_listening(Server *srv) {
         int r = uv_pipe_init(srv->loop, &srv->listener, 0);
         if (r < 0)
@@ -430,31 +467,16 @@ static int start_listening(Server *srv) {
         srv->listener.data = srv;
         srv->listening = true;
 
-        int n = sd_listen_fds(1);
-        if (n > 1) {
-                log_error("expected one socket from the service manager, got %d", n);
-                return -EINVAL;
-        }
-        if (n == 1) {
+        if (srv->listen_fds == 1) {
                 r = uv_pipe_open(&srv->listener, SD_LISTEN_FDS_START);
                 if (r < 0)
                         return r;
                 log_info("listening on the socket passed by the service manager");
         } else {
-                if (!srv->cfg->socket_path && (r = default_socket_path(&srv->cfg->socket_path)) < 0) {
-                        log_error("no --socket given and no default (XDG_RUNTIME_DIR unset)");
+                /* checked before the model was loaded; again now, as things may have changed since */
+                r = check_socket_path(srv->cfg->socket_path);
+                if (r < 0)
                         return r;
-                }
-                if (strlen(srv->cfg->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-                        log_error("socket path too long: %s", srv->cfg->socket_path);
-                        return -ENAMETOOLONG;
-                }
-                r = clear_stale_socket(srv->cfg->socket_path);
-                if (r < 0) {
-                        log_error("cannot use socket %s: %s", srv->cfg->socket_path,
-                                  r == -EADDRINUSE ? "another daemon is listening there" : strerror(-r));
-                        return r;
-                }
                 r = uv_pipe_bind(&srv->listener, srv->cfg->socket_path);
                 if (r < 0) {
                         log_error("cannot bind %s: %s", srv->cfg->socket_path, uv_strerror(r));
@@ -491,6 +513,9 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
                 srv->admin_gid = g->gr_gid;
                 srv->have_admin_gid = true;
         }
+        if (cfg->admin_connections >= cfg->max_connections)
+                log_warning("admin-connections (%llu) is not below max-connections (%llu): only administrators can connect",
+                            (unsigned long long)cfg->admin_connections, (unsigned long long)cfg->max_connections);
         if (!cfg->state_dir && getenv("STATE_DIRECTORY") && *getenv("STATE_DIRECTORY")) {
                 /* systemd's StateDirectory= (the first one if several) */
                 cfg->state_dir = strndup(getenv("STATE_DIRECTORY"), strcspn(getenv("STATE_DIRECTORY"), ":"));
@@ -499,6 +524,11 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
                 free(cfg->state_dir); /* "state-dir = none": sessions are not kept across restarts */
                 cfg->state_dir = NULL;
         }
+        /* what can be checked without the model is checked before mapping it (which can take
+         * minutes): a socket that cannot be created or is taken fails the start at once */
+        r = check_socket(srv);
+        if (r < 0)
+                return r;
         /* a state directory that cannot take the sessions is found now, not at the stop that
          * would lose them */
         if (cfg->state_dir && (r = persist_check_dir(cfg->state_dir)) < 0) {
@@ -513,14 +543,23 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
         if (r < 0)
                 return r;
         sessions_init(&srv->sessions, srv->m, &(SessionLimits){ 0 });
-        r = engine_start(srv);
-        if (r < 0)
-                goto out_engine;
-
-        pthread_mutex_init(&srv->outbox_lock, NULL);
+        jobs_init(&srv->jobs, &srv->sched, &srv->sessions, &srv->outbox, on_job_end, srv);
+        jobs_set_limits(&srv->jobs, cfg->max_queued_bytes, cfg->max_queued_bytes_per_uid, cfg->request_timeout,
+                        cfg->unread_timeout);
         srv->loop = uv_default_loop();
-        uv_async_init(srv->loop, &srv->wakeup, on_wakeup);
-        srv->wakeup.data = srv;
+        r = outbox_init(&srv->outbox, srv->loop, on_outbox, srv);
+        if (r < 0) {
+                log_error("cannot set up the event loop: %s", uv_strerror(r));
+                goto out_engine;
+        }
+        r = engine_start(srv);
+        if (r < 0) {
+                outbox_close(&srv->outbox);
+                uv_run(srv->loop, UV_RUN_DEFAULT);
+                uv_loop_close(srv->loop);
+                goto out_engine;
+        }
+
         uv_timer_init(srv->loop, &srv->housekeeping);
         srv->housekeeping.data = srv;
         uv_timer_start(&srv->housekeeping, on_housekeeping, DAEMON_HOUSEKEEPING_MS, DAEMON_HOUSEKEEPING_MS);
@@ -550,7 +589,6 @@ out_loop:
                 log_warning("event loop closed with handles still open");
         if (srv->own_socket)
                 unlink(cfg->socket_path);
-        pthread_mutex_destroy(&srv->outbox_lock);
 out_engine:
         sched_stop(&srv->sched);
         numa_plan_free(&srv->numa);

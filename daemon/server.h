@@ -1,7 +1,7 @@
 /* daemon/server.h — the daemon's state and the pieces that share it: the libuv loop and its
- * handles (server.c), connections (conn.c), request dispatch on the loop (dispatch.c) and the
- * jobs workers run (jobs.c). Everything here belongs to the loop thread except what is marked
- * "worker": a Job's engine state while the scheduler runs it, and the outbox (locked). */
+ * handles (server.c), connections (conn.c) and request dispatch on the loop (dispatch.c).
+ * Everything here belongs to the loop thread; the engine thread sees only what jobs.h gives
+ * each job (job.h's JobEnv) and reaches the loop through the outbox (outbox.h). */
 #pragma once
 #include <pthread.h>
 #include <stdbool.h>
@@ -9,12 +9,14 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "clock.h"
 #include "config.h"
-#include "generate.h"
 #include "daemon_limits.h"
+#include "jobs.h"
 #include "model.h"
 #include "msg.h"
 #include "numa.h"
+#include "outbox.h"
 #include "sched.h"
 #include "sessions.h"
 
@@ -30,53 +32,24 @@ typedef struct Conn {
         bool is_admin;
         bool closing;               /* uv_close called (or will be after the last write) */
         bool close_after_write;     /* a fatal protocol error was answered: close once sent */
+        bool read_eof;              /* the client shut down its sending side (shutdown(SHUT_WR), as
+                                     * nc -N and socat do): its requests are answered, then it closes */
+        uint64_t drain_check;       /* look at it again at the end of outbox drain number drain_check,
+                                     * which brings what the loop queued for it so far (0: none) */
+        bool reply_lost;            /* a request of it could not be answered at all (out of memory): it is
+                                     * closed at that drain's end, so its client does not wait forever */
         FrameReader fr;
         size_t write_queued;        /* bytes handed to uv_write and not yet written */
-        unsigned n_jobs;            /* requests of this connection in the scheduler */
+        unsigned n_jobs;            /* requests of this connection in the job list */
+        uint64_t last_active_ms;    /* last byte read, write completed or request finished */
+        uint64_t write_progress_ms; /* output last taken by the client (or began to wait for it) */
+        bool unread_stopped;        /* its requests were stopped for unread output (until progress) */
+        double loop_ops;            /* status/experts/session.list it may still ask now (token bucket) */
+        uint64_t loop_ops_ms;       /* when loop_ops was last topped up */
+        uint64_t partial_since_ms;  /* first byte of the frame still incomplete (0: none) */
         struct Conn *next;
         char rbuf[DAEMON_READ_BATCH];
 } Conn;
-
-/* Worker → loop messages. */
-typedef struct OutMsg {
-        struct OutMsg *next;
-        uint64_t conn_id;
-        struct Job *job;            /* the job that produced it (for backpressure), or NULL */
-        bool job_done;              /* the job has finished: release it */
-        bool last;                  /* the request's final frame: release its session now */
-        uint8_t *frame;             /* owned encoded frame, or NULL */
-        size_t len;
-} OutMsg;
-
-typedef enum JobKind { JOB_GENERATE, JOB_SCORE, JOB_TOKENIZE, JOB_DETOKENIZE } JobKind;
-
-typedef struct Job {
-        SchedJob sj;                /* first member */
-        Server *srv;
-        JobKind kind;
-        uint64_t conn_id;
-        Request req;                /* owned */
-        DSession *ds;               /* busy while the job runs (generate, score) */
-        bool session_named;         /* ds is a named session that outlives the job */
-        int cancel;                 /* set by the loop (atomic): stop at the next step */
-        bool backpressured;         /* paused by the loop for a full write queue (loop only) */
-        uint64_t deadline_ms;
-        /* engine-thread state */
-        bool started;
-        bool failed;                /* already answered with an error: finish at end of round */
-        bool settle_asked;          /* one more round feeds the last token into a named session */
-        uint32_t fed;               /* tokens fed this round */
-        float *chunk_logits;        /* score: [DAEMON_PREFILL_CHUNK][V] */
-        Generation gen;
-        int32_t *tokens;            /* score / tokenize: the text's tokens */
-        size_t n_tokens;            /* their count; generate: the prompt's tokens fed (n_prompt) */
-        uint64_t n_dropped;         /* generate: session positions its re-tokenization replaced */
-        size_t n_scored;
-        float *logprobs;            /* score: [n_tokens - 1] */
-        uint64_t t0_ms, t_prefill_ms;
-        OutMsg done_msg;            /* "finished", queued without allocating */
-        struct Job *next;           /* server's job list (loop) */
-} Job;
 
 struct Server {
         uv_loop_t *loop;
@@ -87,7 +60,10 @@ struct Server {
         uv_pipe_t listener;
         bool listening;
         bool own_socket;            /* we bound it (not socket-activated): unlink at exit */
-        uv_async_t wakeup;          /* workers → loop: drain the outbox */
+        int listen_fds;             /* sockets passed by the service manager (0 or 1), read once */
+        Outbox outbox;              /* engine thread → loop */
+        uint64_t drains;            /* outbox drains begun */
+        unsigned n_drain_checks;    /* connections with a drain_check */
         uv_timer_t housekeeping;
         uv_signal_t sig_int, sig_term, sig_hup;
         const char *config_path;    /* re-read on SIGHUP, then argv on top */
@@ -96,13 +72,10 @@ struct Server {
         bool reloading;             /* SIGHUP: waiting for in-flight jobs before swapping models */
         Model *pending_model;       /* the model being swapped in */
         char *pending_path;
-        pthread_mutex_t outbox_lock;
-        OutMsg *outbox_head, *outbox_tail;
         Conn *conns;
         unsigned n_conns;
         uint64_t next_conn_id;
-        Job *jobs;
-        unsigned n_jobs;
+        JobList jobs;               /* every request that computes */
         bool shutting_down;
         bool saved;                 /* sessions written to the state directory */
         bool save_failed;           /* ... but not all of them: mixd exits with 1 */
@@ -112,21 +85,16 @@ struct Server {
         uint64_t start_ms;
         uint64_t model_id;          /* identity of the model file, for session state files */
         NumaPlan numa;              /* n_nodes 0: not planned (off, or no NUMA support) */
+        uint64_t huge_bytes;        /* the model's bytes mapped with 2 MiB pages, as status last read them */
+        uint64_t huge_read_ms;      /* when (0: not read since the model was loaded) */
         /* statistics */
-        uint64_t tokens_generated;  /* total (loop: counted from done events) */
-        uint64_t tokens_window;     /* generated since the last housekeeping tick (atomic) */
         double tokens_per_s;        /* moving average */
         uint64_t requests_total;
 };
 
-uint64_t now_ms(void);
-
 /* server.c */
 int server_run(Config *cfg, const char *config_path, int argc, char **argv);
 void server_begin_shutdown(Server *srv, const char *why);
-/* Worker side: queue a frame for a connection (takes ownership of frame) / a finished job. */
-void outbox_push(Server *srv, uint64_t conn_id, Job *job, uint8_t *frame, size_t len, bool last);
-void outbox_job_done(Server *srv, Job *job);
 
 /* conn.c */
 int conn_accept(Server *srv);
@@ -134,13 +102,20 @@ void conn_send(Conn *c, uint8_t *frame, size_t len);    /* takes ownership of fr
 void conn_send_error(Conn *c, const ProtoError *err);
 void conn_close(Conn *c);
 Conn *conn_find(Server *srv, uint64_t id);
+/* Close connections past the frame or idle timeout, and half-closed ones whose client has
+ * gone entirely (housekeeping); returns how many. */
+unsigned conn_expire(Server *srv, uint64_t now);
+/* A half-closed connection (read_eof) is closed once its requests are answered and every
+ * byte is written. Answers the loop made may still wait in the outbox, so after a job of c
+ * ends (or its client half-closes) this asks the next outbox drain to look: c is closed at
+ * its end if nothing is left to send. Nothing for a connection that is not half-closed. */
+void conn_check_done(Conn *c);
+/* A request of c ended without any answer (out of memory): c is closed at the end of the next
+ * outbox drain (not at once: this is called from within the job list). */
+void conn_reply_lost(Conn *c);
+/* End of an outbox drain: the connections waiting for it (above) are looked at. */
+void conn_drained(Server *srv);
 
-/* dispatch.c: one decoded request from c (ownership of req passes). */
-void dispatch_request(Conn *c, Request *req);
+/* dispatch.c: one decoded request from c (ownership of req passes); wire_bytes: its frame body. */
+void dispatch_request(Conn *c, Request *req, size_t wire_bytes);
 void reply_error(Conn *c, uint64_t id, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
-/* jobs.c */
-Job *job_new(Server *srv, Conn *c, JobKind kind, Request *req);
-void job_free(Job *j);
-/* Ask a job to stop at its next round (loop thread). */
-void job_cancel(Server *srv, Job *j);

@@ -33,7 +33,7 @@ void sessions_done(SessionTable *t) {
                 unlink_and_free(t, t->head);
 }
 
-static uint64_t uid_usage(const SessionTable *t, uid_t uid) {
+uint64_t sessions_uid_bytes(const SessionTable *t, uid_t uid) {
         uint64_t b = 0;
         for (const DSession *d = t->head; d; d = d->next)
                 if (d->uid == uid)
@@ -41,17 +41,26 @@ static uint64_t uid_usage(const SessionTable *t, uid_t uid) {
         return b;
 }
 
-static unsigned n_uids(const SessionTable *t, uid_t also) {
-        unsigned n = 1; /* `also` */
+static bool in(const uid_t *uids, unsigned n, uid_t uid) {
+        for (unsigned i = 0; i < n; i++)
+                if (uids[i] == uid)
+                        return true;
+        return false;
+}
+
+uint64_t sessions_share(const SessionTable *t, const uid_t *also, unsigned n_also) {
+        unsigned n = 0; /* distinct uids in `also` */
+        for (unsigned i = 0; i < n_also; i++)
+                n += !in(also, i, also[i]);
         for (const DSession *d = t->head; d; d = d->next) {
-                if (d->uid == also)
+                if (in(also, n_also, d->uid))
                         continue;
                 bool seen = false;
                 for (const DSession *e = t->head; e != d && !seen; e = e->next)
                         seen = e->uid == d->uid;
                 n += !seen;
         }
-        return n;
+        return t->lim.kv_budget / (n ? n : 1);
 }
 
 static void forget(SessionTable *t, const char *id, const char *why) {
@@ -77,12 +86,12 @@ void sessions_drop_all(SessionTable *t, const char *why) {
 
 /* The least recently used idle session we may evict for `uid`, or NULL. */
 static DSession *pick_victim(const SessionTable *t, uid_t uid) {
-        const uint64_t fair = t->lim.kv_budget / n_uids(t, uid);
+        const uint64_t fair = sessions_share(t, &uid, 1);
         DSession *best = NULL;
         for (DSession *d = t->head; d; d = d->next) {
                 if (d->busy || d->ephemeral)
                         continue;
-                if (d->uid != uid && uid_usage(t, d->uid) <= fair)
+                if (d->uid != uid && sessions_uid_bytes(t, d->uid) <= fair)
                         continue; /* that user is within its fair share */
                 /* <=: the list runs newest first, so among sessions last used in the same
                  * millisecond the one opened first wins (a burst of opens must not evict the
@@ -91,6 +100,15 @@ static DSession *pick_victim(const SessionTable *t, uid_t uid) {
                         best = d;
         }
         return best;
+}
+
+int sessions_bytes_each(const SessionTable *t, uint64_t *ret_bytes) {
+        uint32_t slots;
+        int r = session_slots(t->m, t->lim.capacity, t->lim.kv_budget, t->lim.kv_type, &slots);
+        if (r < 0)
+                return r;
+        return kv_cache_bytes(t->lim.kv_type, t->m->cfg.n_layer, t->m->cfg.n_head_kv, t->m->cfg.head_dim, slots,
+                              ret_bytes);
 }
 
 /* Any session (named or ephemeral, closing or not) with this id. */
@@ -104,7 +122,6 @@ static DSession *find_id(const SessionTable *t, const char *id) {
 /* Open a session; id NULL: a fresh random one. may_evict: idle sessions may go to make room. */
 static int open_session(SessionTable *t, uid_t uid, bool ephemeral, const char *id, bool may_evict, uint64_t now_ms,
                         DSession **ret_ds, unsigned *ret_n_evicted) {
-        uint32_t slots;
         uint64_t need;
         unsigned evicted = 0;
         int r;
@@ -119,10 +136,7 @@ static int open_session(SessionTable *t, uid_t uid, bool ephemeral, const char *
                 if (t->n_named >= t->lim.max_sessions || mine >= t->lim.max_per_uid)
                         return -EUSERS;
         }
-        r = session_slots(t->m, t->lim.capacity, t->lim.kv_budget, t->lim.kv_type, &slots);
-        if (r < 0)
-                return r;
-        r = kv_cache_bytes(t->lim.kv_type, t->m->cfg.n_layer, t->m->cfg.n_head_kv, t->m->cfg.head_dim, slots, &need);
+        r = sessions_bytes_each(t, &need);
         if (r < 0)
                 return r;
         while (t->kv_used + need > t->lim.kv_budget) {

@@ -50,6 +50,14 @@ typedef struct SessionTable {
 void sessions_init(SessionTable *t, const Model *m, const SessionLimits *lim);
 void sessions_done(SessionTable *t);
 
+/* KV bytes one session takes (every session has the same size). */
+int sessions_bytes_each(const SessionTable *t, uint64_t *ret_bytes);
+/* KV bytes of uid's sessions (named, busy or one-shot). */
+uint64_t sessions_uid_bytes(const SessionTable *t, uid_t uid);
+/* A uid's fair share of the budget: the budget over the number of uids that hold sessions
+ * or are in `also` (uids that want room). */
+uint64_t sessions_share(const SessionTable *t, const uid_t *also, unsigned n_also);
+
 /* Open a session for uid. Evicts idle sessions (least recently used first, never another
  * uid's session while that uid is within its fair share of the budget) when needed; the
  * number evicted goes to *ret_n_evicted. -EUSERS over the session limits, -ENOSPC when

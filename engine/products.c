@@ -123,7 +123,7 @@ void product_job_run(ProductJob *j) {
         unsigned long end = 0;
         for (unsigned k = 0; k < j->n; k++) {
                 Product *p = &j->p[k];
-                const unsigned long align = p->hq ? QK_K : 4; /* whole 256-blocks / 4-row groups */
+                const unsigned long align = p->hq ? QK_K : 8; /* whole 256-blocks / 8-row panels (quant_gemm.h) */
                 const uint64_t row_bytes = (p->w_up ? 2 : 1) * p->w->row_bytes;
                 unsigned long rows = (unsigned long)((chunk_bytes + row_bytes - 1) / row_bytes);
                 rows = (rows + align - 1) / align * align;

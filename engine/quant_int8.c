@@ -32,6 +32,8 @@
 #ifndef QI8_TEMPLATE
 
 #include "quant_int8.h"
+#include "quant_gemm.h"
+#include "quant_x86.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -189,19 +191,6 @@ INLINE float term_leg(const float wd[8], const float xd[8], const int32_t s[8], 
 
 /* ---------------------------------------------------------------------------------------
  * Scalar reference: the integers straight from the definitions. */
-
-/* The 6-bit scales sc[0..7] and mins m[0..7] of a Q4_K / Q5_K block (as quant.c). */
-static void k4_scales(const uint8_t *q, int32_t sc[8], int32_t m[8]) {
-        for (int j = 0; j < 8; j++) {
-                if (j < 4) {
-                        sc[j] = q[j] & 63;
-                        m[j] = q[j + 4] & 63;
-                } else {
-                        sc[j] = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-                        m[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-                }
-        }
-}
 
 /* Q4_K (qh == NULL) and Q5_K: group j is the low (j even) or high nibbles of qs[32 (j/2) ..],
  * plus 16 where bit j of qh[l] is set. X_j comes from bsums. */
@@ -669,18 +658,6 @@ enum { KQ_Q4K = 0, KQ_Q5K = 1, KQ_Q2K = 2 };
 /* d | dmin << 16 of a block of the kind */
 INLINE uint32_t kq_dm(const uint8_t *blk, int kind) {
         return k4_dm(kind == KQ_Q2K ? blk + offsetof(BlockQ2_K, d) : blk);
-}
-
-/* Bytes [sc0 .. sc7, m0 .. m7] of a Q4_K / Q5_K block's 12 scale bytes (the values of
- * k4_scales), reading 16 bytes (the 4 after the scales are the block's too). */
-T_AVX2 INLINE __m128i k4_scales_simd(const uint8_t *s) {
-        const __m128i v = _mm_loadu_si128((const __m128i *)s);             /* dwords a, b, c, - */
-        const __m128i x = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0));  /* a, c, b, c */
-        const __m128i y = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0));  /* a, a, b, b */
-        const __m128i lo = _mm_and_si128(_mm_srlv_epi32(x, _mm_setr_epi32(0, 0, 0, 4)),
-                                         _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
-        const __m128i hi = _mm_and_si128(_mm_srli_epi32(y, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
-        return _mm_or_si128(lo, hi);
 }
 
 /* int16 [m0, m0, m1, m1, .. m7, m7] from k4_scales_simd's bytes: times bsums[0..15] by
@@ -1428,19 +1405,54 @@ ATTR INLINE __m256i FN(leg_item)(const FN(L8) *d, const BlockQ8X *xb) {
         ATTR INLINE void FN(NAME)(const BLK *blk, FN(L8) *d) {                                                \
                 FN(leg_decode)((const uint8_t *)blk, TYPE, sizeof(BLK), d);                                   \
         }
-LEG_DECODER(q4_0_decode, BlockQ4_0, GGML_TYPE_Q4_0)
 LEG_DECODER(q4_1_decode, BlockQ4_1, GGML_TYPE_Q4_1)
-LEG_DECODER(q5_0_decode, BlockQ5_0, GGML_TYPE_Q5_0)
 LEG_DECODER(q5_1_decode, BlockQ5_1, GGML_TYPE_Q5_1)
 
+/* Q4_0 / Q5_0 keep their unsigned quants q (0..15 / 0..31): vpmaddubsw takes them as they
+ * are (no vpsignb), and the offset comes out of the block sums at the end: sum (q - off) x
+ * = sum q x - off * (sum x), the activation sums from bsums. */
+typedef struct FN(L8U) {
+        __m256i Q[8];
+} FN(L8U);
+
+ATTR INLINE void FN(q4_0_decode)(const BlockQ4_0 *blk, FN(L8U) *d) {
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
+                d->Q[i] = FN(leg_nibbles)(blk[i].qs, NULL, 0);
+}
+
+ATTR INLINE void FN(q5_0_decode)(const BlockQ5_0 *blk, FN(L8U) *d) {
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
+                d->Q[i] = FN(leg_nibbles)(blk[i].qs, blk[i].qh, 0);
+}
+
+/* The 8 block sums of sum (q - 2^off_log2) x, in order. */
+ATTR INLINE __m256i FN(leg_item_u)(const FN(L8U) *d, const BlockQ8X *xb, int off_log2) {
+        const __m256i ones = _mm256_set1_epi16(1);
+        __m256i R[8];
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) /* pair sums <= 2 * 31 * 127 */
+                R[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(d->Q[i], load256(xb->qs + 32 * i)), ones);
+        const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(R[0], R[1]), _mm256_hadd_epi32(R[2], R[3]));
+        const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(R[4], R[5]), _mm256_hadd_epi32(R[6], R[7]));
+        const __m256i s = _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
+        return _mm256_sub_epi32(s, _mm256_slli_epi32(xsums8(xb), off_log2));
+}
+
+ATTR INLINE __m256i FN(q4_0_item)(const FN(L8U) *d, const BlockQ8X *xb) {
+        return FN(leg_item_u)(d, xb, 3);
+}
+
+ATTR INLINE __m256i FN(q5_0_item)(const FN(L8U) *d, const BlockQ8X *xb) {
+        return FN(leg_item_u)(d, xb, 4);
+}
+
 ATTR INLINE void FN(q4_0_tile)(const BlockQ4_0 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
-        LEG_TILE_BODY(FN(L8), FN(q4_0_decode), FN(leg_item), 0);
+        LEG_TILE_BODY(FN(L8U), FN(q4_0_decode), FN(q4_0_item), 0);
 }
 ATTR INLINE void FN(q4_1_tile)(const BlockQ4_1 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
         LEG_TILE_BODY(FN(L8), FN(q4_1_decode), FN(leg_item), 1);
 }
 ATTR INLINE void FN(q5_0_tile)(const BlockQ5_0 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
-        LEG_TILE_BODY(FN(L8), FN(q5_0_decode), FN(leg_item), 0);
+        LEG_TILE_BODY(FN(L8U), FN(q5_0_decode), FN(q5_0_item), 0);
 }
 ATTR INLINE void FN(q5_1_tile)(const BlockQ5_1 *w, const BlockQ8X *x, int64_t xs, int TT, float *acc, int64_t nb) {
         LEG_TILE_BODY(FN(L8), FN(q5_1_decode), FN(leg_item), 1);
@@ -1821,15 +1833,33 @@ DEFINE_DOT_ROWS4(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, BlockQ8K, FN(q5k_ti
 DEFINE_DOT_ROWS4(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, BlockQ8K, FN(q6k_tile), FN(q6k_tile4))
 DEFINE_DOT_ROWS4(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, BlockQ8X, FN(q8_0_tile), FN(q8_0_tile4))
 #else
-DEFINE_DOT_ROWS(FN(rows_q4k), FN(dot_q4k), ATTR, BlockQ4_K, BlockQ8K, FN(q4k_tile))
-DEFINE_DOT_ROWS(FN(rows_q5k), FN(dot_q5k), ATTR, BlockQ5_K, BlockQ8K, FN(q5k_tile))
-DEFINE_DOT_ROWS(FN(rows_q6k), FN(dot_q6k), ATTR, BlockQ6_K, BlockQ8K, FN(q6k_tile))
-DEFINE_DOT_ROWS(FN(rows_q8_0), FN(dot_q8_0), ATTR, BlockQ8_0, BlockQ8X, FN(q8_0_tile))
+/* Many tokens (prefill): the 8-row panels of quant_gemm.c; fewer: a row at a time. */
+#define DEFINE_DOT_ROWS_PANELS(name, gemm)                                                                    \
+        ATTR static void FN(name)(const void *restrict w, size_t rb, int64_t R, const void *restrict x,       \
+                                  int64_t xs, int64_t T, float *restrict out, int64_t os, int64_t n) {        \
+                if (T >= QUANT_GEMM_MIN_T)                                                                    \
+                        gemm(w, rb, R, x, xs, T, out, os, n);                                                 \
+                else                                                                                          \
+                        FN(name##_tiles)(w, rb, R, x, xs, T, out, os, n);                                     \
+        }
+DEFINE_DOT_ROWS(FN(rows_q4k_tiles), FN(dot_q4k), ATTR, BlockQ4_K, BlockQ8K, FN(q4k_tile))
+DEFINE_DOT_ROWS_PANELS(rows_q4k, quant_gemm_q4k_avx2)
+DEFINE_DOT_ROWS(FN(rows_q5k_tiles), FN(dot_q5k), ATTR, BlockQ5_K, BlockQ8K, FN(q5k_tile))
+DEFINE_DOT_ROWS_PANELS(rows_q5k, quant_gemm_q5k_avx2)
+DEFINE_DOT_ROWS(FN(rows_q6k_tiles), FN(dot_q6k), ATTR, BlockQ6_K, BlockQ8K, FN(q6k_tile))
+DEFINE_DOT_ROWS_PANELS(rows_q6k, quant_gemm_q6k_avx2)
+DEFINE_DOT_ROWS(FN(rows_q8_0_tiles), FN(dot_q8_0), ATTR, BlockQ8_0, BlockQ8X, FN(q8_0_tile))
+DEFINE_DOT_ROWS_PANELS(rows_q8_0, quant_gemm_q8_0_avx2)
+DEFINE_DOT_ROWS(FN(rows_q4_0_tiles), FN(dot_q4_0), ATTR, BlockQ4_0, BlockQ8X, FN(q4_0_tile))
+DEFINE_DOT_ROWS_PANELS(rows_q4_0, quant_gemm_q4_0_avx2)
+#undef DEFINE_DOT_ROWS_PANELS
 #endif
 /* The types whose kernels are 256-bit in every variant (one row at a time, any T). */
 DEFINE_DOT_ROWS(FN(rows_q2k), FN(dot_q2k), ATTR, BlockQ2_K, BlockQ8K, FN(q2k_tile))
 DEFINE_DOT_ROWS(FN(rows_q3k), FN(dot_q3k), ATTR, BlockQ3_K, BlockQ8K, FN(q3k_tile))
+#if W512
 DEFINE_DOT_ROWS(FN(rows_q4_0), FN(dot_q4_0), ATTR, BlockQ4_0, BlockQ8X, FN(q4_0_tile))
+#endif
 DEFINE_DOT_ROWS(FN(rows_q4_1), FN(dot_q4_1), ATTR, BlockQ4_1, BlockQ8X, FN(q4_1_tile))
 DEFINE_DOT_ROWS(FN(rows_q5_0), FN(dot_q5_0), ATTR, BlockQ5_0, BlockQ8X, FN(q5_0_tile))
 DEFINE_DOT_ROWS(FN(rows_q5_1), FN(dot_q5_1), ATTR, BlockQ5_1, BlockQ8X, FN(q5_1_tile))

@@ -108,6 +108,19 @@ const QuantInt8Kernels *quant_int8(uint32_t ggml_type);
 int quant_int8_isa_supported(QuantInt8Isa isa);
 const char *quant_int8_isa_name(QuantInt8Isa isa);
 
+/* The 6-bit scales sc[0..7] and mins m[0..7] of a Q4_K / Q5_K block (as quant.c). */
+static inline void k4_scales(const uint8_t *q, int32_t sc[8], int32_t m[8]) {
+        for (int j = 0; j < 8; j++) {
+                if (j < 4) {
+                        sc[j] = q[j] & 63;
+                        m[j] = q[j + 4] & 63;
+                } else {
+                        sc[j] = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+                        m[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+                }
+        }
+}
+
 /* fp16 to float without branches on the common path, equal to fp16_to_fp32() for all 65536
  * halves (NaN payloads included). Used by every variant's float part. */
 static inline float quant_int8_half(ggml_half h) {

@@ -132,6 +132,10 @@ size_t frame_reader_buffered(const FrameReader *r) {
         return r->n_hdr + (size_t)r->n_body;
 }
 
+bool frame_reader_partial(const FrameReader *r) {
+        return !r->handed_out && r->n_hdr > 0;
+}
+
 void frame_reader_error(const FrameReader *r, ProtoError *ret_err) {
         *ret_err = (ProtoError){ 0 };  /* no request id: the frame was never read */
         switch (r->error) {

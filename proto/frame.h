@@ -61,6 +61,9 @@ int frame_reader_next(FrameReader *r, const uint8_t **ret_body, size_t *ret_len)
 
 /* Bytes currently buffered (header + body of the frame in progress). */
 size_t frame_reader_buffered(const FrameReader *r);
+/* true while bytes of a frame have arrived that were not handed out yet: a stream that ends
+ * now ends in the middle of a frame (or with a complete frame not yet taken). */
+bool frame_reader_partial(const FrameReader *r);
 
 /* Describe the reader's sticky error for the error reply ("too_large" / "bad_frame", fatal,
  * has_id false): every field of *ret_err is set. */

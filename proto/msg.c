@@ -679,6 +679,29 @@ int proto_out_frame(ProtoOut *o, uint8_t **ret_frame, size_t *ret_len) {
         return frame_encode(&o->sbuf, ret_frame, ret_len);
 }
 
+int proto_out_frame_or_error(ProtoOut *o, uint64_t id, uint8_t **ret_frame, size_t *ret_len, ProtoError *ret_err) {
+        ProtoError err = { .has_id = true, .id = id };
+        const size_t body = o->sbuf.size;
+        int r = proto_out_frame(o, ret_frame, ret_len);
+
+        if (r == 0)
+                return 0;
+        if (r == -E2BIG)
+                proto_error_set(&err, r, PROTO_ERR_TOO_LARGE, false,
+                                "the reply (%zu bytes) is over the frame limits (%u bytes, %u elements, "
+                                "strings of %u bytes); ask for less", body, PROTO_MAX_FRAME, PROTO_MAX_ELEMENTS,
+                                PROTO_MAX_STRING);
+        else
+                proto_error_set(&err, r, PROTO_ERR_INTERNAL, false, "the reply could not be encoded: %s",
+                                strerror(-r));
+        r = proto_error_encode(&err, ret_frame, ret_len);
+        if (r < 0)
+                return -ENOMEM;
+        if (ret_err)
+                *ret_err = err;
+        return 1;
+}
+
 /* Run one msgpack_pack_* call unless an earlier one failed; latch its failure. */
 #define OUT(o, call)                                            \
         do {                                                    \
@@ -745,13 +768,14 @@ int proto_out_ok(ProtoOut *o, uint64_t id, uint32_t n_fields) {
 }
 
 int proto_out_limits(ProtoOut *o) {
-        proto_out_map(o, 12);
+        proto_out_map(o, 13);
         proto_out_kv_uint(o, "max_frame", PROTO_MAX_FRAME);
         proto_out_kv_uint(o, "max_depth", PROTO_MAX_DEPTH);
         proto_out_kv_uint(o, "max_elements", PROTO_MAX_ELEMENTS);
         proto_out_kv_uint(o, "max_string", PROTO_MAX_STRING);
         proto_out_kv_uint(o, "max_prompt_bytes", PROTO_MAX_PROMPT_BYTES);
         proto_out_kv_uint(o, "max_tokens_array", PROTO_MAX_TOKENS_ARRAY);
+        proto_out_kv_uint(o, "max_score_tokens", PROTO_MAX_SCORE_TOKENS);
         proto_out_kv_uint(o, "max_token_id", PROTO_MAX_TOKEN_ID);
         proto_out_kv_uint(o, "max_stops", PROTO_MAX_STOPS);
         proto_out_kv_uint(o, "max_stop_len", PROTO_MAX_STOP_LEN);

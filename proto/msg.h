@@ -148,6 +148,13 @@ void proto_out_reset(ProtoOut *o);
  * over the limits -E2BIG) and frame it. *ret_frame is malloc'd (free() it; e.g. owned by the
  * write request). Returns the latched error first. o stays valid (reset or done it). */
 int proto_out_frame(ProtoOut *o, uint8_t **ret_frame, size_t *ret_len);
+/* Finish a reply that must reach its client in one form or another: frame it as
+ * proto_out_frame does, or, when it cannot be framed, frame an error reply for id instead —
+ * "too_large" naming the frame limits when the body is over them (-E2BIG), "internal"
+ * otherwise. Returns 0 (the reply's frame), 1 (the error's frame; *ret_err says why the reply
+ * could not be framed, err may be NULL), or -ENOMEM when not even the error could be framed
+ * (outputs untouched). o stays valid (reset or done it). */
+int proto_out_frame_or_error(ProtoOut *o, uint64_t id, uint8_t **ret_frame, size_t *ret_len, ProtoError *ret_err);
 
 /* Values. Each returns o->error after the call (0 or -ENOMEM); after a failure they do nothing. */
 int proto_out_map(ProtoOut *o, uint32_t n_entries);

@@ -21,6 +21,7 @@
 #define PROTO_ERR_BUSY                "busy"                /* the session is in use by another request */
 #define PROTO_ERR_UNAVAILABLE         "unavailable"         /* the daemon is shutting down */
 #define PROTO_ERR_CANCELLED           "cancelled"           /* a non-streaming request was cancelled */
+#define PROTO_ERR_TIMEOUT             "timeout"             /* a connection or request outlived one of the daemon's timeouts */
 #define PROTO_ERR_INTERNAL            "internal"            /* the server failed (out of memory, engine error) */
 
 typedef struct ProtoError {

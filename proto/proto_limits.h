@@ -36,3 +36,28 @@
 
 /* --- error replies --- */
 #define PROTO_MAX_ERROR_MESSAGE 256u         /* bytes of an error message, NUL included */
+
+/* --- what one reply can carry (derived from the frame limits above, so a reply within these
+ * always frames; the daemon refuses a request whose reply would not, before computing it) --- */
+/* tokens of one prompt or text the daemon accepts (its max-prompt-tokens setting is at most
+ * this): a tokenize reply echoes every one of them in one tokens array */
+#define PROTO_MAX_PROMPT_TOKENS PROTO_MAX_TOKENS_ARRAY
+/* tokens of a score reply: its tokens (n) and logprobs (n - 1) arrays share PROTO_MAX_ELEMENTS
+ * with the envelope, so n is at most half of a tokens array plus one: 32768 */
+#define PROTO_MAX_SCORE_TOKENS  ((PROTO_MAX_TOKENS_ARRAY + 1u) / 2u)
+/* bytes of a detokenize reply's text: what a text sent in may hold */
+#define PROTO_MAX_TEXT_REPLY    PROTO_MAX_PROMPT_BYTES
+/* bytes a reply needs besides its arrays or text: map and array headers, the id, ok and the
+ * field names (well under this) */
+#define PROTO_REPLY_ENVELOPE    256u
+
+/* worst case encodings: a token id (uint32) takes 5 bytes, a logprob (float64) 9 */
+_Static_assert(PROTO_MAX_PROMPT_TOKENS * 5ull + PROTO_REPLY_ENVELOPE <= PROTO_MAX_FRAME,
+               "a tokenize reply of PROTO_MAX_PROMPT_TOKENS ids must fit one frame");
+_Static_assert(PROTO_MAX_PROMPT_TOKENS <= PROTO_MAX_TOKENS_ARRAY, "a tokenize reply must pass msgcheck");
+_Static_assert(PROTO_MAX_SCORE_TOKENS * 14ull + PROTO_REPLY_ENVELOPE <= PROTO_MAX_FRAME,
+               "a score reply of PROTO_MAX_SCORE_TOKENS tokens must fit one frame");
+_Static_assert(2ull * PROTO_MAX_SCORE_TOKENS - 1 + PROTO_ENVELOPE_ELEMENTS <= PROTO_MAX_ELEMENTS,
+               "a score reply must pass msgcheck's element count");
+_Static_assert(PROTO_MAX_TEXT_REPLY + PROTO_REPLY_ENVELOPE <= PROTO_MAX_FRAME &&
+               PROTO_MAX_TEXT_REPLY <= PROTO_MAX_STRING, "a detokenize reply must fit one frame");

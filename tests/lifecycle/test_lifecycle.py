@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """tests/lifecycle/test_lifecycle.py — mixd across stops and reloads: sessions saved at
-SIGTERM and restored with identical next-token logits; a session's turn 2 equals the one-shot
-run of the whole text (after generated text, merging with the old text, across a restart);
-state files record their KV type and the session's text (checked as it is restored), an
+SIGTERM and restored, continuing exactly as the in-process one-shot run (`mixctl generate -m`)
+of the same text and with the logprobs of a session that was never saved; a session's turn 2
+equals the one-shot run of the whole text (after generated text, merging with the old text,
+across a restart); state files record their KV type and the session's text (checked as it is
+restored), an
 old (version 1, F32) file still restores exactly, one of another KV type is converted;
 corrupt, truncated, half-written and
 other-model state files skipped with a log line; crafted files with a valid checksum (a huge
@@ -12,9 +14,14 @@ shim) leaves nothing behind and makes the stop exit 1 ("saved 0 of 1"); a missin
 directory is created at start, an unusable one stops mixd at start; SIGHUP swaps the model
 without dropping the socket; the model file truncated while mapped fails requests clearly instead of crashing the daemon.
 
+Every daemon's exit status and log are checked: SIGTERM exits 0 (1 after a failed save, as
+docs/RELIABILITY.md says), no sanitizer report, and no error or warning line where nothing
+went wrong; every socket read times out (READ_TIMEOUT), so a lost reply fails instead of hanging.
+
 usage: test_lifecycle.py MIXD MIXCTL   (run from anywhere; the model is models/ in the repo)
 Prints a PASS/FAIL line per check and `N passed, M failed`."""
 
+import atexit
 import os
 import signal
 import socket
@@ -29,6 +36,7 @@ import msgpack
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(ROOT, "models", "tiny-moe-q4_k_m.gguf")
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer", "WARNING: ThreadSanitizer")
+READ_TIMEOUT = 120.0  # seconds a socket read may wait (sanitizer builds are slow)
 
 passed = failed = 0
 
@@ -43,6 +51,17 @@ def check(name, ok, detail=""):
         print("FAIL  %s %s" % (name, detail))
 
 
+STARTED = []  # every daemon, killed at exit if a failed check left it running
+
+
+@atexit.register
+def kill_leftovers():
+    for p in STARTED:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 class Daemon:
     def __init__(self, mixd, sock, model=MODEL, state=None, env=None, kv_type=None, extra=()):
         self.sock = sock
@@ -55,6 +74,7 @@ class Daemon:
         e = dict(os.environ)
         e.update(env or {})
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=e)
+        STARTED.append(self.proc)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -73,16 +93,39 @@ class Daemon:
             return f.read()
 
     def stop(self, sig=signal.SIGTERM):
+        """Exit status (None: still running after 60 s, then killed) and the whole log."""
         self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout=60)
+        try:
+            rc = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            rc = None
         out = self.text()
         os.unlink(self.log.name)
         return rc, out
 
 
+def log_problems(log):
+    """Error and warning lines (priority <0>..<4>) and sanitizer reports of a daemon's log."""
+    return [l for l in log.splitlines() if l[:3] in ("<0>", "<1>", "<2>", "<3>", "<4>")
+            or any(k in l for k in SANITIZER_MARKS)]
+
+
+def stopped(d, name, want_rc=0, allowed=()):
+    """Stops d and checks its exit status and that its log has no error, warning or sanitizer
+    line other than those containing one of `allowed`. Returns (rc, log)."""
+    rc, log = d.stop()
+    bad = [l for l in log_problems(log) if not any(a in l for a in allowed) or any(k in l for k in SANITIZER_MARKS)]
+    check("%s: exit %s, log clean" % (name, want_rc), rc == want_rc and not bad,
+          "exit %s%s" % (rc, "; " + " | ".join(bad[:3]) if bad else ""))
+    return rc, log
+
+
 class Client:
     def __init__(self, sock):
         self.s = socket.socket(socket.AF_UNIX)
+        self.s.settimeout(READ_TIMEOUT)
         self.s.connect(sock)
         self.buf = b""
         self.next_id = 1
@@ -214,9 +257,57 @@ def clear(state):
         os.unlink(os.path.join(state, f))
 
 
+FIRST_PROMPT, FIRST_N = "ROMEO: What light", 4
+
+
 def two_turns(c, sid):
-    a = c.generate(prompt="ROMEO: What light", session=sid, n_predict=4, temperature=0.0, logprobs=True)
-    return a
+    """The first turn of a session (its text is returned); the second one is SECOND."""
+    a = c.generate(prompt=FIRST_PROMPT, session=sid, n_predict=FIRST_N, temperature=0.0, logprobs=True)
+    check("first turn ends by length", a[3].get("stop_reason") == "length", str(a[3]))
+    return a[2]
+
+
+def one_shot(mixctl, n, kv_type=None):
+    """The in-process greedy continuation of FIRST_PROMPT (bytes): what a session's first
+    turn and its SECOND one (an empty prompt: no new text) give together."""
+    args = [mixctl, "generate", "-m", MODEL, "--temp", "0", "-n", str(n), FIRST_PROMPT]
+    if kv_type:
+        args += ["--kv-type", kv_type]
+    p = subprocess.run(args, capture_output=True, timeout=600)
+    check("in-process one-shot run (kv %s)" % (kv_type or "f16"), p.returncode == 0 and p.stdout,
+          p.stderr.decode(errors="replace")[-300:])
+    return p.stdout
+
+
+def preload_env(mixd, shim):
+    """LD_PRELOAD for a test shim (the ASan runtime must come first in an ASan build)."""
+    env = {"LD_PRELOAD": shim}
+    if "asan" in mixd:
+        libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+        env["LD_PRELOAD"] = libasan + ":" + shim
+    return env
+
+
+def late_wakeup(mixd, sock, tmp, rounds=3, delay_ms=300):
+    shim = os.path.join(tmp, "async_delay.so")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", shim,
+                    os.path.join(ROOT, "tests", "lifecycle", "async_delay_shim.c"), "-ldl"], check=True)
+    env = preload_env(mixd, shim)
+    env["MIXD_TEST_ASYNC_DELAY_MS"] = str(delay_ms)
+    codes = []
+    for i in range(rounds):
+        d = Daemon(mixd, sock, env=env)
+        c = Client(sock)
+        c.send("generate", prompt="ROMEO:", n_predict=100000, seed=1 + i)
+        first = c.recv()
+        rc, log = d.stop()
+        c.close()
+        codes.append(rc)
+        if rc != 0 or first.get("event") != "token" or any(k in log for k in SANITIZER_MARKS):
+            print(log[-3000:])
+            break
+    check("shutdown with the engine's last wake-up %d ms late: exit 0 (%d rounds)" % (delay_ms, rounds),
+          codes == [0] * rounds, "exit statuses %s" % codes)
 
 
 def check_crafted(mixd, sock, state, saved, sid, second):
@@ -241,7 +332,7 @@ def check_crafted(mixd, sock, state, saved, sid, second):
         c = Client(sock)
         listed = c.call("session.list")["sessions"]
         c.close()
-        rc, log = d.stop()
+        rc, log = stopped(d, "daemon given a crafted state file (%s)" % name, allowed=("skipping session state",))
         check("crafted state file, %s: skipped (%s)" % (name, reason),
               rc == 0 and listed == [] and reason in log
               and not any(k in log for k in SANITIZER_MARKS), "exit %d, listed %s %s" % (rc, listed, [x for x in log.splitlines() if "skipping" in x]))
@@ -265,7 +356,7 @@ def check_crafted(mixd, sock, state, saved, sid, second):
         c = Client(sock)
         listed = c.call("session.list")["sessions"]
         c.close()
-        rc, log = d.stop()
+        rc, log = stopped(d, "daemon given a crafted state file (%s)" % name, allowed=("skipping session state",))
         check("crafted state file, %s: skipped (%s)" % (name, reason),
               rc == 0 and listed == [] and reason in log and not any(k in log for k in SANITIZER_MARKS),
               "exit %d, listed %s %s" % (rc, listed, [x for x in log.splitlines() if "skipping" in x]))
@@ -278,7 +369,7 @@ def check_crafted(mixd, sock, state, saved, sid, second):
     listed = c.call("session.list")["sessions"]
     r = c.generate(session=sid, **second)
     c.close()
-    rc, log = d.stop()
+    rc, log = stopped(d, "daemon restoring a rolled session's file")
     check("crafted state file of a rolled session (n_pos 1000, 64 slots): restored and continues",
           [x["session"] for x in listed] == [sid] and listed[0]["n_tokens"] == 1000
           and r[3].get("event") == "done" and len(r[0]) == second["n_predict"], "listed %s, %s" % (listed, r[3]))
@@ -291,7 +382,7 @@ def check_crafted(mixd, sock, state, saved, sid, second):
     c = Client(sock)
     listed = [x["session"] for x in c.call("session.list")["sessions"]]
     c.close()
-    rc, log = d.stop()
+    rc, log = stopped(d, "daemon given a copied state file", allowed=("skipping session state",))
     check("a copied state file: one live session with that id, the copy skipped",
           listed == [sid] and "already live" in log and "restored 1 session" in log,
           "listed %s, exit %d" % (listed, rc))
@@ -301,13 +392,13 @@ def check_crafted(mixd, sock, state, saved, sid, second):
     c = Client(sock)
     many = [c.call("session.open")["session"] for _ in range(9)]
     c.close()
-    d.stop()
+    stopped(d, "daemon saving 9 sessions")
     d = Daemon(mixd, sock, state=state, kv_type="f32", extra=["--kv-budget", "1M"])  # 8 f32 sessions
     c = Client(sock)
     listed = [x["session"] for x in c.call("session.list")["sessions"]]
     st = c.call("status")
     c.close()
-    rc, log = d.stop()
+    rc, log = stopped(d, "daemon restoring over its KV budget", allowed=("skipping session state",))
     check("restore over the KV budget: 8 restored, the 9th skipped (file kept), none evicted",
           len(listed) == 8 and set(listed) <= set(many) and st.get("sessions_evicted") == 0
           and "restored 8 session" in log and log.count("no room under the session limits") == 1,
@@ -320,36 +411,42 @@ def main():
     sock = os.path.join(tmp, "mixd.sock")
     state = os.path.join(tmp, "state")
     os.mkdir(state)
-    second = dict(prompt=" And then", n_predict=10, temperature=0.0, logprobs=True)
+    # the second turn adds no text, so it continues the first turn's generation: the two turns
+    # together must be the in-process one-shot run of FIRST_PROMPT (also after a restart)
+    second = dict(prompt="", n_predict=10, temperature=0.0, logprobs=True)
+    reference = one_shot(mixctl, FIRST_N + second["n_predict"])
 
     # --- control: two turns on one session, no restart
     d = Daemon(mixd, sock, state=None)
     c = Client(sock)
     sid = c.call("session.open")["session"]
-    two_turns(c, sid)
+    first = two_turns(c, sid)
     control = c.generate(session=sid, **second)
     c.close()
-    rc, log = d.stop()
-    check("control daemon stops cleanly", rc == 0 and not any(k in log for k in SANITIZER_MARKS), "exit %d" % rc)
+    stopped(d, "control daemon")
+    check("two turns without a restart equal the in-process one-shot run",
+          (first + control[2]).encode() == reference, "%r vs %r" % (first + control[2], reference))
 
     # --- the same with a restart between the turns
     d = Daemon(mixd, sock, state=state)
     c = Client(sock)
     sid = c.call("session.open")["session"]
-    two_turns(c, sid)
+    first = two_turns(c, sid)
     c.close()
-    rc, log = d.stop()
+    rc, log = stopped(d, "saving daemon")
     files = os.listdir(state)
-    check("SIGTERM saves the session", rc == 0 and files == ["session-%s.state" % sid] and "saved 1 of 1 session" in log,
-          "exit %d, files %s" % (rc, files))
+    check("SIGTERM saves the session", files == ["session-%s.state" % sid] and "saved 1 of 1 session" in log,
+          "files %s" % files)
     saved = open(os.path.join(state, files[0]), "rb").read() if files else b""
 
     d = Daemon(mixd, sock, state=state)
     c = Client(sock)
     after = c.generate(session=sid, **second)
     c.close()
-    rc, log = d.stop()
-    check("restored session continues with identical tokens and logprobs",
+    rc, log = stopped(d, "restoring daemon")
+    check("restored session continues as the in-process one-shot run", (first + after[2]).encode() == reference,
+          "%r vs %r" % (first + after[2], reference))
+    check("restored session: the tokens and logprobs of the session never saved",
           after[0] == control[0] and after[1] == control[1] and after[0] != [],
           "tokens %s; logprobs equal: %s" % (after[0], after[1] == control[1]))
     check("restore logged", "restored 1 session" in log)
@@ -373,7 +470,7 @@ def main():
     one_b = c.generate(prompt="ROMEO: What light", **greedy)
     c.generate(prompt="ROMEO: Wh", session=sc, n_predict=0)
     c.close()
-    rc, log = d.stop()
+    rc, log = stopped(d, "daemon of the turn-2 sessions")
     inproc = subprocess.run([mixctl, "generate", "-m", MODEL, "--temp", "0", "-n", "8", full_a], capture_output=True,
                             text=True)
     check("session turn 2 after generated text equals the one-shot run of the whole text",
@@ -386,7 +483,7 @@ def main():
     c = Client(sock)
     turn2_c = c.generate(prompt="at light", session=sc, **greedy)
     c.close()
-    rc2, log = d.stop()
+    rc2, log = stopped(d, "daemon continuing a session across a restart")
     check("the same across a restart (the state file keeps the session's text)",
           rc == 0 and rc2 == 0 and turn2_c[0] == one_b[0] and turn2_c[1] == one_b[1]
           and turn2_c[3].get("n_dropped") == 1, "%s vs %s, %s" % (turn2_c[0], one_b[0], turn2_c[3]))
@@ -400,7 +497,7 @@ def main():
     control_f32 = c.generate(session=sid_f, **second)
     st = c.call("status")
     c.close()
-    d.stop()
+    stopped(d, "f32 daemon")
     check("status reports the KV type and bytes per position",
           st.get("kv_type") == "f32" and st.get("kv_bytes_per_pos") == 4 * 2 * (2 * 32) * 4,  # layers x K,V x kv_dim x f32
           "%s, %s" % (st.get("kv_type"), st.get("kv_bytes_per_pos")))
@@ -408,9 +505,9 @@ def main():
     d = Daemon(mixd, sock, state=state, kv_type="f32")
     c = Client(sock)
     sid_f = c.call("session.open")["session"]
-    two_turns(c, sid_f)
+    first_f32 = two_turns(c, sid_f)
     c.close()
-    d.stop()
+    stopped(d, "f32 daemon saving")
     files = os.listdir(state)
     f32_file = open(os.path.join(state, files[0]), "rb").read() if files else b""
     check("f32 daemon saves a KV type 0 file", f32_file[12:16] == struct.pack("<I", 0))
@@ -422,10 +519,13 @@ def main():
     c = Client(sock)
     after = c.generate(session=sid_f, **second)
     c.close()
-    rc, log = d.stop()
-    check("version 1 (F32) state file restores with identical tokens and logprobs",
-          "restored 1 session" in log and after[0] == control_f32[0] and after[1] == control_f32[1]
-          and after[0] != [], "tokens %s" % after[0])
+    rc, log = stopped(d, "f32 daemon restoring a version 1 file")
+    reference_f32 = one_shot(mixctl, FIRST_N + second["n_predict"], "f32")
+    check("version 1 (F32) state file restores: continues as the in-process one-shot run (kv f32)",
+          "restored 1 session" in log and (first_f32 + after[2]).encode() == reference_f32,
+          "%r vs %r" % (first_f32 + after[2], reference_f32))
+    check("version 1 (F32) state file restores with the tokens and logprobs of the session never saved",
+          after[0] == control_f32[0] and after[1] == control_f32[1] and after[0] != [], "tokens %s" % after[0])
     for name, data, kv, frm, to in (("version 1 f32 file", old, None, "f32", "f16"),
                                      ("f16 file", saved, "q8_0", "f16", "q8_0")):
         clear(state)
@@ -436,11 +536,10 @@ def main():
         c = Client(sock)
         r = c.generate(session=file_id, **second)
         c.close()
-        rc, log = d.stop()
+        rc, log = stopped(d, "%s daemon converting a %s" % (to, name))
         check("%s restored by a %s daemon: converted, the session continues" % (name, to),
               "restored 1 session" in log and "converted from %s to %s" % (frm, to) in log
-              and r[3].get("event") == "done" and len(r[0]) == second["n_predict"]
-              and not any(k in log for k in SANITIZER_MARKS), "exit %d, %s" % (rc, r[3]))
+              and r[3].get("event") == "done" and len(r[0]) == second["n_predict"], str(r[3]))
 
     # --- bad state files are skipped with a log line, never a crash
     bad_cases = {
@@ -465,10 +564,10 @@ def main():
         listed = c.call("session.list")["sessions"]
         st = c.call("status")
         c.close()
-        rc, log = d.stop()
+        rc, log = stopped(d, "daemon given the %s state file" % name,
+                          allowed=("skipping session state", "left by an interrupted save"))
         check("state file %s: skipped, daemon serves" % name,
-              rc == 0 and listed == [] and st.get("ok") and "skipping session state" in log
-              and not any(k in log for k in SANITIZER_MARKS), "exit %d" % rc)
+              listed == [] and st.get("ok") and "skipping session state" in log)
         check("half-written save (%s run) removed" % name, not os.path.exists(os.path.join(state, ".tmp-%s" % bad_id)))
 
     # (single-threaded restore code: not repeated under ThreadSanitizer, which is slow)
@@ -485,10 +584,10 @@ def main():
         dst.write(src.read())  # same bytes, another file: another size/mtime identity
     os.utime(other, (time.time() - 3600, time.time() - 3600))
     d = Daemon(mixd, sock, model=other, state=state)
-    rc, log = d.stop()
-    check("state of another model file: skipped", rc == 0 and "saved with another model file" in log, "exit %d" % rc)
+    rc, log = stopped(d, "daemon with another model's state file", allowed=("saved with another model file",))
+    check("state of another model file: skipped", "saved with another model file" in log)
 
-    # --- disk full while saving: error logged, nothing half-written left, clean exit
+    # --- disk full while saving: error logged, nothing half-written left, exit 1
     shim = os.path.join(tmp, "enospc.so")
     subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", shim,
                     os.path.join(ROOT, "tests", "lifecycle", "enospc_shim.c"), "-ldl"], check=True)
@@ -503,11 +602,15 @@ def main():
     sid2 = c.call("session.open")["session"]
     two_turns(c, sid2)
     c.close()
-    rc, log = d.stop()
+    # docs/RELIABILITY.md: "error logged, 'saved 0 of 1 session(s)', no partial file left, exit 1"
+    rc, log = stopped(d, "disk-full daemon", want_rc=1, allowed=("cannot save session", "saved 0 of 1 session"))
     left = os.listdir(state)
-    check("disk full on save: logged, no partial file, exit 1",
-          "cannot save session" in log and "saved 0 of 1 session" in log and left == [] and rc == 1,
-          "exit %d, left %s" % (rc, left))
+    err = [l for l in log.splitlines() if "cannot save session %s" % sid2 in l]
+    lost = [l for l in log.splitlines() if "saved 0 of 1 session" in l]
+    check("disk full on save: logged as an error, 'saved 0 of 1', no partial file, no success claimed",
+          len(err) == 1 and err[0].startswith("<3>") and "No space left on device" in err[0]
+          and len(lost) == 1 and lost[0].startswith("<3>") and left == [] and "saved 1 of 1 session" not in log,
+          "left %s; %s; %s" % (left, err, lost))
 
     # --- the state directory is checked at start, not at the stop that would lose the sessions
     made = os.path.join(tmp, "made-at-start")
@@ -515,7 +618,7 @@ def main():
     c = Client(sock)
     sid4 = c.call("session.open")["session"]
     c.close()
-    rc, log = d.stop()
+    rc, log = stopped(d, "daemon with a state directory made at start")
     made_files = os.listdir(made) if os.path.isdir(made) else None
     check("missing state directory: created at start, the session saved into it",
           rc == 0 and made_files == ["session-%s.state" % sid4] and "saved 1 of 1 session" in log,
@@ -543,9 +646,9 @@ def main():
     c = Client(sock)
     c.call("session.open")
     c.close()
-    rc, log = d.stop()
-    check("state-dir none: nothing saved under $STATE_DIRECTORY", rc == 0 and os.listdir(state) == [],
-          "exit %d, files %s" % (rc, os.listdir(state)))
+    stopped(d, "state-dir none daemon")
+    check("state-dir none: nothing saved under $STATE_DIRECTORY", os.listdir(state) == [],
+          "files %s" % os.listdir(state))
 
     # --- SIGHUP: the model is swapped, the socket stays, sessions are closed with a reason
     d = Daemon(mixd, sock, state=None)
@@ -569,9 +672,14 @@ def main():
     check("new connections served after reload", r[3].get("event") == "done" and len(r[0]) == 3)
     fresh.close()
     c.close()
-    rc, log = d.stop()
-    check("reloaded daemon stops cleanly", rc == 0 and "reloaded: serving" in log
-          and not any(k in log for k in SANITIZER_MARKS), "exit %d" % rc)
+    rc, log = stopped(d, "reloaded daemon")
+    check("reload logged", "reloaded: serving" in log)
+
+    # --- shutdown while the engine thread's last wake-up of the loop is late: an LD_PRELOAD
+    # shim delays every uv_async_send of a non-main thread, so the loop finishes the last job
+    # (and, unless it joins the engine thread first, closes its handles and the loop) before
+    # that send happens; a send into a closed loop aborts the daemon
+    late_wakeup(mixd, sock, tmp)
 
     # --- the model file truncated while mapped: a clear error, the daemon lives, reload heals
     # (not under ThreadSanitizer: the guard swaps a page under a reader by design, which TSan
@@ -597,9 +705,8 @@ def main():
     r = c.generate(prompt="ROMEO:", n_predict=3, seed=1)
     check("reload after the file is restored heals", r[0] == ok_before[0], "%s vs %s" % (r[0], ok_before[0]))
     c.close()
-    rc, log = d.stop()
-    check("truncated-model daemon stops cleanly", rc == 0 and "shrank while mapped" in log
-          and not any(k in log for k in SANITIZER_MARKS), "exit %d" % rc)
+    rc, log = stopped(d, "truncated-model daemon", allowed=("shrank while mapped", "changed on disk"))
+    check("truncated model logged", "shrank while mapped" in log)
 
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0

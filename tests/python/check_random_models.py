@@ -3,7 +3,9 @@
 
 Owns: generating random GGUF models with tools/gen_random_gguf.py (into a
 temporary directory, deleted at the end) that cover the engine's feature
-matrix, and comparing `mixctl logits --all --exact` with tools/oracle.py (float64):
+matrix, and comparing `mixctl logits --all --exact --kv-type f32` (float32
+throughout: float activations, float keys and values) with tools/oracle.py
+(float64):
 
   * every weight type (F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K
     Q5_K Q6_K) on a small MoE, some with the legacy per-expert layout;
@@ -24,14 +26,18 @@ matrix, and comparing `mixctl logits --all --exact` with tools/oracle.py (float6
 
 Agreement rule (float32 engine vs float64 oracle), per model run:
   rel(p) = max|engine - oracle| / max|oracle| over the row of position p;
-  a position agrees when rel(p) <= 1e-3; >= 95% of positions must agree
-  (MoE routing near-ties may legitimately flip an expert; the oracle's
-  router margin is shown for positions outside);
+  every position must have rel(p) <= 4e-6 (REL_TOL: the largest seen over
+  these models is 7.5e-7, about 13 float32 unit roundoffs of 2^-24; the F16
+  and Q8_0 KV caches are checked elsewhere: tests/cli/test_cli.sh, golden);
+  the one excuse for a position outside is a router near-tie: the oracle's
+  margin between the k-th and (k+1)-th expert probability below 1e-5
+  (NEAR_TIE; float32 rounding moves a router probability by about 1e-6) in
+  some MoE layer at that position or an earlier one (whose keys and values
+  it reads), where the engine may legitimately pick the other expert;
   top-1: wherever the oracle's top1-top2 gap exceeds 1e-2 * max|oracle|, the
-  engine's argmax must equal the oracle's (a mismatch is excused only at a
-  router near-tie, margin < 1e-4, and then counts among the positions outside);
+  engine's argmax must equal the oracle's (same excuse);
   any NaN/inf in the engine's logits fails the run;
-  chunkings of one prompt: max|E_a - E_b| / max|oracle| <= 1e-5 everywhere.
+  chunkings of one prompt: bit-identical logits.
 
 Usage:
   /usr/bin/python3 tests/python/check_random_models.py MIXCTL FIXTURES_DIR
@@ -62,11 +68,10 @@ import gen_random_gguf  # noqa: E402
 import oracle  # noqa: E402
 from checker_common import MixctlError, check_binary, run_mixctl, flush, parse_logits  # noqa: E402
 
-REL_TOL = 1e-3        # per-position max|d| / max|oracle|
-NEED_POS = 0.95       # fraction of positions that must agree
+REL_TOL = 4e-6        # per-position max|d| / max|oracle|: float32 against float64
 GAP_TOL = 1e-2        # top-1 must match where top1-top2 > GAP_TOL * scale
-NEAR_TIE = 1e-4       # router probability margin counted as a near-tie
-CHUNK_TOL = 1e-5      # chunkings of one prompt vs each other (relative)
+NEAR_TIE = 1e-5       # router probability margin counted as a near-tie (the only excuse)
+ENGINE_ARGS = ["--exact", "--kv-type", "f32"]  # float32 everywhere
 
 FIXTURE_MODEL = os.path.join("tiny-moe-shakespeare", "tiny-moe-f16.gguf")
 TOKENIZER_TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\n"
@@ -180,13 +185,16 @@ def score(E, O, margin):
     decisive = gap > GAP_TOL * scale
     t1_eq = np.argmax(E, axis=1) == np.argmax(O, axis=1)
     t1_bad = decisive & ~t1_eq
-    excused = t1_bad & (margin < NEAR_TIE)
+    # a near-tie at p or before: p's own experts, or the keys and values it reads, may differ
+    tie = np.minimum.accumulate(margin) < NEAR_TIE
     n_ok = int(ok.sum())
     n_nonfinite = int((~np.isfinite(E).all(axis=1)).sum())
-    passed = (n_ok >= NEED_POS * T) and not (t1_bad & ~excused).any() and n_nonfinite == 0
+    unexcused = (~ok | t1_bad) & ~tie
+    passed = not unexcused.any() and n_nonfinite == 0
     return dict(T=T, n_ok=n_ok, rel=rel, max_rel=float(np.max(rel)),
                 n_dec=int(decisive.sum()), n_t1=int((decisive & t1_eq).sum()),
-                t1_bad=np.flatnonzero(t1_bad), excused=np.flatnonzero(excused),
+                t1_bad=np.flatnonzero(t1_bad), excused=np.flatnonzero((~ok | t1_bad) & tie),
+                unexcused=np.flatnonzero(unexcused),
                 outside=np.flatnonzero(~ok), passed=passed, scale=scale,
                 n_nonfinite=n_nonfinite)
 
@@ -198,7 +206,9 @@ def describe_outside(s, margin, extra_oracles, E):
     if bad.size == 0:
         return lines
     lines.append("      outside: pos %s" % ", ".join(
-        "%d (rel %.3g, router margin %.2g)" % (p, s["rel"][p], margin[p]) for p in bad[:10]))
+        "%d (rel %.3g, router margin %.2g, smallest up to it %.2g: %s)"
+        % (p, s["rel"][p], margin[p], np.min(margin[:p + 1]),
+           "excused" if p in s["excused"] else "NOT excused") for p in bad[:10]))
     for label, O2 in extra_oracles:
         r2 = np.max(np.abs(E - O2), axis=1) / np.max(np.abs(O2), axis=1)
         lines.append("      engine vs %s at those positions: %s"
@@ -271,7 +281,7 @@ def check_case(c, mixctl, fixtures, tmp, timeout, verbose):
         results = []
         t_eng = 0.0
         for label, extra, sink in c.runs:
-            args = ["logits", "-m", path, "--tokens", toks, "--all", "--exact"] + extra
+            args = ["logits", "-m", path, "--tokens", toks, "--all"] + ENGINE_ARGS + extra
             t2 = time.time()
             try:
                 out = run_mixctl(mixctl, args, timeout)
@@ -286,8 +296,9 @@ def check_case(c, mixctl, fixtures, tmp, timeout, verbose):
             s = score(E, O, margins[sink])
             results.append((label, sink, E, s))
             ok_all &= s["passed"]
-            lines.append("    %-24s ok %d/%d (outside %d), max rel %.2e, top-1 %d/%d decisive%s %s"
-                         % (label, s["n_ok"], s["T"], len(s["outside"]), s["max_rel"],
+            lines.append("    %-24s ok %d/%d (outside %d, excused by a router near-tie %d), max rel %.2e, "
+                         "top-1 %d/%d decisive%s %s"
+                         % (label, s["n_ok"], s["T"], len(s["outside"]), len(s["excused"]), s["max_rel"],
                             s["n_t1"], s["n_dec"],
                             ((", top-1 mismatch at %s" % s["t1_bad"].tolist()) if len(s["t1_bad"]) else "")
                             + ((", %d rows with NaN/inf" % s["n_nonfinite"]) if s["n_nonfinite"] else ""),
@@ -320,7 +331,7 @@ def check_case(c, mixctl, fixtures, tmp, timeout, verbose):
                 d = np.max(np.abs(E - ref), axis=1) / s0["scale"]
                 worst = max(worst, float(np.max(d)))
                 identical &= bool(np.array_equal(E, ref))
-            good = worst <= CHUNK_TOL
+            good = identical
             ok_all &= good
             lines.append("    chunkings %s agree: max rel diff %.2e%s %s"
                          % ("/".join(l.split(" ")[1] for l, _, _ in g), worst,

@@ -1082,7 +1082,7 @@ static void test_fixture_models(void **state) {
                 char path[4096];
                 GGUFError err = { "" };
                 GGUFFile *f = NULL;
-                if (!fixture_path(files[i], path, sizeof(path)))
+                if (!fixture_found(files[i], path, sizeof(path)))
                         continue;
                 int r = gguf_open(path, &err, &f);
                 if (r < 0)

@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "quant.h"
+#include "quant_gemm.h"
 #include "quant_int8.h"
 #include "test_blocks.h"
 
@@ -492,7 +493,7 @@ static void test_variants_large(void **state) {
         uint64_t seed = 0x6c61726765;
         for (size_t k = 0; k < N_TYPES; k++) {
                 const QuantInt8Kernels *q = quant_int8(int8_types[k]);
-                const int64_t n = 4096, R = 150, T = 19, nb = n / QK_K, xs = nb + 3;
+                const int64_t n = 4096, R = 150, T = 37, nb = n / QK_K, xs = nb + 3; /* T: the most tokens of Ts below */
                 size_t bytes;
                 uint8_t *wbase;
                 const uint8_t *w = random_weights(int8_types[k], n * R, &seed, 0, 2, &bytes, &wbase);
@@ -504,9 +505,10 @@ static void test_variants_large(void **state) {
                 for (int64_t t = 0; t < T; t++)
                         for (int64_t r = 0; r < R; r++)
                                 want[t * R + r] = q->dot_variant[QUANT_INT8_SCALAR](w + (size_t)r * rb, x + (size_t)(t * xs) * bb, n);
-                /* 19 tokens: row blocks; 2..16: 4-row groups from the quarters of R (150 and 147
-                 * rows: some groups short) */
-                static const int64_t Ts[] = { 19, 2, 3, 8, 16 };
+                /* 19 tokens: row blocks (512-bit) or 8-row panels (AVX2, QUANT_GEMM_MIN_T and up:
+                 * 150 and 147 rows end in a short panel, 37 tokens in a short tile); 2..16: 4-row
+                 * groups from the quarters of R (150 and 147 rows: some groups short) */
+                static const int64_t Ts[] = { 19, 37, QUANT_GEMM_MIN_T, 2, 3, 8, 16 };
                 for (int isa = 0; isa < QUANT_INT8_ISA_COUNT_; isa++)
                         if (quant_int8_isa_supported((QuantInt8Isa)isa))
                                 for (size_t i = 0; i < sizeof(Ts) / sizeof(Ts[0]); i++) {

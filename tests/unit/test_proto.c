@@ -253,17 +253,21 @@ static void run_stream(const uint32_t *lens, size_t n, size_t (*chunk)(size_t i)
 
                         assert_true(r >= 0);
                         assert_true(frame_reader_buffered(&fr) <= PROTO_FRAME_HEADER + PROTO_MAX_FRAME);
+                        /* a stream ending now would end mid-frame exactly while bytes wait */
+                        assert_int_equal(frame_reader_partial(&fr), r == 1 || frame_reader_buffered(&fr) > 0);
                         p += used, left -= used;
                         if (frame_reader_next(&fr, &body, &body_len) > 0) {
                                 assert_true(got < n);
                                 check_body(body, body_len, got, lens[got]);
                                 got++;
+                                assert_false(frame_reader_partial(&fr));
                                 assert_int_equal(frame_reader_next(&fr, &body, &body_len), 0);
                         }
                 }
                 at += c;
         }
         assert_int_equal(got, n);
+        assert_false(frame_reader_partial(&fr));
         assert_int_equal(frame_reader_buffered(&fr), 0 + (fr.handed_out ? lens[n - 1] + PROTO_FRAME_HEADER : 0));
         frame_reader_done(&fr);
         free(s);
@@ -1410,6 +1414,99 @@ static void test_ok_reply_builder(void **state) {
         proto_out_done(&o);
 }
 
+/* A reply that cannot be framed becomes an error reply for its request, never nothing; the
+ * largest replies the limits promise (tokenize, score, detokenize) do frame. */
+static void test_reply_frame_or_error(void **state) {
+        ProtoOut o;
+        uint8_t *frame;
+        size_t len;
+        Reply rep;
+        ProtoError err;
+
+        /* a tokenize reply of 70,000 ids: over PROTO_MAX_ELEMENTS */
+        proto_out_init(&o);
+        proto_out_ok(&o, 41, 1);
+        proto_out_str(&o, "tokens");
+        proto_out_array(&o, 70000);
+        for (uint32_t i = 0; i < 70000; i++)
+                proto_out_uint(&o, 31999);
+        assert_int_equal(proto_out_frame_or_error(&o, 41, &frame, &len, &err), 1);
+        assert_string_equal(err.code, PROTO_ERR_TOO_LARGE);
+        decode_frame_reply(frame, len, &rep);
+        assert_int_equal(rep.kind, REPLY_ERROR);
+        assert_true(rep.has_id && rep.id == 41);
+        assert_true(proto_str_eq(rep.error_code, PROTO_ERR_TOO_LARGE));
+        assert_non_null(memmem(rep.error_message.ptr, rep.error_message.len, "frame limits", 12));
+        reply_free(&rep);
+
+        /* a text of 1 MiB: over PROTO_MAX_FRAME once the envelope is around it */
+        char *big = malloc(PROTO_MAX_STRING);
+        assert_non_null(big);
+        memset(big, '-', PROTO_MAX_STRING);
+        proto_out_reset(&o);
+        proto_out_ok(&o, 42, 1);
+        proto_out_kv_strn(&o, "text", big, PROTO_MAX_STRING);
+        assert_int_equal(proto_out_frame_or_error(&o, 42, &frame, &len, NULL), 1);
+        decode_frame_reply(frame, len, &rep);
+        assert_true(rep.kind == REPLY_ERROR && rep.id == 42 && proto_str_eq(rep.error_code, PROTO_ERR_TOO_LARGE));
+        reply_free(&rep);
+
+        /* the largest detokenize, tokenize and score replies the limits allow frame as they are */
+        proto_out_reset(&o);
+        proto_out_ok(&o, 43, 1);
+        proto_out_kv_strn(&o, "text", big, PROTO_MAX_TEXT_REPLY);
+        assert_int_equal(proto_out_frame_or_error(&o, PROTO_MAX_ID, &frame, &len, NULL), 0);
+        free(frame);
+        free(big);
+        proto_out_reset(&o);
+        proto_out_ok(&o, PROTO_MAX_ID, 1);
+        proto_out_str(&o, "tokens");
+        proto_out_array(&o, PROTO_MAX_PROMPT_TOKENS);
+        for (uint32_t i = 0; i < PROTO_MAX_PROMPT_TOKENS; i++)
+                proto_out_uint(&o, PROTO_MAX_TOKEN_ID);
+        assert_int_equal(proto_out_frame_or_error(&o, PROTO_MAX_ID, &frame, &len, NULL), 0);
+        free(frame);
+        proto_out_reset(&o);
+        proto_out_ok(&o, PROTO_MAX_ID, 3);
+        proto_out_str(&o, "tokens");
+        proto_out_array(&o, PROTO_MAX_SCORE_TOKENS);
+        for (uint32_t i = 0; i < PROTO_MAX_SCORE_TOKENS; i++)
+                proto_out_uint(&o, PROTO_MAX_TOKEN_ID);
+        proto_out_str(&o, "logprobs");
+        proto_out_array(&o, PROTO_MAX_SCORE_TOKENS - 1);
+        for (uint32_t i = 0; i + 1 < PROTO_MAX_SCORE_TOKENS; i++)
+                proto_out_double(&o, -1.0 / 3.0);
+        proto_out_kv_double(&o, "total_logprob", -12345.678);
+        assert_int_equal(proto_out_frame_or_error(&o, PROTO_MAX_ID, &frame, &len, NULL), 0);
+        free(frame);
+        /* a score reply of 33,000 tokens (2n - 1 elements) is over the element limit */
+        proto_out_reset(&o);
+        proto_out_ok(&o, 44, 2);
+        proto_out_str(&o, "tokens");
+        proto_out_array(&o, 33000);
+        for (uint32_t i = 0; i < 33000; i++)
+                proto_out_uint(&o, 5);
+        proto_out_str(&o, "logprobs");
+        proto_out_array(&o, 32999);
+        for (uint32_t i = 0; i < 32999; i++)
+                proto_out_double(&o, -1.0);
+        assert_int_equal(proto_out_frame_or_error(&o, 44, &frame, &len, NULL), 1);
+        decode_frame_reply(frame, len, &rep);
+        assert_true(rep.kind == REPLY_ERROR && rep.id == 44 && proto_str_eq(rep.error_code, PROTO_ERR_TOO_LARGE));
+        reply_free(&rep);
+
+        /* a packing failure (latched -ENOMEM) is an internal error */
+        proto_out_reset(&o);
+        proto_out_ok(&o, 45, 0);
+        o.error = -ENOMEM;
+        assert_int_equal(proto_out_frame_or_error(&o, 45, &frame, &len, &err), 1);
+        assert_string_equal(err.code, PROTO_ERR_INTERNAL);
+        decode_frame_reply(frame, len, &rep);
+        assert_true(rep.kind == REPLY_ERROR && rep.id == 45 && proto_str_eq(rep.error_code, PROTO_ERR_INTERNAL));
+        reply_free(&rep);
+        proto_out_done(&o);
+}
+
 static void test_reply_malformed(void **state) {
 #define BYTES(lit) (lit), sizeof(lit) - 1
         static const struct { const char *bytes; size_t len; } rows[] = {
@@ -1590,6 +1687,7 @@ int main(void) {
                 cmocka_unit_test(test_error_reply),
                 cmocka_unit_test(test_events),
                 cmocka_unit_test(test_ok_reply_builder),
+                cmocka_unit_test(test_reply_frame_or_error),
                 cmocka_unit_test(test_reply_malformed),
                 cmocka_unit_test(test_mutations),
         };
