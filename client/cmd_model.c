@@ -33,6 +33,12 @@ typedef struct ModelOpts {
 } ModelOpts;
 #define MODEL_OPTS_INIT { .kv_budget = KV_DEFAULT_BUDGET, .kv_type = KV_TYPE_DEFAULT, .int8 = 1 }
 
+/* An engine error for a message: -EDOM (non-finite logits) in words. */
+static const char *engine_error(int r) {
+        return r == -EDOM ? "the model produced non-finite logits (NaN or infinity); its weights are likely corrupt"
+                          : strerror(-r);
+}
+
 static int open_model(const ModelOpts *o, Model **ret) {
         ModelError err = { "" };
         if (!o->model) {
@@ -294,8 +300,15 @@ int cmd_generate_local(int argc, char **argv) {
                 goto out;
         GenParams gp = { .sampling = g.sp, .n_predict = g.n_predict, .n_stops = g.n_stops };
         memcpy(gp.stops, g.stops, sizeof(g.stops));
-        /* an empty prompt (BOS only): the text starts at the document's start */
-        if (generation_start(&gen, e.s, ids, n_ids, &gp, n_ids <= 1) < 0) {
+        /* the daemon's path: on a fresh session, BOS and the prompt's tokens (ids) */
+        SessionPlan plan;
+        if (session_plan(e.s, text, len, 1, &plan) < 0) {
+                ex = EXIT_RUNTIME;
+                goto out;
+        }
+        int rs = generation_start(&gen, e.s, &plan, &gp);
+        session_plan_free(&plan);
+        if (rs < 0) {
                 ex = EXIT_RUNTIME;
                 goto out;
         }
@@ -312,7 +325,7 @@ int cmd_generate_local(int argc, char **argv) {
                 }
                 r = generation_step(&gen, e.fw, &ev);
                 if (r < 0) {
-                        cli_error("generation failed: %s", strerror(-r));
+                        cli_error("generation failed: %s", engine_error(r));
                         ex = EXIT_RUNTIME;
                         goto out;
                 }
@@ -402,6 +415,8 @@ static int on_logits(void *userdata, int64_t pos, const float *logits) {
                 return -ECANCELED;
         if (!lp->all && pos != lp->last_pos)
                 return 0;
+        if (!all_finite(logits, lp->n_vocab))
+                return -EDOM; /* no NaN or inf in the JSON: the command fails instead */
         return print_logits_line(lp, pos, logits);
 }
 
@@ -477,7 +492,7 @@ int cmd_logits(int argc, char **argv) {
         if (r == -ECANCELED)
                 ex = EXIT_INTERRUPTED;
         else if (r < 0 && r != -EPIPE) { /* -EPIPE: the output stopped (cli_finish_output decides) */
-                cli_error("forward pass failed: %s", strerror(-r));
+                cli_error("forward pass failed: %s", engine_error(r));
                 ex = EXIT_RUNTIME;
         }
 out:
@@ -504,6 +519,8 @@ static int ppl_on_logits(void *userdata, int64_t pos, const float *logits) {
         if (cli_interrupted)
                 return -ECANCELED;
         if (pos >= st->first_scored && pos < st->n_ctx - 1) {
+                if (!all_finite(logits, st->n_vocab))
+                        return -EDOM;
                 st->nll_sum -= log_softmax_at(logits, st->n_vocab, st->chunk[pos + 1]);
                 st->n_scored++;
         }
@@ -600,7 +617,7 @@ int cmd_perplexity(int argc, char **argv) {
                         goto out;
                 }
                 if (r < 0) {
-                        cli_error("forward pass failed: %s", strerror(-r));
+                        cli_error("forward pass failed: %s", engine_error(r));
                         ex = EXIT_RUNTIME;
                         goto out;
                 }

@@ -604,7 +604,10 @@ static void print_score(const Reply *rep) {
         print_json(stdout, proto_map_get(&rep->root, "tokens"));
         fputs(",\"logprobs\":", stdout);
         print_json(stdout, lp);
-        printf(",\"total_logprob\":%.9g,\"perplexity\":%.9g}\n", total, n ? exp(-total / n) : 1.0);
+        /* JSON has no NaN or infinity: such a number prints as null */
+        const double ppl = n ? exp(-total / n) : 1.0;
+        printf(isfinite(total) ? ",\"total_logprob\":%.9g" : ",\"total_logprob\":null", total);
+        printf(isfinite(ppl) ? ",\"perplexity\":%.9g}\n" : ",\"perplexity\":null}\n", ppl);
 }
 
 int cmd_tokenize_remote(int argc, char **argv) {

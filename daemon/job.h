@@ -63,8 +63,9 @@ typedef struct Job {
         uint32_t fed;               /* tokens fed this round */
         float *chunk_logits;        /* score: [DAEMON_PREFILL_CHUNK][V] */
         Generation gen;
-        int32_t *tokens;            /* prompt / text tokens */
-        size_t n_tokens;
+        int32_t *tokens;            /* score / tokenize: the text's tokens */
+        size_t n_tokens;            /* their count; generate: the prompt's tokens fed (n_prompt) */
+        uint64_t n_dropped;         /* generate: session positions its re-tokenization replaced */
         size_t n_scored;
         float *logprobs;            /* score: [n_tokens - 1] */
         uint64_t t0_ms, t_prefill_ms;

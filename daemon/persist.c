@@ -1,28 +1,37 @@
 /* daemon/persist.c — session state files (see persist.h). Layout, little-endian:
  *   "MIXDSES\0" | u32 version | u32 kv type | u64 model id | char id[24] | u32 uid |
  *   u32 n_layer, kv_dim, n_sink, n_roll, n_vocab | i64 n_pos | u64 slots written |
+ *   (version 3:) i64 text base | u32 text fresh | u32 0 | u64 text tokens n | u64 text bytes |
  *   K [n_layer][slots][kv_dim] in the kv type | V (same) | last logits [n_vocab] f32 |
+ *   (version 3:) text tokens [n] i32 | text bytes (UTF-8) |
  *   u64 FNV-1a of all before
  * The kv type is a ggml type id (engine/kv.h: F32 0, F16 1, Q8_0 8; a slot's kv_dim numbers
  * are its heads side by side, for Q8_0 kv_dim / 32 blocks). Version 1 files had 0 there
  * (reserved) and F32 numbers: they are read as F32. A file whose type is not the daemon's
  * kv-type is converted as it is read (its numbers decoded, then rounded to the daemon's type).
+ * The text fields are the session's open segment (engine/session.h SessionText), so a
+ * restored session continues its text as it would have; a version 1 or 2 file has none: the
+ * next turn's text follows the restored cache as a continuation.
  */
 #include "persist.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "engine_limits.h"
 #include "log.h"
+#include "tokenizer.h"
 
 #define STATE_MAGIC "MIXDSES"
-#define STATE_VERSION 2u    /* 2: the kv type field; 1: F32 only, still read */
+#define STATE_VERSION 3u    /* 3: the session's text; 2: the kv type field; 1: F32 only. All read */
 #define STATE_PREFIX "session-"
 #define STATE_SUFFIX ".state"
 #define PERSIST_ROWS 256u /* cache slots converted per write or read (the cache keeps heads apart) */
@@ -39,6 +48,16 @@ typedef struct StateHeader {
         uint64_t slots;      /* slots written per layer: min(n_pos, n_slots) */
 } StateHeader;
 _Static_assert(sizeof(StateHeader) == 88, "state header layout");
+
+/* Version 3: right after StateHeader. */
+typedef struct StateText {
+        int64_t base;        /* first position of the open segment */
+        uint32_t fresh;      /* 1: the segment starts a document */
+        uint32_t reserved;   /* 0 */
+        uint64_t n_tokens;   /* = n_pos - base */
+        uint64_t len;        /* bytes of text */
+} StateText;
+_Static_assert(sizeof(StateText) == 32, "state text layout");
 
 static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
         const uint8_t *p = data;
@@ -86,6 +105,15 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
                           .n_layer = kv->n_layer, .kv_dim = kv->kv_dim, .n_sink = kv->n_sink, .n_roll = kv->n_roll,
                           .n_vocab = s->m->cfg.n_vocab, .n_pos = kv->n_pos };
         h.slots = (uint64_t)kv->n_pos < kv->n_slots ? (uint64_t)kv->n_pos : kv->n_slots;
+        const int32_t *text_tokens;
+        const char *text;
+        size_t n_text_tokens, text_len;
+        int fresh;
+        StateText ht = { 0 };
+        session_text_view(s, &ht.base, &fresh, &text_tokens, &n_text_tokens, &text, &text_len);
+        ht.fresh = (uint32_t)fresh;
+        ht.n_tokens = n_text_tokens;
+        ht.len = text_len;
         snprintf(h.id, sizeof(h.id), "%s", ds->id);
         snprintf(path, sizeof(path), "%s/" STATE_PREFIX "%s" STATE_SUFFIX, dir, ds->id);
         snprintf(tmp, sizeof(tmp), "%s/.tmp-%s", dir, ds->id);
@@ -101,6 +129,8 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
         }
         uint64_t hash = FNV_OFFSET;
         int r = write_all(fd, &h, sizeof(h), &hash);
+        if (r == 0)
+                r = write_all(fd, &ht, sizeof(ht), &hash);
         for (int which = 0; which < 2 && r == 0; which++) {
                 const uint8_t *base = which ? kv->v : kv->k;
                 for (uint32_t l = 0; l < kv->n_layer && r == 0; l++)
@@ -113,6 +143,10 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
         free(rows);
         if (r == 0)
                 r = write_all(fd, s->last_logits, (size_t)h.n_vocab * sizeof(float), &hash);
+        if (r == 0)
+                r = write_all(fd, text_tokens, n_text_tokens * sizeof(int32_t), &hash);
+        if (r == 0)
+                r = write_all(fd, text, text_len, &hash);
         if (r == 0) {
                 uint64_t sum = hash, ignored;
                 r = write_all(fd, &sum, sizeof(sum), &ignored);
@@ -128,16 +162,48 @@ static int save_one(const DSession *ds, const char *dir, uint64_t model_id) {
         return r;
 }
 
-int persist_save_all(SessionTable *t, const char *dir, uint64_t model_id) {
-        int n = 0, first_err = 0;
+int persist_check_dir(const char *dir) {
+        struct stat st;
+        if (stat(dir, &st) < 0) {
+                if (errno != ENOENT) {
+                        log_error("state directory %s: %s", dir, strerror(errno));
+                        return -errno;
+                }
+                if (mkdir(dir, 0700) < 0) {
+                        const int e = errno;
+                        log_error("state directory %s does not exist and cannot be created: %s%s", dir, strerror(e),
+                                  e == ENOENT ? " (its parent directory does not exist)" : "");
+                        return -e;
+                }
+                log_info("created the state directory %s", dir);
+        } else if (!S_ISDIR(st.st_mode)) {
+                log_error("state directory %s is not a directory", dir);
+                return -ENOTDIR;
+        }
+        /* the probe's name starts as an interrupted save's does, so a leftover is removed at
+         * the next start */
+        char probe[4096];
+        snprintf(probe, sizeof(probe), "%s/.tmp-probe-%ld", dir, (long)getpid());
+        int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0) {
+                const int e = errno;
+                log_error("state directory %s is not writable: %s", dir, strerror(e));
+                return -e;
+        }
+        close(fd);
+        unlink(probe);
+        return 0;
+}
+
+unsigned persist_save_all(SessionTable *t, const char *dir, uint64_t model_id, unsigned *ret_total) {
+        unsigned n = 0, total = 0;
         for (DSession *d = t->head; d; d = d->next) {
                 if (d->ephemeral || d->busy || d->closing)
                         continue;
+                total++;
                 int r = save_one(d, dir, model_id);
                 if (r < 0) {
                         log_error("cannot save session %s to %s: %s", d->id, dir, strerror(-r));
-                        if (!first_err)
-                                first_err = r;
                         continue;
                 }
                 n++;
@@ -147,7 +213,8 @@ int persist_save_all(SessionTable *t, const char *dir, uint64_t model_id) {
                 fsync(dfd); /* the renames */
                 close(dfd);
         }
-        return first_err ? first_err : n;
+        *ret_total = total;
+        return n;
 }
 
 /* read(2) exactly n bytes, folding them into the checksum. */
@@ -171,18 +238,58 @@ static int read_all(int fd, void *data, size_t n, uint64_t *hash) {
         return 0;
 }
 
-/* Restore one file; on any mismatch returns < 0 with why set. */
+/* The id field: "s-" and 16 lowercase hex digits (what sessions_open makes; it also names
+ * the file written at the next stop, so nothing else may pass), NUL-padded. */
+static bool valid_id(const char id[24]) {
+        if (strncmp(id, "s-", 2) != 0)
+                return false;
+        for (size_t i = 2; i < SESSION_ID_LEN; i++)
+                if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+                        return false;
+        for (size_t i = SESSION_ID_LEN; i < 24; i++)
+                if (id[i] != '\0')
+                        return false;
+        return true;
+}
+
+/* Bytes a file with these headers must have: headers, K and V of n_layer x slots rows of
+ * slot_bytes, n_vocab logits, the text (version 3), checksum. -EOVERFLOW if that does not
+ * fit in 64 bits. */
+static int expected_size(const StateHeader *h, const StateText *ht, uint64_t slot_bytes, uint64_t *ret_size) {
+        uint64_t kv, text, size;
+        const uint64_t fixed = sizeof(*h) + (h->version >= 3 ? sizeof(*ht) : 0) + (uint64_t)h->n_vocab * sizeof(float) +
+                               sizeof(uint64_t);
+        if (__builtin_mul_overflow((uint64_t)h->n_layer, h->slots, &kv) || __builtin_mul_overflow(kv, slot_bytes, &kv) ||
+            __builtin_mul_overflow(kv, (uint64_t)2, &kv) || __builtin_add_overflow(kv, fixed, &size) ||
+            __builtin_mul_overflow(ht->n_tokens, (uint64_t)sizeof(int32_t), &text) ||
+            __builtin_add_overflow(text, ht->len, &text) || __builtin_add_overflow(size, text, &size))
+                return -EOVERFLOW;
+        *ret_size = size;
+        return 0;
+}
+
+/* Restore one file; on any mismatch returns < 0 with why set. Every header field is checked
+ * against the model, the daemon's settings and the limits before anything is allocated,
+ * and the file's size against the header; the numbers are checked as they are read. */
 static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uint64_t now_ms, const char **why) {
         StateHeader h;
+        StateText ht = { 0 };
         uint64_t hash = FNV_OFFSET, sum;
         DSession *ds = NULL;
         uint8_t *rows = NULL, *file_rows = NULL;
         float *numbers = NULL;
-        unsigned evicted;
-        int r, fd = open(path, O_RDONLY | O_CLOEXEC);
+        int32_t *text_tokens = NULL;
+        char *text = NULL;
+        struct stat st;
+        int r, fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0) {
                 *why = "cannot open";
                 return -errno;
+        }
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+                *why = "not a regular file";
+                r = -EBADMSG;
+                goto out;
         }
         if ((r = read_all(fd, &h, sizeof(h), &hash)) < 0) {
                 *why = "truncated header";
@@ -193,10 +300,15 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                 *why = "not a session state file";
                 goto out;
         }
-        if (h.version != STATE_VERSION && h.version != 1) {
+        if (h.version < 1 || h.version > STATE_VERSION) {
                 *why = "written by another version";
                 goto out;
         }
+        if (h.version >= 3 && (r = read_all(fd, &ht, sizeof(ht), &hash)) < 0) {
+                *why = "truncated header";
+                goto out;
+        }
+        r = -EBADMSG;
         const uint32_t file_type = h.version == 1 ? GGML_TYPE_F32 : h.kv_type;
         if (h.model_id != model_id) {
                 *why = "saved with another model file";
@@ -208,28 +320,60 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                 *why = "unknown KV type, or one this model's head size cannot take";
                 goto out;
         }
-        h.id[sizeof(h.id) - 1] = '\0';
-        if (strlen(h.id) != SESSION_ID_LEN || strncmp(h.id, "s-", 2) != 0 || h.n_layer != c->n_layer ||
-            h.kv_dim != c->n_head_kv * c->head_dim || h.n_vocab != c->n_vocab || h.n_pos < 0) {
-                *why = "inconsistent header";
+        if (!valid_id(h.id)) {
+                *why = "invalid session id";
                 goto out;
         }
-        r = sessions_open(t, (uid_t)h.uid, false, now_ms, &ds, &evicted);
+        if (h.uid == (uint32_t)-1) {
+                *why = "invalid owner uid";
+                goto out;
+        }
+        if (h.n_layer != c->n_layer || h.kv_dim != c->n_head_kv * c->head_dim || h.n_vocab != c->n_vocab) {
+                *why = "model shape (layers, KV width or vocabulary) differs from the model's";
+                goto out;
+        }
+        if (h.n_pos < 0 || h.n_pos > KV_MAX_POSITION) {
+                *why = "position count out of range";
+                goto out;
+        }
+        if (h.slots != ((uint64_t)h.n_pos < (uint64_t)h.n_sink + h.n_roll ? (uint64_t)h.n_pos
+                                                                         : (uint64_t)h.n_sink + h.n_roll)) {
+                *why = "slot count inconsistent with the positions";
+                goto out;
+        }
+        const uint64_t file_slot_bytes = (uint64_t)c->n_head_kv * file_row_bytes;
+        uint64_t want_size;
+        /* the text's own checks are session_text_restore's; these bound what is read */
+        if (h.version >= 3 && (ht.base < 0 || ht.base > h.n_pos || ht.n_tokens != (uint64_t)(h.n_pos - ht.base) ||
+                               ht.n_tokens > (uint64_t)h.n_sink + h.n_roll || ht.reserved != 0 ||
+                               ht.len > ht.n_tokens * DETOK_MAX_OUT + 16)) {
+                *why = "session text fields out of range";
+                goto out;
+        }
+        if (expected_size(&h, &ht, file_slot_bytes, &want_size) < 0) {
+                *why = "sizes in the header overflow";
+                goto out;
+        }
+        if ((uint64_t)st.st_size != want_size) {
+                *why = (uint64_t)st.st_size < want_size ? "truncated" : "size differs from what the header says";
+                goto out;
+        }
+        h.id[sizeof(h.id) - 1] = '\0';
+        r = sessions_restore(t, h.id, (uid_t)h.uid, now_ms, &ds);
         if (r < 0) {
-                *why = "no room under the session limits or KV budget";
+                *why = r == -EEXIST ? "a session with this id is already live (a copied state file?)"
+                                    : "no room under the session limits or KV budget";
                 ds = NULL;
                 goto out;
         }
         KVCache *kv = ds->s->kv;
         r = -EBADMSG;
-        if (kv->n_sink != h.n_sink || kv->n_roll != h.n_roll || h.slots > kv->n_slots ||
-            h.slots != ((uint64_t)h.n_pos < kv->n_slots ? (uint64_t)h.n_pos : kv->n_slots)) {
+        if (kv->n_sink != h.n_sink || kv->n_roll != h.n_roll) {
                 *why = "cache geometry differs from this daemon's settings";
                 goto out;
         }
         /* rows in the cache's type; with another type in the file, its rows and their numbers */
         const bool convert = file_type != kv->type;
-        const size_t file_slot_bytes = (size_t)kv->n_head_kv * file_row_bytes;
         rows = malloc(PERSIST_ROWS * (size_t)kv->n_head_kv * kv->row_bytes);
         if (convert) {
                 file_rows = malloc(PERSIST_ROWS * file_slot_bytes);
@@ -259,8 +403,16 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                                 kv_rows_in(kv, base, l, s0, n, rows);
                         }
         }
+        text_tokens = malloc(ht.n_tokens ? ht.n_tokens * sizeof(int32_t) : 1);
+        text = malloc(ht.len ? ht.len : 1);
+        if (!text_tokens || !text) {
+                r = -ENOMEM;
+                *why = "out of memory";
+                goto out;
+        }
         if ((r = read_all(fd, ds->s->last_logits, (size_t)h.n_vocab * sizeof(float), &hash)) < 0 ||
-            (r = read_all(fd, &sum, sizeof(sum), NULL)) < 0) {
+            (r = read_all(fd, text_tokens, ht.n_tokens * sizeof(int32_t), &hash)) < 0 ||
+            (r = read_all(fd, text, ht.len, &hash)) < 0 || (r = read_all(fd, &sum, sizeof(sum), NULL)) < 0) {
                 *why = "truncated";
                 goto out;
         }
@@ -270,8 +422,22 @@ static int restore_one(SessionTable *t, const char *path, uint64_t model_id, uin
                 r = -EBADMSG;
                 goto out;
         }
+        for (uint32_t i = 0; i < h.n_vocab; i++)
+                if (!isfinite(ds->s->last_logits[i])) {
+                        *why = "non-finite logits";
+                        r = -EBADMSG;
+                        goto out;
+                }
         kv->n_pos = h.n_pos;
-        memcpy(ds->id, h.id, sizeof(ds->id));
+        if (h.version >= 3) {
+                r = session_text_restore(ds->s, ht.base, (int)ht.fresh, text_tokens, ht.n_tokens, text, ht.len);
+                if (r < 0) {
+                        *why = r == -ENOMEM ? "out of memory" : "session text inconsistent with the cache";
+                        goto out;
+                }
+        } else {
+                session_text_forget(ds->s); /* the text that follows continues the cache */
+        }
         if (convert)
                 log_info("session %s: KV cache converted from %s to %s as it was restored", ds->id,
                          kv_type_name(file_type), kv_type_name(kv->type));
@@ -280,6 +446,8 @@ out:
         free(rows);
         free(file_rows);
         free(numbers);
+        free(text_tokens);
+        free(text);
         if (r < 0 && ds)
                 sessions_close(t, ds);
         close(fd);

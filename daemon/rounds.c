@@ -68,6 +68,9 @@ static void emit_error(Job *j, const char *code, const char *fmt, ...) {
         emit(j, &o, true);
 }
 
+/* What a request whose logits hold a NaN or an infinity is told (the engine's -EDOM). */
+#define NONFINITE_LOGITS "the model produced non-finite logits (NaN or infinity); its weights are likely corrupt"
+
 static bool cancelled(Job *j) {
         return __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) != 0;
 }
@@ -167,23 +170,37 @@ static void emit_done(Job *j) {
         DoneEvent ev = { .id = j->req.id, .stop_reason = gen_stop_reason_name(j->gen.stop_reason),
                          .n_prompt = j->n_tokens, .n_generated = (uint64_t)j->gen.n_generated,
                          .prompt_ms = (double)(tp - j->t0_ms), .generate_ms = (double)(t - tp),
-                         .session = j->session_named ? g->session : NULL };
+                         .session = j->session_named ? g->session : NULL, .n_dropped = j->n_dropped };
         ProtoOut o;
         proto_out_init(&o);
         proto_out_done_event(&o, &ev);
         emit(j, &o, true);
 }
 
+/* A session's turn: the tokens of its whole text so far plus the prompt (session_plan). */
 static int generate_begin(Job *j) {
         const GenerateRequest *g = &j->req.generate;
         Session *s = j->s;
-        const bool fresh = s->kv->n_pos == 0;
-        if (!tokenize_text(j, g->prompt, g->prompt_len, g->add_bos && fresh))
-                return 0;
-        if (fresh && j->n_tokens == 0) {
-                emit_error(j, "bad_request", "an empty prompt needs add_bos on a new session");
+        SessionPlan plan;
+        int r = session_plan(s, g->prompt, g->prompt_len, g->add_bos, &plan);
+        if (r < 0) {
+                emit_error(j, r == -EILSEQ ? "bad_request" : r == -ENOMEM ? "internal" : "too_large",
+                           "cannot tokenize: %s", r == -EILSEQ ? "invalid UTF-8" : strerror(-r));
                 return 0;
         }
+        if (plan.n_feed > j->env->max_prompt_tokens) {
+                emit_error(j, "over_limit", "%zu tokens is over the limit of %llu", plan.n_feed,
+                           (unsigned long long)j->env->max_prompt_tokens);
+                session_plan_free(&plan);
+                return 0;
+        }
+        if (s->kv->n_pos == 0 && plan.n_feed == 0) {
+                emit_error(j, "bad_request", "an empty prompt needs add_bos on a new session");
+                session_plan_free(&plan);
+                return 0;
+        }
+        j->n_tokens = plan.n_feed;
+        j->n_dropped = (uint64_t)(s->kv->n_pos - plan.keep);
         GenParams gp = {
                 .sampling = { .temperature = g->temperature, .top_k = g->top_k, .top_p = g->top_p, .min_p = g->min_p,
                               .repeat_penalty = g->repeat_penalty, .repeat_last_n = g->repeat_last_n, .seed = g->seed },
@@ -195,10 +212,10 @@ static int generate_begin(Job *j) {
                 gp.sampling.seed = now_ms();
         for (uint32_t i = 0; i < g->n_stop; i++)
                 gp.stops[i] = g->stop[i];
-        /* the text starts at the document's start when nothing but BOS precedes it */
-        int r = generation_start(&j->gen, s, j->tokens, j->n_tokens, &gp, fresh && j->n_tokens <= 1);
+        r = generation_start(&j->gen, s, &plan, &gp);
+        session_plan_free(&plan);
         if (r < 0) {
-                emit_error(j, "bad_request", "cannot start: %s", strerror(-r));
+                emit_error(j, "internal", "cannot start: %s", strerror(-r));
                 return 0;
         }
         j->started = true;
@@ -265,7 +282,10 @@ static int generate_end_round(SchedJob *sj, Forward *fw, int err) {
         GenEvent ev;
         int r = generation_after(&j->gen, j->fed, &ev);
         if (r < 0) {
-                emit_error(j, "internal", "generation failed: %s", strerror(-r));
+                if (r == -EDOM)
+                        emit_error(j, "internal", "%s", NONFINITE_LOGITS);
+                else
+                        emit_error(j, "internal", "generation failed: %s", strerror(-r));
                 return 0;
         }
         if (!ev.prefilling && !j->t_prefill_ms)
@@ -359,8 +379,13 @@ static int score_end_round(SchedJob *sj, Forward *fw, int err) {
         }
         const size_t V = j->env->m->cfg.n_vocab;
         for (uint32_t t = 0; t < j->fed; t++)
-                if (j->n_scored + t + 1 < j->n_tokens)
+                if (j->n_scored + t + 1 < j->n_tokens) {
+                        if (!all_finite(j->chunk_logits + t * V, V)) {
+                                emit_error(j, "internal", "%s", NONFINITE_LOGITS);
+                                return 0;
+                        }
                         j->logprobs[j->n_scored + t] = (float)log_softmax_at(j->chunk_logits + t * V, (uint32_t)V, j->tokens[j->n_scored + t + 1]);
+                }
         j->n_scored += j->fed;
         if (j->n_scored < j->n_tokens)
                 return 1;

@@ -129,9 +129,15 @@ void server_begin_shutdown(Server *srv, const char *why) {
                 return;
         if (srv->cfg->state_dir && !srv->saved) {
                 srv->saved = true;
-                int n = persist_save_all(&srv->sessions, srv->cfg->state_dir, srv->model_id);
-                if (n >= 0)
-                        log_info("saved %d session(s) to %s", n, srv->cfg->state_dir);
+                unsigned total;
+                const unsigned n = persist_save_all(&srv->sessions, srv->cfg->state_dir, srv->model_id, &total);
+                if (n == total) {
+                        log_info("saved %u of %u session(s) to %s", n, total, srv->cfg->state_dir);
+                } else {
+                        log_error("saved %u of %u session(s) to %s: the others are lost", n, total,
+                                  srv->cfg->state_dir);
+                        srv->save_failed = true;
+                }
         }
         for (Conn *c = srv->conns; c;) {
                 Conn *next = c->next;
@@ -523,6 +529,13 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
         r = check_socket(srv);
         if (r < 0)
                 return r;
+        /* a state directory that cannot take the sessions is found now, not at the stop that
+         * would lose them */
+        if (cfg->state_dir && (r = persist_check_dir(cfg->state_dir)) < 0) {
+                log_error("sessions could not be saved at stop: fix the state directory, or set "
+                          "state-dir = none to run without keeping sessions");
+                return r;
+        }
         r = guard_install();
         if (r < 0)
                 log_warning("cannot install the SIGBUS guard: %s", strerror(-r));
@@ -570,7 +583,7 @@ int server_run(Config *cfg, const char *config_path, int argc, char **argv) {
                    (unsigned long long)(now_ms() - srv->start_ms), (unsigned long long)cfg->threads,
                    (unsigned long long)(cfg->kv_budget >> 20), kv_type_name(srv->sessions.lim.kv_type));
         uv_run(srv->loop, UV_RUN_DEFAULT);
-        r = 0;
+        r = srv->save_failed ? -EIO : 0; /* sessions were lost: the stop is a failure */
 out_loop:
         if (uv_loop_close(srv->loop) != 0)
                 log_warning("event loop closed with handles still open");

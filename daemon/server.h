@@ -78,6 +78,7 @@ struct Server {
         JobList jobs;               /* every request that computes */
         bool shutting_down;
         bool saved;                 /* sessions written to the state directory */
+        bool save_failed;           /* ... but not all of them: mixd exits with 1 */
         bool guard_reported;        /* the shrunk model file was logged */
         gid_t admin_gid;
         bool have_admin_gid;

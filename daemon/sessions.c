@@ -111,13 +111,24 @@ int sessions_bytes_each(const SessionTable *t, uint64_t *ret_bytes) {
                               ret_bytes);
 }
 
-int sessions_open(SessionTable *t, uid_t uid, bool ephemeral, uint64_t now_ms, DSession **ret_ds,
-                  unsigned *ret_n_evicted) {
+/* Any session (named or ephemeral, closing or not) with this id. */
+static DSession *find_id(const SessionTable *t, const char *id) {
+        for (DSession *d = t->head; d; d = d->next)
+                if (!strcmp(d->id, id))
+                        return d;
+        return NULL;
+}
+
+/* Open a session; id NULL: a fresh random one. may_evict: idle sessions may go to make room. */
+static int open_session(SessionTable *t, uid_t uid, bool ephemeral, const char *id, bool may_evict, uint64_t now_ms,
+                        DSession **ret_ds, unsigned *ret_n_evicted) {
         uint64_t need;
         unsigned evicted = 0;
         int r;
 
         *ret_n_evicted = 0;
+        if (id && find_id(t, id))
+                return -EEXIST; /* never two live sessions with one id */
         if (!ephemeral) {
                 uint64_t mine = 0;
                 for (const DSession *d = t->head; d; d = d->next)
@@ -129,7 +140,7 @@ int sessions_open(SessionTable *t, uid_t uid, bool ephemeral, uint64_t now_ms, D
         if (r < 0)
                 return r;
         while (t->kv_used + need > t->lim.kv_budget) {
-                DSession *v = pick_victim(t, uid);
+                DSession *v = may_evict ? pick_victim(t, uid) : NULL;
                 if (!v)
                         return -ENOSPC;
                 forget(t, v->id, "was evicted to free KV memory for other sessions");
@@ -147,10 +158,16 @@ int sessions_open(SessionTable *t, uid_t uid, bool ephemeral, uint64_t now_ms, D
                 free(ds);
                 return r;
         }
-        uint64_t rnd;
-        if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
-                rnd = now_ms * 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)ds;
-        snprintf(ds->id, sizeof(ds->id), "s-%016llx", (unsigned long long)rnd);
+        if (id) {
+                snprintf(ds->id, sizeof(ds->id), "%s", id);
+        } else {
+                do { /* unique, however unlikely a repeat of 64 random bits is */
+                        uint64_t rnd;
+                        if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+                                rnd = now_ms * 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)ds ^ t->n_named;
+                        snprintf(ds->id, sizeof(ds->id), "s-%016llx", (unsigned long long)rnd);
+                } while (find_id(t, ds->id));
+        }
         ds->uid = uid;
         ds->ephemeral = ephemeral;
         ds->kv_bytes = session_kv_bytes(ds->s);
@@ -164,6 +181,18 @@ int sessions_open(SessionTable *t, uid_t uid, bool ephemeral, uint64_t now_ms, D
                 t->n_named++;
         *ret_ds = ds;
         return 0;
+}
+
+int sessions_open(SessionTable *t, uid_t uid, bool ephemeral, uint64_t now_ms, DSession **ret_ds,
+                  unsigned *ret_n_evicted) {
+        return open_session(t, uid, ephemeral, NULL, true, now_ms, ret_ds, ret_n_evicted);
+}
+
+int sessions_restore(SessionTable *t, const char *id, uid_t uid, uint64_t now_ms, DSession **ret_ds) {
+        unsigned evicted;
+        if (strlen(id) != SESSION_ID_LEN)
+                return -EINVAL;
+        return open_session(t, uid, false, id, false, now_ms, ret_ds, &evicted);
 }
 
 int sessions_get(SessionTable *t, const char *id, uid_t uid, bool is_admin, DSession **ret_ds) {

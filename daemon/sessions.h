@@ -64,6 +64,10 @@ uint64_t sessions_share(const SessionTable *t, const uid_t *also, unsigned n_als
  * the budget cannot be freed, -ENOMEM. */
 int sessions_open(SessionTable *t, uid_t uid, bool ephemeral, uint64_t now_ms, DSession **ret_ds,
                   unsigned *ret_n_evicted);
+/* A named session for uid that takes the id of a state file being restored (persist.c): never
+ * evicts another session (-ENOSPC when the budget has no room, -EUSERS over the session
+ * limits), -EEXIST when a session with that id is already live, -ENOMEM. */
+int sessions_restore(SessionTable *t, const char *id, uid_t uid, uint64_t now_ms, DSession **ret_ds);
 /* Find a named session for uid: -ENOENT unknown, -ESTALE dropped earlier (see
  * sessions_forgotten), -EPERM another uid's (admin may pass any uid when is_admin). */
 int sessions_get(SessionTable *t, const char *id, uid_t uid, bool is_admin, DSession **ret_ds);

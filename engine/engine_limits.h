@@ -35,6 +35,9 @@
 
 /* --- sessions and KV cache --- */
 #define KV_ATTENTION_SINKS      4            /* positions kept forever when a full-attention cache rolls */
+#define KV_MAX_POSITION         (1ll << 40)  /* positions one session may reach (a rolling cache goes on past
+                                                its slots): over a year at 30,000 tokens/s, while RoPE's angles
+                                                (double) keep 2^-12 rad and position arithmetic cannot overflow */
 #define KV_DEFAULT_BUDGET       (4ull << 30) /* bytes of KV one in-process session may take by default */
 #define FORWARD_MAX_CHUNK       512          /* tokens per forward call (prefill chunk) */
 #define FORWARD_EXACT_POSITIONS 1            /* positions below this run on the float (exact) path

@@ -748,6 +748,8 @@ static int layout(Forward *fw, const ForwardItem *items, uint32_t n_items) {
         for (uint32_t i = 0; i < n_items; i++) {
                 const ForwardItem *it = &items[i];
                 const KVCache *kv = it->kv;
+                if (kv->n_pos < 0 || kv->n_pos > KV_MAX_POSITION - (int64_t)it->n_tokens)
+                        return -EOVERFLOW;
                 if (it->n_tokens == 0 || it->n_tokens > kv->n_roll || it->n_tokens > fw->max_rows - T ||
                     kv->n_slots > fw->max_slots || kv->n_layer != c->n_layer ||
                     kv->n_head_kv != c->n_head_kv || kv->head_dim != c->head_dim || !kv_type_name(kv->type))

@@ -50,7 +50,8 @@ void forward_set_numa(Forward *fw, const struct NumaPlan *plan);
 
 /* Run a batch; every item's tokens are appended to its cache. Items must use distinct
  * caches. -EINVAL for a token id out of range, too many rows, or an item over its cache's
- * rolling slots or the Forward's max_slots. */
+ * rolling slots or the Forward's max_slots; -EOVERFLOW for an item that would take its
+ * cache past KV_MAX_POSITION. */
 int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items);
 /* One item. */
 int forward_chunk(Forward *fw, KVCache *kv, const int32_t *tokens, uint32_t T, ForwardLogits mode, float *logits);

@@ -54,16 +54,23 @@ typedef struct Generation {
         int have_next;
         int settling;               /* done, but the last token still goes into the cache */
         GenStopReason stop_reason;
+        char *seg_text;             /* the session's text once the prompt is in (owned) */
+        size_t seg_len;
+        char *gen_text;             /* the detokenizer's output for sampled tokens not yet fed */
+        size_t gen_len, gen_cap;
 } Generation;
 
-/* Start a generation that first feeds prompt[0..n) into s (whose KV may hold earlier turns:
- * the model continues from there). strip_leading_space: the text starts at the document's
- * start (nothing but BOS before it). Copies prompt and params; stop strings must outlive g.
- * The prompt tokens enter the repeat-penalty history. */
-int generation_start(Generation *g, Session *s, const int32_t *prompt, size_t n, const GenParams *p,
-                     int strip_leading_space);
+/* Start a generation on s for a turn planned by session_plan(s, ...) (s unchanged since):
+ * rolls s back to plan->keep, then feeds plan->feed (the model continues from what s holds)
+ * and samples. Takes plan->text (the plan's feed is copied: free the plan after); params
+ * are copied, stop strings must outlive g. The fed tokens enter the repeat-penalty history.
+ * s's text (SessionText) follows what is fed: the prompt's, then each generated token's.
+ * -ERANGE if the plan's rollback is no longer possible, -EINVAL, -ENOMEM. */
+int generation_start(Generation *g, Session *s, SessionPlan *plan, const GenParams *p);
 /* One step: a prefill chunk, or one sampled token. Returns 1 while running, 0 when done
- * (g->stop_reason says why; ev may still carry final text), or -errno. */
+ * (g->stop_reason says why; ev may still carry final text), or -errno: -EDOM when the
+ * logits to sample from hold a NaN or an infinity (corrupt weights, or a cache holding
+ * such numbers); nothing is sampled then. */
 int generation_step(Generation *g, Forward *fw, GenEvent *ev);
 /* The same step in two halves, for a caller that feeds many sessions in one batch:
  * generation_want says which tokens (at most max) to feed into g->s now (0: none), with

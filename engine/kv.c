@@ -120,6 +120,20 @@ void kv_cache_reset(KVCache *c) {
         c->n_pos = 0;
 }
 
+bool kv_cache_can_truncate(const KVCache *c, int64_t n_pos) {
+        /* Positions [n_pos, c->n_pos) go. The next query, at n_pos, attends back to
+         * n_pos - n_roll + 1; once the ring has wrapped, every position below c->n_pos - 1
+         * has lost one of those to a later one (slot(x) = slot(x + n_roll)). */
+        return n_pos >= 0 && n_pos <= c->n_pos && (c->n_pos <= (int64_t)c->n_slots || n_pos >= c->n_pos - 1);
+}
+
+int kv_cache_truncate(KVCache *c, int64_t n_pos) {
+        if (!kv_cache_can_truncate(c, n_pos))
+                return -ERANGE;
+        c->n_pos = n_pos;
+        return 0;
+}
+
 /* One Q8_0 block of 32 numbers. */
 static void encode_q8_0_block(const float *x, BlockQ8_0 *y) {
         float amax = 0.0f;

@@ -6,6 +6,7 @@
  * are dropped. Keys and values are stored as F16 (the default), Q8_0 or F32 (kv_type).
  * Owned by one session; one thread at a time. */
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,6 +63,12 @@ int kv_cache_new(uint32_t n_layer, uint32_t n_head_kv, uint32_t head_dim, uint32
                  uint32_t capacity, KVCache **ret_cache);
 KVCache *kv_cache_free(KVCache *c);
 void kv_cache_reset(KVCache *c);
+/* Drop the positions from n_pos on, so the next token goes to position n_pos: possible
+ * (true) when the cache still holds every position the following queries attend to, i.e.
+ * n_pos <= c->n_pos and either the ring never wrapped (c->n_pos <= n_slots) or only the
+ * last position goes. kv_cache_truncate: -ERANGE when it is not possible (c unchanged). */
+bool kv_cache_can_truncate(const KVCache *c, int64_t n_pos);
+int kv_cache_truncate(KVCache *c, int64_t n_pos);
 
 /* Byte offset of head h's row in slot `slot` of layer `layer`, in c->k or c->v. */
 static inline size_t kv_offset(const KVCache *c, uint32_t layer, uint32_t h, uint32_t slot) {

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,9 +113,15 @@ static int find_tensor(const GGUFFile *f, const char *name, int n_dims, const ui
         return 0;
 }
 
-static int load_matrix(const GGUFFile *f, const char *name, uint64_t rows, uint64_t cols, ModelError *err, Matrix *ret) {
+/* check: refuse a tensor with a non-finite scale (quant_check_finite), so a corrupt file
+ * fails at load rather than with garbage. Done for every tensor but the experts: those a
+ * token reads whole (attention, router, output head, a dense model's FFN) and the embedding
+ * (one matrix of the output head's size). The experts, most of a Mixtral file, are not read
+ * at load; a NaN there shows in the logits, which every request checks. */
+static int load_matrix_checked(const GGUFFile *f, const char *name, uint64_t rows, uint64_t cols, bool check,
+                               ModelError *err, Matrix *ret) {
         const GGUFTensor *t;
-        uint64_t want[2] = { cols, rows };
+        uint64_t want[2] = { cols, rows }, bad;
         int r = find_tensor(f, name, 2, want, err, &t);
         if (r < 0)
                 return r;
@@ -122,7 +129,17 @@ static int load_matrix(const GGUFFile *f, const char *name, uint64_t rows, uint6
         ret->type = t->type;
         ret->rows = rows;
         ret->cols = cols;
-        return quant_row_bytes(t->type, cols, &ret->row_bytes);
+        if ((r = quant_row_bytes(t->type, cols, &ret->row_bytes)) < 0)
+                return r;
+        if (check && quant_check_finite(t->type, t->data, rows * cols, &bad) < 0)
+                return fail(err, -EBADMSG, "tensor %s: a non-finite scale or value (NaN or infinity) at weight %llu "
+                            "(row %llu): the file is corrupt", name, (unsigned long long)bad,
+                            (unsigned long long)(bad / cols));
+        return 0;
+}
+
+static int load_matrix(const GGUFFile *f, const char *name, uint64_t rows, uint64_t cols, ModelError *err, Matrix *ret) {
+        return load_matrix_checked(f, name, rows, cols, true, err, ret);
 }
 
 /* Expert e of a merged 3-D tensor ne = [cols, rows, E]. */
@@ -204,9 +221,9 @@ static int load_layer(const Model *m, uint32_t il, ModelError *err, LayerWeights
                 return 0;
         }
         for (uint32_t e = 0; e < c->n_expert; e++)
-                if ((r = load_matrix(f, NAME("ffn_gate.%u.weight", e), FF, D, err, &L->gate[e])) < 0 ||
-                    (r = load_matrix(f, NAME("ffn_up.%u.weight", e), FF, D, err, &L->up[e])) < 0 ||
-                    (r = load_matrix(f, NAME("ffn_down.%u.weight", e), D, FF, err, &L->down[e])) < 0)
+                if ((r = load_matrix_checked(f, NAME("ffn_gate.%u.weight", e), FF, D, false, err, &L->gate[e])) < 0 ||
+                    (r = load_matrix_checked(f, NAME("ffn_up.%u.weight", e), FF, D, false, err, &L->up[e])) < 0 ||
+                    (r = load_matrix_checked(f, NAME("ffn_down.%u.weight", e), D, FF, false, err, &L->down[e])) < 0)
                         return r;
 #undef NAME
         return 0;

@@ -2,6 +2,7 @@
  * attributes and chosen at first use; the scalar version is the reference. */
 #include "ops.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -194,6 +195,14 @@ void rmsnorm(float *out, const float *x, const float *weight, int64_t n, float e
         const float scale = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
         for (int64_t i = 0; i < n; i++)
                 out[i] = x[i] * scale * weight[i];
+}
+
+int all_finite(const float *x, size_t n) {
+        /* |x| <= FLT_MAX is false for NaN and the infinities; no early exit, so it vectorizes */
+        int ok = 1;
+        for (size_t i = 0; i < n; i++)
+                ok &= fabsf(x[i]) <= FLT_MAX;
+        return ok;
 }
 
 double log_softmax_at(const float *logits, uint32_t n, int32_t index) {

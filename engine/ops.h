@@ -40,6 +40,8 @@ void attn_axpy_many(uint32_t type, float *out, uint32_t n_q, const float *p, int
                     size_t v_stride, int64_t n_k, int64_t n);
 /* out = x / sqrt(mean(x^2) + eps) * weight, length n (out may alias x). */
 void rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
+/* 1 if none of the n values is NaN or infinite. */
+int all_finite(const float *x, size_t n);
 /* log softmax(logits)[index], computed in double. */
 double log_softmax_at(const float *logits, uint32_t n, int32_t index);
 /* x[i] = expf(x[i] - max) in place over n >= 1 values; returns their sum (in double) and the

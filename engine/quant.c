@@ -7,6 +7,9 @@
 #include "quant.h"
 
 #include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -517,5 +520,61 @@ int quant_row_bytes(uint32_t type, uint64_t n, uint64_t *ret_bytes) {
                 return -EINVAL;
         if (__builtin_mul_overflow(n / t->block_size, (uint64_t)t->type_size, ret_bytes))
                 return -EOVERFLOW;
+        return 0;
+}
+
+/* Byte offsets of the fp16 scales (and minimums) in one block of each quantized type: the
+ * only floats a block holds (its quants are integers). */
+static const struct {
+        uint8_t n;
+        uint8_t off[2];
+} half_scales[GGML_TYPE_COUNT_] = {
+        [GGML_TYPE_Q4_0] = { 1, { offsetof(BlockQ4_0, d) } },
+        [GGML_TYPE_Q4_1] = { 2, { offsetof(BlockQ4_1, d), offsetof(BlockQ4_1, m) } },
+        [GGML_TYPE_Q5_0] = { 1, { offsetof(BlockQ5_0, d) } },
+        [GGML_TYPE_Q5_1] = { 2, { offsetof(BlockQ5_1, d), offsetof(BlockQ5_1, m) } },
+        [GGML_TYPE_Q8_0] = { 1, { offsetof(BlockQ8_0, d) } },
+        [GGML_TYPE_Q2_K] = { 2, { offsetof(BlockQ2_K, d), offsetof(BlockQ2_K, dmin) } },
+        [GGML_TYPE_Q3_K] = { 1, { offsetof(BlockQ3_K, d) } },
+        [GGML_TYPE_Q4_K] = { 2, { offsetof(BlockQ4_K, d), offsetof(BlockQ4_K, dmin) } },
+        [GGML_TYPE_Q5_K] = { 2, { offsetof(BlockQ5_K, d), offsetof(BlockQ5_K, dmin) } },
+        [GGML_TYPE_Q6_K] = { 1, { offsetof(BlockQ6_K, d) } },
+};
+
+int quant_check_finite(uint32_t type, const void *data, uint64_t n, uint64_t *ret_index) {
+        const QuantTraits *t = quant_traits(type);
+        const uint8_t *p = data;
+        if (!t || n % t->block_size != 0)
+                return -EINVAL;
+        const uint64_t n_blocks = n / t->block_size;
+        for (uint64_t b = 0; b < n_blocks; b++, p += t->type_size) {
+                bool ok = true;
+                uint16_t h;
+                float f;
+                switch (type) {
+                case GGML_TYPE_F32:
+                        memcpy(&f, p, sizeof(f));
+                        ok = isfinite(f);
+                        break;
+                case GGML_TYPE_F16:
+                        memcpy(&h, p, sizeof(h));
+                        ok = (h & 0x7c00) != 0x7c00; /* exponent all ones: infinity or NaN */
+                        break;
+                case GGML_TYPE_BF16:
+                        memcpy(&h, p, sizeof(h));
+                        ok = (h & 0x7f80) != 0x7f80;
+                        break;
+                default:
+                        for (unsigned i = 0; i < half_scales[type].n && ok; i++) {
+                                memcpy(&h, p + half_scales[type].off[i], sizeof(h));
+                                ok = (h & 0x7c00) != 0x7c00;
+                        }
+                        break;
+                }
+                if (!ok) {
+                        *ret_index = b * t->block_size;
+                        return -EBADMSG;
+                }
+        }
         return 0;
 }

@@ -170,6 +170,12 @@ const QuantTraits *quant_traits(uint32_t type);
 /* Bytes of a row of n weights; -EINVAL if n is not a multiple of the block size,
  * -EOVERFLOW on overflow. */
 int quant_row_bytes(uint32_t type, uint64_t n, uint64_t *ret_bytes);
+/* 0 if the n weights at data (n a multiple of the block size) hold no infinity or NaN among
+ * their floats: every value of F32/F16/BF16, every block's fp16 scale (and minimum) of the
+ * quantized types (their quants are integers). -EBADMSG otherwise, with *ret_index the first
+ * weight of the first bad block; -EINVAL for an unsupported type or n. Reads only the
+ * scales, but they sit in every block: the whole tensor is paged in. */
+int quant_check_finite(uint32_t type, const void *data, uint64_t n, uint64_t *ret_index);
 
 /* ---------------------------------------------------------------------------------------
  * Kernel variants by instruction set. Every variant of a kernel gives the same bits as its

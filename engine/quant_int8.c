@@ -46,13 +46,21 @@
 /* ---------------------------------------------------------------------------------------
  * Activation quantization. */
 
-/* The largest |x[i]| of n floats (n a multiple of 4); NaNs are ignored. */
+/* The largest |x[i]| of n floats (n a multiple of 4), or NaN if one of them is a NaN: the
+ * block's scale is then NaN, so every product it enters is NaN. A NaN must not quantize to
+ * a finite number: a corrupt weight would then give plausible garbage (greedy decoding
+ * emitting token 0 forever) instead of the non-finite logits the requests check for. */
 static float block_amax(const float *x, int n) {
 #if defined(__x86_64__) /* SSE2: the same maximum, 4 lanes at a time */
         const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
-        __m128 m = _mm_setzero_ps();
-        for (int i = 0; i < n; i += 4)
-                m = _mm_max_ps(_mm_and_ps(_mm_loadu_ps(x + i), abs_mask), m); /* a NaN lane keeps m */
+        __m128 m = _mm_setzero_ps(), nan = _mm_setzero_ps();
+        for (int i = 0; i < n; i += 4) {
+                const __m128 v = _mm_loadu_ps(x + i);
+                nan = _mm_or_ps(nan, _mm_cmpunord_ps(v, v));
+                m = _mm_max_ps(_mm_and_ps(v, abs_mask), m); /* a NaN lane keeps m */
+        }
+        if (_mm_movemask_ps(nan))
+                return NAN;
         m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
         return _mm_cvtss_f32(m);
@@ -60,6 +68,8 @@ static float block_amax(const float *x, int n) {
         float amax = 0.0f;
         for (int i = 0; i < n; i++) {
                 const float a = fabsf(x[i]);
+                if (a != a)
+                        return NAN;
                 if (a > amax)
                         amax = a;
         }
@@ -77,8 +87,9 @@ static inline int round_q8(float v) {
 }
 #endif
 
-/* qs and bsums of a group of 16 with scale d: q = round_q8(clamp(x / d)), NaN -> 0; all 0
- * when d is 0 (an all-zero group, or one so small that its scale underflows). */
+/* qs and bsums of a group of 16 with scale d: q = round_q8(clamp(x / d)), NaN -> 0 (so all 0
+ * when d is NaN: the scale carries the NaN); all 0 when d is 0 (an all-zero group, or one so
+ * small that its scale underflows). */
 static void group_quantize(const float *x, float d, int8_t *qs, int16_t *bsum) {
         if (d == 0.0f) {
                 memset(qs, 0, 16);

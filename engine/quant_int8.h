@@ -30,7 +30,7 @@
 /* 256 activations: x[i] ~= d * qs[i]. bsums[i] = qs[16i] + ... + qs[16i + 15]; the kernels
  * rely on it (quantize_row_q8k makes it so). */
 typedef struct BlockQ8K {
-        float d;              /* scale: max |x| / 127, 0 for an all-zero block */
+        float d;              /* scale: max |x| / 127, 0 for an all-zero block, NaN if x holds a NaN */
         int8_t qs[QK_K];      /* quants, -127..127 */
         int16_t bsums[QK_K / 16];
 } BlockQ8K;
@@ -57,7 +57,8 @@ typedef enum QuantAct {
 /* Quantize n floats (n a multiple of 256) into n / 256 blocks: per block d = max|x| / 127
  * (when that is 0 every quant is 0), q = x / d rounded to nearest (halves away from zero),
  * clamped to [-127, 127]. Deterministic (no dependence on the rounding mode or the CPU).
- * Inputs should be finite; a NaN quantizes to 0 and an infinite max gives d = inf. */
+ * A block holding a NaN gets d = NaN (and quants 0), one with an infinity d = inf: a
+ * non-finite activation makes the products it enters NaN, never a finite number. */
 void quantize_row_q8k(const float *restrict x, BlockQ8K *restrict y, int64_t n);
 /* The same with a scale per 32 floats (BlockQ8X). */
 void quantize_row_q8x(const float *restrict x, BlockQ8X *restrict y, int64_t n);

@@ -846,8 +846,17 @@ static int seg_append(Encoder *e, const char *s, size_t n) {
         return 0;
 }
 
+int tokenizer_utf8_valid(const char *s, size_t n) {
+        return utf8_valid(s, n);
+}
+
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_bos,
                      int32_t **ret_ids, size_t *ret_n) {
+        return tokenizer_encode_text(t, text, len, add_bos, 1, ret_ids, ret_n);
+}
+
+int tokenizer_encode_text(const Tokenizer *t, const char *text, size_t len, int add_bos, int space_prefix,
+                          int32_t **ret_ids, size_t *ret_n) {
         Encoder e = { .t = t };
         uint32_t prev_cp = 0;
         bool have_prev = false;
@@ -878,7 +887,7 @@ int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_b
         }
 
         /* Normalize (identity; ' ' → "▁"; dummy prefix) into segments and encode each. */
-        if (t->add_space_prefix) {
+        if (t->add_space_prefix && space_prefix) {
                 r = seg_append(&e, SPACE_SYMBOL, SPACE_SYMBOL_LEN);
                 if (r < 0)
                         goto finish;

@@ -58,6 +58,12 @@ int tokenizer_token_type(const Tokenizer *t, int32_t id);
  * at all (64 MiB of spaces) it reaches ~17 bytes per input byte. */
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_bos,
                      int32_t **ret_ids, size_t *ret_n);
+/* The same; space_prefix 0 leaves out the "▁" that add_space_prefix prepends, for a text
+ * that continues an earlier one rather than starting a document. */
+int tokenizer_encode_text(const Tokenizer *t, const char *text, size_t len, int add_bos, int space_prefix,
+                          int32_t **ret_ids, size_t *ret_n);
+/* 1 if the n bytes at s are strictly valid UTF-8 (what tokenizer_encode accepts). */
+int tokenizer_utf8_valid(const char *s, size_t n);
 
 /* Streaming decoder: feed ids one at a time, get back the bytes that became complete.
  * Pieces come out with U+2581 turned back into ' '. Bytes from byte-fallback tokens are

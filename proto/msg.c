@@ -808,7 +808,7 @@ int proto_out_token_event(ProtoOut *o, const TokenEvent *ev) {
 }
 
 int proto_out_done_event(ProtoOut *o, const DoneEvent *ev) {
-        proto_out_map(o, ev->session ? 8 : 7);
+        proto_out_map(o, ev->session ? 9 : 7);
         proto_out_kv_uint(o, "id", ev->id);
         proto_out_kv_str(o, "event", "done");
         proto_out_kv_str(o, "stop_reason", ev->stop_reason ? ev->stop_reason : PROTO_STOP_EOS);
@@ -816,8 +816,10 @@ int proto_out_done_event(ProtoOut *o, const DoneEvent *ev) {
         proto_out_kv_uint(o, "n_generated", ev->n_generated);
         proto_out_kv_double(o, "prompt_ms", ev->prompt_ms);
         proto_out_kv_double(o, "generate_ms", ev->generate_ms);
-        if (ev->session)
+        if (ev->session) {
                 proto_out_kv_str(o, "session", ev->session);
+                proto_out_kv_uint(o, "n_dropped", ev->n_dropped);
+        }
         return o->error;
 }
 

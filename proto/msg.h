@@ -206,6 +206,8 @@ typedef struct DoneEvent {
         double prompt_ms;         /* prefill wall time */
         double generate_ms;       /* generation wall time */
         const char *session;      /* session id when the request named one, else NULL */
+        uint64_t n_dropped;       /* with session: positions of the session's earlier text that its
+                                     re-tokenization replaced (fed again, counted in n_prompt) */
 } DoneEvent;
 
 #define PROTO_STOP_EOS       "eos"        /* the model produced end-of-sequence */
@@ -215,7 +217,8 @@ typedef struct DoneEvent {
 
 /* {"id", "event": "token", "text", "token", ["logprob"]} */
 int proto_out_token_event(ProtoOut *o, const TokenEvent *ev);
-/* {"id", "event": "done", "stop_reason", "n_prompt", "n_generated", "prompt_ms", "generate_ms", ["session"]} */
+/* {"id", "event": "done", "stop_reason", "n_prompt", "n_generated", "prompt_ms", "generate_ms",
+ *  ["session", "n_dropped"]} */
 int proto_out_done_event(ProtoOut *o, const DoneEvent *ev);
 
 /* Pack a request: id, op, every field of the op (optional fields only when present; stop only

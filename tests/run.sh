@@ -113,6 +113,7 @@ run "daemon end-to-end" "$PYTHON" tests/daemon/test_daemon.py "$ASAN/mixd" "$ASA
 run "mixd checks its socket before the model" "$PYTHON" tests/daemon/test_startup.py "$ASAN/mixd"
 run "systemd notify and activation" "$PYTHON" tests/service/test_notify.py "$ASAN/mixd" "$ASAN/mixctl"
 run "daemon restarts, state files, reload" "$PYTHON" tests/lifecycle/test_lifecycle.py "$ASAN/mixd" "$ASAN/mixctl"
+run "non-finite weights: clear errors, valid JSON" "$PYTHON" tests/python/check_nonfinite.py "$ASAN/mixd" "$ASAN/mixctl"
 run "soak: 16 clients x 10 requests" "$PYTHON" tests/soak/soak.py "$ASAN/mixd" --clients 16 --requests 10
 run "soak harness: lost reply, early errors" bash tests/soak/test_harness.sh
 # RSS stays flat over 400 kill cycles, one client at a time (the optimized build: ASan's

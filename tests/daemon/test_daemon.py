@@ -64,11 +64,6 @@ SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "runtime error", "LeakSanitizer
 NOBODY = 65534
 OTHER_UID = 65533           # a second non-administrator uid (needs no passwd entry)
 IO_TIMEOUT = 300.0          # seconds any single socket read may block (sanitizer builds are slow)
-# Issue 14, item 14: text appended to a session is tokenized as a fresh string (SentencePiece's
-# leading "\u2581" is added), so turn 2 of a session is not yet the one-shot run of the whole
-# text. Until that is fixed, check 5's continuation assertion is an expected failure; it is
-# strict: once it passes, check 5 fails until this is set to False.
-CONTINUATION_XFAIL_ITEM14 = True
 
 # run alone (tests/run.sh sets these, with the same sanitizer exit status 86)
 os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=86")
@@ -372,17 +367,6 @@ class Check:
     def expect(self, cond, msg):
         if not cond:
             self.problems.append(msg)
-        return bool(cond)
-
-    def expect_xfail(self, waiting, cond, msg, why):
-        """expect(), or while `waiting` an expected failure: noted as XFAIL when cond is false,
-        a problem (XPASS: flip the flag) when it is true."""
-        if not waiting:
-            return self.expect(cond, msg)
-        if cond:
-            self.problems.append("XPASS: %s now holds; set %s = False" % (msg, why))
-        else:
-            self.fig("XFAIL (%s): %s" % (why, msg))
         return bool(cond)
 
     def fig(self, fmt, *a):
@@ -759,7 +743,9 @@ def check_sessions(ctx, ck):
     if not ck.expect(g2["done"] is not None, "second session generate: %r" % (g2["error"],)):
         return
     s2 = session_tokens(d.sock, sid)
-    want2 = want1 + g2["done"]["n_prompt"] + g2["done"]["n_generated"] + (g2["done"]["stop_reason"] == "eos")
+    # n_prompt counts the tokens fed, n_dropped the positions of turn 1 its re-tokenization replaced
+    want2 = (want1 - g2["done"].get("n_dropped", 0) + g2["done"]["n_prompt"] + g2["done"]["n_generated"]
+             + (g2["done"]["stop_reason"] == "eos"))
     ck.expect(s2 is not None and s2["n_tokens"] == want2, "after turn 2: session %r, wanted n_tokens %d" % (s2, want2))
     ck.expect(s2 is not None and s2["requests"] == 2, "session requests %r, wanted 2" % (s2,))
     ck.expect(g2["done"]["n_prompt"] >= 1, "turn 2 n_prompt %r" % (g2["done"]["n_prompt"],))
@@ -783,10 +769,8 @@ def check_sessions(ctx, ck):
         if g2["tokens"] != one["tokens"] or g2["logprobs"] != one["logprobs"]:
             diffs.append("tokens %s logprobs %s, one-shot %s %s" % (g2["tokens"], g2["logprobs"][:2], one["tokens"],
                                                                  one["logprobs"][:2]))
-        ck.expect_xfail(CONTINUATION_XFAIL_ITEM14, not diffs,
-                        "turn 2 of a session equals the one-shot run of the whole text (%s)"
-                        % ("; ".join(diffs) or "text, prompt length, tokens and logprobs"),
-                        "CONTINUATION_XFAIL_ITEM14")
+        ck.expect(not diffs, "turn 2 of a session equals the one-shot run of the whole text (%s)"
+                  % ("; ".join(diffs) or "text, prompt length, tokens and logprobs"))
 
     # busy: a second generate on a session in use
     a = Client(d.sock)

@@ -305,13 +305,17 @@ static void test_quantize(void **state) {
         quantize_row_q8k(x, y, n);
         for (int64_t b = 0; b < n / QK_K; b++)
                 check_q8k_block(x + b * QK_K, &y[b], "zero row");
-        /* NaN quantizes to 0, no undefined behaviour */
-        for (int64_t i = 0; i < QK_K; i++)
+        /* a NaN makes the block's scale NaN (its quants 0, no undefined behaviour), so the
+         * products of the block are NaN: never laundered into a finite number */
+        for (int64_t i = 0; i < 2 * QK_K; i++)
                 x[i] = (float)(i % 7) - 3.0f;
         x[5] = NAN;
-        quantize_row_q8k(x, y, QK_K);
+        quantize_row_q8k(x, y, 2 * QK_K);
+        assert_true(isnan(y[0].d));
         assert_int_equal(y[0].qs[5], 0);
-        assert_int_equal(y[0].qs[6], 127);
+        assert_int_equal(y[0].qs[6], 0);
+        assert_int_equal(y[1].qs[2], 127); /* x[258] = 3: the next block is its own */
+        assert_true(y[1].d == 3.0f / 127.0f);
         free(x);
         free(y);
         free(y2);
