@@ -19,7 +19,7 @@ docs/RELIABILITY.md says), no sanitizer report, and no error or warning line whe
 went wrong; every socket read times out (READ_TIMEOUT), so a lost reply fails instead of hanging.
 
 usage: test_lifecycle.py MIXD MIXCTL   (run from anywhere; the model is models/ in the repo)
-Prints a PASS/FAIL line per check and `N passed, M failed`."""
+Prints an ok/FAIL line per check and `N passed, M failed`."""
 
 import atexit
 import os
@@ -34,21 +34,14 @@ import time
 import msgpack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+import tally  # noqa: E402
+from tally import check  # noqa: E402
 MODEL = os.path.join(ROOT, "models", "tiny-moe-q4_k_m.gguf")
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer", "WARNING: ThreadSanitizer")
 READ_TIMEOUT = 120.0  # seconds a socket read may wait (sanitizer builds are slow)
 
-passed = failed = 0
 
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print("PASS  %s %s" % (name, detail))
-    else:
-        failed += 1
-        print("FAIL  %s %s" % (name, detail))
 
 
 STARTED = []  # every daemon, killed at exit if a failed check left it running
@@ -685,8 +678,7 @@ def main():
     # (not under ThreadSanitizer: the guard swaps a page under a reader by design, which TSan
     # reports as a race it cannot attribute)
     if os.environ.get("MIXD_TEST_TSAN"):
-        print("%d passed, %d failed" % (passed, failed))
-        return 1 if failed else 0
+        return tally.summary()
     copy = os.path.join(tmp, "copy.gguf")
     with open(MODEL, "rb") as src, open(copy, "wb") as dst:
         dst.write(src.read())
@@ -708,8 +700,7 @@ def main():
     rc, log = stopped(d, "truncated-model daemon", allowed=("shrank while mapped", "changed on disk"))
     check("truncated model logged", "shrank while mapped" in log)
 
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return tally.summary()
 
 
 if __name__ == "__main__":

@@ -22,20 +22,16 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+import tally  # noqa: E402
+from tally import check  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import gguf_py  # noqa: E402
 
 MODEL = os.path.join(ROOT, "models", "tiny-moe-q4_k_m.gguf")
 NAN16, INF16 = 0x7E00, 0x7C00
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer", "WARNING: ThreadSanitizer")
-passed = failed = 0
 
-
-def check(name, ok, detail=""):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print("%s  %s %s" % ("PASS" if ok else "FAIL", name, detail))
 
 
 def patched(path, patches):
@@ -149,8 +145,7 @@ def main():
         log.seek(0)
         text = log.read()
     check("mixd stops cleanly", rc == 0 and not any(k in text for k in SANITIZER_MARKS), "exit %d" % rc)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return tally.summary()
 
 
 if __name__ == "__main__":
