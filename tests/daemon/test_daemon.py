@@ -393,6 +393,14 @@ def gen_params(seed, temp, n):
     return {"seed": seed, "temperature": float(temp), "n_predict": n}
 
 
+def session_kv_bytes(sock):
+    """The KV bytes the daemon reserves for one session (opened and closed again)."""
+    with Client(sock) as c:
+        o = c.call("session.open")
+        c.call("session.close", session=o["session"])
+        return o["kv_bytes"]
+
+
 def check_load(ctx, ck):
     d, tools = ctx.main, ctx.tools
     specs = LOAD_SPECS
@@ -1165,10 +1173,7 @@ def half_close_waiting(ctx, ck):
     hog = mc = b = None
     try:
         d.start()
-        with Client(d.sock) as c:
-            o = c.call("session.open")
-            per = o["kv_bytes"]
-            c.call("session.close", session=o["session"])
+        per = session_kv_bytes(d.sock)
         n_fit = (1 << 20) // per
         # one connection fills the budget with one-shot generations whose output it never reads
         hog = Client(d.sock)
@@ -1463,10 +1468,7 @@ def check_kv_shares(ctx, ck):
     hog = None
     try:
         d.start()
-        with Client(d.sock) as c:
-            o = c.call("session.open")
-            per = o["kv_bytes"]
-            c.call("session.close", session=o["session"])
+        per = session_kv_bytes(d.sock)
         n_fit = (1 << 20) // per
         # uid nobody fills the whole budget with one-shot generations whose output it never reads
         hog = Peer(NOBODY, d.sock, n_fit, "generate", 120, {"op": "generate", "prompt": "ROMEO:", "n_predict": 100000})
