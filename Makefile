@@ -53,7 +53,7 @@ $(BUILD)/mixd: $(DAEMON_OBJ) $(ENGINE_LIB)
 
 $(BUILD)/tests/%: tests/unit/%.c $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -MF $@.d -Itests/unit -o $@ $(filter-out %.h,$^) $(LDFLAGS) -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -MMD -MP -MF $@.d -Itests/unit -o $@ $< $(ENGINE_LIB) $(LDFLAGS) -lcmocka $(LDLIBS)
 
 unit: $(UNIT_BIN)
 
