@@ -1388,18 +1388,26 @@ def check_queued_bytes(ctx, ck):
             first = c.recv()
             c.send_raw(b"".join(pack({"id": 100 + i, "op": "cancel", "target": i}) for i in ids)
                        + pack({"id": 999, "op": "status"}))
-            st, ends = None, {}
+            # begun: requests with a progress event before the status reply (the engine sends
+            # one after every round of a long prompt)
+            st, ends, begun = None, {}, {first.get("id")}
             while st is None or len(ends) < len(ids):
                 m = c.recv()
                 if m.get("id") == 999:
                     st = m
                 elif m.get("id") in ids and (m.get("event") == "done" or "error" in m):
                     ends[m["id"]] = m.get("stop_reason") or m.get("error", {}).get("code")
+                elif m.get("id") in ids and st is None:
+                    begun.add(m["id"])
         active, held = st.get("active_requests"), st.get("queued_bytes")
         ck.expect(first.get("event") in ("progress", "token"), "first event %r" % (first,))
-        ck.expect(active is not None and active <= 8, "status right after cancelling 24 requests: active_requests %r "
-                  "(wanted only those the engine had begun: 4, at most 8 on a slow machine)" % (active,))
-        ck.expect(held is not None and held <= 8 * (len(prompt) + 4096), "queued_bytes %r after the cancels" % (held,))
+        # a slow client lets the engine begin more of them before the cancels arrive, so the
+        # bound is what it had begun (a batch more: those begun in the round under way)
+        ck.expect(active is not None and active <= len(begun) + 4,
+                  "status right after cancelling 24 requests: active_requests %r, %d with progress before it "
+                  "(wanted the requests not begun freed at once)" % (active, len(begun)))
+        ck.expect(held is not None and held <= (len(begun) + 4) * (len(prompt) + 4096),
+                  "queued_bytes %r after the cancels" % (held,))
         ck.expect(sorted(ends) == ids and all(v in ("cancelled", "length") for v in ends.values()),
                   "ends of the cancelled requests: %r" % (ends,))
         st2, t_free = wait_status(d.sock, lambda s: s["active_requests"] == 0 and s.get("queued_bytes") == 0, 10)
@@ -1447,8 +1455,8 @@ def check_queued_bytes(ctx, ck):
             ck.expect(t5 is not None, "queued_bytes after uid %d left: %r" % (NOBODY, st5.get("queued_bytes")))
             figs += "; all users: refused at %d bytes held (%s)" % (st4.get("queued_bytes", 0),
                                                                    e2.get("error", {}).get("message", "")[:50])
-        ck.fig("24 requests cancelled: status in the same read says active_requests %r, queued_bytes %r; "
-               "idle after %.2f s; %s", active, held, t_free or -1, figs)
+        ck.fig("24 requests cancelled: status in the same read says active_requests %r (%d had begun), "
+               "queued_bytes %r; idle after %.2f s; %s", active, len(begun), held, t_free or -1, figs)
     finally:
         if peer is not None:
             peer.kill()
