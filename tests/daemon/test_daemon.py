@@ -1388,8 +1388,9 @@ def check_queued_bytes(ctx, ck):
             first = c.recv()
             c.send_raw(b"".join(pack({"id": 100 + i, "op": "cancel", "target": i}) for i in ids)
                        + pack({"id": 999, "op": "status"}))
-            # begun: requests with a progress event before the status reply (the engine sends
-            # one after every round of a long prompt)
+            # begun: requests with a progress event at any time (the engine sends one after
+            # every round a request takes part in, so each request it had begun when the
+            # cancels were read sends at least one, perhaps after the status reply)
             st, ends, begun = None, {}, {first.get("id")}
             while st is None or len(ends) < len(ids):
                 m = c.recv()
@@ -1397,16 +1398,17 @@ def check_queued_bytes(ctx, ck):
                     st = m
                 elif m.get("id") in ids and (m.get("event") == "done" or "error" in m):
                     ends[m["id"]] = m.get("stop_reason") or m.get("error", {}).get("code")
-                elif m.get("id") in ids and st is None:
+                elif m.get("id") in ids:
                     begun.add(m["id"])
         active, held = st.get("active_requests"), st.get("queued_bytes")
         ck.expect(first.get("event") in ("progress", "token"), "first event %r" % (first,))
         # a slow client lets the engine begin more of them before the cancels arrive, so the
-        # bound is what it had begun (a batch more: those begun in the round under way)
-        ck.expect(active is not None and active <= len(begun) + 4,
-                  "status right after cancelling 24 requests: active_requests %r, %d with progress before it "
+        # bound is what it had begun, plus those it had taken for rounds not yet run (they show
+        # no progress: up to 5 of them were seen on a loaded machine; two batches of 4 allowed)
+        ck.expect(active is not None and active <= len(begun) + 8,
+                  "status right after cancelling 24 requests: active_requests %r, %d with progress "
                   "(wanted the requests not begun freed at once)" % (active, len(begun)))
-        ck.expect(held is not None and held <= (len(begun) + 4) * (len(prompt) + 4096),
+        ck.expect(held is not None and held <= (len(begun) + 8) * (len(prompt) + 4096),
                   "queued_bytes %r after the cancels" % (held,))
         ck.expect(sorted(ends) == ids and all(v in ("cancelled", "length") for v in ends.values()),
                   "ends of the cancelled requests: %r" % (ends,))
