@@ -93,6 +93,11 @@ struct Server {
 
 /* server.c */
 int server_run(Config *cfg, const char *config_path, int argc, char **argv);
+/* The cluster mode (daemon/cluster_main.c), before server_run: setup is called on the engine's
+ * Forward when the engine starts (it places the experts and sets the executor). The model is
+ * then never re-read for huge pages (that would read every rank's experts) and a reload
+ * (SIGHUP) keeps the current model: the other ranks cannot follow it. */
+void server_set_cluster(const SchedSetup *setup);
 void server_begin_shutdown(Server *srv, const char *why);
 
 /* conn.c */

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# tests/mpi/test_cluster.sh — mixd --cluster under mpirun gives the same bits as one process.
+# usage: test_cluster.sh MIXD MIXCTL FIXTURES
+# For N = 1, 2, 3 and 4 ranks over TCP (loopback only), and N = 2 over shared memory, one
+# mixd job serves a fixture model; through the daemon, `mixctl score` (every position's
+# log-probability, printed to float precision) and greedy generations of two sessions run
+# at once (their rows share batches, so requests carry several sessions' rows) must match a
+# single-process mixd's byte for byte (md5). Also once on the exact path (every row's floats
+# travel) and once on a 32-wide quant type (the other activation format). Every byte stays on
+# this machine's loopback interface. Needs Open MPI's mpirun and a mixd built with it.
+set -u
+MIXD=$1 MIXCTL=$2 FIX=$3
+F=$FIX/tiny-moe-shakespeare
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/mixd-mpi-XXXXXX")
+pids=()
+cleanup() {
+        for p in "${pids[@]}"; do kill -9 -- "$p" 2>/dev/null; done
+        rm -rf "$TMP"
+}
+trap cleanup EXIT
+fail() {
+        echo "FAIL: $*"
+        for l in "$TMP"/*.log; do [ -f "$l" ] && { echo "--- $l"; tail -n 30 "$l"; }; done
+        exit 1
+}
+
+# MPI_TCP: TCP between ranks, on loopback only (the launcher's own channel too)
+MPI_TCP=(--mca pml ob1 --mca btl self,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+MPI_SHM=(--mca pml ob1 --mca btl self,vader --mca oob_tcp_if_include lo)
+MPIRUN=(mpirun --oversubscribe --bind-to none)
+[ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
+
+TEXT="ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun."
+P1="ROMEO: But soft, what light"
+P2="JULIET: O Romeo, Romeo"
+
+# wait_socket SOCK PID: until the daemon listens (or its launcher ended)
+wait_socket() {
+        for _ in $(seq 300); do
+                [ -S "$1" ] && return 0
+                kill -0 "$2" 2>/dev/null || return 1
+                sleep 0.1
+        done
+        return 1
+}
+
+# results SOCK NAME: NAME.score, NAME.g1, NAME.g2 from one daemon (the two generations at once)
+results() {
+        local s=$1 n=$2
+        "$MIXCTL" score --socket "$s" "$TEXT" >"$TMP/$n.score" || fail "$n: score failed"
+        "$MIXCTL" generate --socket "$s" -n 24 --temp 0 "$P1" >"$TMP/$n.g1" &
+        local a=$!
+        "$MIXCTL" generate --socket "$s" -n 24 --temp 0 "$P2" >"$TMP/$n.g2" &
+        local b=$!
+        wait $a || fail "$n: generate 1 failed"
+        wait $b || fail "$n: generate 2 failed"
+        [ -s "$TMP/$n.g1" ] && [ -s "$TMP/$n.g2" ] || fail "$n: empty generation"
+}
+
+# single NAME MODEL [ARGS...]: the single-process reference
+single() {
+        local n=$1 model=$2; shift 2
+        local s=$TMP/$n.sock
+        "$MIXD" --model "$model" --socket "$s" --threads 1 --state-dir none "$@" >"$TMP/$n.log" 2>&1 &
+        local p=$!
+        pids+=($p)
+        wait_socket "$s" $p || fail "$n: the daemon did not start"
+        results "$s" "$n"
+        "$MIXCTL" shutdown --socket "$s" >/dev/null || fail "$n: shutdown failed"
+        wait $p || fail "$n: the daemon exited with $?"
+}
+
+# cluster NAME RANKS REF MODEL MCA... -- [ARGS...]: an mpirun job of RANKS ranks, compared with REF
+cluster() {
+        local n=$1 np=$2 ref=$3 model=$4; shift 4
+        local mca=()
+        while [ "$1" != -- ]; do mca+=("$1"); shift; done
+        shift
+        local s=$TMP/$n.sock t0=$SECONDS
+        "${MPIRUN[@]}" -np "$np" "${mca[@]}" "$MIXD" --cluster --model "$model" --socket "$s" --threads 1 \
+                --state-dir none "$@" >"$TMP/$n.log" 2>&1 &
+        local p=$!
+        pids+=($p)
+        wait_socket "$s" $p || fail "$n: the cluster did not start"
+        grep -q "cluster: front of $np rank(s)" "$TMP/$n.log" || fail "$n: not a front of $np ranks"
+        results "$s" "$n"
+        "$MIXCTL" shutdown --socket "$s" >/dev/null || fail "$n: shutdown failed"
+        wait $p || fail "$n: mpirun exited with $?"
+        for k in score g1 g2; do
+                local a b
+                a=$(md5sum <"$TMP/$ref.$k" | cut -c1-32)
+                b=$(md5sum <"$TMP/$n.$k" | cut -c1-32)
+                [ "$a" = "$b" ] || { diff "$TMP/$ref.$k" "$TMP/$n.$k" | head -5; fail "$n: $k differs from one process ($b vs $a)"; }
+        done
+        printf '%-26s score %s  gen %s %s  (%ds)\n' "$n" "$(md5sum <"$TMP/$n.score" | cut -c1-12)" \
+                "$(md5sum <"$TMP/$n.g1" | cut -c1-12)" "$(md5sum <"$TMP/$n.g2" | cut -c1-12)" $((SECONDS - t0))
+}
+
+single ref "$F/tiny-moe-q4_k_m.gguf"
+printf '%-26s score %s  gen %s %s\n' "one process, q4_k_m" "$(md5sum <"$TMP/ref.score" | cut -c1-12)" \
+        "$(md5sum <"$TMP/ref.g1" | cut -c1-12)" "$(md5sum <"$TMP/ref.g2" | cut -c1-12)"
+for np in 1 2 3 4; do
+        cluster "np$np-tcp-q4_k_m" $np ref "$F/tiny-moe-q4_k_m.gguf" "${MPI_TCP[@]}" --
+done
+cluster "np2-shm-q4_k_m" 2 ref "$F/tiny-moe-q4_k_m.gguf" "${MPI_SHM[@]}" --
+single ref-exact "$F/tiny-moe-q4_k_m.gguf" --exact
+cluster "np3-tcp-q4_k_m-exact" 3 ref-exact "$F/tiny-moe-q4_k_m.gguf" "${MPI_TCP[@]}" -- --exact
+single ref-q4_0 "$F/tiny-moe-q4_0.gguf"
+cluster "np2-tcp-q4_0" 2 ref-q4_0 "$F/tiny-moe-q4_0.gguf" "${MPI_TCP[@]}" --
+echo "cluster: logits of 1-4 ranks (TCP on loopback, shared memory) equal to one process"
