@@ -228,12 +228,19 @@ static uint64_t unit_bytes(const Model *m, uint32_t il, uint32_t e) {
                L->down[e].rows * L->down[e].row_bytes;
 }
 
-/* No read-ahead into [p, p + n) (the pages wholly inside it). */
-static void no_readahead(const uint8_t *p, uint64_t n) {
+/* Another rank's bytes [p, p + n): no read-ahead into the pages wholly inside, and no
+ * 2 MiB mapping over them (the file is mapped asking for huge pages; one 2 MiB entry at an
+ * edge of this rank's experts would make a neighbour's bytes resident here); what loading
+ * the model mapped there already (2 MiB around each norm it copied, when the page cache
+ * holds the file in 2 MiB folios) is unmapped. The file's pages stay in the page cache. */
+static void not_mine(const uint8_t *p, uint64_t n) {
         const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
         const uintptr_t a = ((uintptr_t)p + page - 1) / page * page, b = ((uintptr_t)p + n) / page * page;
-        if (b > a)
+        if (b > a) {
                 (void)madvise((void *)a, b - a, MADV_RANDOM);
+                (void)madvise((void *)a, b - a, MADV_NOHUGEPAGE);
+                (void)madvise((void *)a, b - a, MADV_DONTNEED);
+        }
 }
 
 int cluster_plan(Cluster *c, const Model *m) {
@@ -271,11 +278,15 @@ int cluster_plan(Cluster *c, const Model *m) {
                         c->experts[best]++;
                         if (best != c->rank && m->file->mapped) {
                                 const LayerWeights *L = &m->layers[il];
-                                no_readahead(L->gate[e].data, L->gate[e].rows * L->gate[e].row_bytes);
-                                no_readahead(L->up[e].data, L->up[e].rows * L->up[e].row_bytes);
-                                no_readahead(L->down[e].data, L->down[e].rows * L->down[e].row_bytes);
+                                not_mine(L->gate[e].data, L->gate[e].rows * L->gate[e].row_bytes);
+                                not_mine(L->up[e].data, L->up[e].rows * L->up[e].row_bytes);
+                                not_mine(L->down[e].data, L->down[e].rows * L->down[e].row_bytes);
                         }
                 }
+        /* A worker needs nothing more of the file than its experts: what loading mapped
+         * (the metadata, 2 MiB around each norm) is unmapped, to come back only if read. */
+        if (c->rank != 0 && m->file->mapped)
+                (void)madvise((void *)(uintptr_t)m->file->base, m->file->size, MADV_DONTNEED);
         c->planned = true;
         return 0;
 }

@@ -26,7 +26,9 @@ unsigned cluster_size(const Cluster *c);
  * model (-EMEDIUMTYPE if not), then places each layer's experts (a dense model's feed-forward
  * is one expert) on the ranks: in (layer, expert) order, each goes to the rank with the
  * fewest expert bytes so far (lowest rank on ties), so every rank computes the same plan.
- * The other ranks' expert bytes are marked not to be read ahead (MADV_RANDOM). */
+ * The other ranks' expert bytes are marked not to be read ahead (MADV_RANDOM) nor
+ * mapped with 2 MiB pages (MADV_NOHUGEPAGE), and a worker unmaps what loading the model
+ * mapped, so that only its experts' pages become resident in it. */
 int cluster_plan(Cluster *c, const Model *m);
 /* Which rank runs expert e of layer il (after cluster_plan). */
 unsigned cluster_owner(const Cluster *c, uint32_t il, uint32_t e);

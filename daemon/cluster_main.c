@@ -29,6 +29,7 @@ int cluster_main(Config *cfg, const char *config_path, int argc, char **argv) {
 
 #else
 
+#include <inttypes.h>
 #include <signal.h>
 #include <string.h>
 
@@ -45,6 +46,37 @@ static void log_plan(const Cluster *c, const Model *m) {
         for (unsigned r = 0; r < cluster_size(c); r++)
                 log_info("cluster: rank %u holds %u of %u experts, %.1f MiB", r, cluster_rank_experts(c, r),
                          units * m->cfg.n_layer, (double)cluster_rank_bytes(c, r) / (1 << 20));
+}
+
+/* Bytes of [base, base + len) this process has resident (the Rss of the mappings inside
+ * it, /proc/self/smaps), or -1 when unknown. */
+static int64_t resident_bytes(const void *base, size_t len) {
+        FILE *f = fopen("/proc/self/smaps", "re");
+        if (!f)
+                return -1;
+        char line[512];
+        int64_t total = 0;
+        bool inside = false;
+        while (fgets(line, sizeof(line), f)) {
+                uintptr_t a, b;
+                uint64_t kb;
+                if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' '))
+                        inside = a >= (uintptr_t)base && b <= (uintptr_t)base + len;
+                else if (inside && sscanf(line, "Rss: %" SCNu64 " kB", &kb) == 1)
+                        total += (int64_t)kb * 1024;
+        }
+        fclose(f);
+        return total;
+}
+
+/* One line per rank at its end: how much of the model file this rank had resident, against
+ * its experts' bytes (the test of "a rank reads only its own experts" reads it). */
+static void log_resident(const Cluster *c, const Model *m) {
+        const unsigned rank = cluster_rank(c);
+        const int64_t rss = resident_bytes(m->file->base, m->file->size);
+        if (rss >= 0)
+                log_info("rank %u: model pages resident: %" PRId64 " KiB of %zu KiB (its experts: %" PRIu64 " KiB)", rank,
+                         rss >> 10, m->file->size >> 10, cluster_rank_bytes(c, rank) >> 10);
 }
 
 /* The front: the experts are placed when the engine starts, and its Forward gets the
@@ -94,6 +126,8 @@ static int worker_run(Cluster *c, const Config *cfg) {
         r = cluster_serve(c, forward_experts_local(fw));
         if (r < 0)
                 log_error("rank %u: lost the front: %s", rank, strerror(-r));
+        else
+                log_resident(c, m);
 out:
         forward_free(fw);
         pool_free(pool);
