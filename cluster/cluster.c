@@ -61,6 +61,7 @@ struct Cluster {
         MPI_Comm comm;            /* a duplicate of MPI_COMM_WORLD whose errors return */
         int rank, size;
         bool planned, broken;
+        int failed_rank;          /* the rank that did not answer or answered wrong (-1: none) */
         const Model *m;
         uint32_t n_layer, units;  /* units: experts per layer, max(E, 1) */
         uint16_t *owner;          /* [n_layer][units] */
@@ -172,6 +173,7 @@ int cluster_init(Cluster **ret_c) {
         MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
         MPI_Comm_rank(c->comm, &c->rank);
         MPI_Comm_size(c->comm, &c->size);
+        c->failed_rank = -1;
         const size_t n = (size_t)c->size;
         c->sbuf = calloc(n, sizeof(*c->sbuf));
         c->rbuf = calloc(n, sizeof(*c->rbuf));
@@ -307,6 +309,20 @@ bool cluster_broken(const Cluster *c) {
         return c->broken;
 }
 
+int cluster_failed_rank(const Cluster *c) {
+        return c->failed_rank;
+}
+
+/* After a failed wait: the first rank whose request is still pending (or -1). */
+static int pending_rank(Cluster *c, MPI_Request *reqs) {
+        for (int r = 1; r < c->size; r++) {
+                int done = 1;
+                if (reqs[r] != MPI_REQUEST_NULL && MPI_Test(&reqs[r], &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && !done)
+                        return r;
+        }
+        return -1;
+}
+
 void cluster_traffic(const Cluster *c, uint64_t *ret_sent, uint64_t *ret_received, uint64_t *ret_steps) {
         *ret_sent = __atomic_load_n(&c->sent, __ATOMIC_RELAXED);
         *ret_received = __atomic_load_n(&c->received, __ATOMIC_RELAXED);
@@ -416,7 +432,10 @@ static int front_run(void *ctx, const ExpertWork *w) {
          * front runs its own experts */
         if (c->size > 1) {
                 const int e = wait_all(c->size - 1, c->sreq + 1);
-                err = err ? err : e;
+                if (e < 0 && !err) {
+                        err = e;
+                        c->failed_rank = pending_rank(c, c->sreq);
+                }
         }
         int local_err = 0;
         if (!err && k_of[0] > 0) {
@@ -433,19 +452,24 @@ static int front_run(void *ctx, const ExpertWork *w) {
                 mine.n = n;
                 local_err = c->local.run(c->local.ctx, &mine); /* the replies are still awaited */
         }
-        if (c->size > 1 && !err)
+        if (c->size > 1 && !err) {
                 err = wait_all(c->size - 1, c->rreq + 1);
+                if (err < 0)
+                        c->failed_rank = pending_rank(c, c->rreq);
+        }
         uint64_t received = 0;
         for (int r = 1; r < c->size && !err; r++) {
                 if (k_of[r] == 0)
                         continue;
                 const ReplyHeader *h = (const ReplyHeader *)c->rbuf[r];
-                if (h->magic != REPLY_MAGIC || h->seq != c->seq || h->n_rows != rows_of[r]) {
+                if (h->magic != REPLY_MAGIC || h->seq != c->seq || (h->status == 0 && h->n_rows != rows_of[r])) {
                         err = -EPROTO;
+                        c->failed_rank = r;
                         break;
                 }
                 if (h->status < 0) {
                         err = h->status;
+                        c->failed_rank = r;
                         break;
                 }
                 const float *out = (const float *)(c->rbuf[r] + align_up(sizeof(ReplyHeader)));

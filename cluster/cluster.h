@@ -42,6 +42,8 @@ uint32_t cluster_rank_experts(const Cluster *c, unsigned r);
  * -ETIMEDOUT, and every later one with -EIO: the cluster is then broken (cluster_broken). */
 ExpertExec cluster_front_exec(Cluster *c, ExpertExec local);
 bool cluster_broken(const Cluster *c);
+/* Which rank broke it (did not answer in time, or answered an error), -1 when unknown. */
+int cluster_failed_rank(const Cluster *c);
 /* Bytes the front sent to and received from the other ranks, and expert steps run. */
 void cluster_traffic(const Cluster *c, uint64_t *ret_sent, uint64_t *ret_received, uint64_t *ret_steps);
 

@@ -8,7 +8,7 @@
 #define CLUSTER_SLEEP_MAX_US     1000        /* then it sleeps between polls, doubling from 50 us
                                                 up to this (microseconds): an idle worker costs
                                                 little CPU, and a request waits at most this */
-#define CLUSTER_REPLY_TIMEOUT_S  10          /* seconds the front waits for a rank's reply to one
+#define CLUSTER_REPLY_TIMEOUT_S  5           /* seconds the front waits for a rank's reply to one
                                                 layer before the step fails (and the cluster with it) */
 #define CLUSTER_MSG_ALIGN        64          /* bytes: each section of a message starts at a
                                                 multiple of this */

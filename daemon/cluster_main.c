@@ -32,6 +32,7 @@ int cluster_main(Config *cfg, const char *config_path, int argc, char **argv) {
 #include <inttypes.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cluster.h"
 #include "daemon_limits.h"
@@ -79,6 +80,29 @@ static void log_resident(const Cluster *c, const Model *m) {
                          rss >> 10, m->file->size >> 10, cluster_rank_bytes(c, rank) >> 10);
 }
 
+/* The front's executor: the cluster's, and when a rank fails, the daemon stops (the same
+ * graceful stop as SIGTERM: requests in flight end with an error, named sessions are saved)
+ * and exits non-zero, so that the service manager restarts the whole job. Engine thread. */
+typedef struct FrontExec {
+        Cluster *c;
+        ExpertExec inner;
+        bool stopping;
+} FrontExec;
+
+static int front_run(void *ctx, const ExpertWork *w) {
+        FrontExec *f = ctx;
+        const int r = f->inner.run(f->inner.ctx, w);
+        if (r < 0 && cluster_broken(f->c) && !f->stopping) {
+                f->stopping = true;
+                log_error("cluster: rank %d failed (%s): stopping, the job will exit with an error",
+                          cluster_failed_rank(f->c), strerror(-r));
+                kill(getpid(), SIGTERM); /* the loop thread's signal handler begins the stop */
+        }
+        return r;
+}
+
+static FrontExec front_exec;
+
 /* The front: the experts are placed when the engine starts, and its Forward gets the
  * cluster's executor (with the Forward's own local one for the front's share). */
 static int front_setup(void *ctx, const Model *m, Forward *fw) {
@@ -90,8 +114,8 @@ static int front_setup(void *ctx, const Model *m, Forward *fw) {
                 return r;
         }
         log_plan(c, m);
-        const ExpertExec ex = cluster_front_exec(c, forward_experts_local(fw));
-        forward_set_experts(fw, &ex);
+        front_exec = (FrontExec){ .c = c, .inner = cluster_front_exec(c, forward_experts_local(fw)) };
+        forward_set_experts(fw, &(ExpertExec){ front_run, &front_exec });
         return 0;
 }
 

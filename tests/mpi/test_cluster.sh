@@ -8,7 +8,9 @@
 # single-process mixd's byte for byte (md5); each worker must have had resident only its own
 # experts' pages. Also once on the exact path (every row's floats
 # travel) and once on a 32-wide quant type (the other activation format). Every byte stays on
-# this machine's loopback interface. Needs Open MPI's mpirun and a mixd built with it.
+# this machine's loopback interface. Then a worker is killed, and another stopped, during a
+# generation: the client gets an error within 10 s and the job exits non-zero. Needs Open
+# MPI's mpirun and a mixd built with it.
 set -u
 MIXD=$1 MIXCTL=$2 FIX=$3
 F=$FIX/tiny-moe-shakespeare
@@ -114,6 +116,53 @@ cluster() {
                 "${res:+  workers resident/expert KiB:$res}"
 }
 
+# fault NAME SIGNAL: a worker gets SIGNAL (KILL: it dies; STOP: it stops answering) during
+# a generation; the client must get an error within FAULT_CLIENT_S seconds, the front must
+# name the rank (STOP) and the job must end with a non-zero status.
+FAULT_CLIENT_S=10
+fault() {
+        local n=$1 sig=$2 np=3
+        local s=$TMP/$n.sock
+        "${MPIRUN[@]}" -np $np "${MPI_TCP[@]}" "$MIXD" --cluster --model "$F/tiny-moe-q4_k_m.gguf" --socket "$s" \
+                --threads 1 --state-dir none >"$TMP/$n.log" 2>&1 &
+        local p=$!
+        pids+=($p)
+        wait_socket "$s" $p || fail "$n: the cluster did not start"
+        "$MIXCTL" generate --socket "$s" -n 100000 --temp 0 "$P1" >"$TMP/$n.out" 2>"$TMP/$n.err" &
+        local g=$!
+        pids+=($g)
+        sleep 1
+        local w="" q
+        for q in $(pgrep -f -- "--socket $s"); do
+                tr '\0' '\n' <"/proc/$q/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=2' && w=$q
+        done
+        [ -n "$w" ] || fail "$n: no rank 2 process"
+        kill -0 $g 2>/dev/null || fail "$n: the generation ended before the fault"
+        local t0=$SECONDS
+        kill -"$sig" "$w"
+        pids+=($w)
+        local rc=0 i
+        for i in $(seq $((FAULT_CLIENT_S * 10 + 20))); do
+                kill -0 $g 2>/dev/null || break
+                sleep 0.1
+        done
+        kill -0 $g 2>/dev/null && fail "$n: no error for the client $((SECONDS - t0)) s after the fault"
+        wait $g || rc=$?
+        local dt=$((SECONDS - t0))
+        [ "$rc" != 0 ] || fail "$n: the client saw no error"
+        [ "$dt" -le $FAULT_CLIENT_S ] || fail "$n: the client's error came after $dt s"
+        rc=0
+        timeout 30 tail --pid=$p -f /dev/null || fail "$n: the job did not end"
+        wait $p || rc=$?
+        [ "$rc" != 0 ] || fail "$n: the job ended with status 0"
+        if [ "$sig" = STOP ]; then
+                grep -q 'cluster: rank 2 failed' "$TMP/$n.log" || fail "$n: the front did not name rank 2"
+        fi
+        kill -9 "$w" 2>/dev/null
+        printf '%-26s client error after %ds (%s), job status %d, %ds in all\n' "$n" $dt \
+                "$(tail -n 1 "$TMP/$n.err")" "$rc" $((SECONDS - t0))
+}
+
 single ref "$F/tiny-moe-q4_k_m.gguf"
 printf '%-26s score %s  gen %s %s\n' "one process, q4_k_m" "$(md5sum <"$TMP/ref.score" | cut -c1-12)" \
         "$(md5sum <"$TMP/ref.g1" | cut -c1-12)" "$(md5sum <"$TMP/ref.g2" | cut -c1-12)"
@@ -125,4 +174,6 @@ single ref-exact "$F/tiny-moe-q4_k_m.gguf" --exact
 cluster "np3-tcp-q4_k_m-exact" 3 ref-exact "$F/tiny-moe-q4_k_m.gguf" "${MPI_TCP[@]}" -- --exact
 single ref-q4_0 "$F/tiny-moe-q4_0.gguf"
 cluster "np2-tcp-q4_0" 2 ref-q4_0 "$F/tiny-moe-q4_0.gguf" "${MPI_TCP[@]}" --
-echo "cluster: logits of 1-4 ranks (TCP on loopback, shared memory) equal to one process"
+fault "rank 2 killed" KILL
+fault "rank 2 stopped" STOP
+echo "cluster: logits of 1-4 ranks (TCP on loopback, shared memory) equal to one process; a dead or silent rank: client error"
