@@ -7,8 +7,10 @@
 #include "cluster.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <mpi.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -50,7 +52,14 @@ typedef struct ReplyHeader {
         uint32_t n_rows;
         uint32_t pad;
         uint64_t seq;
+        uint64_t compute_us;      /* the worker's time computing this request */
+        uint64_t resident;        /* its resident bytes of the model file, last measured */
 } ReplyHeader;
+
+/* Per rank, what status shows (relaxed atomics: the engine thread adds, anyone reads). */
+typedef struct RankStats {
+        uint64_t resident, steps, rows, compute_us, wait_us, sent, received;
+} RankStats;
 
 /* Where each section of a request lies. */
 typedef struct Layout {
@@ -69,7 +78,10 @@ struct Cluster {
         uint32_t experts[CLUSTER_MAX_RANKS];
         ExpertExec local;         /* the front's own experts */
         uint64_t seq;
-        uint64_t sent, received, steps;
+        char (*hosts)[CLUSTER_HOST_MAX]; /* [size] */
+        RankStats *stats;         /* [size] */
+        uint64_t tokens;
+        uint64_t resident, resident_us; /* worker: its resident bytes, and when measured */
         /* per rank: the request and reply buffers (front); a worker uses [0] */
         uint8_t **sbuf, **rbuf;
         size_t *scap, *rcap;
@@ -181,7 +193,10 @@ int cluster_init(Cluster **ret_c) {
         c->rcap = calloc(n, sizeof(*c->rcap));
         c->sreq = calloc(n, sizeof(*c->sreq));
         c->rreq = calloc(n, sizeof(*c->rreq));
-        if (c->size > CLUSTER_MAX_RANKS || !c->sbuf || !c->rbuf || !c->scap || !c->rcap || !c->sreq || !c->rreq) {
+        c->hosts = calloc(n, sizeof(*c->hosts));
+        c->stats = calloc(n, sizeof(*c->stats));
+        if (c->size > CLUSTER_MAX_RANKS || !c->sbuf || !c->rbuf || !c->scap || !c->rcap || !c->sreq || !c->rreq ||
+            !c->hosts || !c->stats) {
                 const int r = c->size > CLUSTER_MAX_RANKS ? -E2BIG : -ENOMEM;
                 cluster_free(c, true);
                 return r;
@@ -260,6 +275,14 @@ int cluster_plan(Cluster *c, const Model *m) {
         free(all);
         if (!same)
                 return -EMEDIUMTYPE;
+        char name[MPI_MAX_PROCESSOR_NAME] = "", host[CLUSTER_HOST_MAX] = "";
+        int len = 0;
+        if (MPI_Get_processor_name(name, &len) == MPI_SUCCESS)
+                snprintf(host, sizeof(host), "%s", name);
+        if (MPI_Allgather(host, CLUSTER_HOST_MAX, MPI_CHAR, c->hosts, CLUSTER_HOST_MAX, MPI_CHAR, c->comm) != MPI_SUCCESS)
+                return -EIO;
+        for (int r = 0; r < c->size; r++)
+                c->hosts[r][CLUSTER_HOST_MAX - 1] = '\0';
         c->m = m;
         c->n_layer = m->cfg.n_layer;
         c->units = m->cfg.n_expert ? m->cfg.n_expert : 1;
@@ -323,10 +346,41 @@ static int pending_rank(Cluster *c, MPI_Request *reqs) {
         return -1;
 }
 
-void cluster_traffic(const Cluster *c, uint64_t *ret_sent, uint64_t *ret_received, uint64_t *ret_steps) {
-        *ret_sent = __atomic_load_n(&c->sent, __ATOMIC_RELAXED);
-        *ret_received = __atomic_load_n(&c->received, __ATOMIC_RELAXED);
-        *ret_steps = __atomic_load_n(&c->steps, __ATOMIC_RELAXED);
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define ADD(x, v) __atomic_fetch_add(&(x), (v), __ATOMIC_RELAXED)
+
+void cluster_rank_stats(const Cluster *c, unsigned r, ClusterRankStats *ret) {
+        memset(ret, 0, sizeof(*ret));
+        if (r >= (unsigned)c->size)
+                return;
+        const RankStats *s = &c->stats[r];
+        *ret = (ClusterRankStats){ .host = c->hosts[r], .experts = c->experts[r], .expert_bytes = c->bytes[r],
+                                   .resident_bytes = LOAD(s->resident), .steps = LOAD(s->steps), .rows = LOAD(s->rows),
+                                   .compute_us = LOAD(s->compute_us), .wait_us = LOAD(s->wait_us),
+                                   .sent_bytes = LOAD(s->sent), .received_bytes = LOAD(s->received) };
+}
+
+uint64_t cluster_tokens(const Cluster *c) {
+        return LOAD(c->tokens);
+}
+
+int64_t cluster_resident_bytes(const void *base, size_t len) {
+        FILE *f = fopen("/proc/self/smaps", "re");
+        if (!f)
+                return -ENOENT;
+        char line[512];
+        int64_t total = 0;
+        bool inside = false;
+        while (fgets(line, sizeof(line), f)) {
+                uintptr_t a, b;
+                uint64_t kb;
+                if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &a, &b) == 2)
+                        inside = a >= (uintptr_t)base && b <= (uintptr_t)base + len;
+                else if (inside && sscanf(line, "Rss: %" SCNu64 " kB", &kb) == 1)
+                        total += (int64_t)kb * 1024;
+        }
+        fclose(f);
+        return total;
 }
 
 /* ------------------------------------------------------------------ the front */
@@ -410,7 +464,6 @@ static int front_run(void *ctx, const ExpertWork *w) {
                         }
         }
         int err = 0;
-        uint64_t sent = 0;
         for (int r = 1; r < c->size; r++) {
                 c->sreq[r] = c->rreq[r] = MPI_REQUEST_NULL;
                 if (k_of[r] == 0 || err)
@@ -426,7 +479,6 @@ static int front_run(void *ctx, const ExpertWork *w) {
                         err = -EIO;
                         continue;
                 }
-                sent += (uint64_t)bytes;
         }
         /* the requests are on their way (large ones need the front's progress) before the
          * front runs its own experts */
@@ -450,14 +502,18 @@ static int front_run(void *ctx, const ExpertWork *w) {
                 mine.ids = ids;
                 mine.base = base;
                 mine.n = n;
+                const uint64_t t0 = now_us();
                 local_err = c->local.run(c->local.ctx, &mine); /* the replies are still awaited */
+                ADD(c->stats[0].compute_us, now_us() - t0);
+                ADD(c->stats[0].rows, rows_of[0]);
+                ADD(c->stats[0].steps, 1);
         }
+        const uint64_t waited = now_us();
         if (c->size > 1 && !err) {
                 err = wait_all(c->size - 1, c->rreq + 1);
                 if (err < 0)
                         c->failed_rank = pending_rank(c, c->rreq);
         }
-        uint64_t received = 0;
         for (int r = 1; r < c->size && !err; r++) {
                 if (k_of[r] == 0)
                         continue;
@@ -472,21 +528,27 @@ static int front_run(void *ctx, const ExpertWork *w) {
                         c->failed_rank = r;
                         break;
                 }
+                RankStats *st = &c->stats[r];
+                ADD(st->steps, 1);
+                ADD(st->rows, rows_of[r]);
+                ADD(st->compute_us, h->compute_us);
+                ADD(st->wait_us, now_us() - waited);
+                ADD(st->sent, ((const ReqHeader *)c->sbuf[r])->bytes);
+                ADD(st->received, reply_bytes(rows_of[r], D));
+                __atomic_store_n(&st->resident, h->resident, __ATOMIC_RELAXED);
                 const float *out = (const float *)(c->rbuf[r] + align_up(sizeof(ReplyHeader)));
                 for (unsigned i = 0; i < k_of[r]; i++) {
                         const unsigned g = gs[first[r] + i];
                         memcpy(w->out + (size_t)w->base[g] * D, out, (size_t)w->n[g] * D * sizeof(float));
                         out += (size_t)w->n[g] * D;
                 }
-                received += reply_bytes(rows_of[r], D);
         }
         if (err) {
                 c->broken = true; /* requests may still be in flight: nothing after this is trusted */
                 return err == -ENOMEM || err == -ETIMEDOUT ? err : -EIO;
         }
-        __atomic_fetch_add(&c->sent, sent, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&c->received, received, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&c->steps, 1, __ATOMIC_RELAXED);
+        if (w->il == 0)
+                ADD(c->tokens, w->n_rows / (c->m->cfg.n_expert ? c->m->cfg.n_expert_used : 1));
         return local_err; /* the front's own failure fails the step, not the cluster */
 }
 
@@ -548,6 +610,7 @@ static size_t serve_one(Cluster *c, size_t len) {
                 if (reserve(&c->sbuf[0], &c->scap[0], align_up(sizeof(ReplyHeader))) < 0)
                         abort(); /* 64 bytes: nothing sensible to do without them */
         }
+        const uint64_t t0 = now_us();
         if (!status) {
                 ExpertWork w = { .il = h->il, .count = h->count, .ids = ids, .base = base, .n = ns, .n_rows = rows,
                                  .x = x, .exact = exact, .int8 = h->int8 != 0,
@@ -557,8 +620,15 @@ static size_t serve_one(Cluster *c, size_t len) {
                                 w.xq.q[a] = c->rbuf[0] + l.xq[a];
                 status = c->local.run(c->local.ctx, &w);
         }
+        const uint64_t t1 = now_us();
+        if (!c->resident_us || t1 - c->resident_us >= CLUSTER_RESIDENT_REFRESH_US) {
+                const int64_t res = cluster_resident_bytes(c->m->file->base, c->m->file->size);
+                c->resident = res > 0 ? (uint64_t)res : 0;
+                c->resident_us = now_us();
+        }
         *(ReplyHeader *)c->sbuf[0] = (ReplyHeader){ .magic = REPLY_MAGIC, .status = status,
-                                                     .n_rows = status ? 0 : rows, .seq = h->seq };
+                                                     .n_rows = status ? 0 : rows, .seq = h->seq,
+                                                     .compute_us = t1 - t0, .resident = c->resident };
         return status ? align_up(sizeof(ReplyHeader)) : reply_bytes(rows, D);
 }
 
@@ -594,7 +664,6 @@ int cluster_serve(Cluster *c, ExpertExec local) {
                 const size_t bytes = serve_one(c, (size_t)len);
                 if (MPI_Send(c->sbuf[0], (int)bytes, MPI_BYTE, 0, TAG_REPLY, c->comm) != MPI_SUCCESS)
                         return -EIO;
-                c->steps++;
                 last = now_us();
         }
 }
@@ -625,6 +694,8 @@ Cluster *cluster_free(Cluster *c, bool ok) {
         free(c->rreq);
         free(c->xbuf);
         free(c->owner);
+        free(c->hosts);
+        free(c->stats);
         MPI_Comm_free(&c->comm);
         free(c);
         MPI_Finalize();

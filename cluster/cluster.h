@@ -9,6 +9,7 @@
  * library is used by one thread at a time). No MPI type appears in this header. */
 #pragma once
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "experts.h"
@@ -44,8 +45,28 @@ ExpertExec cluster_front_exec(Cluster *c, ExpertExec local);
 bool cluster_broken(const Cluster *c);
 /* Which rank broke it (did not answer in time, or answered an error), -1 when unknown. */
 int cluster_failed_rank(const Cluster *c);
-/* Bytes the front sent to and received from the other ranks, and expert steps run. */
-void cluster_traffic(const Cluster *c, uint64_t *ret_sent, uint64_t *ret_received, uint64_t *ret_steps);
+/* What the front knows of rank r (for status). Counters only grow; rank 0's are its own
+ * share, run on its local executor, and its resident_bytes is 0 (the front measures its
+ * own: cluster_resident_bytes). The front's engine thread writes them (relaxed atomics);
+ * any thread may read. */
+typedef struct ClusterRankStats {
+        const char *host;         /* its processor name (MPI_Get_processor_name) */
+        uint32_t experts;         /* experts placed on it */
+        uint64_t expert_bytes;
+        uint64_t resident_bytes;  /* of the model file, as it last reported (every second at most) */
+        uint64_t steps;           /* layer requests it answered */
+        uint64_t rows;            /* routed rows it computed */
+        uint64_t compute_us;      /* microseconds it spent computing them */
+        uint64_t wait_us;         /* microseconds the front waited for its replies after its own share */
+        uint64_t sent_bytes;      /* front -> rank */
+        uint64_t received_bytes;  /* rank -> front */
+} ClusterRankStats;
+void cluster_rank_stats(const Cluster *c, unsigned r, ClusterRankStats *ret);
+/* Tokens (rows of the batches) the front's forward passes ran through the cluster. */
+uint64_t cluster_tokens(const Cluster *c);
+/* Bytes of [base, base + len) this process has resident (the Rss of the mappings inside it,
+ * /proc/self/smaps); -ENOENT without /proc. */
+int64_t cluster_resident_bytes(const void *base, size_t len);
 
 /* A worker (rank > 0): answers the front's requests with `local` until the front says stop.
  * 0, or a negative errno when a request could not be read (the job should then abort). */

@@ -10,5 +10,9 @@
                                                 little CPU, and a request waits at most this */
 #define CLUSTER_REPLY_TIMEOUT_S  5           /* seconds the front waits for a rank's reply to one
                                                 layer before the step fails (and the cluster with it) */
+#define CLUSTER_RESIDENT_REFRESH_US 1000000  /* a worker measures its resident bytes (for status)
+                                                at most this often (microseconds): reading
+                                                /proc/self/smaps costs about a millisecond */
+#define CLUSTER_HOST_MAX         64          /* bytes of a rank's host name kept (with the NUL) */
 #define CLUSTER_MSG_ALIGN        64          /* bytes: each section of a message starts at a
                                                 multiple of this */

@@ -49,32 +49,11 @@ static void log_plan(const Cluster *c, const Model *m) {
                          units * m->cfg.n_layer, (double)cluster_rank_bytes(c, r) / (1 << 20));
 }
 
-/* Bytes of [base, base + len) this process has resident (the Rss of the mappings inside
- * it, /proc/self/smaps), or -1 when unknown. */
-static int64_t resident_bytes(const void *base, size_t len) {
-        FILE *f = fopen("/proc/self/smaps", "re");
-        if (!f)
-                return -1;
-        char line[512];
-        int64_t total = 0;
-        bool inside = false;
-        while (fgets(line, sizeof(line), f)) {
-                uintptr_t a, b;
-                uint64_t kb;
-                if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' '))
-                        inside = a >= (uintptr_t)base && b <= (uintptr_t)base + len;
-                else if (inside && sscanf(line, "Rss: %" SCNu64 " kB", &kb) == 1)
-                        total += (int64_t)kb * 1024;
-        }
-        fclose(f);
-        return total;
-}
-
 /* One line per rank at its end: how much of the model file this rank had resident, against
  * its experts' bytes (the test of "a rank reads only its own experts" reads it). */
 static void log_resident(const Cluster *c, const Model *m) {
         const unsigned rank = cluster_rank(c);
-        const int64_t rss = resident_bytes(m->file->base, m->file->size);
+        const int64_t rss = cluster_resident_bytes(m->file->base, m->file->size);
         if (rss >= 0)
                 log_info("rank %u: model pages resident: %" PRId64 " KiB of %zu KiB (its experts: %" PRIu64 " KiB)", rank,
                          rss >> 10, m->file->size >> 10, cluster_rank_bytes(c, rank) >> 10);
@@ -177,7 +156,7 @@ int cluster_main(Config *cfg, const char *config_path, int argc, char **argv) {
                 return r;
         }
         log_info("cluster: front of %u rank(s)", cluster_size(c));
-        server_set_cluster(&(SchedSetup){ front_setup, c });
+        server_set_cluster(&(SchedSetup){ front_setup, c }, c);
         r = server_run(cfg, config_path, argc, argv);
         if (r == 0 && cluster_broken(c)) {
                 log_error("cluster: a rank failed; exiting with an error");

@@ -23,6 +23,7 @@
 #include "session.h"
 
 static SchedSetup cluster_setup; /* fn NULL: not in the cluster mode (server_set_cluster) */
+static struct Cluster *cluster_handle;
 
 static void finish_reload(Server *srv);
 
@@ -248,8 +249,13 @@ static void settle_huge_pages(const Model *m, const char *path) {
                             "slower); set hugepages = off to skip the re-read at start");
 }
 
-void server_set_cluster(const SchedSetup *setup) {
+void server_set_cluster(const SchedSetup *setup, struct Cluster *cluster) {
         cluster_setup = *setup;
+        cluster_handle = cluster;
+}
+
+struct Cluster *server_cluster(void) {
+        return cluster_handle;
 }
 
 static bool want_huge_pages(const Config *cfg) {

@@ -6,13 +6,14 @@
 # log-probability, printed to float precision) and greedy generations of two sessions run
 # at once (their rows share batches, so requests carry several sessions' rows) must match a
 # single-process mixd's byte for byte (md5); each worker must have had resident only its own
-# experts' pages. Also once on the exact path (every row's floats
+# experts' pages, and `mixctl status --json` must list the ranks. Also once on the exact path (every row's floats
 # travel) and once on a 32-wide quant type (the other activation format). Every byte stays on
 # this machine's loopback interface. Then a worker is killed, and another stopped, during a
 # generation: the client gets an error within 10 s and the job exits non-zero. Needs Open
 # MPI's mpirun and a mixd built with it.
 set -u
 MIXD=$1 MIXCTL=$2 FIX=$3
+PYTHON=${PYTHON:-/usr/bin/python3}
 F=$FIX/tiny-moe-shakespeare
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/mixd-mpi-XXXXXX")
 pids=()
@@ -92,6 +93,21 @@ cluster() {
         wait_socket "$s" $p || fail "$n: the cluster did not start"
         grep -q "cluster: front of $np rank(s)" "$TMP/$n.log" || fail "$n: not a front of $np ranks"
         results "$s" "$n"
+        # status --json: "ranks", one object per rank, the plan's experts all placed, every
+        # rank having computed some rows
+        "$MIXCTL" status --json --socket "$s" >"$TMP/$n.status" || fail "$n: status failed"
+        "$PYTHON" - "$TMP/$n.status" "$np" <<'PY' || fail "$n: status ranks: $(cat "$TMP/$n.status")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+np = int(sys.argv[2])
+ranks = d["ranks"]
+assert len(ranks) == np, len(ranks)
+assert [r["rank"] for r in ranks] == list(range(np))
+assert sum(r["experts"] for r in ranks) == 32, "experts of the 4 x 8 fixture"
+for r in ranks:
+    assert r["host"] and r["expert_bytes"] > 0 and r["rows"] > 0 and r["ms_per_token"] > 0, r
+    assert r["rank"] == 0 or (r["sent_bytes"] > 0 and r["received_bytes"] > 0 and r["resident_bytes"] > 0), r
+PY
         "$MIXCTL" shutdown --socket "$s" >/dev/null || fail "$n: shutdown failed"
         wait $p || fail "$n: mpirun exited with $?"
         # each worker had resident only its experts' pages: at most RESIDENT_SLACK_KIB more
