@@ -278,7 +278,7 @@ int cluster_plan(Cluster *c, const Model *m) {
         char name[MPI_MAX_PROCESSOR_NAME] = "", host[CLUSTER_HOST_MAX] = "";
         int len = 0;
         if (MPI_Get_processor_name(name, &len) == MPI_SUCCESS)
-                snprintf(host, sizeof(host), "%s", name);
+                memcpy(host, name, strnlen(name, sizeof(host) - 1)); /* truncated, NUL-terminated */
         if (MPI_Allgather(host, CLUSTER_HOST_MAX, MPI_CHAR, c->hosts, CLUSTER_HOST_MAX, MPI_CHAR, c->comm) != MPI_SUCCESS)
                 return -EIO;
         for (int r = 0; r < c->size; r++)
