@@ -32,9 +32,23 @@ CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/%.o)
 DAEMON_SRC := $(wildcard daemon/*.c)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
+
+# Open MPI is optional: with it, mixd gains the cluster mode (`mpirun ... mixd --cluster`,
+# docs/CLUSTER.md), the transport in cluster/. Found with pkg-config (ompi-c) unless MPI=0
+# (build without it) or MPI=1 (require it) is given. The engine never sees MPI.
+MPI ?= $(shell pkg-config --exists ompi-c 2>/dev/null && echo 1 || echo 0)
+ifeq ($(MPI),1)
+  ifneq ($(shell pkg-config --exists ompi-c 2>/dev/null && echo ok),ok)
+    $(error MPI=1 but pkg-config finds no ompi-c: install libopenmpi-dev (make deps))
+  endif
+  CLUSTER_SRC := $(wildcard cluster/*.c)
+  MPI_CFLAGS  := $(shell pkg-config --cflags ompi-c)
+  MPI_LIBS    := $(shell pkg-config --libs ompi-c)
+endif
+CLUSTER_OBJ := $(CLUSTER_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all tools run test unit check-deps deps test-deps clean fuzz
+.PHONY: all tools run test unit check-deps deps test-deps clean fuzz FORCE
 all: $(BUILD)/mixctl $(BUILD)/mixd
 
 $(BUILD)/%.o: %.c
@@ -48,8 +62,17 @@ $(ENGINE_LIB): $(ENGINE_OBJ)
 $(BUILD)/mixctl: $(CLIENT_OBJ) $(ENGINE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ -ledit $(LDLIBS)
 
-$(BUILD)/mixd: $(DAEMON_OBJ) $(ENGINE_LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ -luv -lsystemd $(LDLIBS)
+$(BUILD)/mixd: $(DAEMON_OBJ) $(CLUSTER_OBJ) $(ENGINE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ -luv -lsystemd $(MPI_LIBS) $(LDLIBS)
+
+# The daemon's objects are built with the cluster mode or without it: rebuilt when MPI changes.
+$(BUILD)/mpi.flag: FORCE
+	@mkdir -p $(BUILD); echo $(MPI) | cmp -s - $@ || echo $(MPI) >$@
+$(DAEMON_OBJ): $(BUILD)/mpi.flag
+ifeq ($(MPI),1)
+$(DAEMON_OBJ): CFLAGS += -DMIXD_CLUSTER -iquote cluster
+$(CLUSTER_OBJ): CFLAGS += $(MPI_CFLAGS) -iquote cluster
+endif
 
 $(BUILD)/tests/%: tests/unit/%.c $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
@@ -63,10 +86,12 @@ $(BUILD)/tests/sanitizer_probe: tests/sanitizers/probe.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
 
-# Debian packages every target needs (build, tests, fuzzing, helpers). `make test` also
+# Debian packages every target needs (build, tests, fuzzing, helpers; Open MPI for the cluster
+# mode and its test). `make test` also
 # builds the Debian package and checks it with lintian: test-deps installs those tools.
 DEPS := build-essential pkg-config clang libclang-rt-14-dev libuv1-dev libmsgpack-dev \
-        libsystemd-dev libopenblas-dev libcmocka-dev libnuma-dev libedit-dev python3-numpy python3-msgpack
+        libsystemd-dev libopenblas-dev libcmocka-dev libnuma-dev libedit-dev python3-numpy python3-msgpack \
+        openmpi-bin libopenmpi-dev
 deps:
 	@missing=$$(for p in $(DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -104,7 +129,7 @@ fuzz:
 clean:
 	rm -rf build
 
--include $(ENGINE_OBJ:.o=.d) $(CLIENT_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d) $(UNIT_BIN:=.d)
+-include $(ENGINE_OBJ:.o=.d) $(CLIENT_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d) $(CLUSTER_OBJ:.o=.d) $(UNIT_BIN:=.d)
 
 # ---------------------------------------------------------------- install, deb
 # `make install` installs the optimized build (MODE=rel by default) with the systemd units,

@@ -395,6 +395,24 @@ static void print_status(const Reply *rep) {
         } else {
                 printf("NUMA             not planned (--numa off or no NUMA support)\n");
         }
+        /* the cluster mode (mixd --cluster): one line per rank */
+        const msgpack_object *ranks = proto_map_get(&rep->root, "ranks");
+        for (uint32_t r = 0; ranks && ranks->type == MSGPACK_OBJECT_ARRAY && r < ranks->via.array.size; r++) {
+                const msgpack_object *o = &ranks->via.array.ptr[r];
+                uint64_t experts = 0, eb = 0, res = 0;
+                double ms = 0.0;
+                ProtoStr host = { "?", 1 };
+                proto_obj_str(proto_map_get(o, "host"), &host);
+                proto_obj_uint(proto_map_get(o, "experts"), &experts);
+                proto_obj_uint(proto_map_get(o, "expert_bytes"), &eb);
+                proto_obj_uint(proto_map_get(o, "resident_bytes"), &res);
+                const msgpack_object *m = proto_map_get(o, "ms_per_token");
+                if (m && m->type == MSGPACK_OBJECT_FLOAT64)
+                        ms = m->via.f64;
+                printf("rank %-11u %.*s%s: %llu experts (%.1f MiB), %.1f MiB of the model resident, %.3f ms per token\n", r,
+                       (int)host.len, host.ptr, r == 0 ? " (front)" : "", (unsigned long long)experts, eb / 1048576.0,
+                       res / 1048576.0, ms);
+        }
 }
 
 static void print_experts(const Reply *rep) {

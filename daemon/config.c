@@ -86,6 +86,8 @@ static const Setting settings[] = {
           "1: float activations everywhere, the exact reference path (2-3x slower); 0: 8-bit activations" },
         { "int8", SET_UINT, U(int8), 0, 1, "deprecated: 'int8 = 0' is 'exact = 1' (8-bit activations are the default)" },
         { "socket-mode", SET_OCTAL, U(socket_mode), 0, 0777, "permissions of a socket mixd creates (octal)" },
+        { "cluster", SET_UINT, U(cluster), 0, 1,
+          "1: run as one rank of an mpirun job, the experts spread over the ranks (builds with Open MPI)" },
 };
 #undef U
 

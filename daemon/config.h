@@ -32,6 +32,7 @@ typedef struct Config {
         uint64_t exact;              /* 1: float activations everywhere (the exact path) */
         uint64_t int8;               /* deprecated: 0 means exact = 1 */
         char *hugepages;             /* "auto" or "off": re-read the model for 2 MiB pages at load */
+        uint64_t cluster;            /* 1: one rank of an mpirun job (docs/CLUSTER.md) */
 } Config;
 
 void config_defaults(Config *c);

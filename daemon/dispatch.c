@@ -12,6 +12,9 @@
 #include "guard.h"
 #include "hugepage.h"
 #include "log.h"
+#ifdef MIXD_CLUSTER
+#include "cluster.h"
+#endif
 
 void reply_error(Conn *c, uint64_t id, const char *code, const char *fmt, ...) {
         ProtoError err = { .code = code, .has_id = true, .id = id };
@@ -91,10 +94,19 @@ static void op_status(Conn *c, const Request *req) {
                 (void)hugepage_mapped_bytes(srv->m->file->base, srv->m->file->size, &srv->huge_bytes);
                 srv->huge_read_ms = t;
         }
+#ifdef MIXD_CLUSTER
+        struct Cluster *cl = server_cluster();
+        if (cl && (srv->huge_read_ms == t)) {
+                const int64_t res = cluster_resident_bytes(srv->m->file->base, srv->m->file->size);
+                srv->front_resident = res > 0 ? (uint64_t)res : 0;
+        }
+#else
+        void *cl = NULL;
+#endif
         const uint64_t huge = srv->huge_bytes;
         uint64_t per_pos = 0;
         (void)session_kv_bytes_per_pos(srv->m, srv->sessions.lim.kv_type, &per_pos);
-        proto_out_ok(&o, req->id, 19);
+        proto_out_ok(&o, req->id, 19 + (cl != NULL));
         proto_out_kv_str(&o, "model", srv->cfg->model);
         proto_out_kv_uint(&o, "model_bytes", srv->m->file->size);
         proto_out_kv_uint(&o, "model_huge_page_bytes", huge);
@@ -121,6 +133,32 @@ static void op_status(Conn *c, const Request *req) {
                 proto_out_kv_uint(&o, "expert_bytes", srv->numa.node_bytes[n]);
                 proto_out_kv_uint(&o, "threads", srv->numa.node_threads[n]);
         }
+#ifdef MIXD_CLUSTER
+        /* the cluster mode: one object per rank (rank 0 is this daemon) */
+        if (cl) {
+                const uint64_t tokens = cluster_tokens(cl);
+                proto_out_str(&o, "ranks");
+                proto_out_array(&o, cluster_size(cl));
+                for (unsigned r = 0; r < cluster_size(cl); r++) {
+                        ClusterRankStats st;
+                        cluster_rank_stats(cl, r, &st);
+                        proto_out_map(&o, 13);
+                        proto_out_kv_uint(&o, "rank", r);
+                        proto_out_kv_str(&o, "host", st.host);
+                        proto_out_kv_uint(&o, "experts", st.experts);
+                        proto_out_kv_uint(&o, "expert_bytes", st.expert_bytes);
+                        proto_out_kv_uint(&o, "resident_bytes", r == 0 ? srv->front_resident : st.resident_bytes);
+                        proto_out_kv_uint(&o, "steps", st.steps);
+                        proto_out_kv_uint(&o, "rows", st.rows);
+                        proto_out_kv_double(&o, "compute_s", (double)st.compute_us / 1e6);
+                        proto_out_kv_double(&o, "wait_s", (double)st.wait_us / 1e6);
+                        proto_out_kv_double(&o, "ms_per_token", tokens ? (double)st.compute_us / 1e3 / (double)tokens : 0.0);
+                        proto_out_kv_uint(&o, "sent_bytes", st.sent_bytes);
+                        proto_out_kv_uint(&o, "received_bytes", st.received_bytes);
+                        proto_out_kv_uint(&o, "tokens", tokens);
+                }
+        }
+#endif
         send_out(c, &o, req->id);
 }
 

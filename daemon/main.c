@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster_main.h"
 #include "config.h"
 #include "log.h"
 #include "server.h"
@@ -53,6 +54,17 @@ int main(int argc, char **argv) {
         }
         if (getenv("MIXD_DEBUG"))
                 log_set_max_priority(LOG_DEBUG);
+        if (cfg.cluster) {
+                r = cluster_main(&cfg, file, argc, argv);
+                config_free(&cfg);
+                return r == -ENOTSUP ? 2 : r < 0 ? 1 : 0;
+        }
+        if (cluster_launcher_ranks() > 1) {
+                /* N copies of the daemon would fight over one socket */
+                fprintf(stderr, "mixd: started by mpirun with %u ranks but without --cluster\n", cluster_launcher_ranks());
+                config_free(&cfg);
+                return 2;
+        }
         r = server_run(&cfg, file, argc, argv);
         config_free(&cfg);
         return r < 0 ? 1 : 0;

@@ -111,7 +111,7 @@ static void *engine_main(void *arg) {
 }
 
 int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_rows, uint32_t max_slots,
-                const NumaPlan *numa, bool int8) {
+                const NumaPlan *numa, bool int8, const SchedSetup *setup) {
         const size_t n_counts = (size_t)m->cfg.n_layer * (m->cfg.n_expert ? m->cfg.n_expert : 1);
         int r;
         memset(s, 0, sizeof(*s));
@@ -138,6 +138,11 @@ int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_row
         if (m->cfg.n_expert)
                 forward_set_route_hook(s->fw, count_route, s);
         forward_set_int8(s->fw, int8);
+        if (setup && setup->fn) {
+                r = setup->fn(setup->ctx, m, s->fw);
+                if (r < 0)
+                        return r;
+        }
         r = -pthread_create(&s->thread, NULL, engine_main, s);
         if (r < 0)
                 return r;

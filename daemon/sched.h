@@ -46,11 +46,20 @@ typedef struct Scheduler {
         const struct NumaPlan *numa;
 } Scheduler;
 
+/* Called once on the engine's Forward before its thread starts (on the caller's thread):
+ * e.g. to give it another expert executor (forward_set_experts). A negative errno fails the
+ * start. */
+typedef struct SchedSetup {
+        int (*fn)(void *ctx, const Model *m, Forward *fw);
+        void *ctx;
+} SchedSetup;
+
 /* threads: the pool's size; max_rows: rows per batch; max_slots: the largest session cache;
- * numa (may be NULL, borrowed): pin the threads and run experts on their nodes' threads. */
+ * numa (may be NULL, borrowed): pin the threads and run experts on their nodes' threads;
+ * setup: NULL, or called on the Forward (above). */
 struct NumaPlan;
 int sched_start(Scheduler *s, const Model *m, unsigned threads, uint32_t max_rows, uint32_t max_slots,
-                const struct NumaPlan *numa, bool int8);
+                const struct NumaPlan *numa, bool int8, const SchedSetup *setup);
 /* The engine thread finishes its current round and is joined, then everything is freed;
  * queued jobs are left to the caller. Safe after a failed sched_start, and a second call does
  * nothing. */

@@ -22,6 +22,9 @@
 #include "quant_int8.h"
 #include "session.h"
 
+static SchedSetup cluster_setup; /* fn NULL: not in the cluster mode (server_set_cluster) */
+static struct Cluster *cluster_handle;
+
 static void finish_reload(Server *srv);
 
 /* Log once that the model file shrank under us. */
@@ -215,7 +218,7 @@ static int engine_start(Server *srv) {
         }
         jobs_set_model(&srv->jobs, srv->m, cfg->max_prompt_tokens);
         r = sched_start(&srv->sched, srv->m, (unsigned)cfg->threads, DAEMON_BATCH_ROWS, slots, &srv->numa,
-                        cfg->int8 != 0 && cfg->exact == 0);
+                        cfg->int8 != 0 && cfg->exact == 0, cluster_setup.fn ? &cluster_setup : NULL);
         if (r < 0)
                 log_error("cannot start the engine with %llu threads: %s", (unsigned long long)cfg->threads,
                           strerror(-r));
@@ -252,7 +255,18 @@ static void settle_huge_pages(const Model *m, const char *path) {
                             "slower); set hugepages = off to skip the re-read at start");
 }
 
+void server_set_cluster(const SchedSetup *setup, struct Cluster *cluster) {
+        cluster_setup = *setup;
+        cluster_handle = cluster;
+}
+
+struct Cluster *server_cluster(void) {
+        return cluster_handle;
+}
+
 static bool want_huge_pages(const Config *cfg) {
+        if (cluster_setup.fn)
+                return false; /* re-reading the file would bring every rank's experts in */
         return !cfg->hugepages || strcmp(cfg->hugepages, "off") != 0;
 }
 
@@ -304,6 +318,11 @@ static void begin_reload(Server *srv) {
         char err[512] = "";
         if (srv->shutting_down || srv->reloading)
                 return;
+        if (cluster_setup.fn) {
+                log_warning("reload: not in the cluster mode (the other ranks keep their model); still serving %s; "
+                            "restart the job to serve another model", srv->cfg->model);
+                return;
+        }
         sd_notify(0, "RELOADING=1");
         /* the model path may have changed in the config file; flags still win */
         config_defaults(&fresh);

@@ -87,6 +87,7 @@ struct Server {
         NumaPlan numa;              /* n_nodes 0: not planned (off, or no NUMA support) */
         uint64_t huge_bytes;        /* the model's bytes mapped with 2 MiB pages, as status last read them */
         uint64_t huge_read_ms;      /* when (0: not read since the model was loaded) */
+        uint64_t front_resident;    /* cluster mode: the front's resident bytes of the model, as status last read them */
         /* statistics */
         double tokens_per_s;        /* moving average */
         uint64_t requests_total;
@@ -94,6 +95,14 @@ struct Server {
 
 /* server.c */
 int server_run(Config *cfg, const char *config_path, int argc, char **argv);
+/* The cluster mode (daemon/cluster_main.c), before server_run: setup is called on the engine's
+ * Forward when the engine starts (it places the experts and sets the executor). The model is
+ * then never re-read for huge pages (that would read every rank's experts) and a reload
+ * (SIGHUP) keeps the current model: the other ranks cannot follow it. */
+struct Cluster;
+void server_set_cluster(const SchedSetup *setup, struct Cluster *cluster);
+/* The cluster of the cluster mode (status shows its ranks), NULL otherwise. */
+struct Cluster *server_cluster(void);
 void server_begin_shutdown(Server *srv, const char *why);
 
 /* conn.c */

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "engine_limits.h"
+#include "experts.h"
 #include "numa.h"
 #include "ops.h"
 #include "quant.h"
@@ -48,13 +49,9 @@ struct Forward {
         float *router;            /* [T][E] router probabilities */
         int32_t *sel;             /* [T][k] chosen experts, ascending ids */
         float *sel_w;             /* [T][k] their renormalised weights */
-        int32_t *rows;            /* [T*k] row routed to the current expert */
-        int32_t *rows_slot;       /* [T*k] which of the row's k choices that is */
-        float *xe;                /* [T][D] gathered inputs of one expert */
-        float *gate;              /* [T][FF] */
-        float *up;                /* [T][FF] */
-        float *eout;              /* [T][D] one expert's outputs */
-        float *moe;               /* [T][k][D] per-choice expert outputs before the weighted sum */
+        uint32_t *choice_row;     /* [T][k] the gathered row of each (token, choice) */
+        float *xe;                /* [T*k][D] inputs gathered per expert, experts in id order */
+        float *eout;              /* [T*k][D] their expert outputs, before the weighted sum */
         float *logits;            /* [T][V] for callers (forward_logits_buffer) and the head */
         uint32_t *logit_rows;     /* [T] rows whose logits are wanted */
         uint8_t *row_exact;       /* [T] 1: the row runs on the float path whatever int8 says (FORWARD_EXACT_POSITIONS) */
@@ -72,11 +69,12 @@ struct Forward {
         ForwardRouteFn route_fn;
         void *route_data;
         ProductCtx pc;            /* the products' pool, NUMA plan, 8-bit switch, row scratch */
+        ExpertsLocal *local;      /* the local expert executor on pc */
+        ExpertExec experts;       /* who runs a layer's experts: local, or one set by forward_set_experts */
         /* The same inputs quantized, one buffer per activation format (QuantAct): */
         void *xq_in[QUANT_ACT_COUNT_];  /* [T][max(D, H*hd)/256] blocks: a product's input */
         void *xq_moe[QUANT_ACT_COUNT_]; /* [T][D/256] the feed-forward input */
-        void *xq_e[QUANT_ACT_COUNT_];   /* [T][D/256] rows gathered for one expert group */
-        void *xq_h;                     /* [T][FF/256] silu(gate) * up, in the down matrix's format */
+        void *xq_e[QUANT_ACT_COUNT_];   /* [T*k][D/256] the rows gathered for the experts */
 };
 
 /* Scratch rows start on cache lines: the SIMD dot products run at full speed only on
@@ -121,35 +119,29 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
         fw->router = alloc64(T * E * sizeof(float));
         fw->sel = alloc64(T * K * sizeof(int32_t));
         fw->sel_w = alloc64(T * K * sizeof(float));
-        fw->rows = alloc64(T * K * sizeof(int32_t));
-        fw->rows_slot = alloc64(T * K * sizeof(int32_t));
-        fw->xe = alloc64(T * D * sizeof(float));
-        fw->gate = alloc64(T * FF * sizeof(float));
-        fw->up = alloc64(T * FF * sizeof(float));
-        fw->eout = alloc64(T * D * sizeof(float));
-        fw->moe = alloc64(T * K * D * sizeof(float));
+        fw->choice_row = alloc64(T * K * sizeof(uint32_t));
+        fw->xe = alloc64(T * K * D * sizeof(float));
+        fw->eout = alloc64(T * K * D * sizeof(float));
         fw->logits = alloc64(T * c->n_vocab * sizeof(float));
         fw->logit_rows = alloc64(T * sizeof(uint32_t));
         fw->row_exact = alloc64(T);
         fw->xe_exact = alloc64(T * K);
         fw->out_exact = alloc64(T);
-        const size_t widest_blocks = ((D > Q ? D : Q) + QK_K - 1) / QK_K, d_blocks = (D + QK_K - 1) / QK_K,
-                     ff_blocks = (FF + QK_K - 1) / QK_K;
+        const size_t widest_blocks = ((D > Q ? D : Q) + QK_K - 1) / QK_K, d_blocks = (D + QK_K - 1) / QK_K;
         int ok = 1;
         for (int a = 0; a < QUANT_ACT_COUNT_; a++) {
                 const size_t bb = quant_act_block_bytes((QuantAct)a);
                 fw->xq_in[a] = alloc64(T * widest_blocks * bb);
                 fw->xq_moe[a] = alloc64(T * d_blocks * bb);
-                fw->xq_e[a] = alloc64(T * d_blocks * bb);
+                fw->xq_e[a] = alloc64(T * K * d_blocks * bb);
                 ok = ok && fw->xq_in[a] && fw->xq_moe[a] && fw->xq_e[a];
         }
-        fw->xq_h = alloc64(T * ff_blocks * (sizeof(BlockQ8X) > sizeof(BlockQ8K) ? sizeof(BlockQ8X) : sizeof(BlockQ8K)));
         fw->pc.row_tmp = calloc(fw->n_threads, sizeof(float *));
         fw->attn = calloc(fw->n_threads, sizeof(AttnScratch));
         ok = ok && fw->inv_freq && fw->row_item && fw->row_pos && fw->item_row0 && fw->x && fw->xb && fw->q && fw->k &&
-             fw->v && fw->kc && fw->vc && fw->att && fw->router && fw->sel && fw->sel_w && fw->rows && fw->rows_slot &&
-             fw->xe && fw->gate && fw->up && fw->eout && fw->moe && fw->logits && fw->logit_rows && fw->pc.row_tmp &&
-             fw->attn && fw->xq_h && fw->row_exact && fw->xe_exact && fw->out_exact;
+             fw->v && fw->kc && fw->vc && fw->att && fw->router && fw->sel && fw->sel_w && fw->choice_row &&
+             fw->xe && fw->eout && fw->logits && fw->logit_rows && fw->pc.row_tmp &&
+             fw->attn && fw->row_exact && fw->xe_exact && fw->out_exact;
         if (ok && fw->n_threads > 1) {
                 const size_t items = ATTN_SPLIT_MAX_ITEMS;
                 fw->part_m = alloc64(items * group * sizeof(float));
@@ -170,10 +162,13 @@ int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *poo
                 a->row_s = alloc64(group * sizeof(double));
                 ok = fw->pc.row_tmp[t] && a->scores && a->o && a->m && a->row_m && a->s && a->row_s;
         }
+        if (ok && experts_local_new(m, max_rows, &fw->pc, &fw->local) < 0)
+                ok = 0;
         if (!ok) {
                 forward_free(fw);
                 return -ENOMEM;
         }
+        fw->experts = (ExpertExec){ experts_local_run, fw->local };
         for (uint32_t i = 0; i < c->head_dim / 2; i++)
                 fw->inv_freq[i] = pow((double)c->rope_theta, -2.0 * i / (double)c->head_dim);
         *ret_fw = fw;
@@ -218,13 +213,9 @@ Forward *forward_free(Forward *fw) {
         free(fw->router);
         free(fw->sel);
         free(fw->sel_w);
-        free(fw->rows);
-        free(fw->rows_slot);
+        free(fw->choice_row);
         free(fw->xe);
-        free(fw->gate);
-        free(fw->up);
         free(fw->eout);
-        free(fw->moe);
         free(fw->logits);
         free(fw->logit_rows);
         free(fw->row_exact);
@@ -235,13 +226,21 @@ Forward *forward_free(Forward *fw) {
                 free(fw->xq_moe[a]);
                 free(fw->xq_e[a]);
         }
-        free(fw->xq_h);
+        experts_local_free(fw->local);
         free(fw);
         return NULL;
 }
 
 void forward_set_numa(Forward *fw, const NumaPlan *plan) {
         fw->pc.numa = plan && plan->n_nodes > 1 && plan->n_threads == fw->n_threads ? plan : NULL;
+}
+
+void forward_set_experts(Forward *fw, const ExpertExec *ex) {
+        fw->experts = ex ? *ex : (ExpertExec){ experts_local_run, fw->local };
+}
+
+ExpertExec forward_experts_local(Forward *fw) {
+        return (ExpertExec){ experts_local_run, fw->local };
 }
 
 void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata) {
@@ -568,64 +567,14 @@ static void route(Forward *fw, uint32_t il, uint32_t T) {
         }
 }
 
-/* Experts whose rows are gathered in fw->xe / fw->xq_e (expert g's n[g] rows from row
- * base[g]): eout = down(silu(gate x) * up x) for each, in two pool passes for the whole
- * group, the first also quantizing silu(gate x) * up x for the second. With a NUMA plan the
- * group is one expert, run on the threads of the node holding it. */
-static void experts_run(Forward *fw, const LayerWeights *L, uint32_t il, const uint32_t *ids, const uint32_t *base,
-                        const uint32_t *n, unsigned count, const ActQ *xq) {
-        const ModelConfig *c = &fw->m->cfg;
-        const size_t D = c->n_embd, FF = c->n_ff, DB = D / QK_K, FB = FF / QK_K;
-        const int hact = product_act(&fw->pc, &L->down[ids[0]]); /* the experts of a layer share one type */
-        const size_t hb = FB * quant_act_block_bytes(hact < 0 ? QUANT_ACT_Q8K : (QuantAct)hact);
-        int node = -1;
-        if (fw->pc.numa && c->n_expert && count == 1)
-                node = fw->pc.numa->expert_node[(size_t)il * fw->pc.numa->n_expert + ids[0]];
-        ProductJob up, down;
-        product_job_init(&up, &fw->pc, node);
-        product_job_init(&down, &fw->pc, node);
-        for (unsigned g = 0; g < count; g++) {
-                const uint32_t e = ids[g];
-                ActQ xg = { { NULL } };
-                for (int a = 0; a < QUANT_ACT_COUNT_; a++)
-                        if (xq->q[a])
-                                xg.q[a] = (const char *)xq->q[a] + base[g] * DB * quant_act_block_bytes((QuantAct)a);
-                product_job_add(&up, &L->gate[e], &L->up[e], fw->xe + base[g] * D, xg, fw->xe_exact + base[g], n[g],
-                                fw->gate + base[g] * FF,
-                                fw->up + base[g] * FF, hact >= 0 ? (char *)fw->xq_h + base[g] * hb : NULL,
-                                hact >= 0 ? (QuantAct)hact : QUANT_ACT_Q8K);
-        }
-        product_job_run(&up);
-        for (unsigned g = 0; g < count; g++) {
-                const uint32_t e = ids[g];
-                ActQ hq = { { NULL } };
-                if (up.p[g].hq)
-                        hq.q[hact] = up.p[g].hq;
-                product_job_add(&down, &L->down[e], NULL, fw->gate + base[g] * FF, hq, fw->xe_exact + base[g], n[g],
-                                fw->eout + base[g] * D, NULL, NULL, QUANT_ACT_Q8K);
-        }
-        product_job_run(&down);
-}
-
-/* Runs a gathered group (experts_run) and puts each of its `used` output rows at its
- * (token, choice) place in fw->moe. */
-static void moe_group_run(Forward *fw, const LayerWeights *L, uint32_t il, const uint32_t *ids, const uint32_t *base,
-                          const uint32_t *n, unsigned count, uint32_t used, const ActQ *xq) {
-        const size_t D = fw->m->cfg.n_embd, K = fw->m->cfg.n_expert_used;
-        ActQ xe = { { NULL } };
-        for (int a = 0; a < QUANT_ACT_COUNT_; a++)
-                if (xq->q[a])
-                        xe.q[a] = fw->xq_e[a];
-        experts_run(fw, L, il, ids, base, n, count, &xe);
-        for (uint32_t i = 0; i < used; i++)
-                memcpy(fw->moe + ((size_t)fw->rows[i] * K + fw->rows_slot[i]) * D, fw->eout + i * D, D * sizeof(float));
-}
-
-/* Mixture of experts on fw->xb, added into the residual fw->x. The rows routed to an expert
- * run together, so its weights are read once per batch, and experts run in groups (up to
- * MOE_GROUP_ROWS rows, or one expert's, and a job's product list) so the threads meet twice
- * per group. */
-static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
+/* Mixture of experts on fw->xb, added into the residual fw->x. The rows routed to each
+ * expert are gathered together, experts in id order, so an expert's weights are read once per
+ * batch; the layer's whole work goes to the expert executor (fw->experts: the local one,
+ * experts.c, unless forward_set_experts chose another) in one call, and the outputs it
+ * writes per gathered row are summed here, each token's k choices in their order, so the
+ * result does not depend on who ran which expert. A dense model's feed-forward is one
+ * "expert" (id 0) that every row takes, added without a weight. */
+static int moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         const ModelConfig *c = &fw->m->cfg;
         const size_t D = c->n_embd;
 
@@ -634,42 +583,41 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
         const size_t DB = D / QK_K;
         if (c->n_expert == 0) {
                 const uint32_t id = 0, base = 0, n = T;
-                memcpy(fw->xe, fw->xb, T * D * sizeof(float));
-                memcpy(fw->xe_exact, fw->row_exact, T);
-                experts_run(fw, L, il, &id, &base, &n, 1, &xq);
+                const ExpertWork w = { .il = il, .count = 1, .ids = &id, .base = &base, .n = &n, .n_rows = T,
+                                       .x = fw->xb, .xq = xq, .exact = fw->row_exact, .int8 = fw->pc.int8,
+                                       .out = fw->eout };
+                const int r = fw->experts.run(fw->experts.ctx, &w);
+                if (r < 0)
+                        return r;
                 for (size_t i = 0; i < T * D; i++)
                         fw->x[i] += fw->eout[i];
-                return;
+                return 0;
         }
 
         const uint32_t E = c->n_expert, K = c->n_expert_used;
         product_matmul(&fw->pc, fw->xq_in, &L->router, fw->xb, fw->row_exact, T, fw->router);
         route(fw, il, T);
 
-        const unsigned max_group = fw->pc.numa ? 1 : PRODUCTS_MAX;
-        const uint32_t group_rows = fw->max_rows < MOE_GROUP_ROWS ? fw->max_rows : MOE_GROUP_ROWS;
         uint32_t rows_of[MODEL_MAX_EXPERTS] = { 0 }; /* rows routed to each expert */
         for (uint32_t i = 0; i < T * K; i++)
                 rows_of[fw->sel[i]]++;
-        uint32_t ids[PRODUCTS_MAX], base[PRODUCTS_MAX], n[PRODUCTS_MAX];
+        uint32_t ids[MODEL_MAX_EXPERTS], base[MODEL_MAX_EXPERTS], n[MODEL_MAX_EXPERTS];
         unsigned count = 0;
-        uint32_t used = 0; /* scratch rows taken by the group */
+        uint32_t used = 0; /* rows gathered */
+        ActQ xe = { { NULL } };
+        for (int a = 0; a < QUANT_ACT_COUNT_; a++)
+                if (xq.q[a])
+                        xe.q[a] = fw->xq_e[a];
         for (uint32_t e = 0; e < E; e++) {
                 if (rows_of[e] == 0)
                         continue;
-                if (count == max_group || (count > 0 && used + rows_of[e] > group_rows)) {
-                        moe_group_run(fw, L, il, ids, base, n, count, used, &xq);
-                        count = 0;
-                        used = 0;
-                }
                 ids[count] = e;
                 base[count] = used;
                 n[count++] = rows_of[e];
                 for (uint32_t t = 0; t < T; t++)
                         for (uint32_t j = 0; j < K; j++)
                                 if (fw->sel[t * K + j] == (int32_t)e) {
-                                        fw->rows[used] = (int32_t)t;
-                                        fw->rows_slot[used] = (int32_t)j;
+                                        fw->choice_row[t * K + j] = used;
                                         fw->xe_exact[used] = fw->row_exact[t];
                                         memcpy(fw->xe + used * D, fw->xb + (size_t)t * D, D * sizeof(float));
                                         for (int a = 0; a < QUANT_ACT_COUNT_; a++) {
@@ -680,17 +628,22 @@ static void moe(Forward *fw, const LayerWeights *L, uint32_t il, uint32_t T) {
                                         used++;
                                 }
         }
-        if (count > 0)
-                moe_group_run(fw, L, il, ids, base, n, count, used, &xq);
+        const ExpertWork w = { .il = il, .count = count, .ids = ids, .base = base, .n = n, .n_rows = used,
+                               .x = fw->xe, .xq = xe, .exact = fw->xe_exact, .int8 = fw->pc.int8, .out = fw->eout };
+        const int r = fw->experts.run(fw->experts.ctx, &w);
+        if (r < 0)
+                return r;
         for (uint32_t t = 0; t < T; t++) {
                 float *x = fw->x + (size_t)t * D;
+                const uint32_t *row = fw->choice_row + (size_t)t * K;
                 for (size_t i = 0; i < D; i++) {
                         float s = 0.0f;
                         for (uint32_t j = 0; j < K; j++)
-                                s += fw->sel_w[t * K + j] * fw->moe[((size_t)t * K + j) * D + i];
+                                s += fw->sel_w[t * K + j] * fw->eout[(size_t)row[j] * D + i];
                         x[i] += s;
                 }
         }
+        return 0;
 }
 
 /* ------------------------------------------------------------------ the blocks of a layer */
@@ -726,14 +679,14 @@ static void attention_block(Forward *fw, const ForwardItem *items, uint32_t n_it
 }
 
 /* Feed-forward block of layer il: xb = norm(x); x += sum over the row's k experts of
- * w_e expert_e(xb). Shapes: x, xb [T][D]. */
-static void moe_block(Forward *fw, uint32_t il, uint32_t T) {
+ * w_e expert_e(xb). Shapes: x, xb [T][D]. 0, or the expert executor's error. */
+static int moe_block(Forward *fw, uint32_t il, uint32_t T) {
         const ModelConfig *c = &fw->m->cfg;
         const LayerWeights *L = &fw->m->layers[il];
         const size_t D = c->n_embd;
         for (uint32_t t = 0; t < T; t++)
                 rmsnorm(fw->xb + t * D, fw->x + t * D, L->ffn_norm, (int64_t)D, c->rms_eps);
-        moe(fw, L, il, T);
+        return moe(fw, L, il, T);
 }
 
 /* ------------------------------------------------------------------ the step */
@@ -790,7 +743,9 @@ int forward_batch(Forward *fw, const ForwardItem *items, uint32_t n_items) {
 
         for (uint32_t il = 0; il < c->n_layer; il++) {
                 attention_block(fw, items, n_items, il, T);
-                moe_block(fw, il, T);
+                const int e = moe_block(fw, il, T);
+                if (e < 0)
+                        return e; /* the executor failed: the items' caches keep their positions */
         }
         for (uint32_t i = 0; i < n_items; i++)
                 items[i].kv->n_pos += items[i].n_tokens;

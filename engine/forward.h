@@ -2,12 +2,14 @@
  * sessions (a prefill chunk, or one decode token from each of several sessions). Embeddings
  * → per layer (RMSNorm, attention over each session's rolling KV cache, router top-k,
  * SwiGLU experts with the rows routed to each expert run together) → final norm → logits.
- * Every row's result is the same whatever else is in the batch. A Forward holds scratch for
- * one caller thread (plus its pool's threads). */
+ * Every row's result is the same whatever else is in the batch, and whichever executor
+ * (experts.h) ran its experts. A Forward holds scratch for one caller thread (plus its pool's
+ * threads). */
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "experts.h"
 #include "kv.h"
 #include "model.h"
 #include "pool.h"
@@ -43,6 +45,14 @@ typedef void (*ForwardRouteFn)(void *userdata, uint32_t layer, const int32_t *ex
 int forward_new(const Model *m, uint32_t max_rows, uint32_t max_slots, Pool *pool, Forward **ret_fw);
 Forward *forward_free(Forward *fw);
 void forward_set_route_hook(Forward *fw, ForwardRouteFn fn, void *userdata);
+/* Who runs each layer's experts (experts.h): ex is copied (its ctx borrowed; NULL: back to
+ * the Forward's own local executor, the default). The forward pass still sums the outputs in
+ * its fixed order. */
+void forward_set_experts(Forward *fw, const ExpertExec *ex);
+/* The Forward's local executor (its pool, NUMA plan and scratch): an executor set by
+ * forward_set_experts may hand it the experts it runs here, and a process serving experts
+ * for another may run its requests on it. */
+ExpertExec forward_experts_local(Forward *fw);
 /* Run each expert only on the pool threads of the NUMA node that holds it (plan borrowed;
  * its thread count must be the pool's). */
 struct NumaPlan;

@@ -86,6 +86,22 @@ have_fixtures() {
         return 1
 }
 
+# The cluster mode needs Open MPI's mpirun and a mixd built with it (make deps installs both).
+have_mpi() {
+        if command -v mpirun >/dev/null 2>&1 && ldd "$REL/mixd" 2>/dev/null | grep -q 'libmpi'; then
+                return 0
+        fi
+        if [ "${CI:-}" = true ]; then
+                failed=$((failed + 1))
+                failures+=("Open MPI missing: no mpirun, or $REL/mixd built without it")
+                echo "FAIL  Open MPI missing: no mpirun, or $REL/mixd built without it (CI=true)"
+        else
+                skipped=$((skipped + 1))
+                echo "!!!!! SKIPPING the cluster suite: no mpirun, or $REL/mixd built without Open MPI !!!!!" >&2
+        fi
+        return 1
+}
+
 check_suite_timeout
 
 # 0. the sanitizers' exit status: a deliberately leaking (overflowing, UB) error path
@@ -138,6 +154,12 @@ if have_fixtures; then
         F=$FIXTURES/tiny-moe-shakespeare
         run "numpy dequant vs quant-zoo" "$PYTHON" tests/python/test_quant_zoo_numpy.py "$FIXTURES"
         run "tokenizer vectors via mixctl" "$PYTHON" tests/python/check_tokenize_cli.py "$ASAN/mixctl" "$FIXTURES"
+        # the cluster mode: 1-4 ranks over TCP on loopback and over shared memory give one
+        # process's bits through the daemon (the optimized build: Open MPI's allocations at
+        # exit are not ours to leak-check)
+        if have_mpi; then
+                run -t 240 "cluster: 1-4 MPI ranks, same bits" bash tests/mpi/test_cluster.sh "$REL/mixd" "$REL/mixctl" "$FIXTURES"
+        fi
         # every fixture file on the default path (8-bit activations) and on the exact one
         for q in f16 q8_0 q4_k_m q4_0 q5_k_m q3_k_m q2_k; do
                 run "golden logits $q" "$PYTHON" tests/python/check_golden.py "$ASAN/mixctl" "$FIXTURES" "$q"

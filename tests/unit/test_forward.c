@@ -8,7 +8,10 @@
  *   block apart from the window's, the ring wrapping), fed in chunks of 64, ragged chunks, one
  *   token at a time and batched with another session, on 1, 2 and 3 threads, with attention's
  *   keys split over threads by key blocks or not: the logits every 64 positions are equal to
- *   the bit.
+ *   the bit;
+ * - experts elsewhere: an expert executor (engine/experts.h) that deals each layer's experts
+ *   to three other Forwards (1, 2 and 3 threads), last one first, through copies of their
+ *   inputs and outputs, as the cluster transport does, gives the same bits as the local one.
  * The numerics themselves are checked against oracles elsewhere (tests/python). */
 #include <errno.h>
 #include <setjmp.h>
@@ -22,6 +25,7 @@
 
 #include "engine_limits.h"
 #include "forward.h"
+#include "quant_int8.h"
 #include "test_fixtures.h"
 
 #define N_TOKENS 40
@@ -255,10 +259,128 @@ static void test_long_context_threads_and_splits_change_no_bit(void **state) {
         free_fixture(&f);
 }
 
+/* ------------------------------------------------------------------ expert executors */
+
+#define SPLIT_WAYS 3
+#define SPLIT_ROWS 64 /* rows of a layer's work: 16 tokens x top-2, with room */
+
+/* An executor that deals expert e to "rank" e % SPLIT_WAYS, runs the ranks last one first,
+ * each on another Forward's local executor, with its rows copied into buffers of its own (as
+ * a transport delivers them) and its outputs copied back into place. */
+typedef struct SplitExec {
+        ExpertExec ways[SPLIT_WAYS];
+        size_t D;
+        float *x, *out;                  /* [SPLIT_ROWS][D] */
+        uint8_t *xq[QUANT_ACT_COUNT_];   /* [SPLIT_ROWS][D/256] blocks */
+        uint8_t exact[SPLIT_ROWS];
+        unsigned calls;
+} SplitExec;
+
+static int split_run(void *ctx, const ExpertWork *w) {
+        SplitExec *s = ctx;
+        const size_t D = s->D, DB = D / QK_K;
+        for (int r = SPLIT_WAYS - 1; r >= 0; r--) {
+                uint32_t ids[MODEL_MAX_EXPERTS], base[MODEL_MAX_EXPERTS], n[MODEL_MAX_EXPERTS], from[MODEL_MAX_EXPERTS];
+                unsigned k = 0;
+                uint32_t rows = 0;
+                for (unsigned g = 0; g < w->count; g++) {
+                        if (w->ids[g] % SPLIT_WAYS != (uint32_t)r)
+                                continue;
+                        assert_true(rows + w->n[g] <= SPLIT_ROWS);
+                        ids[k] = w->ids[g];
+                        base[k] = rows;
+                        n[k] = w->n[g];
+                        from[k++] = w->base[g];
+                        memcpy(s->x + (size_t)rows * D, w->x + (size_t)w->base[g] * D, w->n[g] * D * sizeof(float));
+                        memcpy(s->exact + rows, w->exact + w->base[g], w->n[g]);
+                        for (int a = 0; a < QUANT_ACT_COUNT_; a++)
+                                if (w->xq.q[a]) {
+                                        const size_t row = DB * quant_act_block_bytes((QuantAct)a);
+                                        memcpy(s->xq[a] + rows * row, (const uint8_t *)w->xq.q[a] + w->base[g] * row, w->n[g] * row);
+                                }
+                        rows += w->n[g];
+                }
+                if (k == 0)
+                        continue;
+                ExpertWork sub = { .il = w->il, .count = k, .ids = ids, .base = base, .n = n, .n_rows = rows, .x = s->x,
+                                   .exact = s->exact, .int8 = w->int8, .out = s->out };
+                for (int a = 0; a < QUANT_ACT_COUNT_; a++)
+                        if (w->xq.q[a])
+                                sub.xq.q[a] = s->xq[a];
+                memset(s->out, 0xff, SPLIT_ROWS * D * sizeof(float)); /* NaNs where nothing was written */
+                const int e = s->ways[r].run(s->ways[r].ctx, &sub);
+                if (e < 0)
+                        return e;
+                for (unsigned i = 0; i < k; i++)
+                        memcpy(w->out + (size_t)from[i] * D, s->out + (size_t)base[i] * D, n[i] * D * sizeof(float));
+        }
+        s->calls++;
+        return 0;
+}
+
+static void test_expert_executor_changes_no_bit(void **state) {
+        Fixture f = { 0 };
+        if (!load_fixture(&f))
+                return;
+        const size_t n = (size_t)N_TOKENS * f.V, D = f.m->cfg.n_embd;
+        float *ref = calloc(n, sizeof(float)), *got = calloc(n, sizeof(float)), *other = calloc(n, sizeof(float)),
+              *other_ref = calloc(n, sizeof(float));
+        assert_true(ref && got && other && other_ref);
+        SplitExec split = { .D = D };
+        split.x = calloc(SPLIT_ROWS * D, sizeof(float));
+        split.out = calloc(SPLIT_ROWS * D, sizeof(float));
+        assert_true(split.x && split.out);
+        for (int a = 0; a < QUANT_ACT_COUNT_; a++) {
+                split.xq[a] = calloc(SPLIT_ROWS * (D / QK_K), quant_act_block_bytes((QuantAct)a));
+                assert_non_null(split.xq[a]);
+        }
+        Forward *ways[SPLIT_WAYS] = { NULL };
+        Pool *pools[SPLIT_WAYS] = { NULL, f.pool2, f.pool3 };
+        for (int r = 0; r < SPLIT_WAYS; r++) {
+                assert_int_equal(forward_new(f.m, 16, CACHE_SLOTS, pools[r], &ways[r]), 0);
+                split.ways[r] = forward_experts_local(ways[r]);
+        }
+        for (int threads = 1; threads <= 2; threads++)
+                for (int int8 = 0; int8 <= 1; int8++) {
+                        Forward *fw = NULL;
+                        assert_int_equal(forward_new(f.m, 16, CACHE_SLOTS, threads == 2 ? f.pool2 : NULL, &fw), 0);
+                        forward_set_int8(fw, int8);
+                        const uint32_t type = GGML_TYPE_F16;
+                        run_alone(fw, &f, type, 0, MAX_CHUNK, ref);
+                        run_alone(fw, &f, type, 1, MAX_CHUNK, other_ref);
+                        forward_set_experts(fw, &(ExpertExec){ split_run, &split });
+                        split.calls = 0;
+                        run_alone(fw, &f, type, 0, MAX_CHUNK, got);
+                        check_same(ref, got, N_TOKENS, &f, "experts dealt to three Forwards");
+                        run_together(fw, &f, type, 3, got, other);
+                        check_same(ref, got, N_TOKENS, &f, "session 0 batched, experts dealt to three Forwards");
+                        check_same(other_ref, other, N_TOKENS, &f, "session 1 batched, experts dealt to three Forwards");
+                        assert_true(split.calls > 0);
+                        forward_set_experts(fw, NULL);
+                        run_alone(fw, &f, type, 0, MAX_CHUNK, got);
+                        check_same(ref, got, N_TOKENS, &f, "back on the local executor");
+                        print_message("ok   %d thread(s), %s activations: experts dealt to three Forwards, same bits "
+                                      "(%u layer calls)\n", threads, int8 ? "8-bit" : "float", split.calls);
+                        forward_free(fw);
+                }
+        for (int r = 0; r < SPLIT_WAYS; r++)
+                forward_free(ways[r]);
+        for (int a = 0; a < QUANT_ACT_COUNT_; a++)
+                free(split.xq[a]);
+        free(split.x);
+        free(split.out);
+        free(ref);
+        free(got);
+        free(other);
+        free(other_ref);
+        free_fixture(&f);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_chunking_and_batching_change_no_bit),
                 cmocka_unit_test(test_long_context_threads_and_splits_change_no_bit),
+                cmocka_unit_test(test_expert_executor_changes_no_bit),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
