@@ -142,25 +142,9 @@ static void apply_repeat_penalty(Sampler *s) {
         }
 }
 
-int32_t sampler_sample(Sampler *s, const float *logits) {
-        uint32_t n = s->n_vocab;
-        for (uint32_t i = 0; i < n; i++)
-                s->cand[i] = (Candidate){ .logit = logits[i], .id = (int32_t)i };
-        apply_repeat_penalty(s);
-
-        if (s->p.temperature <= 0.0f) {
-                int32_t best = 0;
-                for (uint32_t i = 1; i < n; i++)
-                        if (s->cand[i].logit > s->cand[best].logit)
-                                best = (int32_t)i;
-                return best;
-        }
-
-        if (s->p.top_k > 0 && (uint32_t)s->p.top_k < n)
-                n = (uint32_t)s->p.top_k;
-        keep_best(s->cand, s->n_vocab, n);
-
-        /* softmax over the survivors (temperature 1: the filters see the model's distribution) */
+/* The rest of the chain on the n best candidates, cand[0 .. n-1] in order: softmax (at
+ * temperature 1: the filters see the model's distribution), top-p, min-p, temperature, draw. */
+static int32_t draw(Sampler *s, uint32_t n) {
         double sum = 0.0;
         for (uint32_t i = 0; i < n; i++)
                 sum += exp((double)s->cand[i].logit - s->cand[0].logit);
@@ -198,4 +182,25 @@ int32_t sampler_sample(Sampler *s, const float *logits) {
                         return s->cand[i].id;
         }
         return s->cand[n - 1].id;
+}
+
+int32_t sampler_sample(Sampler *s, const float *logits) {
+        uint32_t n = s->n_vocab;
+        for (uint32_t i = 0; i < n; i++)
+                s->cand[i] = (Candidate){ .logit = logits[i], .id = (int32_t)i };
+        apply_repeat_penalty(s);
+
+        if (s->p.temperature <= 0.0f) {
+                int32_t best = 0;
+                for (uint32_t i = 1; i < n; i++)
+                        if (s->cand[i].logit > s->cand[best].logit)
+                                best = (int32_t)i;
+                return best;
+        }
+
+        if (s->p.top_k > 0 && (uint32_t)s->p.top_k < n)
+                n = (uint32_t)s->p.top_k;
+        keep_best(s->cand, s->n_vocab, n);
+
+        return draw(s, n);
 }

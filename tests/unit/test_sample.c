@@ -1,8 +1,8 @@
 /* tests/unit/test_sample.c — the sampler's top-k selection (keep_best, engine/sample.c,
  * included here for its static functions): on random logits full of ties it must give the
  * k first candidates of a full sort (by logit, then id), in that order, for every k; and
- * a whole sampler run must draw the same tokens as a sampler that sorts every candidate
- * (the chain before keep_best, kept here as the oracle). */
+ * a whole sampler run must draw the same tokens as one that sorts every candidate first
+ * (the selection before keep_best, kept here as the oracle). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -46,7 +46,8 @@ static void test_keep_best_equals_full_sort(void **state) {
                         }
 }
 
-/* The chain as it was before keep_best: sort all, keep top_k, then the same filters. */
+/* The chain as it was before keep_best: sort every candidate, keep top_k, then the same
+ * rest of the chain (draw). */
 static int32_t sample_full_sort(Sampler *s, const float *logits) {
         uint32_t n = s->n_vocab;
         for (uint32_t i = 0; i < n; i++)
@@ -55,40 +56,7 @@ static int32_t sample_full_sort(Sampler *s, const float *logits) {
         qsort(s->cand, n, sizeof(Candidate), cmp_candidate);
         if (s->p.top_k > 0 && (uint32_t)s->p.top_k < n)
                 n = (uint32_t)s->p.top_k;
-        double sum = 0.0;
-        for (uint32_t i = 0; i < n; i++)
-                sum += exp((double)s->cand[i].logit - s->cand[0].logit);
-        for (uint32_t i = 0; i < n; i++)
-                s->cand[i].p = (float)(exp((double)s->cand[i].logit - s->cand[0].logit) / sum);
-        if (s->p.top_p < 1.0f) {
-                double cum = 0.0;
-                for (uint32_t i = 0; i < n; i++) {
-                        cum += s->cand[i].p;
-                        if (cum >= s->p.top_p) {
-                                n = i + 1;
-                                break;
-                        }
-                }
-        }
-        if (s->p.min_p > 0.0f) {
-                const float floor_p = s->cand[0].p * s->p.min_p;
-                uint32_t keep = 1;
-                while (keep < n && s->cand[keep].p >= floor_p)
-                        keep++;
-                n = keep;
-        }
-        sum = 0.0;
-        for (uint32_t i = 0; i < n; i++) {
-                s->cand[i].p = (float)exp(((double)s->cand[i].logit - s->cand[0].logit) / s->p.temperature);
-                sum += s->cand[i].p;
-        }
-        double r = rng_uniform(&s->rng) * sum, acc = 0.0;
-        for (uint32_t i = 0; i < n; i++) {
-                acc += s->cand[i].p;
-                if (r < acc)
-                        return s->cand[i].id;
-        }
-        return s->cand[n - 1].id;
+        return draw(s, n);
 }
 
 static void test_sampler_draws_as_full_sort(void **state) {
