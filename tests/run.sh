@@ -71,35 +71,30 @@ check_suite_timeout() {
         fi
 }
 
-have_fixtures() {
-        if [ -f "$FIXTURES/tiny-moe-shakespeare/tiny-moe-f16.gguf" ]; then
-                return 0
-        fi
+# A prerequisite of some suites is missing ($1: what is missing, the failure's text; $2: what is skipped):
+# a failure under CI=true, else a loud skip. Returns 1, for `have_X || ...`.
+missing() {
         if [ "${CI:-}" = true ]; then
                 failed=$((failed + 1))
-                failures+=("fixtures missing at $FIXTURES")
-                echo "FAIL  fixtures missing at $FIXTURES (CI=true)"
+                failures+=("$1")
+                echo "FAIL  $1 (CI=true)"
         else
                 skipped=$((skipped + 1))
-                echo "!!!!! SKIPPING fixture suites: no fixtures at $FIXTURES !!!!!" >&2
+                echo "!!!!! SKIPPING $2 !!!!!" >&2
         fi
         return 1
 }
 
+have_fixtures() {
+        [ -f "$FIXTURES/tiny-moe-shakespeare/tiny-moe-f16.gguf" ] ||
+                missing "fixtures missing at $FIXTURES" "fixture suites: no fixtures at $FIXTURES"
+}
+
 # The cluster mode needs Open MPI's mpirun and a mixd built with it (make deps installs both).
 have_mpi() {
-        if command -v mpirun >/dev/null 2>&1 && ldd "$REL/mixd" 2>/dev/null | grep -q 'libmpi'; then
-                return 0
-        fi
-        if [ "${CI:-}" = true ]; then
-                failed=$((failed + 1))
-                failures+=("Open MPI missing: no mpirun, or $REL/mixd built without it")
-                echo "FAIL  Open MPI missing: no mpirun, or $REL/mixd built without it (CI=true)"
-        else
-                skipped=$((skipped + 1))
-                echo "!!!!! SKIPPING the cluster suite: no mpirun, or $REL/mixd built without Open MPI !!!!!" >&2
-        fi
-        return 1
+        { command -v mpirun >/dev/null 2>&1 && ldd "$REL/mixd" 2>/dev/null | grep -q 'libmpi'; } ||
+                missing "Open MPI missing: no mpirun, or $REL/mixd built without it" \
+                        "the cluster suite: no mpirun, or $REL/mixd built without Open MPI"
 }
 
 check_suite_timeout
